@@ -1,0 +1,1 @@
+//! The CNI protocol layer (placeholder: being written).

@@ -1,0 +1,1 @@
+//! Address stores (placeholder: being written).

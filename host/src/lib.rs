@@ -1,0 +1,10 @@
+//! tenet: a CNI plugin for multi-tenant Kubernetes networking.
+//!
+//! The `tenet` binary parses a CNI invocation ([`cni`]), runs the policy
+//! pipeline ([`policy`]) that turns the request into a [`plan::Plan`],
+//! validates it on the host side ([`plan::validate`]), and answers in the
+//! runtime's CNI version. `tenetctl` drives the same library for operators.
+
+pub mod cni;
+pub mod plan;
+pub mod ipam;
