@@ -6,5 +6,11 @@
 //! runtime's CNI version. `tenetctl` drives the same library for operators.
 
 pub mod cni;
-pub mod plan;
+pub mod commands;
+pub mod config;
 pub mod ipam;
+pub mod logging;
+pub mod plan;
+pub mod policy;
+#[cfg(feature = "compiler")]
+pub mod ctl;

@@ -1,1 +1,62 @@
-fn main() {}
+//! `tenetctl`: run, test, compile and inspect tenet policy pipelines.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tenet::ctl::{self, CtlError};
+
+/// Operator and policy-author CLI for tenet.
+#[derive(Debug, Parser)]
+#[command(name = "tenetctl", version, about)]
+struct Cli {
+    /// Log filter for tenetctl's own logs (stderr).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// Run a pipeline on a request and print the plan after each stage.
+    Plan(ctl::plan::PlanArgs),
+    /// Work with policy modules.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Run golden cases (request + settings -> expected plan or error).
+    Test(ctl::golden::TestArgs),
+    /// Precompile a pipeline's modules into the cache and validate settings.
+    Compile(ctl::compile::CompileArgs),
+    /// Precompile one module into the cache (run by `tenet` on a cache miss).
+    #[command(hide = true)]
+    CompileModule(ctl::compile::CompileModuleArgs),
+    /// Show a module's world, imports, digest, size and artifact status.
+    Inspect(ctl::inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .init();
+    let mut out = std::io::stdout().lock();
+    let result: Result<i32, CtlError> = match &cli.command {
+        Top::Plan(a) => ctl::plan::run(a, &mut out),
+        Top::Policy(PolicyCmd::Test(a)) => ctl::golden::run(a, &mut out),
+        Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
+        Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
+        Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("tenetctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,653 @@
-pub fn validate() {} pub struct PlanError;
+//! Host-side invariants on a plan, whatever a module returned.
+//!
+//! [`structure`] runs after every stage, so a malformed plan is blamed on the
+//! stage that produced it. [`complete`] runs once on the final plan: it also
+//! requires what apply needs (a tenant, the primary interface, addresses).
+//! A module can never get past these: apply only ever sees a plan that
+//! passed both.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use super::{AddressRequest, IpFamily, NextHop, Plan, Pool, Request};
+
+/// Size limits that keep a plan (and the work it causes) bounded.
+pub mod limits {
+    /// Interfaces per pod.
+    pub const INTERFACES: usize = 8;
+    /// Address requests per interface.
+    pub const ADDRESSES: usize = 4;
+    /// Routes per pod.
+    pub const ROUTES: usize = 256;
+    /// Entries in each DNS list.
+    pub const DNS_ENTRIES: usize = 32;
+    /// Sysctls per pod.
+    pub const SYSCTLS: usize = 64;
+    /// Annotations per plan.
+    pub const ANNOTATIONS: usize = 64;
+    /// Excluded ranges per pool.
+    pub const EXCLUDES: usize = 64;
+    /// Length of any free-form string in a plan.
+    pub const STRING_BYTES: usize = 4096;
+}
+
+/// A plan that breaks an invariant; `field` is a path such as `routes[2].dst`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PlanError {
+    /// Where in the plan.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, PlanError> {
+    Err(PlanError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// Both checks: [`structure`], then [`complete`].
+pub fn validate(plan: &Plan, request: &Request) -> Result<(), PlanError> {
+    structure(plan)?;
+    complete(plan, request)
+}
+
+/// Checks that everything present is well-formed and bounded. An incomplete
+/// plan (no tenant yet, no addresses yet) passes.
+pub fn structure(plan: &Plan) -> Result<(), PlanError> {
+    if !plan.tenant.is_empty() && !valid_tenant(&plan.tenant) {
+        return fail(
+            "tenant",
+            format!(
+                "{:?} is not a safe tenant id (1-63 of [a-z0-9-], starting and ending with a letter or digit)",
+                clip(&plan.tenant)
+            ),
+        );
+    }
+    check_len("interfaces", plan.interfaces.len(), limits::INTERFACES)?;
+    check_len("routes", plan.routes.len(), limits::ROUTES)?;
+    check_len("sysctls", plan.sysctls.len(), limits::SYSCTLS)?;
+    check_len("annotations", plan.annotations.len(), limits::ANNOTATIONS)?;
+
+    let mut names = HashSet::new();
+    for (i, ifc) in plan.interfaces.iter().enumerate() {
+        let at = |f: &str| format!("interfaces[{i}].{f}");
+        if let Err(m) = check_ifname(&ifc.name) {
+            return fail(at("name"), m);
+        }
+        if !names.insert(ifc.name.as_str()) {
+            return fail(at("name"), format!("duplicate interface {:?}", ifc.name));
+        }
+        if let Some(mac) = &ifc.mac {
+            if !valid_unicast_mac(mac) {
+                return fail(at("mac"), format!("{:?} is not a unicast MAC address", clip(mac)));
+            }
+        }
+        if let Some(mtu) = ifc.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
+            }
+        }
+        check_len(&at("addresses"), ifc.addresses.len(), limits::ADDRESSES)?;
+        for (j, a) in ifc.addresses.iter().enumerate() {
+            check_address(&format!("interfaces[{i}].addresses[{j}]"), a)?;
+        }
+    }
+
+    for (i, r) in plan.routes.iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        let dst = parse_cidr(&r.dst).map_err(|m| PlanError {
+            field: at("dst"),
+            message: m,
+        })?;
+        let Some(ifc) = plan.interface(&r.interface) else {
+            return fail(at("interface"), format!("{:?} is not a planned interface", clip(&r.interface)));
+        };
+        match &r.via {
+            NextHop::OnLink => {}
+            NextHop::SubnetGateway => {
+                if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
+                    return fail(
+                        at("via"),
+                        format!("{} has no {} address, so it has no subnet gateway", ifc.name, family_name(family_of(dst))),
+                    );
+                }
+            }
+            NextHop::Address(gw) => {
+                let Ok(gw_ip) = IpAddr::from_str(gw) else {
+                    return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
+                };
+                if family_of_ip(gw_ip) != family_of(dst) {
+                    return fail(at("via"), format!("gateway {gw} and destination {} differ in family", r.dst));
+                }
+                if !connected_subnets(&ifc.addresses).iter().any(|n| n.contains(&gw_ip)) {
+                    return fail(
+                        at("via"),
+                        format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
+                    );
+                }
+            }
+        }
+        if let Some(mtu) = r.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
+            }
+        }
+    }
+
+    check_len("dns.nameservers", plan.dns.nameservers.len(), limits::DNS_ENTRIES)?;
+    check_len("dns.search", plan.dns.search.len(), limits::DNS_ENTRIES)?;
+    check_len("dns.options", plan.dns.options.len(), limits::DNS_ENTRIES)?;
+    for (i, ns) in plan.dns.nameservers.iter().enumerate() {
+        if IpAddr::from_str(ns).is_err() {
+            return fail(format!("dns.nameservers[{i}]"), format!("{:?} is not an IP address", clip(ns)));
+        }
+    }
+    for (i, d) in plan.dns.search.iter().chain(plan.dns.domain.iter()).enumerate() {
+        if !valid_domain(d) {
+            return fail(format!("dns.search[{i}]"), format!("{:?} is not a domain name", clip(d)));
+        }
+    }
+    for (i, o) in plan.dns.options.iter().enumerate() {
+        if o.is_empty() || o.len() > 64 || !o.bytes().all(|b| b.is_ascii_graphic()) {
+            return fail(format!("dns.options[{i}]"), format!("{:?} is not a resolver option", clip(o)));
+        }
+    }
+
+    for (i, s) in plan.sysctls.iter().enumerate() {
+        check_sysctl(plan, &s.key, &s.value).map_err(|m| PlanError {
+            field: format!("sysctls[{i}]"),
+            message: m,
+        })?;
+    }
+    for (i, a) in plan.annotations.iter().enumerate() {
+        if a.key.is_empty() || a.key.len() > 253 || a.value.len() > limits::STRING_BYTES {
+            return fail(
+                format!("annotations[{i}]"),
+                format!("key must be 1-253 bytes and value at most {} bytes", limits::STRING_BYTES),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks what apply needs on the final plan: a tenant, the primary interface
+/// (CNI_IFNAME) as an SDN port, and an address for every interface.
+pub fn complete(plan: &Plan, request: &Request) -> Result<(), PlanError> {
+    if plan.tenant.is_empty() {
+        return fail("tenant", "no stage decided the tenant");
+    }
+    match plan.interface(&request.ifname) {
+        None => {
+            return fail(
+                "interfaces",
+                format!("the primary interface {:?} (CNI_IFNAME) is not planned", request.ifname),
+            );
+        }
+        Some(i) if i.kind != super::InterfaceKind::SdnPort => {
+            return fail(
+                "interfaces",
+                format!("the primary interface {:?} must be an sdn-port", request.ifname),
+            );
+        }
+        Some(_) => {}
+    }
+    for (i, ifc) in plan.interfaces.iter().enumerate() {
+        if ifc.addresses.is_empty() {
+            return fail(format!("interfaces[{i}].addresses"), format!("{} has no address", ifc.name));
+        }
+        for (j, a) in ifc.addresses.iter().enumerate() {
+            if a.pool.is_none() && a.static_address.as_deref().is_none_or(|s| !s.contains('/')) {
+                return fail(
+                    format!("interfaces[{i}].addresses[{j}]"),
+                    "needs a pool, or a static address with a prefix length",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, n: usize, max: usize) -> Result<(), PlanError> {
+    if n > max {
+        return fail(field, format!("{n} entries, at most {max} allowed"));
+    }
+    Ok(())
+}
+
+/// Interface names the kernel accepts (dev_valid_name) and that are safe in
+/// paths and nft rules.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{:?} must be 1-15 bytes", clip(name)));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':') {
+        return Err(format!("{name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// Tenant ids: DNS-label-like, so they are safe in keys, names and rules.
+pub fn valid_tenant(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn valid_unicast_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+        && parts.iter().any(|p| *p != "00")
+}
+
+fn valid_domain(d: &str) -> bool {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Canonical CIDR: parses, and has no host bits set (the kernel refuses
+/// routes like 10.0.0.1/8).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not a CIDR", clip(s)))?;
+    if n.trunc() != n {
+        return Err(format!("{s} has host bits set (did you mean {}?)", n.trunc()));
+    }
+    Ok(n)
+}
+
+fn family_of(n: IpNet) -> IpFamily {
+    match n {
+        IpNet::V4(_) => IpFamily::Ipv4,
+        IpNet::V6(_) => IpFamily::Ipv6,
+    }
+}
+
+fn family_of_ip(a: IpAddr) -> IpFamily {
+    match a {
+        IpAddr::V4(_) => IpFamily::Ipv4,
+        IpAddr::V6(_) => IpFamily::Ipv6,
+    }
+}
+
+fn family_name(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::Ipv4 => "IPv4",
+        IpFamily::Ipv6 => "IPv6",
+    }
+}
+
+/// Parses "10.1.2.3" or "10.1.2.3/24".
+fn parse_static(s: &str) -> Result<(IpAddr, Option<IpNet>), String> {
+    if s.contains('/') {
+        let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not an address", clip(s)))?;
+        Ok((n.addr(), Some(n.trunc())))
+    } else {
+        let a = IpAddr::from_str(s).map_err(|_| format!("{:?} is not an address", clip(s)))?;
+        Ok((a, None))
+    }
+}
+
+/// Subnets a gateway may sit on before allocation: each static address's
+/// subnet and each pool's supernet (the tenant subnet is inside it; apply
+/// checks again once the subnet is carved).
+fn connected_subnets(addrs: &[AddressRequest]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for a in addrs {
+        if let Some(Ok((_, Some(n)))) = a.static_address.as_deref().map(parse_static) {
+            out.push(n);
+        }
+        if let Some(Ok(n)) = a.pool.as_ref().map(|p| IpNet::from_str(&p.supernet)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
+    let mut pool_net = None;
+    if let Some(p) = &a.pool {
+        pool_net = Some(check_pool(&format!("{at}.pool"), a.family, p)?);
+    }
+    if let Some(s) = &a.static_address {
+        let (ip, net) = parse_static(s).map_err(|m| PlanError {
+            field: format!("{at}.staticAddress"),
+            message: m,
+        })?;
+        if family_of_ip(ip) != a.family {
+            return fail(format!("{at}.staticAddress"), format!("{s} is not {}", family_name(a.family)));
+        }
+        if let (Some(p), Some(pn)) = (&a.pool, pool_net) {
+            if !pn.contains(&ip) {
+                return fail(
+                    format!("{at}.staticAddress"),
+                    format!("{s} is outside pool {} ({})", p.name, p.supernet),
+                );
+            }
+            if p.exclude.iter().any(|x| excluded(x, ip)) {
+                return fail(
+                    format!("{at}.staticAddress"),
+                    format!("{s} is in an excluded range of pool {}", p.name),
+                );
+            }
+            if let Some(n) = net {
+                if n.prefix_len() != p.subnet_len {
+                    return fail(
+                        format!("{at}.staticAddress"),
+                        format!("{s} has prefix /{} but pool {} hands out /{} subnets", n.prefix_len(), p.name, p.subnet_len),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> {
+    if p.name.is_empty()
+        || p.name.len() > 63
+        || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return fail(format!("{at}.name"), format!("{:?} is not a pool name (1-63 of [A-Za-z0-9._-])", clip(&p.name)));
+    }
+    let net = parse_cidr(&p.supernet).map_err(|m| PlanError {
+        field: format!("{at}.supernet"),
+        message: m,
+    })?;
+    if family_of(net) != family {
+        return fail(format!("{at}.supernet"), format!("{} is not {}", p.supernet, family_name(family)));
+    }
+    // A subnet needs a network address, a gateway and at least one pod.
+    let max_len = if family == IpFamily::Ipv4 { 30 } else { 126 };
+    if p.subnet_len < net.prefix_len() || p.subnet_len > max_len {
+        return fail(
+            format!("{at}.subnetLen"),
+            format!("/{} must be between /{} (the supernet) and /{max_len}", p.subnet_len, net.prefix_len()),
+        );
+    }
+    check_len(&format!("{at}.exclude"), p.exclude.len(), limits::EXCLUDES)?;
+    for (k, x) in p.exclude.iter().enumerate() {
+        if parse_range(x).is_none_or(|(lo, hi)| family_of_ip(lo) != family || family_of_ip(hi) != family) {
+            return fail(
+                format!("{at}.exclude[{k}]"),
+                format!("{:?} is not a {} CIDR or a-b range", clip(x), family_name(family)),
+            );
+        }
+    }
+    Ok(net)
+}
+
+/// Parses an exclusion: a CIDR or an inclusive "a-b" range.
+fn parse_range(s: &str) -> Option<(IpAddr, IpAddr)> {
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (IpAddr::from_str(a.trim()).ok()?, IpAddr::from_str(b.trim()).ok()?);
+        return (family_of_ip(a) == family_of_ip(b) && a <= b).then_some((a, b));
+    }
+    let n = IpNet::from_str(s).ok()?;
+    Some((n.network(), n.broadcast()))
+}
+
+fn excluded(x: &str, ip: IpAddr) -> bool {
+    parse_range(x).is_some_and(|(lo, hi)| lo <= ip && ip <= hi)
+}
+
+/// Sysctls a pod may set: per-interface keys of its own planned interfaces,
+/// and a few namespaced net keys. Anything else could reach node-wide state.
+fn check_sysctl(plan: &Plan, key: &str, value: &str) -> Result<(), String> {
+    const NAMESPACED: &[&str] = &[
+        "net.ipv4.ip_forward",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv6.conf.all.disable_ipv6",
+        "net.ipv6.conf.default.disable_ipv6",
+    ];
+    if value.is_empty() || value.len() > 256 || !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+        return Err(format!("value of {key:?} must be 1-256 printable bytes"));
+    }
+    if NAMESPACED.contains(&key) {
+        return Ok(());
+    }
+    for fam in ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh.", "net.ipv6.neigh."] {
+        if let Some(rest) = key.strip_prefix(fam) {
+            if let Some((ifname, leaf)) = rest.split_once('.') {
+                if plan.interface(ifname).is_some()
+                    && !leaf.is_empty()
+                    && leaf.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(format!(
+        "{:?} is not allowed (only net.ipv4/ipv6 conf and neigh keys of planned interfaces, and namespaced keys such as net.ipv4.ip_local_port_range)",
+        clip(key)
+    ))
+}
+
+/// Error messages quote module output; keep them short.
+fn clip(s: &str) -> String {
+    if s.len() <= 64 {
+        return s.to_owned();
+    }
+    let mut end = 64;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Command, Dns, Interface, InterfaceKind, Kv, Route};
+
+    fn request() -> Request {
+        Request {
+            command: Command::Add,
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            network: "net".into(),
+            pod_namespace: Some("team-a".into()),
+            pod_name: None,
+            pod_uid: None,
+            cni_args: vec![],
+            args_ips: vec![],
+            runtime_ips: vec![],
+            mac: None,
+            runtime_dns: None,
+            port_mappings: vec![],
+            bandwidth: None,
+            labels: vec![],
+            annotations: vec![],
+            extra: vec![],
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool {
+            name: "pods-v4".into(),
+            supernet: "10.64.0.0/12".into(),
+            subnet_len: 24,
+            exclude: vec!["10.64.0.0/24".into(), "10.65.0.10-10.65.0.20".into()],
+        }
+    }
+
+    fn good() -> Plan {
+        let mut p = Plan::initial("eth0", None, Dns::default());
+        p.tenant = "acme".into();
+        p.interfaces[0].addresses.push(AddressRequest {
+            family: IpFamily::Ipv4,
+            pool: Some(pool()),
+            static_address: None,
+        });
+        p.interfaces.push(Interface {
+            name: "eth1".into(),
+            kind: InterfaceKind::HostLink,
+            addresses: vec![AddressRequest {
+                family: IpFamily::Ipv4,
+                pool: None,
+                static_address: Some("169.254.128.2/17".into()),
+            }],
+            mac: Some("02:00:00:00:00:01".into()),
+            mtu: Some(1450),
+        });
+        p.routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            interface: "eth0".into(),
+            via: NextHop::SubnetGateway,
+            metric: None,
+            mtu: None,
+        });
+        p.routes.push(Route {
+            dst: "10.43.0.0/16".into(),
+            interface: "eth1".into(),
+            via: NextHop::Address("169.254.128.1".into()),
+            metric: Some(10),
+            mtu: None,
+        });
+        p.dns.nameservers.push("10.96.0.10".into());
+        p.dns.search.push("svc.cluster.local".into());
+        p.sysctls.push(Kv::new("net.ipv4.conf.eth0.rp_filter", "2"));
+        p
+    }
+
+    #[test]
+    fn a_good_plan_passes() {
+        validate(&good(), &request()).unwrap();
+    }
+
+    fn rejects(f: impl FnOnce(&mut Plan), field: &str) {
+        let mut p = good();
+        f(&mut p);
+        let e = validate(&p, &request()).unwrap_err();
+        assert!(e.field.starts_with(field), "expected {field}, got {e}");
+    }
+
+    #[test]
+    fn invalid_cidrs_are_refused() {
+        rejects(|p| p.routes[0].dst = "10.0.0.0/33".into(), "routes[0].dst");
+        rejects(|p| p.routes[0].dst = "10.0.0.1/8".into(), "routes[0].dst");
+        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().supernet = "10.64.0.0".into(), "interfaces[0].addresses[0].pool.supernet");
+        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().exclude.push("banana".into()), "interfaces[0].addresses[0].pool.exclude[2]");
+        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().subnet_len = 31, "interfaces[0].addresses[0].pool.subnetLen");
+        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().subnet_len = 8, "interfaces[0].addresses[0].pool.subnetLen");
+    }
+
+    #[test]
+    fn addresses_outside_their_pool_are_refused() {
+        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.200.0.5".into()), "interfaces[0].addresses[0].staticAddress");
+        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.65.0.15".into()), "interfaces[0].addresses[0].staticAddress");
+        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("fd00::5".into()), "interfaces[0].addresses[0].staticAddress");
+        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.66.0.5/16".into()), "interfaces[0].addresses[0].staticAddress");
+        let mut p = good();
+        p.interfaces[0].addresses[0].static_address = Some("10.66.0.5".into());
+        validate(&p, &request()).unwrap();
+    }
+
+    #[test]
+    fn interface_names_the_kernel_refuses_are_refused() {
+        rejects(|p| p.interfaces[1].name = "a-very-long-name0".into(), "interfaces[1].name");
+        rejects(|p| p.interfaces[1].name = "eth/1".into(), "interfaces[1].name");
+        rejects(|p| p.interfaces[1].name = "eth 1".into(), "interfaces[1].name");
+        rejects(|p| p.interfaces[1].name = "..".into(), "interfaces[1].name");
+        rejects(|p| p.interfaces[1].name = "".into(), "interfaces[1].name");
+        rejects(|p| p.interfaces[1].name = "eth0".into(), "interfaces[1].name");
+        // 15 bytes is the kernel's limit, and fine.
+        let mut p = good();
+        p.interfaces[1].name = "abcdefghijklmno".into();
+        p.routes[1].interface = "abcdefghijklmno".into();
+        validate(&p, &request()).unwrap();
+    }
+
+    #[test]
+    fn gateways_must_be_on_a_connected_subnet() {
+        rejects(|p| p.routes[1].via = NextHop::Address("192.168.9.1".into()), "routes[1].via");
+        rejects(|p| p.routes[1].via = NextHop::Address("fd00::1".into()), "routes[1].via");
+        rejects(|p| p.routes[1].via = NextHop::Address("gateway".into()), "routes[1].via");
+        rejects(|p| p.routes[0].dst = "::/0".into(), "routes[0].via");
+        rejects(|p| p.routes[0].interface = "eth9".into(), "routes[0].interface");
+        // Inside the pool supernet is connected as far as the plan can tell.
+        let mut p = good();
+        p.routes[0].via = NextHop::Address("10.64.5.1".into());
+        validate(&p, &request()).unwrap();
+    }
+
+    #[test]
+    fn unsafe_tenant_ids_are_refused() {
+        for t in ["Tenant A/../x", "acme-", "-acme", "ACME", "a_b", &"a".repeat(64)] {
+            rejects(|p| p.tenant = t.into(), "tenant");
+        }
+        rejects(|p| p.tenant.clear(), "tenant");
+    }
+
+    #[test]
+    fn oversize_plans_are_refused() {
+        rejects(
+            |p| {
+                let r = p.routes[0].clone();
+                p.routes = vec![r; limits::ROUTES + 1];
+            },
+            "routes",
+        );
+        rejects(|p| p.dns.nameservers = vec!["10.0.0.1".into(); limits::DNS_ENTRIES + 1], "dns.nameservers");
+        rejects(|p| p.annotations.push(Kv::new("k", "v".repeat(limits::STRING_BYTES + 1))), "annotations[0]");
+    }
+
+    #[test]
+    fn other_fields_are_checked() {
+        rejects(|p| p.interfaces[1].mac = Some("01:00:00:00:00:01".into()), "interfaces[1].mac");
+        rejects(|p| p.interfaces[1].mac = Some("zz:00:00:00:00:01".into()), "interfaces[1].mac");
+        rejects(|p| p.interfaces[1].mtu = Some(20), "interfaces[1].mtu");
+        rejects(|p| p.dns.nameservers.push("dns.example".into()), "dns.nameservers[1]");
+        rejects(|p| p.dns.search.push("bad domain".into()), "dns.search[1]");
+        rejects(|p| p.sysctls.push(Kv::new("kernel.panic", "1")), "sysctls[1]");
+        rejects(|p| p.sysctls.push(Kv::new("net.ipv4.conf.eth9.rp_filter", "1")), "sysctls[1]");
+        rejects(|p| p.sysctls.push(Kv::new("net.ipv4.conf.eth0.rp_filter", "1\n")), "sysctls[1]");
+    }
+
+    #[test]
+    fn completeness_is_required_at_the_end_only() {
+        let mut p = Plan::initial("eth0", None, Dns::default());
+        structure(&p).unwrap();
+        assert_eq!(complete(&p, &request()).unwrap_err().field, "tenant");
+        p.tenant = "acme".into();
+        assert_eq!(complete(&p, &request()).unwrap_err().field, "interfaces[0].addresses");
+        let mut r = request();
+        r.ifname = "net1".into();
+        assert_eq!(complete(&good(), &r).unwrap_err().field, "interfaces");
+        rejects(|p| p.interfaces[0].kind = InterfaceKind::HostLink, "interfaces");
+        rejects(
+            |p| {
+                p.interfaces[1].addresses[0].static_address = Some("169.254.128.2".into());
+                p.routes[1].via = NextHop::OnLink;
+            },
+            "interfaces[1].addresses[0]",
+        );
+    }
+}

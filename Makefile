@@ -1,0 +1,80 @@
+# tenet: the two commands a newcomer needs are `make demo` and `make test`.
+# Every target installs what it needs when missing and is safe to run twice.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+# Debian packages the build, tests, demo and benchmarks use.
+APT_PACKAGES := iproute2 nftables jq containernetworking-plugins hyperfine
+
+# Release binaries: `tenet` is built runtime-only (no Cranelift: it never
+# compiles Wasm on the hot path); `tenetctl` carries the compiler.
+TENET_BIN    := target/release/tenet
+TENETCTL_BIN := target/release/tenetctl
+MODULE_DIR   := target/modules
+
+export TENET_BIN TENETCTL_BIN
+export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
+
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench fuzz clean-cache
+
+all: build guests
+
+## deps: Debian packages and the wasm32-wasip2 target, installed only when missing.
+deps: apt rust-target
+
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "need root to apt-get install$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+rust-target:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## guests: the policy modules, as components in target/modules/.
+guests: rust-target
+	guests/build.sh
+
+## build: the two release binaries.
+build:
+	$(CARGO) build --release -p tenet --no-default-features --bin tenet
+	$(CARGO) build --release -p tenet --bin tenetctl
+
+## lint: formatting and clippy, warnings are errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## unit-test: every crate's tests (host, SDK, guests natively) and the
+## integration tests against the release binaries and real Wasm modules.
+unit-test: build guests
+	$(CARGO) test --workspace --no-fail-fast
+
+## golden: the golden policy cases through the production engine.
+golden: build guests
+	$(TENETCTL_BIN) policy test --module-dir $(MODULE_DIR) --cache-dir target/cache policies/tests
+
+## test: everything CI runs.
+test: deps lint unit-test golden
+
+## demo: the main job on the embedded default (no services needed).
+demo: deps build guests
+	$(TENETCTL_BIN) plan --module-dir $(MODULE_DIR) --cache-dir target/cache --pipeline policies/rainbond.toml
+
+## bench: whole-process cost of the policy pipeline (see README).
+bench: deps build guests
+	$(CARGO) bench -p tenet --bench pipeline_exec
+
+## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse_invocation -- -max_total_time=$${FUZZ_SECONDS:-600}
+
+clean-cache:
+	rm -rf target/cache

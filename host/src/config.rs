@@ -1,0 +1,213 @@
+//! tenet's own configuration, layered (later wins):
+//!
+//! 1. built-in defaults ([`Config::default`]);
+//! 2. `/etc/tenet/tenet.toml`, or the file named by `TENET_CONFIG`;
+//! 3. `TENET_*` environment variables (`TENET_PIPELINE`, `TENET_CACHE_DIR`,
+//!    `TENET_LOG_LEVEL`, …; `TENET_MODULE_DIRS` is a `:`-separated list);
+//! 4. the network configuration on stdin (`pipeline`, `moduleDirs`,
+//!    `cacheDir`, `stateDir`, `logLevel`, `logFile`), per network.
+//!
+//! Secrets are never read from stdin: backends name files here instead.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Default location of the host configuration file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/tenet/tenet.toml";
+
+/// The host configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The pipeline manifest to run (`policies/*.toml`).
+    pub pipeline: Option<PathBuf>,
+    /// Directories searched for named modules, in order.
+    pub module_dirs: Vec<PathBuf>,
+    /// Root of the precompiled-artifact cache.
+    pub cache_dir: PathBuf,
+    /// Root of local state (address store, records).
+    pub state_dir: PathBuf,
+    /// The compiler used to rebuild a missing artifact (default: `tenetctl`
+    /// beside the `tenet` binary, then on PATH).
+    pub compiler: Option<PathBuf>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// tracing-subscriber directive).
+    pub log_level: String,
+    /// Log file; stderr when unset. Never stdout.
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pipeline: None,
+            module_dirs: vec![PathBuf::from("/usr/lib/tenet/modules")],
+            cache_dir: PathBuf::from("/var/lib/tenet/cache"),
+            state_dir: PathBuf::from("/var/lib/tenet/state"),
+            compiler: None,
+            log_level: "warn".into(),
+            log_file: None,
+        }
+    }
+}
+
+/// The per-network overrides a CNI network configuration may carry.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module_dirs: Option<Vec<PathBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_file: Option<PathBuf>,
+}
+
+/// Overrides in snake_case, as figment merges them into [`Config`].
+#[derive(Serialize)]
+struct SnakeOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module_dirs: Option<Vec<PathBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_file: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used; the message names the source and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads layers 1-3 from the process environment, plus the network
+    /// configuration's tenet keys (layer 4) when given.
+    pub fn load(
+        env: &[(String, String)],
+        network: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Self, ConfigError> {
+        let get = |k: &str| env.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.as_str());
+        let file = get("TENET_CONFIG").unwrap_or(DEFAULT_CONFIG_FILE);
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if Path::new(file).exists() {
+            fig = fig.merge(Toml::file(file));
+        } else if get("TENET_CONFIG").is_some() {
+            return Err(ConfigError(format!("TENET_CONFIG: {file} does not exist")));
+        }
+        // Only the variables we know, from the list we are given (tests pass
+        // their own); other TENET_* names belong to other tools and are ignored.
+        for key in ["pipeline", "cache_dir", "state_dir", "compiler", "log_level", "log_file"] {
+            if let Some(v) = get(&format!("TENET_{}", key.to_ascii_uppercase())) {
+                fig = fig.merge(Serialized::global(key, v));
+            }
+        }
+        if let Some(dirs) = get("TENET_MODULE_DIRS") {
+            let dirs: Vec<PathBuf> = std::env::split_paths(dirs).collect();
+            fig = fig.merge(Serialized::global("module_dirs", dirs));
+        }
+        if let Some(map) = network {
+            let o: NetworkOverrides = serde_json::from_value(serde_json::Value::Object(
+                map.iter()
+                    .filter(|(k, _)| {
+                        matches!(
+                            k.as_str(),
+                            "pipeline" | "moduleDirs" | "cacheDir" | "stateDir" | "logLevel" | "logFile"
+                        )
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .map_err(|e| ConfigError(format!("network configuration: {e}")))?;
+            let snake = SnakeOverrides {
+                pipeline: o.pipeline,
+                module_dirs: o.module_dirs,
+                cache_dir: o.cache_dir,
+                state_dir: o.state_dir,
+                log_level: o.log_level,
+                log_file: o.log_file,
+            };
+            fig = fig.merge(Serialized::globals(snake));
+        }
+        let cfg: Config = fig.extract().map_err(|e| {
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            ConfigError(format!("tenet configuration ({source}): {e}"))
+        })?;
+        Ok(cfg)
+    }
+
+    /// Module directories to search: the configured ones, then `modules/`
+    /// next to the executable's directory (a development tree:
+    /// `target/release/tenetctl` finds `target/modules`).
+    pub fn module_search_path(&self) -> Vec<PathBuf> {
+        let mut dirs = self.module_dirs.clone();
+        if let Some(dev) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|p| p.join("modules")))
+        {
+            if !dirs.contains(&dev) {
+                dirs.push(dev);
+            }
+        }
+        dirs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenet.toml");
+        std::fs::write(&file, "pipeline = \"/from/file.toml\"\ncache_dir = \"/file/cache\"\nlog_level = \"info\"\n").unwrap();
+        let f = file.to_str().unwrap();
+
+        let c = Config::load(&env(&[("TENET_CONFIG", f)]), None).unwrap();
+        assert_eq!(c.pipeline.as_deref(), Some(Path::new("/from/file.toml")));
+        assert_eq!(c.state_dir, Config::default().state_dir);
+
+        let c = Config::load(&env(&[("TENET_CONFIG", f), ("TENET_CACHE_DIR", "/env/cache"), ("TENET_MODULE_DIRS", "/a:/b")]), None).unwrap();
+        assert_eq!(c.cache_dir, Path::new("/env/cache"));
+        assert_eq!(c.module_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.log_level, "info");
+
+        let net: serde_json::Map<_, _> = serde_json::from_str(r#"{"pipeline":"/net.toml","logLevel":"debug","bridge":"ignored"}"#).unwrap();
+        let c = Config::load(&env(&[("TENET_CONFIG", f), ("TENET_PIPELINE", "/env.toml")]), Some(&net)).unwrap();
+        assert_eq!(c.pipeline.as_deref(), Some(Path::new("/net.toml")));
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn errors_name_the_source_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenet.toml");
+        std::fs::write(&file, "cache_dri = \"/x\"\n").unwrap();
+        let e = Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None).unwrap_err().to_string();
+        assert!(e.contains("cache_dri"), "{e}");
+        let e = Config::load(&env(&[("TENET_CONFIG", "/nonexistent/tenet.toml")]), None).unwrap_err().to_string();
+        assert!(e.contains("TENET_CONFIG"), "{e}");
+        let net: serde_json::Map<_, _> = serde_json::from_str(r#"{"moduleDirs":"not-a-list"}"#).unwrap();
+        let e = Config::load(&env(&[]), Some(&net)).unwrap_err().to_string();
+        assert!(e.contains("network configuration"), "{e}");
+    }
+}

@@ -1,0 +1,297 @@
+//! The precompiled-artifact cache and how a missing artifact is rebuilt.
+//!
+//! Layout: `<cache_dir>/<profile id>/<module sha256>.cwasm`. The profile id
+//! names the wasmtime version and engine config (see `engine`), so artifacts
+//! from another tenet release are never even looked at: after an upgrade every
+//! lookup misses, and the miss path below rebuilds them.
+//!
+//! A `.cwasm` is native code that `deserialize` trusts, so a file is only
+//! loaded when it and its directory belong to our effective uid and are not
+//! writable by group or others, and it is not a symlink. Files are published
+//! by rename and never rewritten in place: running execs keep the old inode
+//! mapped (rewriting a mapped file in place would SIGBUS them).
+//!
+//! **Fallback on a miss** (missing, from another profile, or corrupt): the
+//! CNI binary carries no compiler (JIT on every exec costs 40-190 ms), so it
+//! runs `tenetctl policy compile-module` once to rebuild the artifact, which
+//! later execs then load. Pod creation pays that once per module and upgrade;
+//! if it fails, the stage fails with "artifact unavailable" (CNI code 11, try
+//! again later) or is skipped when its failure policy is `ignore`.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::engine::profile_id;
+
+/// How long the CNI binary waits for the compiler on a miss.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The artifact cache of one engine profile.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl ArtifactCache {
+    /// The cache under `root` (e.g. `/var/lib/tenet/cache`).
+    pub fn new(root: &Path) -> Self {
+        ArtifactCache {
+            root: root.to_owned(),
+            dir: root.join(profile_id()),
+        }
+    }
+
+    /// The cache root, as configured.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the artifact for a module digest lives.
+    pub fn path_for(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.cwasm"))
+    }
+
+    /// Loads a precompiled component, or says why it cannot (a miss).
+    pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Component, String> {
+        let path = self.path_for(sha256);
+        check_trusted(&self.dir, true)?;
+        check_trusted(&path, false)?;
+        // SAFETY: the file was written by `store` (our profile, our uid, not
+        // writable by others, published by rename and never modified in
+        // place), which is what `deserialize_file` requires; wasmtime still
+        // checks the version, flags and target in the header and refuses a
+        // mismatch, which we treat as a miss.
+        unsafe { Component::deserialize_file(engine, &path) }
+            .map_err(|e| format!("{}: {}", path.display(), e.root_cause()))
+    }
+
+    /// Publishes an artifact atomically: temp file, fsync, rename, fsync dir.
+    pub fn store(&self, sha256: &str, cwasm: &[u8]) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = self.path_for(sha256);
+        let tmp = self.dir.join(format!(
+            ".{sha256}.{}.{}.tmp",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(cwasm)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+}
+
+/// Refuses paths that someone other than us could have written.
+fn check_trusted(path: &Path, dir: bool) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ok_type = if dir {
+        meta.is_dir()
+    } else {
+        meta.file_type().is_file()
+    };
+    if !ok_type {
+        return Err(format!(
+            "{}: not a regular {}",
+            path.display(),
+            if dir { "directory" } else { "file" }
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(format!(
+            "{}: owned by uid {}, not {euid}; refusing to load native code from it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: writable by group or others (mode {:o}); refusing to load native code from it",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Lower-case hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+/// Lower-case hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// How a missing artifact gets built.
+#[derive(Debug, Clone)]
+pub enum Builder {
+    /// Compile in this process (tenetctl, which links Cranelift).
+    #[cfg(feature = "compiler")]
+    InProcess,
+    /// Run `<program> policy compile-module` (the CNI binary).
+    External(PathBuf),
+    /// Never build: a miss is "artifact unavailable".
+    Never,
+}
+
+impl Builder {
+    /// The default for this build: in-process with a compiler, else the
+    /// `tenetctl` found next to the running executable or on PATH.
+    pub fn default_for_build(configured: Option<&Path>) -> Self {
+        #[cfg(feature = "compiler")]
+        {
+            let _ = configured;
+            Builder::InProcess
+        }
+        #[cfg(not(feature = "compiler"))]
+        {
+            match configured.map(Path::to_owned).or_else(find_tenetctl) {
+                Some(p) => Builder::External(p),
+                None => Builder::Never,
+            }
+        }
+    }
+
+    /// Builds the artifact for `wasm` (whose digest is `sha256`) and returns
+    /// the loaded component.
+    pub fn build(
+        &self,
+        engine: &Engine,
+        cache: &ArtifactCache,
+        wasm: &Path,
+        sha256: &str,
+    ) -> Result<Component, String> {
+        match self {
+            #[cfg(feature = "compiler")]
+            Builder::InProcess => {
+                let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+                let cwasm = super::engine::precompile(engine, &bytes)
+                    .map_err(|e| format!("compiling {}: {}", wasm.display(), e.root_cause()))?;
+                match cache.store(sha256, &cwasm) {
+                    Ok(_) => cache.load(engine, sha256),
+                    Err(e) => {
+                        // A read-only cache (an unprivileged `tenetctl plan`)
+                        // must not stop a dry run: use the bytes directly.
+                        tracing::debug!(cache = %cache.root().display(), error = %e, "artifact cache not writable; using in-memory artifact");
+                        // SAFETY: bytes were just produced by this engine.
+                        unsafe { Component::deserialize(engine, &cwasm) }
+                            .map_err(|e| e.root_cause().to_string())
+                    }
+                }
+            }
+            Builder::External(program) => {
+                run_compiler(program, cache, wasm, sha256)?;
+                cache.load(engine, sha256)
+            }
+            Builder::Never => Err("no compiler available to rebuild it".into()),
+        }
+    }
+}
+
+#[cfg(not(feature = "compiler"))]
+fn find_tenetctl() -> Option<PathBuf> {
+    let beside = std::env::current_exe().ok()?.parent()?.join("tenetctl");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tenetctl"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn run_compiler(program: &Path, cache: &ArtifactCache, wasm: &Path, sha256: &str) -> Result<(), String> {
+    tracing::info!(compiler = %program.display(), module = %wasm.display(), "artifact missing; rebuilding it");
+    let mut child = Command::new(program)
+        .args(["policy", "compile-module", "--cache-dir"])
+        .arg(cache.root())
+        .arg("--sha256")
+        .arg(sha256)
+        .arg(wasm)
+        .stdin(Stdio::null())
+        // stdout belongs to the CNI protocol.
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("{} policy compile-module failed ({st})", program.display())),
+            Ok(None) if start.elapsed() > COMPILE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} timed out after {COMPILE_TIMEOUT:?}", program.display()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_lowercase_hex_sha256() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn store_publishes_atomically_and_untrusted_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(&tmp.path().join("c"));
+        let p = cache.store("ab", b"not really native code").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"not really native code");
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        check_trusted(&p, false).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_trusted(&p, false).unwrap_err().contains("writable by group or others"));
+        let link = p.with_extension("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(check_trusted(&link, false).unwrap_err().contains("not a regular file"));
+        // A corrupt artifact is a miss with a reason, not a crash.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let engine = super::super::engine::new_engine().unwrap();
+        assert!(cache.load(&engine, "ab").is_err());
+        assert!(cache.load(&engine, "cd").unwrap_err().contains("cd.cwasm"));
+    }
+}

@@ -1,0 +1,51 @@
+//! The engine profile: everything that shapes precompiled artifacts.
+//!
+//! A `.cwasm` is only loadable by an engine with the same wasmtime version,
+//! the same code-affecting `Config` (fuel instrumentation here) and the same
+//! wasmtime cargo features (reference/wasm-policy.md B.4). The CNI binary is
+//! built runtime-only (no Cranelift) and cannot compute
+//! `precompile_compatibility_hash`, so the profile id is a build-time constant
+//! that names all three; bump [`PROFILE_REV`] whenever [`config`] changes.
+
+use wasmtime::{Config, Engine};
+
+/// Revision of [`config`]; part of the cache directory name.
+pub const PROFILE_REV: u32 = 1;
+
+/// The wasmtime release tenet is built against (pinned in Cargo.toml).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Names the engine profile; artifacts live under a directory of this name,
+/// so an upgrade of tenet never loads stale artifacts: it misses instead.
+pub fn profile_id() -> String {
+    format!(
+        "wasmtime-{WASMTIME_VERSION}-fuel-{}-r{PROFILE_REV}",
+        std::env::consts::ARCH
+    )
+}
+
+/// The engine configuration shared by the CNI binary and the compiler.
+pub fn config() -> Config {
+    let mut c = Config::new();
+    // Deterministic CPU budget per stage; no watchdog thread needed, and the
+    // same input always burns the same fuel, so `policy test` can report it.
+    c.consume_fuel(true);
+    c.wasm_component_model(true);
+    // Keep guests free of proposals we do not audit (threads are not even
+    // compiled into this wasmtime build).
+    c.wasm_multi_memory(false);
+    c.wasm_memory64(false);
+    c
+}
+
+/// Creates the engine. Cheap (tens of microseconds) without the pooling
+/// allocator, which a one-shot process must not pay for.
+pub fn new_engine() -> wasmtime::Result<Engine> {
+    Engine::new(&config())
+}
+
+/// Compiles a component to a `.cwasm` for this profile (tenetctl only).
+#[cfg(feature = "compiler")]
+pub fn precompile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    engine.precompile_component(wasm)
+}

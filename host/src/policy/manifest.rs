@@ -1,0 +1,331 @@
+//! Pipeline manifests: which modules run, in which order, with which settings,
+//! digests, budgets and failure policy (`policies/*.toml`).
+//!
+//! ```toml
+//! [[stage]]
+//! name = "tenant"            # unique; reported in errors and `tenetctl plan`
+//! module = "tenant-map"      # a name looked up in the module dirs, or a path
+//! sha256 = "…"               # optional pin; a module that differs is refused
+//! failure = "fail"           # or "ignore": skip this stage when it fails
+//! fuel = 10_000_000          # CPU budget (wasm instructions, roughly)
+//! memory_mib = 16            # linear memory cap
+//! [stage.settings]           # the module's own settings, handed over as JSON
+//! fromNamespace = true
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default CPU budget per stage. A real policy call uses well under 1% of it;
+/// an endless loop burns it in a few milliseconds.
+pub const DEFAULT_FUEL: u64 = 10_000_000;
+/// Upper bound an operator may configure for one stage.
+pub const MAX_FUEL: u64 = 2_000_000_000;
+/// Default linear-memory cap per stage.
+pub const DEFAULT_MEMORY_MIB: u32 = 16;
+/// Upper bound for `memory_mib`.
+pub const MAX_MEMORY_MIB: u32 = 256;
+/// Upper bound on stages in one pipeline.
+pub const MAX_STAGES: usize = 32;
+/// Upper bound on a stage's settings, as JSON.
+pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+
+/// What to do when a stage fails (trap, budget, missing artifact, invalid
+/// plan). A `denied` verdict is a decision, not a failure: it is never ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Fail the CNI command (the default: tenant and addressing must not be skipped).
+    #[default]
+    Fail,
+    /// Log and continue with the plan as it was before the stage.
+    Ignore,
+}
+
+/// One stage as written in the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    module: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    failure: FailurePolicy,
+    #[serde(default)]
+    fuel: Option<u64>,
+    #[serde(default)]
+    memory_mib: Option<u32>,
+    #[serde(default)]
+    settings: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    stage: Vec<RawStage>,
+}
+
+/// Where a stage's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleRef {
+    /// A module name, looked up as `<dir>/<name>.wasm` in the module dirs.
+    Named(String),
+    /// An explicit path (relative paths are relative to the manifest).
+    Path(PathBuf),
+}
+
+/// A validated stage.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Unique stage name.
+    pub name: String,
+    /// The module to run.
+    pub module: ModuleRef,
+    /// Pinned sha256 of the module (lower-case hex), if any.
+    pub sha256: Option<String>,
+    /// Failure policy.
+    pub failure: FailurePolicy,
+    /// CPU budget.
+    pub fuel: u64,
+    /// Linear memory cap in bytes.
+    pub memory_bytes: usize,
+    /// Settings as a JSON document ("" when none).
+    pub settings: String,
+}
+
+/// A validated pipeline manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Free-form description.
+    pub description: Option<String>,
+    /// Stages in order.
+    pub stages: Vec<StageSpec>,
+}
+
+/// A manifest that cannot be used; the message names the file and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            path: path.to_owned(),
+            message: format!("cannot read pipeline manifest: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates manifest text; `path` is used for messages and to
+    /// resolve relative module paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        let err = |message: String| ManifestError {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        if raw.stage.len() > MAX_STAGES {
+            return Err(err(format!(
+                "stage: {} stages, at most {MAX_STAGES} allowed",
+                raw.stage.len()
+            )));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut stages: Vec<StageSpec> = Vec::with_capacity(raw.stage.len());
+        for (i, s) in raw.stage.into_iter().enumerate() {
+            let at = |field: &str| format!("stage[{i}].{field}");
+            if !valid_stage_name(&s.name) {
+                return Err(err(format!(
+                    "{}: {:?} is not a valid stage name (1-63 of [a-z0-9-], starting with a letter or digit)",
+                    at("name"),
+                    s.name
+                )));
+            }
+            if stages.iter().any(|p| p.name == s.name) {
+                return Err(err(format!("{}: duplicate stage name {:?}", at("name"), s.name)));
+            }
+            let module = parse_module_ref(base, &s.module)
+                .map_err(|m| err(format!("{} ({}): {m}", at("module"), s.name)))?;
+            let sha256 = match s.sha256 {
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(h) => {
+                    return Err(err(format!(
+                        "{} ({}): {h:?} is not 64 hex digits",
+                        at("sha256"),
+                        s.name
+                    )));
+                }
+                None => None,
+            };
+            let fuel = s.fuel.unwrap_or(DEFAULT_FUEL);
+            if fuel == 0 || fuel > MAX_FUEL {
+                return Err(err(format!(
+                    "{} ({}): {fuel} is outside 1..={MAX_FUEL}",
+                    at("fuel"),
+                    s.name
+                )));
+            }
+            let memory_mib = s.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+            if memory_mib == 0 || memory_mib > MAX_MEMORY_MIB {
+                return Err(err(format!(
+                    "{} ({}): {memory_mib} is outside 1..={MAX_MEMORY_MIB}",
+                    at("memory_mib"),
+                    s.name
+                )));
+            }
+            let settings = match s.settings {
+                Some(t) => serde_json::to_string(&t)
+                    .map_err(|e| err(format!("{} ({}): {e}", at("settings"), s.name)))?,
+                None => String::new(),
+            };
+            if settings.len() > MAX_SETTINGS_BYTES {
+                return Err(err(format!(
+                    "{} ({}): {} bytes as JSON, at most {MAX_SETTINGS_BYTES}",
+                    at("settings"),
+                    s.name,
+                    settings.len()
+                )));
+            }
+            stages.push(StageSpec {
+                name: s.name,
+                module,
+                sha256,
+                failure: s.failure,
+                fuel,
+                memory_bytes: memory_mib as usize * 1024 * 1024,
+                settings,
+            });
+        }
+        Ok(Manifest {
+            path: path.to_owned(),
+            description: raw.description,
+            stages,
+        })
+    }
+}
+
+/// toml errors span several lines with a source excerpt; a CNI error message
+/// reads better on one.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn valid_stage_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn parse_module_ref(base: &Path, s: &str) -> Result<ModuleRef, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.contains('/') || s.ends_with(".wasm") {
+        let p = Path::new(s);
+        return Ok(ModuleRef::Path(if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }));
+    }
+    if valid_stage_name(s) {
+        Ok(ModuleRef::Named(s.to_owned()))
+    } else {
+        Err(format!(
+            "{s:?} is neither a module name ([a-z0-9-]) nor a path to a .wasm file"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("/etc/tenet/p.toml"), text)
+    }
+
+    #[test]
+    fn full_stage_is_parsed_with_settings_as_json() {
+        let m = parse(
+            r#"
+            description = "demo"
+            [[stage]]
+            name = "tenant"
+            module = "tenant-map"
+            sha256 = "AB00000000000000000000000000000000000000000000000000000000000001"
+            failure = "ignore"
+            fuel = 5000
+            memory_mib = 8
+            [stage.settings]
+            denyUnknown = true
+            map = { "team-a" = "acme" }
+            [[stage]]
+            name = "ipam"
+            module = "../modules/ipam.wasm"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.stages.len(), 2);
+        let t = &m.stages[0];
+        assert_eq!(t.module, ModuleRef::Named("tenant-map".into()));
+        assert_eq!(t.sha256.as_deref().unwrap()[..4], *"ab00");
+        assert_eq!(t.failure, FailurePolicy::Ignore);
+        assert_eq!((t.fuel, t.memory_bytes), (5000, 8 << 20));
+        let v: serde_json::Value = serde_json::from_str(&t.settings).unwrap();
+        assert_eq!(v["map"]["team-a"], "acme");
+        assert_eq!(v["denyUnknown"], true);
+        let i = &m.stages[1];
+        assert_eq!(
+            i.module,
+            ModuleRef::Path(PathBuf::from("/etc/tenet/../modules/ipam.wasm"))
+        );
+        assert_eq!((i.fuel, i.failure, i.settings.as_str()), (DEFAULT_FUEL, FailurePolicy::Fail, ""));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let cases = [
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfule = 3\n", "fule"),
+            ("[[stage]]\nname = \"A b\"\nmodule = \"m\"\n", "stage[0].name"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nsha256 = \"xyz\"\n", "stage[0].sha256"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfuel = 0\n", "stage[0].fuel"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nmemory_mib = 4096\n", "stage[0].memory_mib"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"M!\"\n", "stage[0].module"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\n[[stage]]\nname = \"a\"\nmodule = \"n\"\n", "stage[1].name"),
+            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfailure = \"maybe\"\n", "maybe"),
+        ];
+        for (text, field) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/tenet/p.toml: "), "{e}");
+            assert!(e.contains(field), "{field} not in {e}");
+            assert!(!e.contains('\n'), "multi-line error: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_manifest_is_an_empty_pipeline() {
+        assert!(parse("").unwrap().stages.is_empty());
+    }
+}
