@@ -22,8 +22,9 @@ pub use pipeline::{
 use crate::cni::code;
 use crate::plan::PlanError;
 
-/// The one host import a stage may have.
-pub const ALLOWED_IMPORTS: &[&str] = &["tenet:policy/host@0.1.0"];
+/// The imports a stage may have: the `host` interface (logging) and the
+/// `types` interface, which carries type definitions only (no functions).
+pub const ALLOWED_IMPORTS: &[&str] = &["tenet:policy/host@0.1.0", "tenet:policy/types@0.1.0"];
 
 /// Which budget a stage exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,318 @@
+//! The release `tenet` binary driven exactly as runtimes drive it: CNI_*
+//! environment, JSON on stdin, one JSON document (or nothing) on stdout.
+//! Covers every command in every supported version, every error code tenet
+//! produces, and the runtime quirks from reference/cni-spec.md.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// One test's private cache and settings.
+struct Node {
+    _tmp: tempfile::TempDir,
+    cache: PathBuf,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        Node { cache: dir.join("cache"), dir, _tmp: tmp }
+    }
+
+    fn pipeline(&self, name: &str, text: &str) -> PathBuf {
+        common::manifest(&self.dir, name, text)
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {:?}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    /// Asserts a CNI error with this code, answered in `version`.
+    fn error(&self, code: u64, version: &str) -> Value {
+        let j = self.json();
+        assert_ne!(self.code, 0, "exit code for error {j}");
+        assert_eq!(j["code"], code, "{j}\nstderr: {}", self.stderr);
+        assert_eq!(j["cniVersion"], version, "{j}");
+        assert!(j["msg"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+        j
+    }
+
+    fn silent_success(&self) {
+        assert_eq!(self.code, 0, "stdout: {} stderr: {}", self.stdout, self.stderr);
+        assert_eq!(self.stdout.trim(), "", "stderr: {}", self.stderr);
+    }
+}
+
+fn tenet(node: &Node, env: &[(&str, &str)], stdin: &str) -> Out {
+    tenet_with(node, env, Stdio::piped(), Some(stdin))
+}
+
+fn tenet_with(node: &Node, env: &[(&str, &str)], stdin: Stdio, input: Option<&str>) -> Out {
+    let mut cmd = Command::new(common::binary("tenet"));
+    cmd.env_clear()
+        .env("TENET_CONFIG", "/dev/null")
+        .env("TENET_MODULE_DIRS", common::modules_dir())
+        .env("TENET_CACHE_DIR", &node.cache)
+        .env("TENET_STATE_DIR", node.dir.join("state"))
+        .env("TENET_PIPELINE", common::rainbond())
+        .env("TENET_LOG_LEVEL", "debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if let Some(input) = input {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn conf(version: &str) -> String {
+    json!({"cniVersion": version, "name": "k8s-pod-network", "type": "tenet"}).to_string()
+}
+
+/// What containerd's CRI plugin sends for ADD (cni-spec.md A.11, Finding 2-3).
+fn containerd_conf(version: &str) -> String {
+    json!({
+        "cniVersion": version, "name": "k8s-pod-network", "type": "tenet",
+        "capabilities": {"portMappings": true, "bandwidth": true},
+        "runtimeConfig": {
+            "portMappings": [{"HostPort": 18081, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "127.0.0.1"}],
+            "bandwidth": {"IngressRate": 1000000, "IngressBurst": 2000, "EgressRate": 1000000, "EgressBurst": 2000}
+        },
+        "someFutureKey": {"x": 1}
+    })
+    .to_string()
+}
+
+fn add_env<'a>(ns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "d1e2a3d4b5e6"),
+        ("CNI_NETNS", "/var/run/netns/cni-test"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+        ("CNI_ARGS", ns),
+    ]
+}
+
+const K8S_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=d1e2a3d4b5e6;K8S_POD_UID=5b1c";
+
+#[test]
+fn version_answers_in_every_version_and_for_podmans_probe() {
+    let node = Node::new();
+    for v in VERSIONS {
+        let out = tenet(&node, &[("CNI_COMMAND", "VERSION")], &format!("{{\"cniVersion\":\"{v}\"}}"));
+        assert_eq!(out.code, 0, "{}", out.stdout);
+        let j = out.json();
+        assert_eq!(j["cniVersion"], v);
+        let supported: Vec<&str> = j["supportedVersions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for s in VERSIONS {
+            assert!(supported.contains(&s), "{j}");
+        }
+    }
+    // podman: dummy values and an empty container id, before every ADD/DEL.
+    let probe = [("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy"), ("CNI_CONTAINERID", "")];
+    let out = tenet(&node, &probe, "{\"cniVersion\":\"1.0.0\"}");
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(out.json()["cniVersion"], "1.0.0");
+    // Empty stdin is fine for VERSION.
+    assert_eq!(tenet(&node, &[("CNI_COMMAND", "VERSION")], "").code, 0);
+}
+
+#[test]
+fn add_runs_the_pipeline_in_every_version() {
+    let node = Node::new();
+    for v in VERSIONS {
+        for stdin in [conf(v), containerd_conf(v)] {
+            let out = tenet(&node, &add_env(K8S_ARGS), &stdin);
+            let j = out.error(110, v);
+            let details = j["details"].as_str().unwrap();
+            let plan: Value = serde_json::from_str(details.strip_prefix("plan: ").unwrap()).unwrap();
+            assert_eq!(plan["tenant"], "team-a", "{plan}");
+            assert_eq!(plan["interfaces"][1]["name"], "eth1", "{plan}");
+        }
+    }
+}
+
+#[test]
+fn del_gc_status_succeed_on_nothing() {
+    let node = Node::new();
+    for v in VERSIONS {
+        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "d1e2a3d4b5e6"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/var/run/netns/gone"), ("CNI_ARGS", K8S_ARGS)];
+        tenet(&node, &del, &conf(v)).silent_success();
+        tenet(&node, &del, &conf(v)).silent_success();
+        // containerd's second DEL: empty CNI_NETNS, no prevResult.
+        let del_empty = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "d1e2a3d4b5e6"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")];
+        tenet(&node, &del_empty, &conf(v)).silent_success();
+    }
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "tenet",
+        "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+        "cni.dev/attachments": [{"containerID": "b", "ifname": "eth0"}]});
+    tenet(&node, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc.to_string()).silent_success();
+    tenet(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.1.0")).silent_success();
+}
+
+#[test]
+fn version_gates_follow_the_spec() {
+    let node = Node::new();
+    let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    tenet(&node, &check, &conf("0.3.1")).error(1, "0.3.1");
+    tenet(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.0.0")).error(1, "1.0.0");
+    tenet(&node, &[("CNI_COMMAND", "GC")], &conf("0.4.0")).error(1, "0.4.0");
+    let j = tenet(&node, &add_env(K8S_ARGS), &conf("9.9.9")).json();
+    assert_eq!(j["code"], 1, "{j}");
+    for v in VERSIONS {
+        assert!(j["details"].as_str().unwrap().contains(v), "details list supported versions: {j}");
+    }
+}
+
+#[test]
+fn check_without_a_record_is_container_unknown() {
+    let node = Node::new();
+    let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    for v in ["0.4.0", "1.0.0", "1.1.0"] {
+        tenet(&node, &check, &conf(v)).error(3, v);
+    }
+}
+
+#[test]
+fn protocol_error_codes() {
+    let node = Node::new();
+    // 2: unsupported field, naming the key and value.
+    let ipam = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "ipam": {"type": "host-local"}}).to_string();
+    let j = tenet(&node, &add_env(K8S_ARGS), &ipam).error(2, "1.0.0");
+    assert!(j["msg"].as_str().unwrap().contains("ipam") || j["details"].as_str().unwrap().contains("ipam"), "{j}");
+    assert!(j.to_string().contains("host-local"), "{j}");
+    // 4: missing env, naming every missing variable.
+    let j = tenet(&node, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "")], &conf("1.0.0")).error(4, "1.0.0");
+    let text = j.to_string();
+    assert!(text.contains("CNI_IFNAME") && text.contains("CNI_NETNS"), "{j}");
+    // 4: an interface name the kernel refuses.
+    let mut env = add_env(K8S_ARGS);
+    env[3] = ("CNI_IFNAME", "eth0/../../x");
+    tenet(&node, &env, &conf("1.0.0")).error(4, "1.0.0");
+    // 4: unknown command.
+    let out = tenet(&node, &[("CNI_COMMAND", "FROB")], &conf("1.0.0"));
+    assert_eq!(out.json()["code"], 4);
+    // 5: stdin cannot be read (a directory).
+    let out = tenet_with(&node, &add_env(K8S_ARGS), Stdio::from(std::fs::File::open("/").unwrap()), None);
+    assert_eq!(out.json()["code"], 5, "{}", out.stdout);
+    // 6: not JSON.
+    let out = tenet(&node, &add_env(K8S_ARGS), "{\"cniVersion\": \"1.0.0\", ");
+    assert_eq!(out.json()["code"], 6, "{}", out.stdout);
+    // 7: invalid network config (no name).
+    let j = tenet(&node, &add_env(K8S_ARGS), "{\"cniVersion\":\"1.0.0\",\"type\":\"tenet\"}").error(7, "1.0.0");
+    assert!(j.to_string().contains("name"), "{j}");
+    // 7: invalid tenet configuration, naming the key.
+    let bad = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "moduleDirs": "nope"}).to_string();
+    tenet(&node, &add_env(K8S_ARGS), &bad).error(7, "1.0.0");
+    // 7: a pipeline manifest with a typo names file and field.
+    let p = node.pipeline("typo.toml", "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\nfule = 1\n");
+    let netconf = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "pipeline": p}).to_string();
+    let j = tenet(&node, &add_env(K8S_ARGS), &netconf).error(7, "1.0.0");
+    assert!(j.to_string().contains("typo.toml") && j.to_string().contains("fule"), "{j}");
+}
+
+fn with_pipeline(node: &Node, name: &str, text: &str, version: &str) -> Out {
+    let p = node.pipeline(name, text);
+    let netconf = json!({"cniVersion": version, "name": "k8s-pod-network", "type": "tenet", "pipeline": p}).to_string();
+    tenet(node, &add_env(K8S_ARGS), &netconf)
+}
+
+const BASE: &str = "[[stage]]\nname = \"tenant\"\nmodule = \"tenant-map\"\n[[stage]]\nname = \"ipam\"\nmodule = \"ipam-policy\"\n[stage.settings]\npools = [{ name = \"p\", family = \"ipv4\", supernet = \"10.64.0.0/12\", subnetLen = 24 }]\n";
+
+#[test]
+fn policy_error_codes_name_the_stage() {
+    let node = Node::new();
+    let cases: [(&str, String, u64); 6] = [
+        ("denied", "[[stage]]\nname = \"who\"\nmodule = \"tenant-map\"\n[stage.settings]\nfromNamespace = false\ndenyUnknown = true\n".into(), 100),
+        ("trap", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-trap\"\n"), 101),
+        ("fuel", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-loop\"\nfuel = 1000000\n"), 102),
+        ("import", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-import\"\n"), 103),
+        ("plan", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-plan\"\n"), 104),
+        ("settings", "[[stage]]\nname = \"who\"\nmodule = \"tenant-map\"\n[stage.settings]\nnope = 1\n".into(), 105),
+    ];
+    for (name, text, code) in cases {
+        let j = with_pipeline(&node, &format!("{name}.toml"), &text, "1.0.0").error(code, "1.0.0");
+        assert!(j["msg"].as_str().unwrap().contains("\"who\""), "{name}: {j}");
+    }
+}
+
+#[test]
+fn runtime_only_binary_rebuilds_a_missing_artifact_with_tenetctl() {
+    let node = Node::new();
+    assert!(!node.cache.exists());
+    let compiler = common::binary("tenetctl");
+    let mut env = add_env(K8S_ARGS);
+    let c = compiler.to_str().unwrap().to_owned();
+    env.push(("TENET_COMPILER", &c));
+    let out = tenet(&node, &env, &conf("1.0.0"));
+    out.error(110, "1.0.0");
+    let artifacts = count_files(&node.cache, "cwasm");
+    assert_eq!(artifacts, 4, "one artifact per rainbond stage");
+    // Now served from the cache.
+    tenet(&node, &env, &conf("1.0.0")).error(110, "1.0.0");
+    assert_eq!(count_files(&node.cache, "cwasm"), 4);
+
+    // Without a usable compiler, a miss is "artifact unavailable": code 11.
+    let fresh = Node::new();
+    let mut env = add_env(K8S_ARGS);
+    env.push(("TENET_COMPILER", "/nonexistent/tenetctl"));
+    let j = tenet(&fresh, &env, &conf("1.0.0")).error(11, "1.0.0");
+    assert!(j["msg"].as_str().unwrap().contains("artifact unavailable"), "{j}");
+    // STATUS says not ready (50) for the same reason.
+    let mut st = vec![("CNI_COMMAND", "STATUS")];
+    st.push(("TENET_COMPILER", "/nonexistent/tenetctl"));
+    tenet(&fresh, &st, &conf("1.1.0")).error(50, "1.1.0");
+}
+
+fn count_files(dir: &Path, ext: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { count_files(&p, ext) } else { usize::from(p.extension().is_some_and(|x| x == ext)) }
+        })
+        .sum()
+}
+
+#[test]
+fn stdout_carries_only_the_protocol_even_at_trace_level() {
+    let node = Node::new();
+    let mut env = add_env(K8S_ARGS);
+    env.push(("TENET_LOG_LEVEL", "trace"));
+    let out = tenet(&node, &env, &conf("1.0.0"));
+    out.error(110, "1.0.0");
+    assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
+    assert!(!out.stderr.is_empty(), "logs go to stderr");
+}
+
+#[test]
+fn podman_style_request_without_namespace() {
+    // podman sends no K8S_POD_NAMESPACE; rainbond's tenant-map denies such pods.
+    let node = Node::new();
+    let out = tenet(&node, &add_env("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.64.9.9"), &conf("1.0.0"));
+    let j = out.error(100, "1.0.0");
+    assert!(j["msg"].as_str().unwrap().contains("tenant"), "{j}");
+}
