@@ -1,0 +1,473 @@
+//! A small regular-expression engine for stage settings, `no_std`.
+//!
+//! Full-string match (the pattern is implicitly anchored at both ends), with
+//! captures. Syntax: literals; `.`; classes `[a-z0-9_-]` and `[^…]`; escapes
+//! `\d \w \s \D \W \S` and `\` before any punctuation; groups `( … )` that
+//! capture (numbered from 1) and `(?: … )` that do not; alternation `|`;
+//! greedy `*`, `+`, `?` and `{n}`, `{n,}`, `{n,m}`. `^` and `$` are accepted
+//! at the ends and change nothing.
+//!
+//! Why not the `regex` crate: it adds ~370 KB to a component, which costs
+//! every pod creation time to load. Matching here is backtracking with a step
+//! budget, so a pathological pattern fails with an error instead of hanging
+//! (and the stage's fuel bounds it anyway).
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Longest pattern accepted.
+pub const MAX_PATTERN: usize = 512;
+/// Steps one match may take.
+pub const MAX_STEPS: u32 = 200_000;
+/// Backtracking depth one match may reach (bounds the native stack).
+pub const MAX_DEPTH: u32 = 2_000;
+
+#[derive(Debug, Clone)]
+enum Node {
+    Char(char),
+    Any,
+    Class(Vec<(char, char)>, bool),
+    Concat(Vec<Node>),
+    Alt(Vec<Node>),
+    Group(Box<Node>, Option<usize>),
+    Repeat(Box<Node>, u32, Option<u32>),
+}
+
+#[derive(Debug, Clone)]
+enum Inst {
+    Char(char),
+    Any,
+    Class(Vec<(char, char)>, bool),
+    Split(usize, usize),
+    Jmp(usize),
+    Save(usize),
+    Match,
+}
+
+/// A compiled pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    prog: Vec<Inst>,
+    groups: usize,
+}
+
+struct Parser<'a> {
+    chars: Vec<char>,
+    pos: usize,
+    groups: usize,
+    src: &'a str,
+}
+
+impl Parser<'_> {
+    fn err(&self, m: &str) -> String {
+        format!("pattern {:?}: {m} at offset {}", self.src, self.pos)
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn alt(&mut self) -> Result<Node, String> {
+        let mut branches = vec![self.concat()?];
+        while self.peek() == Some('|') {
+            self.pos += 1;
+            branches.push(self.concat()?);
+        }
+        Ok(if branches.len() == 1 { branches.pop().unwrap_or(Node::Concat(Vec::new())) } else { Node::Alt(branches) })
+    }
+
+    fn concat(&mut self) -> Result<Node, String> {
+        let mut items = Vec::new();
+        while let Some(c) = self.peek() {
+            if c == '|' || c == ')' {
+                break;
+            }
+            let atom = self.atom()?;
+            items.push(self.repeat(atom)?);
+        }
+        Ok(Node::Concat(items))
+    }
+
+    fn number(&mut self) -> Option<u32> {
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        let s: String = self.chars[start..self.pos].iter().collect();
+        s.parse().ok()
+    }
+
+    fn repeat(&mut self, atom: Node) -> Result<Node, String> {
+        let (min, max) = match self.peek() {
+            Some('*') => (0, None),
+            Some('+') => (1, None),
+            Some('?') => (0, Some(1)),
+            Some('{') => {
+                self.pos += 1;
+                let min = self.number().ok_or_else(|| self.err("expected a number"))?;
+                let max = if self.peek() == Some(',') {
+                    self.pos += 1;
+                    if self.peek() == Some('}') { None } else { Some(self.number().ok_or_else(|| self.err("expected a number"))?) }
+                } else {
+                    Some(min)
+                };
+                if self.peek() != Some('}') {
+                    return Err(self.err("expected }"));
+                }
+                if max.is_some_and(|m| m < min) || min > 100 || max.is_some_and(|m| m > 100) {
+                    return Err(self.err("bad repetition bounds (at most 100)"));
+                }
+                (min, max)
+            }
+            _ => return Ok(atom),
+        };
+        self.pos += 1;
+        Ok(Node::Repeat(Box::new(atom), min, max))
+    }
+
+    fn escape(&mut self) -> Result<Node, String> {
+        let c = self.peek().ok_or_else(|| self.err("dangling \\"))?;
+        self.pos += 1;
+        let digit = vec![('0', '9')];
+        let word = vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')];
+        let space = vec![(' ', ' '), ('\t', '\t'), ('\n', '\n'), ('\r', '\r')];
+        Ok(match c {
+            'd' => Node::Class(digit, false),
+            'D' => Node::Class(digit, true),
+            'w' => Node::Class(word, false),
+            'W' => Node::Class(word, true),
+            's' => Node::Class(space, false),
+            'S' => Node::Class(space, true),
+            c if c.is_ascii_punctuation() => Node::Char(c),
+            _ => return Err(self.err("unknown escape")),
+        })
+    }
+
+    fn class(&mut self) -> Result<Node, String> {
+        let negated = self.peek() == Some('^');
+        if negated {
+            self.pos += 1;
+        }
+        let mut ranges = Vec::new();
+        let mut first = true;
+        loop {
+            let c = self.peek().ok_or_else(|| self.err("unclosed ["))?;
+            self.pos += 1;
+            if c == ']' && !first {
+                break;
+            }
+            first = false;
+            let lo = if c == '\\' {
+                let e = self.peek().ok_or_else(|| self.err("dangling \\"))?;
+                self.pos += 1;
+                e
+            } else {
+                c
+            };
+            if self.peek() == Some('-') && self.chars.get(self.pos + 1).is_some_and(|n| *n != ']') {
+                self.pos += 1;
+                let hi = self.peek().ok_or_else(|| self.err("unclosed ["))?;
+                self.pos += 1;
+                if hi < lo {
+                    return Err(self.err("bad class range"));
+                }
+                ranges.push((lo, hi));
+            } else {
+                ranges.push((lo, lo));
+            }
+        }
+        Ok(Node::Class(ranges, negated))
+    }
+
+    fn atom(&mut self) -> Result<Node, String> {
+        let c = self.peek().ok_or_else(|| self.err("unexpected end"))?;
+        self.pos += 1;
+        match c {
+            '.' => Ok(Node::Any),
+            '\\' => self.escape(),
+            '[' => self.class(),
+            '(' => {
+                let index = if self.chars.get(self.pos..self.pos + 2) == Some(&['?', ':']) {
+                    self.pos += 2;
+                    None
+                } else {
+                    self.groups += 1;
+                    Some(self.groups)
+                };
+                let inner = self.alt()?;
+                if self.peek() != Some(')') {
+                    return Err(self.err("unclosed ("));
+                }
+                self.pos += 1;
+                Ok(Node::Group(Box::new(inner), index))
+            }
+            '*' | '+' | '?' | '{' => Err(self.err("nothing to repeat")),
+            ')' => Err(self.err("unmatched )")),
+            c => Ok(Node::Char(c)),
+        }
+    }
+}
+
+fn emit(node: &Node, prog: &mut Vec<Inst>) {
+    match node {
+        Node::Char(c) => prog.push(Inst::Char(*c)),
+        Node::Any => prog.push(Inst::Any),
+        Node::Class(r, n) => prog.push(Inst::Class(r.clone(), *n)),
+        Node::Concat(items) => items.iter().for_each(|n| emit(n, prog)),
+        Node::Alt(branches) => {
+            let mut jumps = Vec::new();
+            for (i, b) in branches.iter().enumerate() {
+                if i + 1 < branches.len() {
+                    let split = prog.len();
+                    prog.push(Inst::Split(split + 1, 0));
+                    emit(b, prog);
+                    jumps.push(prog.len());
+                    prog.push(Inst::Jmp(0));
+                    let next = prog.len();
+                    prog[split] = Inst::Split(split + 1, next);
+                } else {
+                    emit(b, prog);
+                }
+            }
+            let end = prog.len();
+            for j in jumps {
+                prog[j] = Inst::Jmp(end);
+            }
+        }
+        Node::Group(inner, Some(i)) => {
+            prog.push(Inst::Save(2 * i));
+            emit(inner, prog);
+            prog.push(Inst::Save(2 * i + 1));
+        }
+        Node::Group(inner, None) => emit(inner, prog),
+        Node::Repeat(inner, min, max) => {
+            for _ in 0..*min {
+                emit(inner, prog);
+            }
+            match max {
+                None => {
+                    // L: split body, out; body; jmp L
+                    let l = prog.len();
+                    prog.push(Inst::Split(l + 1, 0));
+                    emit(inner, prog);
+                    prog.push(Inst::Jmp(l));
+                    let out = prog.len();
+                    prog[l] = Inst::Split(l + 1, out);
+                }
+                Some(max) => {
+                    let mut splits = Vec::new();
+                    for _ in *min..*max {
+                        splits.push(prog.len());
+                        prog.push(Inst::Split(0, 0));
+                        emit(inner, prog);
+                    }
+                    let out = prog.len();
+                    for s in splits {
+                        prog[s] = Inst::Split(s + 1, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Pattern {
+    /// Compiles a pattern; the message names the pattern and the offset.
+    pub fn new(src: &str) -> Result<Self, String> {
+        if src.len() > MAX_PATTERN {
+            return Err(format!("pattern is longer than {MAX_PATTERN} bytes"));
+        }
+        let body = src.strip_prefix('^').unwrap_or(src);
+        let body = if body.ends_with('$') && !body.ends_with("\\$") { &body[..body.len() - 1] } else { body };
+        let mut p = Parser { chars: body.chars().collect(), pos: 0, groups: 0, src };
+        let node = p.alt()?;
+        if p.pos != p.chars.len() {
+            return Err(p.err("unexpected )"));
+        }
+        let mut prog = vec![Inst::Save(0)];
+        emit(&node, &mut prog);
+        prog.push(Inst::Save(1));
+        prog.push(Inst::Match);
+        Ok(Pattern { prog, groups: p.groups })
+    }
+
+    /// Number of capturing groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Matches the whole of `text`; on success, the captures (index 0 is the
+    /// whole match). `Err` when the step budget runs out.
+    pub fn captures(&self, text: &str) -> Result<Option<Vec<Option<String>>>, String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut saves = vec![None; 2 * (self.groups + 1)];
+        let mut steps = 0u32;
+        if self.run(0, 0, &chars, &mut saves, &mut steps, 0)? {
+            Ok(Some(
+                (0..=self.groups)
+                    .map(|g| match (saves[2 * g], saves[2 * g + 1]) {
+                        (Some(a), Some(b)) if a <= b => Some(chars[a..b].iter().collect()),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// True when the whole of `text` matches.
+    pub fn is_match(&self, text: &str) -> Result<bool, String> {
+        self.captures(text).map(|c| c.is_some())
+    }
+
+    fn run(
+        &self,
+        mut pc: usize,
+        mut sp: usize,
+        s: &[char],
+        saves: &mut [Option<usize>],
+        steps: &mut u32,
+        depth: u32,
+    ) -> Result<bool, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("pattern backtracks deeper than {MAX_DEPTH}; simplify it"));
+        }
+        loop {
+            *steps += 1;
+            if *steps > MAX_STEPS {
+                return Err(format!("pattern needs more than {MAX_STEPS} steps; simplify it"));
+            }
+            match &self.prog[pc] {
+                Inst::Char(c) => {
+                    if s.get(sp) != Some(c) {
+                        return Ok(false);
+                    }
+                    pc += 1;
+                    sp += 1;
+                }
+                Inst::Any => {
+                    if sp >= s.len() {
+                        return Ok(false);
+                    }
+                    pc += 1;
+                    sp += 1;
+                }
+                Inst::Class(ranges, negated) => {
+                    let Some(c) = s.get(sp) else { return Ok(false) };
+                    if ranges.iter().any(|(lo, hi)| lo <= c && c <= hi) == *negated {
+                        return Ok(false);
+                    }
+                    pc += 1;
+                    sp += 1;
+                }
+                Inst::Jmp(t) => pc = *t,
+                Inst::Split(a, b) => {
+                    if self.run(*a, sp, s, saves, steps, depth + 1)? {
+                        return Ok(true);
+                    }
+                    pc = *b;
+                }
+                Inst::Save(n) => {
+                    let old = saves[*n];
+                    saves[*n] = Some(sp);
+                    if self.run(pc + 1, sp, s, saves, steps, depth + 1)? {
+                        return Ok(true);
+                    }
+                    saves[*n] = old;
+                    return Ok(false);
+                }
+                Inst::Match => return Ok(sp == s.len()),
+            }
+        }
+    }
+}
+
+/// Expands `$1`…`$9` in `template` with captures (`$$` is a literal `$`).
+pub fn expand(template: &str, caps: &[Option<String>]) -> String {
+    let mut out = String::new();
+    let mut it = template.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '$' {
+            match it.peek().copied() {
+                Some('$') => {
+                    it.next();
+                    out.push('$');
+                }
+                Some(d) if d.is_ascii_digit() => {
+                    it.next();
+                    let i = d as usize - '0' as usize;
+                    if let Some(Some(v)) = caps.get(i) {
+                        out.push_str(v);
+                    }
+                }
+                _ => out.push('$'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        Pattern::new(p).unwrap().is_match(s).unwrap()
+    }
+
+    #[test]
+    fn whole_string_matching() {
+        assert!(m("team-[a-z]+", "team-abc"));
+        assert!(!m("team-[a-z]+", "team-abc1"));
+        assert!(!m("team", "my-team"));
+        assert!(m("^team$", "team"));
+        assert!(m(".*-prod", "shop-prod"));
+        assert!(m("a|bc|d", "bc"));
+        assert!(!m("a|bc|d", "abc"));
+        assert!(m("x\\d{2,3}", "x123"));
+        assert!(!m("x\\d{2,3}", "x1234"));
+        assert!(m("[^-]+", "abc"));
+        assert!(!m("[^-]+", "a-c"));
+        assert!(m("a\\.b", "a.b"));
+        assert!(!m("a\\.b", "axb"));
+        assert!(m("(?:ab)+c?", "ababc"));
+        assert!(m("", ""));
+        assert!(m("[a-]x", "-x"));
+    }
+
+    #[test]
+    fn captures_and_templates() {
+        let p = Pattern::new("(team|org)-([a-z0-9]+)(-.*)?").unwrap();
+        assert_eq!(p.groups(), 3);
+        let c = p.captures("org-acme-dev").unwrap().unwrap();
+        assert_eq!(c[1].as_deref(), Some("org"));
+        assert_eq!(c[2].as_deref(), Some("acme"));
+        assert_eq!(c[3].as_deref(), Some("-dev"));
+        assert_eq!(expand("t-$2$$", &c), "t-acme$");
+        let c = p.captures("team-x").unwrap().unwrap();
+        assert_eq!(c[3], None);
+        assert_eq!(expand("$2$3", &c), "x");
+        assert!(p.captures("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_patterns_name_the_problem() {
+        for (p, needle) in [("(a", "unclosed ("), ("a)", "unexpected )"), ("*a", "nothing to repeat"), ("[a", "unclosed ["), ("a{3,1}", "bounds"), ("\\q", "escape")] {
+            let e = Pattern::new(p).unwrap_err();
+            assert!(e.contains(needle), "{p}: {e}");
+        }
+        assert!(Pattern::new(&"a".repeat(MAX_PATTERN + 1)).is_err());
+    }
+
+    #[test]
+    fn pathological_patterns_hit_the_step_budget() {
+        let p = Pattern::new("(a*)*b").unwrap();
+        assert!(p.is_match(&"a".repeat(40)).is_err());
+    }
+}
