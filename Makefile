@@ -69,7 +69,7 @@ demo: deps build guests
 
 ## bench: whole-process cost of the policy pipeline (see README).
 bench: deps build guests
-	$(CARGO) bench -p tenet --bench pipeline_exec
+	$(CARGO) run --release -p tenet-bench --bin pipeline_exec
 
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:

@@ -101,7 +101,11 @@ impl Config {
         env: &[(String, String)],
         network: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Self, ConfigError> {
-        let get = |k: &str| env.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(n, v)| n == k && !v.is_empty())
+                .map(|(_, v)| v.as_str())
+        };
         let file = get("TENET_CONFIG").unwrap_or(DEFAULT_CONFIG_FILE);
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if Path::new(file).exists() {
@@ -111,7 +115,14 @@ impl Config {
         }
         // Only the variables we know, from the list we are given (tests pass
         // their own); other TENET_* names belong to other tools and are ignored.
-        for key in ["pipeline", "cache_dir", "state_dir", "compiler", "log_level", "log_file"] {
+        for key in [
+            "pipeline",
+            "cache_dir",
+            "state_dir",
+            "compiler",
+            "log_level",
+            "log_file",
+        ] {
             if let Some(v) = get(&format!("TENET_{}", key.to_ascii_uppercase())) {
                 fig = fig.merge(Serialized::global(key, v));
             }
@@ -126,7 +137,12 @@ impl Config {
                     .filter(|(k, _)| {
                         matches!(
                             k.as_str(),
-                            "pipeline" | "moduleDirs" | "cacheDir" | "stateDir" | "logLevel" | "logFile"
+                            "pipeline"
+                                | "moduleDirs"
+                                | "cacheDir"
+                                | "stateDir"
+                                | "logLevel"
+                                | "logFile"
                         )
                     })
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -144,7 +160,11 @@ impl Config {
             fig = fig.merge(Serialized::globals(snake));
         }
         let cfg: Config = fig.extract().map_err(|e| {
-            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             ConfigError(format!("tenet configuration ({source}): {e}"))
         })?;
         Ok(cfg)
@@ -172,27 +192,52 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tenet.toml");
-        std::fs::write(&file, "pipeline = \"/from/file.toml\"\ncache_dir = \"/file/cache\"\nlog_level = \"info\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "pipeline = \"/from/file.toml\"\ncache_dir = \"/file/cache\"\nlog_level = \"info\"\n",
+        )
+        .unwrap();
         let f = file.to_str().unwrap();
 
         let c = Config::load(&env(&[("TENET_CONFIG", f)]), None).unwrap();
         assert_eq!(c.pipeline.as_deref(), Some(Path::new("/from/file.toml")));
         assert_eq!(c.state_dir, Config::default().state_dir);
 
-        let c = Config::load(&env(&[("TENET_CONFIG", f), ("TENET_CACHE_DIR", "/env/cache"), ("TENET_MODULE_DIRS", "/a:/b")]), None).unwrap();
+        let c = Config::load(
+            &env(&[
+                ("TENET_CONFIG", f),
+                ("TENET_CACHE_DIR", "/env/cache"),
+                ("TENET_MODULE_DIRS", "/a:/b"),
+            ]),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.cache_dir, Path::new("/env/cache"));
-        assert_eq!(c.module_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            c.module_dirs,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         assert_eq!(c.log_level, "info");
 
-        let net: serde_json::Map<_, _> = serde_json::from_str(r#"{"pipeline":"/net.toml","logLevel":"debug","bridge":"ignored"}"#).unwrap();
-        let c = Config::load(&env(&[("TENET_CONFIG", f), ("TENET_PIPELINE", "/env.toml")]), Some(&net)).unwrap();
+        let net: serde_json::Map<_, _> = serde_json::from_str(
+            r#"{"pipeline":"/net.toml","logLevel":"debug","bridge":"ignored"}"#,
+        )
+        .unwrap();
+        let c = Config::load(
+            &env(&[("TENET_CONFIG", f), ("TENET_PIPELINE", "/env.toml")]),
+            Some(&net),
+        )
+        .unwrap();
         assert_eq!(c.pipeline.as_deref(), Some(Path::new("/net.toml")));
         assert_eq!(c.log_level, "debug");
     }
@@ -202,11 +247,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tenet.toml");
         std::fs::write(&file, "cache_dri = \"/x\"\n").unwrap();
-        let e = Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None).unwrap_err().to_string();
+        let e = Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache_dri"), "{e}");
-        let e = Config::load(&env(&[("TENET_CONFIG", "/nonexistent/tenet.toml")]), None).unwrap_err().to_string();
+        let e = Config::load(&env(&[("TENET_CONFIG", "/nonexistent/tenet.toml")]), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("TENET_CONFIG"), "{e}");
-        let net: serde_json::Map<_, _> = serde_json::from_str(r#"{"moduleDirs":"not-a-list"}"#).unwrap();
+        let net: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"moduleDirs":"not-a-list"}"#).unwrap();
         let e = Config::load(&env(&[]), Some(&net)).unwrap_err().to_string();
         assert!(e.contains("network configuration"), "{e}");
     }

@@ -8,9 +8,9 @@
 pub mod cni;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "compiler")]
+pub mod ctl;
 pub mod ipam;
 pub mod logging;
 pub mod plan;
 pub mod policy;
-#[cfg(feature = "compiler")]
-pub mod ctl;

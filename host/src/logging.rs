@@ -12,9 +12,15 @@ pub fn init(cfg: &Config) {
     INIT.get_or_init(|| {
         let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false);
         let file = cfg.log_file.as_ref().and_then(|p| {
-            std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
         });
         let _ = match file {
             Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),

@@ -24,7 +24,11 @@ impl Node {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        Node { cache: dir.join("cache"), dir, _tmp: tmp }
+        Node {
+            cache: dir.join("cache"),
+            dir,
+            _tmp: tmp,
+        }
     }
 
     fn pipeline(&self, name: &str, text: &str) -> PathBuf {
@@ -40,7 +44,12 @@ struct Out {
 
 impl Out {
     fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {:?}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Asserts a CNI error with this code, answered in `version`.
@@ -54,7 +63,11 @@ impl Out {
     }
 
     fn silent_success(&self) {
-        assert_eq!(self.code, 0, "stdout: {} stderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
         assert_eq!(self.stdout.trim(), "", "stderr: {}", self.stderr);
     }
 }
@@ -75,9 +88,19 @@ fn tenet_with(node: &Node, env: &[(&str, &str)], stdin: Stdio, input: Option<&st
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     if let Some(input) = input {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let o = child.wait_with_output().unwrap();
     Out {
@@ -122,17 +145,32 @@ const K8S_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=we
 fn version_answers_in_every_version_and_for_podmans_probe() {
     let node = Node::new();
     for v in VERSIONS {
-        let out = tenet(&node, &[("CNI_COMMAND", "VERSION")], &format!("{{\"cniVersion\":\"{v}\"}}"));
+        let out = tenet(
+            &node,
+            &[("CNI_COMMAND", "VERSION")],
+            &format!("{{\"cniVersion\":\"{v}\"}}"),
+        );
         assert_eq!(out.code, 0, "{}", out.stdout);
         let j = out.json();
         assert_eq!(j["cniVersion"], v);
-        let supported: Vec<&str> = j["supportedVersions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let supported: Vec<&str> = j["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         for s in VERSIONS {
             assert!(supported.contains(&s), "{j}");
         }
     }
     // podman: dummy values and an empty container id, before every ADD/DEL.
-    let probe = [("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy"), ("CNI_CONTAINERID", "")];
+    let probe = [
+        ("CNI_COMMAND", "VERSION"),
+        ("CNI_NETNS", "dummy"),
+        ("CNI_IFNAME", "dummy"),
+        ("CNI_PATH", "dummy"),
+        ("CNI_CONTAINERID", ""),
+    ];
     let out = tenet(&node, &probe, "{\"cniVersion\":\"1.0.0\"}");
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert_eq!(out.json()["cniVersion"], "1.0.0");
@@ -148,7 +186,8 @@ fn add_runs_the_pipeline_in_every_version() {
             let out = tenet(&node, &add_env(K8S_ARGS), &stdin);
             let j = out.error(110, v);
             let details = j["details"].as_str().unwrap();
-            let plan: Value = serde_json::from_str(details.strip_prefix("plan: ").unwrap()).unwrap();
+            let plan: Value =
+                serde_json::from_str(details.strip_prefix("plan: ").unwrap()).unwrap();
             assert_eq!(plan["tenant"], "team-a", "{plan}");
             assert_eq!(plan["interfaces"][1]["name"], "eth1", "{plan}");
         }
@@ -159,38 +198,67 @@ fn add_runs_the_pipeline_in_every_version() {
 fn del_gc_status_succeed_on_nothing() {
     let node = Node::new();
     for v in VERSIONS {
-        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "d1e2a3d4b5e6"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/var/run/netns/gone"), ("CNI_ARGS", K8S_ARGS)];
+        let del = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "d1e2a3d4b5e6"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/var/run/netns/gone"),
+            ("CNI_ARGS", K8S_ARGS),
+        ];
         tenet(&node, &del, &conf(v)).silent_success();
         tenet(&node, &del, &conf(v)).silent_success();
         // containerd's second DEL: empty CNI_NETNS, no prevResult.
-        let del_empty = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "d1e2a3d4b5e6"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")];
+        let del_empty = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "d1e2a3d4b5e6"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", ""),
+        ];
         tenet(&node, &del_empty, &conf(v)).silent_success();
     }
     let gc = json!({"cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "tenet",
         "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
         "cni.dev/attachments": [{"containerID": "b", "ifname": "eth0"}]});
-    tenet(&node, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc.to_string()).silent_success();
+    tenet(
+        &node,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &gc.to_string(),
+    )
+    .silent_success();
     tenet(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.1.0")).silent_success();
 }
 
 #[test]
 fn version_gates_follow_the_spec() {
     let node = Node::new();
-    let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    let check = [
+        ("CNI_COMMAND", "CHECK"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/var/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
     tenet(&node, &check, &conf("0.3.1")).error(1, "0.3.1");
     tenet(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.0.0")).error(1, "1.0.0");
     tenet(&node, &[("CNI_COMMAND", "GC")], &conf("0.4.0")).error(1, "0.4.0");
     let j = tenet(&node, &add_env(K8S_ARGS), &conf("9.9.9")).json();
     assert_eq!(j["code"], 1, "{j}");
     for v in VERSIONS {
-        assert!(j["details"].as_str().unwrap().contains(v), "details list supported versions: {j}");
+        assert!(
+            j["details"].as_str().unwrap().contains(v),
+            "details list supported versions: {j}"
+        );
     }
 }
 
 #[test]
 fn check_without_a_record_is_container_unknown() {
     let node = Node::new();
-    let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    let check = [
+        ("CNI_COMMAND", "CHECK"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/var/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
     for v in ["0.4.0", "1.0.0", "1.1.0"] {
         tenet(&node, &check, &conf(v)).error(3, v);
     }
@@ -202,12 +270,28 @@ fn protocol_error_codes() {
     // 2: unsupported field, naming the key and value.
     let ipam = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "ipam": {"type": "host-local"}}).to_string();
     let j = tenet(&node, &add_env(K8S_ARGS), &ipam).error(2, "1.0.0");
-    assert!(j["msg"].as_str().unwrap().contains("ipam") || j["details"].as_str().unwrap().contains("ipam"), "{j}");
+    assert!(
+        j["msg"].as_str().unwrap().contains("ipam")
+            || j["details"].as_str().unwrap().contains("ipam"),
+        "{j}"
+    );
     assert!(j.to_string().contains("host-local"), "{j}");
     // 4: missing env, naming every missing variable.
-    let j = tenet(&node, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "")], &conf("1.0.0")).error(4, "1.0.0");
+    let j = tenet(
+        &node,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", ""),
+        ],
+        &conf("1.0.0"),
+    )
+    .error(4, "1.0.0");
     let text = j.to_string();
-    assert!(text.contains("CNI_IFNAME") && text.contains("CNI_NETNS"), "{j}");
+    assert!(
+        text.contains("CNI_IFNAME") && text.contains("CNI_NETNS"),
+        "{j}"
+    );
     // 4: an interface name the kernel refuses.
     let mut env = add_env(K8S_ARGS);
     env[3] = ("CNI_IFNAME", "eth0/../../x");
@@ -216,27 +300,47 @@ fn protocol_error_codes() {
     let out = tenet(&node, &[("CNI_COMMAND", "FROB")], &conf("1.0.0"));
     assert_eq!(out.json()["code"], 4);
     // 5: stdin cannot be read (a directory).
-    let out = tenet_with(&node, &add_env(K8S_ARGS), Stdio::from(std::fs::File::open("/").unwrap()), None);
+    let out = tenet_with(
+        &node,
+        &add_env(K8S_ARGS),
+        Stdio::from(std::fs::File::open("/").unwrap()),
+        None,
+    );
     assert_eq!(out.json()["code"], 5, "{}", out.stdout);
     // 6: not JSON.
     let out = tenet(&node, &add_env(K8S_ARGS), "{\"cniVersion\": \"1.0.0\", ");
     assert_eq!(out.json()["code"], 6, "{}", out.stdout);
     // 7: invalid network config (no name).
-    let j = tenet(&node, &add_env(K8S_ARGS), "{\"cniVersion\":\"1.0.0\",\"type\":\"tenet\"}").error(7, "1.0.0");
+    let j = tenet(
+        &node,
+        &add_env(K8S_ARGS),
+        "{\"cniVersion\":\"1.0.0\",\"type\":\"tenet\"}",
+    )
+    .error(7, "1.0.0");
     assert!(j.to_string().contains("name"), "{j}");
     // 7: invalid tenet configuration, naming the key.
-    let bad = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "moduleDirs": "nope"}).to_string();
+    let bad = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "moduleDirs": "nope"})
+        .to_string();
     tenet(&node, &add_env(K8S_ARGS), &bad).error(7, "1.0.0");
     // 7: a pipeline manifest with a typo names file and field.
-    let p = node.pipeline("typo.toml", "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\nfule = 1\n");
-    let netconf = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "pipeline": p}).to_string();
+    let p = node.pipeline(
+        "typo.toml",
+        "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\nfule = 1\n",
+    );
+    let netconf =
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "pipeline": p}).to_string();
     let j = tenet(&node, &add_env(K8S_ARGS), &netconf).error(7, "1.0.0");
-    assert!(j.to_string().contains("typo.toml") && j.to_string().contains("fule"), "{j}");
+    assert!(
+        j.to_string().contains("typo.toml") && j.to_string().contains("fule"),
+        "{j}"
+    );
 }
 
 fn with_pipeline(node: &Node, name: &str, text: &str, version: &str) -> Out {
     let p = node.pipeline(name, text);
-    let netconf = json!({"cniVersion": version, "name": "k8s-pod-network", "type": "tenet", "pipeline": p}).to_string();
+    let netconf =
+        json!({"cniVersion": version, "name": "k8s-pod-network", "type": "tenet", "pipeline": p})
+            .to_string();
     tenet(node, &add_env(K8S_ARGS), &netconf)
 }
 
@@ -255,7 +359,10 @@ fn policy_error_codes_name_the_stage() {
     ];
     for (name, text, code) in cases {
         let j = with_pipeline(&node, &format!("{name}.toml"), &text, "1.0.0").error(code, "1.0.0");
-        assert!(j["msg"].as_str().unwrap().contains("\"who\""), "{name}: {j}");
+        assert!(
+            j["msg"].as_str().unwrap().contains("\"who\""),
+            "{name}: {j}"
+        );
     }
 }
 
@@ -280,7 +387,10 @@ fn runtime_only_binary_rebuilds_a_missing_artifact_with_tenetctl() {
     let mut env = add_env(K8S_ARGS);
     env.push(("TENET_COMPILER", "/nonexistent/tenetctl"));
     let j = tenet(&fresh, &env, &conf("1.0.0")).error(11, "1.0.0");
-    assert!(j["msg"].as_str().unwrap().contains("artifact unavailable"), "{j}");
+    assert!(
+        j["msg"].as_str().unwrap().contains("artifact unavailable"),
+        "{j}"
+    );
     // STATUS says not ready (50) for the same reason.
     let mut st = vec![("CNI_COMMAND", "STATUS")];
     st.push(("TENET_COMPILER", "/nonexistent/tenetctl"));
@@ -288,11 +398,17 @@ fn runtime_only_binary_rebuilds_a_missing_artifact_with_tenetctl() {
 }
 
 fn count_files(dir: &Path, ext: &str) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.filter_map(|e| e.ok())
         .map(|e| {
             let p = e.path();
-            if p.is_dir() { count_files(&p, ext) } else { usize::from(p.extension().is_some_and(|x| x == ext)) }
+            if p.is_dir() {
+                count_files(&p, ext)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == ext))
+            }
         })
         .sum()
 }
@@ -312,7 +428,11 @@ fn stdout_carries_only_the_protocol_even_at_trace_level() {
 fn podman_style_request_without_namespace() {
     // podman sends no K8S_POD_NAMESPACE; rainbond's tenant-map denies such pods.
     let node = Node::new();
-    let out = tenet(&node, &add_env("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.64.9.9"), &conf("1.0.0"));
+    let out = tenet(
+        &node,
+        &add_env("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.64.9.9"),
+        &conf("1.0.0"),
+    );
     let j = out.error(100, "1.0.0");
     assert!(j["msg"].as_str().unwrap().contains("tenant"), "{j}");
 }

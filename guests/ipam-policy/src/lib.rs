@@ -38,7 +38,8 @@ use core::net::IpAddr;
 use serde::Deserialize;
 use tenet_policy_sdk::net::{Cidr, family, in_range, parse_address, parse_range};
 use tenet_policy_sdk::{
-    AddressRequest, IpFamily, Plan, PolicyError, Pool, Request, Stage, export_stage, interface_mut, kv_get,
+    AddressRequest, IpFamily, Plan, PolicyError, Pool, Request, Stage, export_stage, interface_mut,
+    kv_get,
 };
 
 /// Address family in settings.
@@ -106,13 +107,27 @@ pub struct IpamPolicy;
 /// Static address candidates in precedence order, with where each came from.
 fn static_candidates<'a>(req: &'a Request, s: &Settings) -> Vec<(&'a str, &'static str)> {
     let mut out: Vec<(&str, &'static str)> = Vec::new();
-    out.extend(req.runtime_ips.iter().map(|a| (a.as_str(), "runtimeConfig.ips")));
+    out.extend(
+        req.runtime_ips
+            .iter()
+            .map(|a| (a.as_str(), "runtimeConfig.ips")),
+    );
     out.extend(req.args_ips.iter().map(|a| (a.as_str(), "args.cni.ips")));
     if let Some(ip) = kv_get(&req.cni_args, "IP") {
-        out.extend(ip.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| (a, "CNI_ARGS IP")));
+        out.extend(
+            ip.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| (a, "CNI_ARGS IP")),
+        );
     }
     if let Some(a) = kv_get(&req.annotations, &s.static_annotation) {
-        out.extend(a.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| (a, "annotation")));
+        out.extend(
+            a.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| (a, "annotation")),
+        );
     }
     out
 }
@@ -126,7 +141,12 @@ impl Stage for IpamPolicy {
         }
         for (i, p) in s.pools.iter().enumerate() {
             let at = |f: &str| format!("pools[{i}].{f}");
-            if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 return Err(format!("{}: {:?} is not a pool name", at("name"), p.name));
             }
             if s.pools[..i].iter().any(|q| q.name == p.name) {
@@ -134,19 +154,36 @@ impl Stage for IpamPolicy {
             }
             let net = Cidr::parse(&p.supernet).map_err(|e| format!("{}: {e}", at("supernet")))?;
             if !net.is_canonical() {
-                return Err(format!("{}: {} has host bits set", at("supernet"), p.supernet));
+                return Err(format!(
+                    "{}: {} has host bits set",
+                    at("supernet"),
+                    p.supernet
+                ));
             }
             if net.family() != wit_family(p.family) {
-                return Err(format!("{}: {} is not {:?}", at("supernet"), p.supernet, p.family));
+                return Err(format!(
+                    "{}: {} is not {:?}",
+                    at("supernet"),
+                    p.supernet,
+                    p.family
+                ));
             }
             let max = if p.family == Family::Ipv4 { 30 } else { 126 };
             if p.subnet_len < net.len || p.subnet_len > max {
-                return Err(format!("{}: /{} must be between /{} and /{max}", at("subnetLen"), p.subnet_len, net.len));
+                return Err(format!(
+                    "{}: /{} must be between /{} and /{max}",
+                    at("subnetLen"),
+                    p.subnet_len,
+                    net.len
+                ));
             }
             for (k, x) in p.exclude.iter().enumerate() {
                 let r = parse_range(x).map_err(|e| format!("{}[{k}]: {e}", at("exclude")))?;
                 if family(r.0) != net.family() {
-                    return Err(format!("{}[{k}]: {x} is not in the pool's family", at("exclude")));
+                    return Err(format!(
+                        "{}[{k}]: {x} is not in the pool's family",
+                        at("exclude")
+                    ));
                 }
             }
         }
@@ -182,7 +219,8 @@ impl Stage for IpamPolicy {
         }
         let mut statics: Vec<(IpAddr, &str)> = Vec::new();
         for (text, source) in &candidates {
-            let (ip, _prefix) = parse_address(text).map_err(|e| PolicyError::InvalidInput(format!("{source}: {e}")))?;
+            let (ip, _prefix) = parse_address(text)
+                .map_err(|e| PolicyError::InvalidInput(format!("{source}: {e}")))?;
             if !pools.iter().any(|p| wit_family(p.family) == family(ip)) {
                 return Err(PolicyError::InvalidInput(format!(
                     "{source}: {text} has no {:?} pool for tenant {}",
@@ -231,8 +269,9 @@ impl Stage for IpamPolicy {
             });
         }
         let ifname = req.ifname.clone();
-        let primary = interface_mut(&mut plan, &ifname)
-            .ok_or_else(|| PolicyError::InvalidInput(format!("the plan has no interface {ifname:?}")))?;
+        let primary = interface_mut(&mut plan, &ifname).ok_or_else(|| {
+            PolicyError::InvalidInput(format!("the plan has no interface {ifname:?}"))
+        })?;
         primary.addresses = requests;
         Ok(plan)
     }
@@ -249,7 +288,10 @@ mod tests {
         {"name":"v4","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24,"exclude":["10.64.0.0/24","10.70.0.10-10.70.0.20"]},
         {"name":"v6","family":"ipv6","supernet":"fd00:64::/48","subnetLen":64}]}"#;
 
-    fn run(settings: &str, f: impl FnOnce(&mut Request)) -> Result<Vec<AddressRequest>, PolicyError> {
+    fn run(
+        settings: &str,
+        f: impl FnOnce(&mut Request),
+    ) -> Result<Vec<AddressRequest>, PolicyError> {
         let s = parse_settings::<IpamPolicy>(settings).map_err(PolicyError::InvalidSettings)?;
         let mut r = test_request();
         f(&mut r);
@@ -273,39 +315,74 @@ mod tests {
         let a = run(DUAL, |r| {
             r.runtime_ips = alloc::vec!["10.65.0.5/24".into()];
             r.args_ips = alloc::vec!["10.66.0.6".into(), "fd00:64:0:1::6".into()];
-            r.cni_args.push(Kv { key: "IP".into(), value: "10.67.0.7".into() });
+            r.cni_args.push(Kv {
+                key: "IP".into(),
+                value: "10.67.0.7".into(),
+            });
         })
         .unwrap();
         assert_eq!(a[0].static_address.as_deref(), Some("10.65.0.5"));
         assert_eq!(a[1].static_address.as_deref(), Some("fd00:64:0:1::6"));
-        let a = run(DUAL, |r| r.cni_args.push(Kv { key: "IP".into(), value: "10.67.0.7".into() })).unwrap();
+        let a = run(DUAL, |r| {
+            r.cni_args.push(Kv {
+                key: "IP".into(),
+                value: "10.67.0.7".into(),
+            })
+        })
+        .unwrap();
         assert_eq!(a[0].static_address.as_deref(), Some("10.67.0.7"));
-        let a = run(DUAL, |r| r.annotations.push(Kv { key: "tenet.io/ip".into(), value: "10.68.0.8".into() })).unwrap();
+        let a = run(DUAL, |r| {
+            r.annotations.push(Kv {
+                key: "tenet.io/ip".into(),
+                value: "10.68.0.8".into(),
+            })
+        })
+        .unwrap();
         assert_eq!(a[0].static_address.as_deref(), Some("10.68.0.8"));
     }
 
     #[test]
     fn bad_statics_are_refused_naming_the_address() {
-        for (ip, needle) in [("192.168.1.5", "outside pool"), ("10.64.0.7", "excluded"), ("10.70.0.15", "excluded"), ("banana", "banana")] {
+        for (ip, needle) in [
+            ("192.168.1.5", "outside pool"),
+            ("10.64.0.7", "excluded"),
+            ("10.70.0.15", "excluded"),
+            ("banana", "banana"),
+        ] {
             match run(DUAL, |r| r.runtime_ips = alloc::vec![ip.into()]) {
-                Err(PolicyError::InvalidInput(m)) => assert!(m.contains(needle) && m.contains("runtimeConfig.ips"), "{ip}: {m}"),
+                Err(PolicyError::InvalidInput(m)) => assert!(
+                    m.contains(needle) && m.contains("runtimeConfig.ips"),
+                    "{ip}: {m}"
+                ),
                 other => panic!("{ip}: {other:?}"),
             }
         }
-        let v4only = r#"{"pools":[{"name":"v4","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}]}"#;
-        assert!(matches!(run(v4only, |r| r.args_ips = alloc::vec!["fd00::1".into()]), Err(PolicyError::InvalidInput(_))));
+        let v4only =
+            r#"{"pools":[{"name":"v4","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}]}"#;
+        assert!(matches!(
+            run(v4only, |r| r.args_ips = alloc::vec!["fd00::1".into()]),
+            Err(PolicyError::InvalidInput(_))
+        ));
         let no_static = r#"{"allowStatic":false,"pools":[{"name":"v4","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}]}"#;
-        assert!(matches!(run(no_static, |r| r.args_ips = alloc::vec!["10.64.1.1".into()]), Err(PolicyError::Denied(_))));
+        assert!(matches!(
+            run(no_static, |r| r.args_ips = alloc::vec!["10.64.1.1".into()]),
+            Err(PolicyError::Denied(_))
+        ));
     }
 
     #[test]
     fn needs_a_tenant_and_the_primary_interface() {
         let s = parse_settings::<IpamPolicy>(DUAL).unwrap();
         let r = test_request();
-        assert!(matches!(IpamPolicy::evaluate(&r, &s, initial_plan("eth0")), Err(PolicyError::InvalidInput(m)) if m.contains("tenant-map")));
+        assert!(
+            matches!(IpamPolicy::evaluate(&r, &s, initial_plan("eth0")), Err(PolicyError::InvalidInput(m)) if m.contains("tenant-map"))
+        );
         let mut p = initial_plan("net1");
         p.tenant = "acme".into();
-        assert!(matches!(IpamPolicy::evaluate(&r, &s, p), Err(PolicyError::InvalidInput(_))));
+        assert!(matches!(
+            IpamPolicy::evaluate(&r, &s, p),
+            Err(PolicyError::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -320,12 +397,30 @@ mod tests {
     fn settings_errors_name_the_field() {
         for (s, field) in [
             ("{}", "pools"),
-            (r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.1/12","subnetLen":24}]}"#, "pools[0].supernet"),
-            (r#"{"pools":[{"name":"x","family":"ipv6","supernet":"10.64.0.0/12","subnetLen":24}]}"#, "pools[0].supernet"),
-            (r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":31}]}"#, "pools[0].subnetLen"),
-            (r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":8}]}"#, "pools[0].subnetLen"),
-            (r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24,"exclude":["nope"]}]}"#, "pools[0].exclude[0]"),
-            (r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}],"tenants":{"t":["y"]}}"#, "tenants.t"),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.1/12","subnetLen":24}]}"#,
+                "pools[0].supernet",
+            ),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv6","supernet":"10.64.0.0/12","subnetLen":24}]}"#,
+                "pools[0].supernet",
+            ),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":31}]}"#,
+                "pools[0].subnetLen",
+            ),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":8}]}"#,
+                "pools[0].subnetLen",
+            ),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24,"exclude":["nope"]}]}"#,
+                "pools[0].exclude[0]",
+            ),
+            (
+                r#"{"pools":[{"name":"x","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}],"tenants":{"t":["y"]}}"#,
+                "tenants.t",
+            ),
             (r#"{"pool":[]}"#, "pool"),
         ] {
             let e = parse_settings::<IpamPolicy>(s).unwrap_err();

@@ -26,8 +26,8 @@ use alloc::vec::Vec;
 use serde::Deserialize;
 use tenet_policy_sdk::net::Cidr;
 use tenet_policy_sdk::{
-    AddressRequest, Interface, InterfaceKind, IpFamily, NextHop, Plan, PolicyError, Pool, Request, Route, Stage,
-    export_stage,
+    AddressRequest, Interface, InterfaceKind, IpFamily, NextHop, Plan, PolicyError, Pool, Request,
+    Route, Stage, export_stage,
 };
 
 /// The node-local pool eth1 addresses come from.
@@ -44,7 +44,11 @@ pub struct LinkPool {
 
 impl Default for LinkPool {
     fn default() -> Self {
-        LinkPool { name: "host-link-v4".into(), supernet: "169.254.128.0/17".into(), subnet_len: 17 }
+        LinkPool {
+            name: "host-link-v4".into(),
+            supernet: "169.254.128.0/17".into(),
+            subnet_len: 17,
+        }
     }
 }
 
@@ -66,7 +70,13 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { interface: "eth1".into(), cidrs: Vec::new(), link_pool: LinkPool::default(), tenants: None, mtu: None }
+        Settings {
+            interface: "eth1".into(),
+            cidrs: Vec::new(),
+            link_pool: LinkPool::default(),
+            tenants: None,
+            mtu: None,
+        }
     }
 }
 
@@ -78,8 +88,16 @@ impl Stage for RainbondEgress {
 
     fn validate(s: &Settings) -> Result<(), String> {
         let n = s.interface.as_str();
-        if n.is_empty() || n.len() > 15 || n == "." || n == ".." || n.chars().any(|c| !c.is_ascii_graphic() || c == '/' || c == ':') {
-            return Err(format!("interface: {n:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"));
+        if n.is_empty()
+            || n.len() > 15
+            || n == "."
+            || n == ".."
+            || n.chars()
+                .any(|c| !c.is_ascii_graphic() || c == '/' || c == ':')
+        {
+            return Err(format!(
+                "interface: {n:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+            ));
         }
         if s.cidrs.is_empty() {
             return Err("cidrs: at least one CIDR is required".into());
@@ -90,18 +108,27 @@ impl Stage for RainbondEgress {
                 return Err(format!("cidrs[{i}]: {c} has host bits set"));
             }
             if cidr.is_default() {
-                return Err(format!("cidrs[{i}]: {c} is a default route; the default route stays on the primary interface"));
+                return Err(format!(
+                    "cidrs[{i}]: {c} is a default route; the default route stays on the primary interface"
+                ));
             }
             if cidr.family() != IpFamily::Ipv4 {
                 return Err(format!("cidrs[{i}]: {c}: the host link is IPv4"));
             }
         }
-        let lp = Cidr::parse(&s.link_pool.supernet).map_err(|e| format!("linkPool.supernet: {e}"))?;
+        let lp =
+            Cidr::parse(&s.link_pool.supernet).map_err(|e| format!("linkPool.supernet: {e}"))?;
         if lp.family() != IpFamily::Ipv4 || !lp.is_canonical() {
-            return Err(format!("linkPool.supernet: {} must be a canonical IPv4 CIDR", s.link_pool.supernet));
+            return Err(format!(
+                "linkPool.supernet: {} must be a canonical IPv4 CIDR",
+                s.link_pool.supernet
+            ));
         }
         if s.link_pool.subnet_len < lp.len || s.link_pool.subnet_len > 30 {
-            return Err(format!("linkPool.subnetLen: /{} must be between /{} and /30", s.link_pool.subnet_len, lp.len));
+            return Err(format!(
+                "linkPool.subnetLen: /{} must be between /{} and /30",
+                s.link_pool.subnet_len, lp.len
+            ));
         }
         if let Some(m) = s.mtu {
             if !(68..=65535).contains(&m) {
@@ -144,7 +171,11 @@ impl Stage for RainbondEgress {
             None => plan.interfaces.push(link),
         }
         for c in &s.cidrs {
-            if !plan.routes.iter().any(|r| r.dst == *c && r.interface == s.interface) {
+            if !plan
+                .routes
+                .iter()
+                .any(|r| r.dst == *c && r.interface == s.interface)
+            {
                 plan.routes.push(Route {
                     dst: c.to_string(),
                     interface: s.interface.clone(),
@@ -173,22 +204,44 @@ mod tests {
     fn base() -> Plan {
         let mut p = initial_plan("eth0");
         p.tenant = "acme".into();
-        p.routes.push(Route { dst: "0.0.0.0/0".into(), interface: "eth0".into(), via: NextHop::SubnetGateway, metric: None, mtu: None });
+        p.routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            interface: "eth0".into(),
+            via: NextHop::SubnetGateway,
+            metric: None,
+            mtu: None,
+        });
         p
     }
 
     #[test]
     fn adds_eth1_and_routes_keeping_the_default_on_eth0() {
-        let p = run(r#"{"cidrs":["10.96.0.0/12","172.20.0.0/16"],"mtu":1400}"#, base()).unwrap();
+        let p = run(
+            r#"{"cidrs":["10.96.0.0/12","172.20.0.0/16"],"mtu":1400}"#,
+            base(),
+        )
+        .unwrap();
         let eth1 = p.interfaces.iter().find(|i| i.name == "eth1").unwrap();
         assert_eq!(eth1.kind, InterfaceKind::HostLink);
         assert_eq!(eth1.mtu, Some(1400));
-        assert_eq!(eth1.addresses[0].pool.as_ref().unwrap().supernet, "169.254.128.0/17");
-        let via_eth1: Vec<&str> = p.routes.iter().filter(|r| r.interface == "eth1").map(|r| r.dst.as_str()).collect();
+        assert_eq!(
+            eth1.addresses[0].pool.as_ref().unwrap().supernet,
+            "169.254.128.0/17"
+        );
+        let via_eth1: Vec<&str> = p
+            .routes
+            .iter()
+            .filter(|r| r.interface == "eth1")
+            .map(|r| r.dst.as_str())
+            .collect();
         assert_eq!(via_eth1, ["10.96.0.0/12", "172.20.0.0/16"]);
         assert_eq!(p.routes[0].interface, "eth0");
         // Idempotent.
-        let again = run(r#"{"cidrs":["10.96.0.0/12","172.20.0.0/16"],"mtu":1400}"#, p.clone()).unwrap();
+        let again = run(
+            r#"{"cidrs":["10.96.0.0/12","172.20.0.0/16"],"mtu":1400}"#,
+            p.clone(),
+        )
+        .unwrap();
         assert_eq!(again, p);
     }
 
@@ -197,8 +250,17 @@ mod tests {
         let p = run(r#"{"cidrs":["10.96.0.0/12"],"tenants":["other"]}"#, base()).unwrap();
         assert_eq!(p, base());
         let mut clash = base();
-        clash.interfaces.push(Interface { name: "eth1".into(), kind: InterfaceKind::SdnPort, addresses: Vec::new(), mac: None, mtu: None });
-        assert!(matches!(run(r#"{"cidrs":["10.96.0.0/12"]}"#, clash), Err(PolicyError::InvalidInput(_))));
+        clash.interfaces.push(Interface {
+            name: "eth1".into(),
+            kind: InterfaceKind::SdnPort,
+            addresses: Vec::new(),
+            mac: None,
+            mtu: None,
+        });
+        assert!(matches!(
+            run(r#"{"cidrs":["10.96.0.0/12"]}"#, clash),
+            Err(PolicyError::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -208,8 +270,14 @@ mod tests {
             (r#"{"cidrs":["0.0.0.0/0"]}"#, "cidrs[0]"),
             (r#"{"cidrs":["10.96.0.1/12"]}"#, "cidrs[0]"),
             (r#"{"cidrs":["fd00::/8"]}"#, "cidrs[0]"),
-            (r#"{"cidrs":["10.96.0.0/12"],"interface":"eth/1"}"#, "interface"),
-            (r#"{"cidrs":["10.96.0.0/12"],"linkPool":{"name":"l","supernet":"169.254.0.0/16","subnetLen":8}}"#, "linkPool.subnetLen"),
+            (
+                r#"{"cidrs":["10.96.0.0/12"],"interface":"eth/1"}"#,
+                "interface",
+            ),
+            (
+                r#"{"cidrs":["10.96.0.0/12"],"linkPool":{"name":"l","supernet":"169.254.0.0/16","subnetLen":8}}"#,
+                "linkPool.subnetLen",
+            ),
             (r#"{"cidrs":["10.96.0.0/12"],"mtu":10}"#, "mtu"),
         ] {
             let e = parse_settings::<RainbondEgress>(s).unwrap_err();

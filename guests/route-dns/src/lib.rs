@@ -33,7 +33,9 @@ use core::str::FromStr;
 
 use serde::Deserialize;
 use tenet_policy_sdk::net::Cidr;
-use tenet_policy_sdk::{Dns, IpFamily, NextHop, Plan, PolicyError, Request, Route, Stage, export_stage};
+use tenet_policy_sdk::{
+    Dns, IpFamily, NextHop, Plan, PolicyError, Request, Route, Stage, export_stage,
+};
 
 /// A route in settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,7 +98,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { default_route: true, routes: Vec::new(), dns: None, tenants: BTreeMap::new() }
+        Settings {
+            default_route: true,
+            routes: Vec::new(),
+            dns: None,
+            tenants: BTreeMap::new(),
+        }
     }
 }
 
@@ -108,7 +115,9 @@ fn check_route(at: &str, r: &RouteSpec) -> Result<(), String> {
     match r.via.as_str() {
         "gateway" | "on-link" => {}
         ip => {
-            let a = IpAddr::from_str(ip).map_err(|_| format!("{at}.via: {ip:?} is not \"gateway\", \"on-link\" or an address"))?;
+            let a = IpAddr::from_str(ip).map_err(|_| {
+                format!("{at}.via: {ip:?} is not \"gateway\", \"on-link\" or an address")
+            })?;
             if a.is_ipv4() != c.addr.is_ipv4() {
                 return Err(format!("{at}.via: {ip} and {} differ in family", r.dst));
             }
@@ -119,20 +128,30 @@ fn check_route(at: &str, r: &RouteSpec) -> Result<(), String> {
 
 fn check_dns(at: &str, d: &DnsSpec) -> Result<(), String> {
     for (i, n) in d.nameservers.iter().enumerate() {
-        IpAddr::from_str(n).map_err(|_| format!("{at}.nameservers[{i}]: {n:?} is not an address"))?;
+        IpAddr::from_str(n)
+            .map_err(|_| format!("{at}.nameservers[{i}]: {n:?} is not an address"))?;
     }
     Ok(())
 }
 
 fn to_dns(d: &DnsSpec) -> Dns {
-    Dns { nameservers: d.nameservers.clone(), domain: d.domain.clone(), search: d.search.clone(), options: d.options.clone() }
+    Dns {
+        nameservers: d.nameservers.clone(),
+        domain: d.domain.clone(),
+        search: d.search.clone(),
+        options: d.options.clone(),
+    }
 }
 
 /// The route-dns stage.
 pub struct RouteDns;
 
 fn push_route(plan: &mut Plan, route: Route) {
-    if !plan.routes.iter().any(|r| r.dst == route.dst && r.interface == route.interface) {
+    if !plan
+        .routes
+        .iter()
+        .any(|r| r.dst == route.dst && r.interface == route.interface)
+    {
         plan.routes.push(route);
     }
 }
@@ -140,7 +159,10 @@ fn push_route(plan: &mut Plan, route: Route) {
 fn route_from(spec: &RouteSpec, primary: &str) -> Route {
     Route {
         dst: spec.dst.clone(),
-        interface: spec.interface.clone().unwrap_or_else(|| primary.to_string()),
+        interface: spec
+            .interface
+            .clone()
+            .unwrap_or_else(|| primary.to_string()),
         via: match spec.via.as_str() {
             "gateway" => NextHop::SubnetGateway,
             "on-link" => NextHop::OnLink,
@@ -183,15 +205,31 @@ impl Stage for RouteDns {
                 .unwrap_or_default();
             for (fam, dst) in [(IpFamily::Ipv4, "0.0.0.0/0"), (IpFamily::Ipv6, "::/0")] {
                 if families.contains(&fam) {
-                    push_route(&mut plan, Route { dst: dst.into(), interface: primary.into(), via: NextHop::SubnetGateway, metric: None, mtu: None });
+                    push_route(
+                        &mut plan,
+                        Route {
+                            dst: dst.into(),
+                            interface: primary.into(),
+                            via: NextHop::SubnetGateway,
+                            metric: None,
+                            mtu: None,
+                        },
+                    );
                 }
             }
         }
         let tenant = s.tenants.get(&plan.tenant);
-        for spec in s.routes.iter().chain(tenant.map(|t| t.routes.as_slice()).unwrap_or(&[])) {
+        for spec in s
+            .routes
+            .iter()
+            .chain(tenant.map(|t| t.routes.as_slice()).unwrap_or(&[]))
+        {
             push_route(&mut plan, route_from(spec, primary));
         }
-        let runtime = req.runtime_dns.as_ref().filter(|d| !d.nameservers.is_empty() || !d.search.is_empty());
+        let runtime = req
+            .runtime_dns
+            .as_ref()
+            .filter(|d| !d.nameservers.is_empty() || !d.search.is_empty());
         if let Some(d) = runtime {
             plan.dns = d.clone();
         } else if let Some(d) = tenant.and_then(|t| t.dns.as_ref()).or(s.dns.as_ref()) {
@@ -212,7 +250,11 @@ mod tests {
         let mut p = initial_plan("eth0");
         p.tenant = "acme".into();
         for f in families {
-            p.interfaces[0].addresses.push(AddressRequest { family: *f, pool: None, static_address: None });
+            p.interfaces[0].addresses.push(AddressRequest {
+                family: *f,
+                pool: None,
+                static_address: None,
+            });
         }
         p
     }
@@ -229,9 +271,21 @@ mod tests {
         let p = run("", plan_with(&[IpFamily::Ipv4, IpFamily::Ipv6]), |_| {});
         let dsts: Vec<&str> = p.routes.iter().map(|r| r.dst.as_str()).collect();
         assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
-        assert!(p.routes.iter().all(|r| r.via == NextHop::SubnetGateway && r.interface == "eth0"));
+        assert!(
+            p.routes
+                .iter()
+                .all(|r| r.via == NextHop::SubnetGateway && r.interface == "eth0")
+        );
         assert!(run("", plan_with(&[]), |_| {}).routes.is_empty());
-        assert!(run(r#"{"defaultRoute":false}"#, plan_with(&[IpFamily::Ipv4]), |_| {}).routes.is_empty());
+        assert!(
+            run(
+                r#"{"defaultRoute":false}"#,
+                plan_with(&[IpFamily::Ipv4]),
+                |_| {}
+            )
+            .routes
+            .is_empty()
+        );
     }
 
     #[test]
@@ -254,7 +308,12 @@ mod tests {
         other.tenant = "other".into();
         assert_eq!(run(s, other, |_| {}).dns.search, ["svc.cluster.local"]);
         let p = run(s, plan_with(&[]), |r| {
-            r.runtime_dns = Some(Dns { nameservers: alloc::vec!["1.1.1.1".into()], domain: None, search: Vec::new(), options: Vec::new() })
+            r.runtime_dns = Some(Dns {
+                nameservers: alloc::vec!["1.1.1.1".into()],
+                domain: None,
+                search: Vec::new(),
+                options: Vec::new(),
+            })
         });
         assert_eq!(p.dns.nameservers, ["1.1.1.1"]);
     }
@@ -263,10 +322,19 @@ mod tests {
     fn settings_errors_name_the_field() {
         for (s, field) in [
             (r#"{"routes":[{"dst":"10.0.0.1/8"}]}"#, "routes[0].dst"),
-            (r#"{"routes":[{"dst":"10.0.0.0/8","via":"router"}]}"#, "routes[0].via"),
-            (r#"{"routes":[{"dst":"10.0.0.0/8","via":"fd00::1"}]}"#, "routes[0].via"),
+            (
+                r#"{"routes":[{"dst":"10.0.0.0/8","via":"router"}]}"#,
+                "routes[0].via",
+            ),
+            (
+                r#"{"routes":[{"dst":"10.0.0.0/8","via":"fd00::1"}]}"#,
+                "routes[0].via",
+            ),
             (r#"{"dns":{"nameservers":["dns"]}}"#, "dns.nameservers[0]"),
-            (r#"{"tenants":{"t":{"routes":[{"dst":"x"}]}}}"#, "tenants.t.routes[0].dst"),
+            (
+                r#"{"tenants":{"t":{"routes":[{"dst":"x"}]}}}"#,
+                "tenants.t.routes[0].dst",
+            ),
             (r#"{"dnss":{}}"#, "dnss"),
         ] {
             let e = parse_settings::<RouteDns>(s).unwrap_err();

@@ -71,7 +71,11 @@ pub trait Stage {
     }
 
     /// Refines the plan.
-    fn evaluate(request: &Request, settings: &Self::Settings, plan: Plan) -> Result<Plan, PolicyError>;
+    fn evaluate(
+        request: &Request,
+        settings: &Self::Settings,
+        plan: Plan,
+    ) -> Result<Plan, PolicyError>;
 }
 
 /// Parses and validates settings (empty string = defaults).
@@ -93,7 +97,11 @@ pub fn __validate<S: Stage>(settings: &str) -> Result<(), String> {
 
 /// The exported `evaluate`, for [`export_stage!`].
 #[doc(hidden)]
-pub fn __evaluate<S: Stage>(request: Request, settings: &str, plan: Plan) -> Result<Plan, PolicyError> {
+pub fn __evaluate<S: Stage>(
+    request: Request,
+    settings: &str,
+    plan: Plan,
+) -> Result<Plan, PolicyError> {
     let s = parse_settings::<S>(settings).map_err(PolicyError::InvalidSettings)?;
     S::evaluate(&request, &s, plan)
 }
@@ -144,7 +152,9 @@ pub fn test_log() -> alloc::vec::Vec<(Level, String)> {
 
 /// The value of `key` in a key/value list.
 pub fn kv_get<'a>(list: &'a [Kv], key: &str) -> Option<&'a str> {
-    list.iter().find(|kv| kv.key == key).map(|kv| kv.value.as_str())
+    list.iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
 }
 
 /// The plan's interface named `name`.
@@ -188,7 +198,12 @@ pub fn initial_plan(ifname: &str) -> Plan {
             mtu: None,
         }],
         routes: alloc::vec::Vec::new(),
-        dns: Dns { nameservers: alloc::vec::Vec::new(), domain: None, search: alloc::vec::Vec::new(), options: alloc::vec::Vec::new() },
+        dns: Dns {
+            nameservers: alloc::vec::Vec::new(),
+            domain: None,
+            search: alloc::vec::Vec::new(),
+            options: alloc::vec::Vec::new(),
+        },
         sysctls: alloc::vec::Vec::new(),
         annotations: alloc::vec::Vec::new(),
     }

@@ -33,13 +33,19 @@ fn from_bits(v: u128, width: u8) -> IpAddr {
 
 /// The family of an address.
 pub fn family(ip: IpAddr) -> IpFamily {
-    if ip.is_ipv4() { IpFamily::Ipv4 } else { IpFamily::Ipv6 }
+    if ip.is_ipv4() {
+        IpFamily::Ipv4
+    } else {
+        IpFamily::Ipv6
+    }
 }
 
 impl Cidr {
     /// Parses `addr/len`; the message names the input.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (missing /prefix)"))?;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (missing /prefix)"))?;
         let addr = IpAddr::from_str(a).map_err(|_| format!("{s:?} is not a CIDR"))?;
         let len: u8 = l.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
         if len > bits(addr).1 {
@@ -56,7 +62,11 @@ impl Cidr {
     /// The network address (host bits cleared).
     pub fn network(&self) -> IpAddr {
         let (v, w) = bits(self.addr);
-        let mask = if self.len == 0 { 0 } else { (!0u128) << (128 - u32::from(self.len)) >> (128 - u32::from(w)) };
+        let mask = if self.len == 0 {
+            0
+        } else {
+            (!0u128) << (128 - u32::from(self.len)) >> (128 - u32::from(w))
+        };
         from_bits(v & mask, w)
     }
 
@@ -99,7 +109,9 @@ pub fn parse_address(s: &str) -> Result<(IpAddr, Option<u8>), String> {
         let c = Cidr::parse(s)?;
         Ok((c.addr, Some(c.len)))
     } else {
-        IpAddr::from_str(s).map(|a| (a, None)).map_err(|_| format!("{s:?} is not an IP address"))
+        IpAddr::from_str(s)
+            .map(|a| (a, None))
+            .map_err(|_| format!("{s:?} is not an IP address"))
     }
 }
 
@@ -115,7 +127,11 @@ pub fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), String> {
     }
     let c = Cidr::parse(s)?;
     let (n, w) = bits(c.network());
-    let host = if c.len == w { 0 } else { (!0u128) >> (128 - u32::from(w - c.len)) };
+    let host = if c.len == w {
+        0
+    } else {
+        (!0u128) >> (128 - u32::from(w - c.len))
+    };
     Ok((c.network(), from_bits(n | host, w)))
 }
 
@@ -136,13 +152,20 @@ mod tests {
         assert!(!c.contains("10.80.0.0".parse().unwrap()));
         assert!(!c.contains("fd00::1".parse().unwrap()));
         assert!(!Cidr::parse("10.64.0.1/12").unwrap().is_canonical());
-        assert_eq!(Cidr::parse("10.64.0.1/12").unwrap().network().to_string(), "10.64.0.0");
+        assert_eq!(
+            Cidr::parse("10.64.0.1/12").unwrap().network().to_string(),
+            "10.64.0.0"
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("10.0.0.0").is_err());
         let v6 = Cidr::parse("fd00:10::/64").unwrap();
         assert!(v6.contains("fd00:10::5".parse().unwrap()));
         assert!(!v6.contains("fd00:11::5".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
         assert!(c.contains_cidr(&Cidr::parse("10.65.0.0/24").unwrap()));
         assert!(!Cidr::parse("10.65.0.0/24").unwrap().contains_cidr(&c));
     }
@@ -150,7 +173,10 @@ mod tests {
     #[test]
     fn ranges() {
         let r = parse_range("10.0.0.0/30").unwrap();
-        assert_eq!((r.0.to_string(), r.1.to_string()), ("10.0.0.0".into(), "10.0.0.3".into()));
+        assert_eq!(
+            (r.0.to_string(), r.1.to_string()),
+            ("10.0.0.0".into(), "10.0.0.3".into())
+        );
         let r = parse_range("10.0.0.10-10.0.0.20").unwrap();
         assert!(in_range(r, "10.0.0.15".parse().unwrap()));
         assert!(!in_range(r, "10.0.0.21".parse().unwrap()));

@@ -76,7 +76,11 @@ impl Parser<'_> {
             self.pos += 1;
             branches.push(self.concat()?);
         }
-        Ok(if branches.len() == 1 { branches.pop().unwrap_or(Node::Concat(Vec::new())) } else { Node::Alt(branches) })
+        Ok(if branches.len() == 1 {
+            branches.pop().unwrap_or(Node::Concat(Vec::new()))
+        } else {
+            Node::Alt(branches)
+        })
     }
 
     fn concat(&mut self) -> Result<Node, String> {
@@ -110,7 +114,11 @@ impl Parser<'_> {
                 let min = self.number().ok_or_else(|| self.err("expected a number"))?;
                 let max = if self.peek() == Some(',') {
                     self.pos += 1;
-                    if self.peek() == Some('}') { None } else { Some(self.number().ok_or_else(|| self.err("expected a number"))?) }
+                    if self.peek() == Some('}') {
+                        None
+                    } else {
+                        Some(self.number().ok_or_else(|| self.err("expected a number"))?)
+                    }
                 } else {
                     Some(min)
                 };
@@ -281,8 +289,17 @@ impl Pattern {
             return Err(format!("pattern is longer than {MAX_PATTERN} bytes"));
         }
         let body = src.strip_prefix('^').unwrap_or(src);
-        let body = if body.ends_with('$') && !body.ends_with("\\$") { &body[..body.len() - 1] } else { body };
-        let mut p = Parser { chars: body.chars().collect(), pos: 0, groups: 0, src };
+        let body = if body.ends_with('$') && !body.ends_with("\\$") {
+            &body[..body.len() - 1]
+        } else {
+            body
+        };
+        let mut p = Parser {
+            chars: body.chars().collect(),
+            pos: 0,
+            groups: 0,
+            src,
+        };
         let node = p.alt()?;
         if p.pos != p.chars.len() {
             return Err(p.err("unexpected )"));
@@ -291,7 +308,10 @@ impl Pattern {
         emit(&node, &mut prog);
         prog.push(Inst::Save(1));
         prog.push(Inst::Match);
-        Ok(Pattern { prog, groups: p.groups })
+        Ok(Pattern {
+            prog,
+            groups: p.groups,
+        })
     }
 
     /// Number of capturing groups.
@@ -334,12 +354,16 @@ impl Pattern {
         depth: u32,
     ) -> Result<bool, String> {
         if depth > MAX_DEPTH {
-            return Err(format!("pattern backtracks deeper than {MAX_DEPTH}; simplify it"));
+            return Err(format!(
+                "pattern backtracks deeper than {MAX_DEPTH}; simplify it"
+            ));
         }
         loop {
             *steps += 1;
             if *steps > MAX_STEPS {
-                return Err(format!("pattern needs more than {MAX_STEPS} steps; simplify it"));
+                return Err(format!(
+                    "pattern needs more than {MAX_STEPS} steps; simplify it"
+                ));
             }
             match &self.prog[pc] {
                 Inst::Char(c) => {
@@ -458,7 +482,14 @@ mod tests {
 
     #[test]
     fn bad_patterns_name_the_problem() {
-        for (p, needle) in [("(a", "unclosed ("), ("a)", "unexpected )"), ("*a", "nothing to repeat"), ("[a", "unclosed ["), ("a{3,1}", "bounds"), ("\\q", "escape")] {
+        for (p, needle) in [
+            ("(a", "unclosed ("),
+            ("a)", "unexpected )"),
+            ("*a", "nothing to repeat"),
+            ("[a", "unclosed ["),
+            ("a{3,1}", "bounds"),
+            ("\\q", "escape"),
+        ] {
             let e = Pattern::new(p).unwrap_err();
             assert!(e.contains(needle), "{p}: {e}");
         }

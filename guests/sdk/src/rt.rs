@@ -49,7 +49,12 @@ static ALLOC: Bump = Bump;
 /// # Safety
 /// Called by the host per the canonical ABI.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
+pub unsafe extern "C" fn cabi_realloc(
+    old: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
     if new_len == 0 {
         return align as *mut u8;
     }

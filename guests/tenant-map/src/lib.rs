@@ -104,7 +104,11 @@ pub fn sanitize(name: &str) -> Option<String> {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
         })
         .collect();
     let mut t = mapped.trim_matches('-').to_string();
@@ -171,7 +175,9 @@ impl Stage for TenantMap {
         }
         if let Some(t) = &s.default_tenant {
             if sanitize(t).as_deref() != Some(t.as_str()) {
-                return Err(format!("defaultTenant: {t:?} is not a tenant id ([a-z0-9-], 1-63)"));
+                return Err(format!(
+                    "defaultTenant: {t:?} is not a tenant id ([a-z0-9-], 1-63)"
+                ));
             }
         }
         Ok(())
@@ -196,8 +202,12 @@ impl Stage for TenantMap {
             }
             None => ("default".to_string(), "fallback"),
         };
-        let tenant = sanitize(&raw)
-            .ok_or_else(|| PolicyError::Denied(format!("{}: {raw:?} ({how}) is not usable as a tenant id", who())))?;
+        let tenant = sanitize(&raw).ok_or_else(|| {
+            PolicyError::Denied(format!(
+                "{}: {raw:?} ({how}) is not usable as a tenant id",
+                who()
+            ))
+        })?;
         log(Level::Debug, &format!("tenant {tenant} from {how}"));
         plan.tenant = tenant;
         Ok(plan)
@@ -236,7 +246,10 @@ mod tests {
         assert_eq!(
             run(s, |r| {
                 r.pod_namespace = Some("team-x".into());
-                r.labels.push(Kv { key: "tenant_id".into(), value: "acme".into() });
+                r.labels.push(Kv {
+                    key: "tenant_id".into(),
+                    value: "acme".into(),
+                });
             })
             .unwrap(),
             "acme"
@@ -253,13 +266,26 @@ mod tests {
     fn deny_unknown() {
         let s = r#"{"fromNamespace":false,"denyUnknown":true}"#;
         match run(s, ns("team-a")) {
-            Err(PolicyError::Denied(m)) => assert!(m.contains("no tenant") && m.contains("team-a"), "{m}"),
+            Err(PolicyError::Denied(m)) => {
+                assert!(m.contains("no tenant") && m.contains("team-a"), "{m}")
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(run(r#"{"denyUnknown":true}"#, ns("team-a")).unwrap(), "team-a");
-        assert!(matches!(run(r#"{"denyUnknown":true}"#, |_| {}), Err(PolicyError::Denied(_))));
+        assert_eq!(
+            run(r#"{"denyUnknown":true}"#, ns("team-a")).unwrap(),
+            "team-a"
+        );
+        assert!(matches!(
+            run(r#"{"denyUnknown":true}"#, |_| {}),
+            Err(PolicyError::Denied(_))
+        ));
         // A label value that sanitises to nothing is denied, not defaulted.
-        let bad = run(r#"{"labels":["t"]}"#, |r| r.labels.push(Kv { key: "t".into(), value: "!!!".into() }));
+        let bad = run(r#"{"labels":["t"]}"#, |r| {
+            r.labels.push(Kv {
+                key: "t".into(),
+                value: "!!!".into(),
+            })
+        });
         assert!(matches!(bad, Err(PolicyError::Denied(_))));
     }
 
@@ -267,7 +293,10 @@ mod tests {
     fn settings_errors_name_the_field() {
         for (s, field) in [
             (r#"{"denyUnknwn":true}"#, "denyUnknwn"),
-            (r#"{"regexes":[{"pattern":"(a","tenant":"x"}]}"#, "regexes[0].pattern"),
+            (
+                r#"{"regexes":[{"pattern":"(a","tenant":"x"}]}"#,
+                "regexes[0].pattern",
+            ),
             (r#"{"prefixes":[{"prefix":""}]}"#, "prefixes[0].prefix"),
             (r#"{"defaultTenant":"Not Valid"}"#, "defaultTenant"),
             (r#"{"labels":"tenant"}"#, "settings"),

@@ -11,14 +11,23 @@ const MAX_STDIN: usize = 1 << 20;
 fn main() {
     // Release builds abort on panic; still answer the runtime in CNI form.
     std::panic::set_hook(Box::new(|info| {
-        let e = cni::CniError::new(cni::code::INTERNAL, "internal error", format!("tenet panicked: {info}"));
+        let e = cni::CniError::new(
+            cni::code::INTERNAL,
+            "internal error",
+            format!("tenet panicked: {info}"),
+        );
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", e.to_json(cni::version::LATEST));
         let _ = out.flush();
         eprintln!("tenet: {info}");
     }));
     let env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
         .collect();
     let stdin = match cni::read_stdin(std::io::stdin().lock(), MAX_STDIN) {
         Ok(b) => b,

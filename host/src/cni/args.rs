@@ -29,7 +29,11 @@ impl CniArgs {
                 ));
             };
             if k.is_empty() {
-                return Err(CniError::new(code::INVALID_ENV, "invalid CNI_ARGS", format!("{part:?} has an empty key")));
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    "invalid CNI_ARGS",
+                    format!("{part:?} has an empty key"),
+                ));
             }
             if k != "IgnoreUnknown" {
                 pairs.push(Kv::new(k, v));
@@ -90,8 +94,13 @@ mod tests {
         assert_eq!(a.pod_uid(), Some("5b1c"));
         assert_eq!(a.infra_container_id(), Some("abc"));
         assert!(a.pairs.iter().all(|kv| kv.key != "IgnoreUnknown"));
-        let p = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.88.0.5;MAC=02:00:00:00:00:05").unwrap();
-        assert_eq!((p.ip(), p.mac(), p.pod_namespace()), (Some("10.88.0.5"), Some("02:00:00:00:00:05"), None));
+        let p =
+            CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.88.0.5;MAC=02:00:00:00:00:05")
+                .unwrap();
+        assert_eq!(
+            (p.ip(), p.mac(), p.pod_namespace()),
+            (Some("10.88.0.5"), Some("02:00:00:00:00:05"), None)
+        );
     }
 
     #[test]

@@ -71,13 +71,21 @@ pub struct NetConf {
 }
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> CniError {
-    CniError::new(code::INVALID_CONFIG, "invalid network configuration", format!("{field}: {msg}"))
+    CniError::new(
+        code::INVALID_CONFIG,
+        "invalid network configuration",
+        format!("{field}: {msg}"),
+    )
 }
 
 /// Case-insensitive lookup: containerd's go-cni structs have no JSON tags.
 fn field<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     m.get(name)
-        .or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+        .or_else(|| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
         .filter(|v| !v.is_null())
 }
 
@@ -86,7 +94,11 @@ fn string_list(v: &Value, at: &str) -> Result<Vec<String>, CniError> {
         Value::Array(a) => a
             .iter()
             .enumerate()
-            .map(|(i, x)| x.as_str().map(str::to_owned).ok_or_else(|| invalid(&format!("{at}[{i}]"), "must be a string")))
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid(&format!("{at}[{i}]"), "must be a string"))
+            })
             .collect(),
         _ => Err(invalid(at, "must be a list of strings")),
     }
@@ -102,11 +114,14 @@ fn opt_string(m: &Map<String, Value>, name: &str, at: &str) -> Result<Option<Str
 }
 
 fn list_field(m: &Map<String, Value>, name: &str, at: &str) -> Result<Vec<String>, CniError> {
-    field(m, name).map(|v| string_list(v, &format!("{at}.{name}"))).unwrap_or(Ok(Vec::new()))
+    field(m, name)
+        .map(|v| string_list(v, &format!("{at}.{name}")))
+        .unwrap_or(Ok(Vec::new()))
 }
 
 fn object<'a>(v: &'a Value, at: &str) -> Result<&'a Map<String, Value>, CniError> {
-    v.as_object().ok_or_else(|| invalid(at, "must be an object"))
+    v.as_object()
+        .ok_or_else(|| invalid(at, "must be an object"))
 }
 
 fn kv_list(v: &Value, at: &str) -> Result<Vec<Kv>, CniError> {
@@ -123,7 +138,8 @@ fn kv_list(v: &Value, at: &str) -> Result<Vec<Kv>, CniError> {
             .enumerate()
             .map(|(i, x)| {
                 let o = object(x, &format!("{at}[{i}]"))?;
-                let k = opt_string(o, "key", &format!("{at}[{i}]"))?.ok_or_else(|| invalid(&format!("{at}[{i}].key"), "is required"))?;
+                let k = opt_string(o, "key", &format!("{at}[{i}]"))?
+                    .ok_or_else(|| invalid(&format!("{at}[{i}].key"), "is required"))?;
                 let v = opt_string(o, "value", &format!("{at}[{i}]"))?.unwrap_or_default();
                 Ok(Kv::new(k, v))
             })
@@ -135,7 +151,9 @@ fn kv_list(v: &Value, at: &str) -> Result<Vec<Kv>, CniError> {
 fn u64_field(m: &Map<String, Value>, name: &str, at: &str) -> Result<u64, CniError> {
     match field(m, name) {
         None => Ok(0),
-        Some(v) => v.as_u64().ok_or_else(|| invalid(&format!("{at}.{name}"), "must be a non-negative integer")),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(&format!("{at}.{name}"), "must be a non-negative integer")),
     }
 }
 
@@ -144,7 +162,12 @@ fn port(m: &Map<String, Value>, name: &str, at: &str) -> Result<u16, CniError> {
     v.as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| invalid(&format!("{at}.{name}"), format!("{v} is not a port (1-65535)")))
+        .ok_or_else(|| {
+            invalid(
+                &format!("{at}.{name}"),
+                format!("{v} is not a port (1-65535)"),
+            )
+        })
 }
 
 fn dns(m: &Map<String, Value>, at: &str, servers: &str, searches: &str) -> Result<Dns, CniError> {
@@ -170,9 +193,14 @@ fn runtime_config(v: &Value) -> Result<RuntimeConfig, CniError> {
         for (i, pm) in a.iter().enumerate() {
             let at = format!("runtimeConfig.portMappings[{i}]");
             let o = object(pm, &at)?;
-            let protocol = opt_string(o, "protocol", &at)?.unwrap_or_else(|| "tcp".into()).to_ascii_lowercase();
+            let protocol = opt_string(o, "protocol", &at)?
+                .unwrap_or_else(|| "tcp".into())
+                .to_ascii_lowercase();
             if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-                return Err(invalid(&format!("{at}.protocol"), format!("{protocol:?} is not tcp, udp or sctp")));
+                return Err(invalid(
+                    &format!("{at}.protocol"),
+                    format!("{protocol:?} is not tcp, udp or sctp"),
+                ));
             }
             rc.port_mappings.push(PortMapping {
                 host_port: port(o, "hostPort", &at)?,
@@ -183,7 +211,12 @@ fn runtime_config(v: &Value) -> Result<RuntimeConfig, CniError> {
         }
     }
     if let Some(v) = field(m, "dns") {
-        rc.dns = Some(dns(object(v, "runtimeConfig.dns")?, "runtimeConfig.dns", "servers", "searches")?);
+        rc.dns = Some(dns(
+            object(v, "runtimeConfig.dns")?,
+            "runtimeConfig.dns",
+            "servers",
+            "searches",
+        )?);
     }
     if let Some(v) = field(m, "bandwidth") {
         let at = "runtimeConfig.bandwidth";
@@ -206,7 +239,10 @@ fn args_cni(v: &Value) -> Result<ArgsCni, CniError> {
     let c = object(cni, "args.cni")?;
     Ok(ArgsCni {
         ips: list_field(c, "ips", "args.cni")?,
-        labels: c.get("labels").map(|v| kv_list(v, "args.cni.labels")).unwrap_or(Ok(Vec::new()))?,
+        labels: c
+            .get("labels")
+            .map(|v| kv_list(v, "args.cni.labels"))
+            .unwrap_or(Ok(Vec::new()))?,
         annotations: c
             .get("annotations")
             .map(|v| kv_list(v, "args.cni.annotations"))
@@ -224,8 +260,10 @@ fn attachments(v: &Value, key: &str) -> Result<Vec<Attachment>, CniError> {
             let at = format!("{key}[{i}]");
             let o = object(x, &at)?;
             Ok(Attachment {
-                container_id: opt_string(o, "containerID", &at)?.ok_or_else(|| invalid(&format!("{at}.containerID"), "is required"))?,
-                ifname: opt_string(o, "ifname", &at)?.ok_or_else(|| invalid(&format!("{at}.ifname"), "is required"))?,
+                container_id: opt_string(o, "containerID", &at)?
+                    .ok_or_else(|| invalid(&format!("{at}.containerID"), "is required"))?,
+                ifname: opt_string(o, "ifname", &at)?
+                    .ok_or_else(|| invalid(&format!("{at}.ifname"), "is required"))?,
             })
         })
         .collect()
@@ -240,10 +278,19 @@ impl NetConf {
     /// Parses and validates a configuration document. The version itself is
     /// checked by the caller, which knows the command.
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let v: Value = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(code::DECODE_FAILURE, "failed to decode the network configuration", e.to_string()))?;
+        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                "failed to decode the network configuration",
+                e.to_string(),
+            )
+        })?;
         let Value::Object(mut m) = v else {
-            return Err(CniError::new(code::DECODE_FAILURE, "failed to decode the network configuration", "not a JSON object"));
+            return Err(CniError::new(
+                code::DECODE_FAILURE,
+                "failed to decode the network configuration",
+                "not a JSON object",
+            ));
         };
         let mut take_str = |k: &str| -> Result<String, CniError> {
             match m.remove(k) {
@@ -259,17 +306,26 @@ impl NetConf {
             return Err(invalid("name", "is required"));
         }
         if !valid_network_name(&name) {
-            return Err(invalid("name", format!("{name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")));
+            return Err(invalid(
+                "name",
+                format!("{name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
+            ));
         }
         if plugin_type.is_empty() {
             return Err(invalid("type", "is required"));
         }
         if let Some(ipam) = m.remove("ipam").filter(|v| !v.is_null()) {
-            let t = ipam.get("type").and_then(Value::as_str).unwrap_or("?").to_owned();
+            let t = ipam
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
             return Err(CniError::new(
                 code::UNSUPPORTED_FIELD,
                 format!("unsupported field ipam (type {t:?})"),
-                format!("ipam = {ipam}: tenet allocates addresses itself, as its policy pipeline decides; remove the ipam key"),
+                format!(
+                    "ipam = {ipam}: tenet allocates addresses itself, as its policy pipeline decides; remove the ipam key"
+                ),
             ));
         }
         // libcni passes `capabilities` through although the spec says it must
@@ -336,9 +392,23 @@ mod tests {
         .unwrap();
         assert_eq!(go.runtime_config, camel.runtime_config);
         let pm = &go.runtime_config.port_mappings[0];
-        assert_eq!((pm.host_port, pm.container_port, pm.protocol.as_str(), pm.host_ip.as_deref()), (18081, 80, "tcp", Some("127.0.0.1")));
-        assert_eq!(go.runtime_config.dns.as_ref().unwrap().nameservers, ["10.0.0.10"]);
-        assert_eq!(go.runtime_config.bandwidth.as_ref().unwrap().egress_burst, 20);
+        assert_eq!(
+            (
+                pm.host_port,
+                pm.container_port,
+                pm.protocol.as_str(),
+                pm.host_ip.as_deref()
+            ),
+            (18081, 80, "tcp", Some("127.0.0.1"))
+        );
+        assert_eq!(
+            go.runtime_config.dns.as_ref().unwrap().nameservers,
+            ["10.0.0.10"]
+        );
+        assert_eq!(
+            go.runtime_config.bandwidth.as_ref().unwrap().egress_burst,
+            20
+        );
     }
 
     #[test]
@@ -362,22 +432,62 @@ mod tests {
         assert_eq!(c.args.ips, ["10.2.2.42/24"]);
         assert_eq!(c.args.labels, vec![Kv::new("app", "web")]);
         assert_eq!(c.args.annotations, vec![Kv::new("tenet.io/ip", "10.1.1.1")]);
-        let ids: Vec<_> = c.valid_attachments.iter().map(|a| a.container_id.as_str()).collect();
+        let ids: Vec<_> = c
+            .valid_attachments
+            .iter()
+            .map(|a| a.container_id.as_str())
+            .collect();
         assert_eq!(ids, ["a", "b", "c"]);
     }
 
     #[test]
     fn rejections_name_the_field() {
         let cases = [
-            (serde_json::json!({"cniVersion":"1.0.0","type":"tenet"}), code::INVALID_CONFIG, "name"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"a/b","type":"tenet"}), code::INVALID_CONFIG, "name"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n"}), code::INVALID_CONFIG, "type"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"host-local"}}), code::UNSUPPORTED_FIELD, "host-local"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}), code::INVALID_CONFIG, "portMappings[0].hostPort"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":80,"protocol":"icmp"}]}}), code::INVALID_CONFIG, "protocol"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"ips":"10.0.0.1"}}), code::INVALID_CONFIG, "runtimeConfig.ips"),
-            (serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","args":{"cni":{"labels":[{"value":"x"}]}}}), code::INVALID_CONFIG, "args.cni.labels[0].key"),
-            (serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":[{"ifname":"eth0"}]}), code::INVALID_CONFIG, "containerID"),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","type":"tenet"}),
+                code::INVALID_CONFIG,
+                "name",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"a/b","type":"tenet"}),
+                code::INVALID_CONFIG,
+                "name",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n"}),
+                code::INVALID_CONFIG,
+                "type",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"type":"host-local"}}),
+                code::UNSUPPORTED_FIELD,
+                "host-local",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}),
+                code::INVALID_CONFIG,
+                "portMappings[0].hostPort",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":80,"protocol":"icmp"}]}}),
+                code::INVALID_CONFIG,
+                "protocol",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"ips":"10.0.0.1"}}),
+                code::INVALID_CONFIG,
+                "runtimeConfig.ips",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t","args":{"cni":{"labels":[{"value":"x"}]}}}),
+                code::INVALID_CONFIG,
+                "args.cni.labels[0].key",
+            ),
+            (
+                serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":[{"ifname":"eth0"}]}),
+                code::INVALID_CONFIG,
+                "containerID",
+            ),
             (serde_json::json!([1, 2]), code::DECODE_FAILURE, "object"),
         ];
         for (j, c, needle) in cases {

@@ -72,7 +72,8 @@ pub struct Env {
 /// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` (SPEC §3 "Attachment Parameters").
 pub fn valid_container_id(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl Env {
@@ -96,7 +97,11 @@ impl Env {
             }
         }
         let Some(cmd_s) = command else {
-            return Err(CniError::new(code::INVALID_ENV, "required env variables [CNI_COMMAND] missing", ""));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "required env variables [CNI_COMMAND] missing",
+                "",
+            ));
         };
         let Some(command) = Command::parse(&cmd_s) else {
             return Err(CniError::new(
@@ -145,13 +150,16 @@ impl Env {
             }
         }
         if let Some(name) = &ifname {
-            check_ifname(name).map_err(|m| CniError::new(code::INVALID_ENV, "invalid CNI_IFNAME", m))?;
+            check_ifname(name)
+                .map_err(|m| CniError::new(code::INVALID_ENV, "invalid CNI_IFNAME", m))?;
         }
         let args = match args {
             Some(a) => CniArgs::parse(&a)?,
             None => CniArgs::default(),
         };
-        let path = path.map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+        let path = path
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
         Ok(Env {
             command,
             container_id,
@@ -173,7 +181,11 @@ mod tests {
 
     #[test]
     fn required_variables_per_command() {
-        let full = [("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
+        let full = [
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         for cmd in ["ADD", "CHECK", "DEL"] {
             let mut v = vec![("CNI_COMMAND", cmd)];
             v.extend(full);
@@ -181,29 +193,65 @@ mod tests {
         }
         let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1")]).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
-        assert!(e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"), "{e}");
+        assert!(
+            e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"),
+            "{e}"
+        );
         // DEL: netns optional, and empty means unset.
-        let d = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")]).unwrap();
+        let d = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", ""),
+        ])
+        .unwrap();
         assert_eq!(d.netns, None);
         for cmd in ["STATUS", "GC"] {
-            assert!(env(&[("CNI_COMMAND", cmd), ("CNI_CONTAINERID", ""), ("CNI_IFNAME", "")]).is_ok());
+            assert!(
+                env(&[
+                    ("CNI_COMMAND", cmd),
+                    ("CNI_CONTAINERID", ""),
+                    ("CNI_IFNAME", "")
+                ])
+                .is_ok()
+            );
         }
         assert_eq!(env(&[]).unwrap_err().code, code::INVALID_ENV);
-        assert_eq!(env(&[("CNI_COMMAND", "ADDX")]).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "ADDX")]).unwrap_err().code,
+            code::INVALID_ENV
+        );
     }
 
     #[test]
     fn podman_version_probe_is_accepted() {
-        let e = env(&[("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy"), ("CNI_CONTAINERID", "")]).unwrap();
+        let e = env(&[
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_IFNAME", "dummy"),
+            ("CNI_PATH", "dummy"),
+            ("CNI_CONTAINERID", ""),
+        ])
+        .unwrap();
         assert_eq!(e.command, Command::Version);
     }
 
     #[test]
     fn identifiers_are_checked() {
-        let bad_id = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "../etc"), ("CNI_IFNAME", "eth0")]).unwrap_err();
+        let bad_id = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "../etc"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert!(bad_id.msg.contains("CNI_CONTAINERID"));
         for name in ["eth0/x", "a-very-long-ifname", "eth 0", ".."] {
-            let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", name)]).unwrap_err();
+            let e = env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c"),
+                ("CNI_IFNAME", name),
+            ])
+            .unwrap_err();
             assert!(e.msg.contains("CNI_IFNAME"), "{name}: {e}");
         }
         assert!(valid_container_id("a1_b.c-d"));
@@ -213,9 +261,22 @@ mod tests {
 
     #[test]
     fn path_and_args_are_parsed() {
-        let e = env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"), ("CNI_ARGS", "IgnoreUnknown=1;A=b")]).unwrap();
-        assert_eq!(e.path, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
+        let e = env(&[
+            ("CNI_COMMAND", "GC"),
+            ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
+            ("CNI_ARGS", "IgnoreUnknown=1;A=b"),
+        ])
+        .unwrap();
+        assert_eq!(
+            e.path,
+            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
         assert_eq!(e.args.get("A"), Some("b"));
-        assert_eq!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "oops")]).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "oops")])
+                .unwrap_err()
+                .code,
+            code::INVALID_ENV
+        );
     }
 }

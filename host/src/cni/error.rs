@@ -87,7 +87,12 @@ impl CniError {
             msg: &self.msg,
             details: &self.details,
         })
-        .unwrap_or_else(|_| format!("{{\"cniVersion\":\"{cni_version}\",\"code\":{},\"msg\":\"error\"}}", self.code))
+        .unwrap_or_else(|_| {
+            format!(
+                "{{\"cniVersion\":\"{cni_version}\",\"code\":{},\"msg\":\"error\"}}",
+                self.code
+            )
+        })
     }
 }
 
@@ -97,10 +102,18 @@ mod tests {
 
     #[test]
     fn renders_the_spec_shape() {
-        let e = CniError::new(code::INVALID_ENV, "required env variables missing", "CNI_IFNAME");
+        let e = CniError::new(
+            code::INVALID_ENV,
+            "required env variables missing",
+            "CNI_IFNAME",
+        );
         let v: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
-        assert_eq!(v, serde_json::json!({"cniVersion":"1.0.0","code":4,"msg":"required env variables missing","details":"CNI_IFNAME"}));
-        let v: serde_json::Value = serde_json::from_str(&CniError::new(7, "bad \"quote\"", "").to_json("0.3.1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cniVersion":"1.0.0","code":4,"msg":"required env variables missing","details":"CNI_IFNAME"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&CniError::new(7, "bad \"quote\"", "").to_json("0.3.1")).unwrap();
         assert_eq!(v.get("details"), None);
         assert_eq!(v["msg"], "bad \"quote\"");
         assert_eq!(e.to_string(), "required env variables missing: CNI_IFNAME");

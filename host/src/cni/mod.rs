@@ -44,7 +44,11 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
         // VERSION tolerates an empty, `{}` or unparseable stdin.
         let v = serde_json::from_slice::<serde_json::Value>(stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned)
+            })
             .filter(|v| version::is_supported(v))
             .unwrap_or_else(|| version::LATEST.to_owned());
         return Ok(Invocation {
@@ -58,19 +62,29 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
         return Err(CniError::new(
             code::INVALID_CONFIG,
             "invalid network configuration",
-            format!("stdin is empty; CNI_COMMAND={} needs the network configuration", env.command.as_str()),
+            format!(
+                "stdin is empty; CNI_COMMAND={} needs the network configuration",
+                env.command.as_str()
+            ),
         ));
     }
     let config = NetConf::parse(stdin)?;
     let v = config.cni_version.clone();
     if v.is_empty() {
-        return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration", "cniVersion: is required"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration",
+            "cniVersion: is required",
+        ));
     }
     if !version::is_supported(&v) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             "incompatible CNI versions",
-            format!("config is {v:?}, tenet supports {}", version::SUPPORTED.join(", ")),
+            format!(
+                "config is {v:?}, tenet supports {}",
+                version::SUPPORTED.join(", ")
+            ),
         ));
     }
     let min = match env.command {
@@ -83,7 +97,10 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI versions",
-                format!("{} needs a configuration of version {min} or later, got {v}", env.command.as_str()),
+                format!(
+                    "{} needs a configuration of version {min} or later, got {v}",
+                    env.command.as_str()
+                ),
             ));
         }
     }
@@ -100,7 +117,11 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
 pub fn error_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+        })
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::LATEST.to_owned())
 }
@@ -112,7 +133,13 @@ pub fn read_stdin(mut reader: impl Read, max: usize) -> Result<Vec<u8>, CniError
         .by_ref()
         .take(max as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| CniError::new(code::IO_FAILURE, "failed to read the network configuration from stdin", e.to_string()))?;
+        .map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                "failed to read the network configuration from stdin",
+                e.to_string(),
+            )
+        })?;
     if buf.len() > max {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -162,17 +189,34 @@ mod tests {
     use super::*;
 
     fn inv(pairs: &[(&str, &str)], stdin: &str) -> Result<Invocation, CniError> {
-        parse_invocation(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())), stdin.as_bytes())
+        parse_invocation(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            stdin.as_bytes(),
+        )
     }
 
-    const ADD: &[(&str, &str)] = &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    const ADD: &[(&str, &str)] = &[
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
 
     #[test]
     fn every_command_in_every_version() {
         let env_for = |cmd: &'static str| -> Vec<(&'static str, &'static str)> {
             match cmd {
-                "ADD" | "CHECK" => vec![("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")],
-                "DEL" => vec![("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+                "ADD" | "CHECK" => vec![
+                    ("CNI_COMMAND", cmd),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_NETNS", "/run/netns/x"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                "DEL" => vec![
+                    ("CNI_COMMAND", cmd),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
                 _ => vec![("CNI_COMMAND", cmd)],
             }
         };
@@ -201,13 +245,30 @@ mod tests {
 
     #[test]
     fn version_and_empty_stdin() {
-        assert_eq!(inv(&[("CNI_COMMAND", "VERSION")], "").unwrap().cni_version, version::LATEST);
-        assert_eq!(inv(&[("CNI_COMMAND", "VERSION")], "{\"cniVersion\":\"0.4.0\"}").unwrap().cni_version, "0.4.0");
+        assert_eq!(
+            inv(&[("CNI_COMMAND", "VERSION")], "").unwrap().cni_version,
+            version::LATEST
+        );
+        assert_eq!(
+            inv(&[("CNI_COMMAND", "VERSION")], "{\"cniVersion\":\"0.4.0\"}")
+                .unwrap()
+                .cni_version,
+            "0.4.0"
+        );
         assert_eq!(inv(ADD, "  ").unwrap_err().code, code::INVALID_CONFIG);
-        let e = inv(ADD, "{\"cniVersion\":\"0.2.0\",\"name\":\"n\",\"type\":\"t\"}").unwrap_err();
+        let e = inv(
+            ADD,
+            "{\"cniVersion\":\"0.2.0\",\"name\":\"n\",\"type\":\"t\"}",
+        )
+        .unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
         assert!(e.details.contains("1.1.0"));
-        assert_eq!(inv(ADD, "{\"name\":\"n\",\"type\":\"t\"}").unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            inv(ADD, "{\"name\":\"n\",\"type\":\"t\"}")
+                .unwrap_err()
+                .code,
+            code::INVALID_CONFIG
+        );
     }
 
     #[test]
@@ -217,29 +278,62 @@ mod tests {
             ("CNI_CONTAINERID", "c1"),
             ("CNI_NETNS", "/run/netns/x"),
             ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u;MAC=02:00:00:00:00:09;IP=10.0.0.9"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u;MAC=02:00:00:00:00:09;IP=10.0.0.9",
+            ),
         ];
         let conf = serde_json::json!({"cniVersion":"1.0.0","name":"net","type":"tenet",
             "runtimeConfig":{"ips":["10.0.0.5/24"],"dns":{"servers":["1.1.1.1"]},"portMappings":[{"hostPort":80,"containerPort":8080}]},
             "args":{"cni":{"ips":["10.0.0.6"],"labels":[{"key":"app","value":"web"}]}}});
         let r = inv(&env, &conf.to_string()).unwrap().to_request().unwrap();
         assert_eq!(r.command, plan::Command::Add);
-        assert_eq!((r.container_id.as_str(), r.ifname.as_str(), r.netns.as_str(), r.network.as_str()), ("c1", "eth0", "/run/netns/x", "net"));
-        assert_eq!((r.pod_namespace.as_deref(), r.pod_name.as_deref(), r.pod_uid.as_deref()), (Some("ns"), Some("p"), Some("u")));
+        assert_eq!(
+            (
+                r.container_id.as_str(),
+                r.ifname.as_str(),
+                r.netns.as_str(),
+                r.network.as_str()
+            ),
+            ("c1", "eth0", "/run/netns/x", "net")
+        );
+        assert_eq!(
+            (
+                r.pod_namespace.as_deref(),
+                r.pod_name.as_deref(),
+                r.pod_uid.as_deref()
+            ),
+            (Some("ns"), Some("p"), Some("u"))
+        );
         assert_eq!(r.mac.as_deref(), Some("02:00:00:00:00:09"));
         assert_eq!(r.runtime_ips, ["10.0.0.5/24"]);
         assert_eq!(r.args_ips, ["10.0.0.6"]);
-        assert!(r.cni_args.iter().any(|kv| kv.key == "IP" && kv.value == "10.0.0.9"));
+        assert!(
+            r.cni_args
+                .iter()
+                .any(|kv| kv.key == "IP" && kv.value == "10.0.0.9")
+        );
         assert_eq!(r.runtime_dns.unwrap().nameservers, ["1.1.1.1"]);
         assert_eq!(r.port_mappings[0].container_port, 8080);
         assert_eq!(r.labels[0].value, "web");
-        assert!(inv(&[("CNI_COMMAND", "GC")], "{\"cniVersion\":\"1.1.0\",\"name\":\"n\",\"type\":\"t\"}").unwrap().to_request().is_none());
+        assert!(
+            inv(
+                &[("CNI_COMMAND", "GC")],
+                "{\"cniVersion\":\"1.1.0\",\"name\":\"n\",\"type\":\"t\"}"
+            )
+            .unwrap()
+            .to_request()
+            .is_none()
+        );
     }
 
     #[test]
     fn stdin_limits_and_errors() {
         assert_eq!(read_stdin(&b"abc"[..], 3).unwrap(), b"abc");
-        assert_eq!(read_stdin(&b"abcd"[..], 3).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            read_stdin(&b"abcd"[..], 3).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
         struct Broken;
         impl Read for Broken {
             fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {

@@ -104,7 +104,14 @@ impl CniResult {
             .map(|ip| {
                 let mut m = Map::new();
                 if !v10 {
-                    m.insert("version".into(), json!(if ip.address.addr().is_ipv4() { "4" } else { "6" }));
+                    m.insert(
+                        "version".into(),
+                        json!(if ip.address.addr().is_ipv4() {
+                            "4"
+                        } else {
+                            "6"
+                        }),
+                    );
                 }
                 m.insert("address".into(), json!(ip.address.to_string()));
                 put(&mut m, "gateway", &ip.gateway.map(|g| g.to_string()));
@@ -141,7 +148,10 @@ impl CniResult {
             doc.insert("routes".into(), Value::Array(routes));
         }
         if !self.dns.is_empty() {
-            doc.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or(Value::Null));
+            doc.insert(
+                "dns".into(),
+                serde_json::to_value(&self.dns).unwrap_or(Value::Null),
+            );
         }
         Value::Object(doc)
     }
@@ -158,11 +168,16 @@ impl CniResult {
             }
         };
         let s = |m: &Value, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-        let n = |m: &Value, k: &str| m.get(k).and_then(Value::as_u64).and_then(|x| u32::try_from(x).ok());
+        let n = |m: &Value, k: &str| {
+            m.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|x| u32::try_from(x).ok())
+        };
         let mut r = CniResult::default();
         for (i, x) in arr("interfaces")?.iter().enumerate() {
             r.interfaces.push(ResultInterface {
-                name: s(x, "name").ok_or_else(|| bad(format!("interfaces[{i}].name is required")))?,
+                name: s(x, "name")
+                    .ok_or_else(|| bad(format!("interfaces[{i}].name is required")))?,
                 mac: s(x, "mac"),
                 mtu: n(x, "mtu"),
                 sandbox: s(x, "sandbox").filter(|s| !s.is_empty()),
@@ -171,22 +186,37 @@ impl CniResult {
             });
         }
         for (i, x) in arr("ips")?.iter().enumerate() {
-            let addr = s(x, "address").ok_or_else(|| bad(format!("ips[{i}].address is required")))?;
+            let addr =
+                s(x, "address").ok_or_else(|| bad(format!("ips[{i}].address is required")))?;
             r.ips.push(ResultIp {
-                address: addr.parse().map_err(|_| bad(format!("ips[{i}].address {addr:?} is not a CIDR")))?,
+                address: addr
+                    .parse()
+                    .map_err(|_| bad(format!("ips[{i}].address {addr:?} is not a CIDR")))?,
                 gateway: match s(x, "gateway") {
-                    Some(g) => Some(g.parse().map_err(|_| bad(format!("ips[{i}].gateway {g:?} is not an address")))?),
+                    Some(g) => {
+                        Some(g.parse().map_err(|_| {
+                            bad(format!("ips[{i}].gateway {g:?} is not an address"))
+                        })?)
+                    }
                     None => None,
                 },
-                interface: x.get("interface").and_then(Value::as_u64).map(|i| i as usize),
+                interface: x
+                    .get("interface")
+                    .and_then(Value::as_u64)
+                    .map(|i| i as usize),
             });
         }
         for (i, x) in arr("routes")?.iter().enumerate() {
             let dst = s(x, "dst").ok_or_else(|| bad(format!("routes[{i}].dst is required")))?;
             r.routes.push(ResultRoute {
-                dst: dst.parse().map_err(|_| bad(format!("routes[{i}].dst {dst:?} is not a CIDR")))?,
+                dst: dst
+                    .parse()
+                    .map_err(|_| bad(format!("routes[{i}].dst {dst:?} is not a CIDR")))?,
                 gw: match s(x, "gw") {
-                    Some(g) => Some(g.parse().map_err(|_| bad(format!("routes[{i}].gw {g:?} is not an address")))?),
+                    Some(g) => Some(
+                        g.parse()
+                            .map_err(|_| bad(format!("routes[{i}].gw {g:?} is not an address")))?,
+                    ),
                     None => None,
                 },
                 mtu: n(x, "mtu"),
@@ -210,7 +240,12 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                ResultInterface { name: "tn0123".into(), mac: Some("02:00:00:00:00:01".into()), mtu: Some(1450), ..Default::default() },
+                ResultInterface {
+                    name: "tn0123".into(),
+                    mac: Some("02:00:00:00:00:01".into()),
+                    mtu: Some(1450),
+                    ..Default::default()
+                },
                 ResultInterface {
                     name: "eth0".into(),
                     mac: Some("02:00:00:00:00:02".into()),
@@ -220,8 +255,16 @@ mod tests {
                 },
             ],
             ips: vec![
-                ResultIp { address: "10.64.1.5/24".parse().unwrap(), gateway: Some("10.64.1.1".parse().unwrap()), interface: Some(1) },
-                ResultIp { address: "fd00::5/64".parse().unwrap(), gateway: None, interface: Some(1) },
+                ResultIp {
+                    address: "10.64.1.5/24".parse().unwrap(),
+                    gateway: Some("10.64.1.1".parse().unwrap()),
+                    interface: Some(1),
+                },
+                ResultIp {
+                    address: "fd00::5/64".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(1),
+                },
             ],
             routes: vec![ResultRoute {
                 dst: "0.0.0.0/0".parse().unwrap(),
@@ -232,7 +275,10 @@ mod tests {
                 table: None,
                 scope: None,
             }],
-            dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Default::default() },
+            dns: Dns {
+                nameservers: vec!["10.96.0.10".into()],
+                ..Default::default()
+            },
         }
     }
 
@@ -272,8 +318,17 @@ mod tests {
 
     #[test]
     fn malformed_prev_results_are_decode_errors() {
-        for bad in [json!([]), json!({"ips":[{"address":"nope"}]}), json!({"interfaces":[{}]}), json!({"routes":"x"})] {
-            assert_eq!(CniResult::parse(&bad).unwrap_err().code, code::DECODE_FAILURE, "{bad}");
+        for bad in [
+            json!([]),
+            json!({"ips":[{"address":"nope"}]}),
+            json!({"interfaces":[{}]}),
+            json!({"routes":"x"}),
+        ] {
+            assert_eq!(
+                CniResult::parse(&bad).unwrap_err().code,
+                code::DECODE_FAILURE,
+                "{bad}"
+            );
         }
     }
 }

@@ -46,6 +46,9 @@ mod tests {
         assert_eq!(v["cniVersion"], "0.4.0");
         let v: serde_json::Value = serde_json::from_str(&version_reply(Some("9.9.9"))).unwrap();
         assert_eq!(v["cniVersion"], LATEST);
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), SUPPORTED.len());
+        assert_eq!(
+            v["supportedVersions"].as_array().unwrap().len(),
+            SUPPORTED.len()
+        );
     }
 }

@@ -23,7 +23,10 @@ pub struct Reply {
 
 impl Reply {
     fn ok(stdout: String) -> Self {
-        Reply { stdout, exit_code: 0 }
+        Reply {
+            stdout,
+            exit_code: 0,
+        }
     }
 
     fn error(e: &CniError, version: &str) -> Self {
@@ -62,8 +65,13 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
 /// Loads the host configuration with the network's overrides, and sets up
 /// logging (stderr or a file; never stdout).
 pub(crate) fn load_config(env: &[(String, String)], inv: &Invocation) -> Result<Config, CniError> {
-    let cfg = Config::load(env, Some(&inv.config.plugin))
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid tenet configuration", e.to_string()))?;
+    let cfg = Config::load(env, Some(&inv.config.plugin)).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid tenet configuration",
+            e.to_string(),
+        )
+    })?;
     crate::logging::init(&cfg);
     Ok(cfg)
 }
@@ -77,8 +85,13 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
             "set `pipeline` in /etc/tenet/tenet.toml, TENET_PIPELINE, or the network configuration",
         ));
     };
-    let manifest = Manifest::load(path)
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid pipeline manifest", e.to_string()))?;
+    let manifest = Manifest::load(path).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid pipeline manifest",
+            e.to_string(),
+        )
+    })?;
     let opts = PipelineOptions {
         module_dirs: cfg.module_search_path(),
         cache_dir: cfg.cache_dir.clone(),
@@ -108,7 +121,11 @@ fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError
         CniError::new(
             code::NOT_AVAILABLE,
             "tenet is not ready",
-            if e.details.is_empty() { e.msg } else { format!("{}: {}", e.msg, e.details) },
+            if e.details.is_empty() {
+                e.msg
+            } else {
+                format!("{}: {}", e.msg, e.details)
+            },
         )
     };
     let cfg = load_config(env, inv).map_err(not_ready)?;

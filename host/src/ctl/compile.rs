@@ -42,8 +42,10 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
     let cache = ArtifactCache::new(&opts.cache_dir);
     for spec in &manifest.stages {
-        let wasm = crate::policy::resolve_module_path(&spec.module, &opts.module_dirs).map_err(CtlError)?;
-        let digest = sha256_file(&wasm).map_err(|e| CtlError(format!("{}: {e}", wasm.display())))?;
+        let wasm = crate::policy::resolve_module_path(&spec.module, &opts.module_dirs)
+            .map_err(CtlError)?;
+        let digest =
+            sha256_file(&wasm).map_err(|e| CtlError(format!("{}: {e}", wasm.display())))?;
         writeln!(
             out,
             "{:<16} sha256={digest} artifact={}",
@@ -52,13 +54,19 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         )
         .map_err(CtlError::msg)?;
     }
-    writeln!(out, "settings valid; {} stages ready", manifest.stages.len()).map_err(CtlError::msg)?;
+    writeln!(
+        out,
+        "settings valid; {} stages ready",
+        manifest.stages.len()
+    )
+    .map_err(CtlError::msg)?;
     Ok(0)
 }
 
 /// Compiles one module into the cache.
 pub fn run_module(args: &CompileModuleArgs) -> Result<i32, CtlError> {
-    let digest = sha256_file(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
+    let digest =
+        sha256_file(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
     if let Some(want) = &args.sha256 {
         if !want.eq_ignore_ascii_case(&digest) {
             return Err(CtlError(format!(
@@ -67,7 +75,8 @@ pub fn run_module(args: &CompileModuleArgs) -> Result<i32, CtlError> {
             )));
         }
     }
-    let bytes = std::fs::read(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
+    let bytes =
+        std::fs::read(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
     let eng = engine::new_engine().map_err(CtlError::msg)?;
     let cwasm = engine::precompile(&eng, &bytes)
         .map_err(|e| CtlError(format!("{}: {}", args.wasm.display(), e.root_cause())))?;

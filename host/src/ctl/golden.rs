@@ -74,17 +74,24 @@ struct ExpectedError {
     code: Option<u32>,
 }
 
+/// Case files under `paths`: files as given, directories recursively
+/// (`*.json`, sorted, so runs are reproducible).
 fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CtlError> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| CtlError(format!("{}: {e}", p.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .collect();
-            v.sort();
-            out.extend(v);
+            entries.sort();
+            for e in entries {
+                if e.is_dir() {
+                    out.extend(collect(&[e])?);
+                } else if e.extension().is_some_and(|x| x == "json") {
+                    out.push(e);
+                }
+            }
         } else {
             out.push(p.clone());
         }
@@ -118,7 +125,11 @@ pub fn run(args: &TestArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-fn run_case(file: &Path, opts: &crate::policy::PipelineOptions, update: bool) -> Result<String, String> {
+fn run_case(
+    file: &Path,
+    opts: &crate::policy::PipelineOptions,
+    update: bool,
+) -> Result<String, String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let case: Case = serde_json::from_str(&text).map_err(|e| format!("invalid case: {e}"))?;
     let _ = &case.description;
@@ -130,7 +141,12 @@ fn run_case(file: &Path, opts: &crate::policy::PipelineOptions, update: bool) ->
             .stages
             .iter_mut()
             .find(|s| &s.name == stage)
-            .ok_or_else(|| format!("settings.{stage}: no such stage in {}", manifest_path.display()))?;
+            .ok_or_else(|| {
+                format!(
+                    "settings.{stage}: no such stage in {}",
+                    manifest_path.display()
+                )
+            })?;
         s.settings = settings.to_string();
     }
     for stage in case.max_fuel.keys() {
@@ -138,16 +154,26 @@ fn run_case(file: &Path, opts: &crate::policy::PipelineOptions, update: bool) ->
             return Err(format!("maxFuel.{stage}: no such stage"));
         }
     }
-    let result = Pipeline::load(&manifest, opts).and_then(|p| p.run(&case.request, initial_plan(&case.request)));
+    let result = Pipeline::load(&manifest, opts)
+        .and_then(|p| p.run(&case.request, initial_plan(&case.request)));
     match (result, &case.expect) {
-        (Ok(outcome), Expect { plan: Some(want), error: None }) => {
+        (
+            Ok(outcome),
+            Expect {
+                plan: Some(want),
+                error: None,
+            },
+        ) => {
             let mut fuel_note = Vec::new();
             for r in &outcome.reports {
                 if let StageRun::Ran { fuel, .. } = r.run {
                     fuel_note.push(format!("{}={fuel}", r.stage));
                     if let Some(max) = case.max_fuel.get(&r.stage) {
                         if fuel > *max {
-                            return Err(format!("stage {} used {fuel} fuel, more than maxFuel {max}", r.stage));
+                            return Err(format!(
+                                "stage {} used {fuel} fuel, more than maxFuel {max}",
+                                r.stage
+                            ));
                         }
                     }
                 }
@@ -165,17 +191,30 @@ fn run_case(file: &Path, opts: &crate::policy::PipelineOptions, update: bool) ->
             }
             Ok(format!("(fuel {})", fuel_note.join(" ")))
         }
-        (Err(e), Expect { error: Some(want), plan: None }) => {
+        (
+            Err(e),
+            Expect {
+                error: Some(want),
+                plan: None,
+            },
+        ) => {
             let mut problems = Vec::new();
             if e.stage != want.stage {
                 problems.push(format!("stage {:?}, expected {:?}", e.stage, want.stage));
             }
             if e.failure.kind() != want.kind {
-                problems.push(format!("kind {:?}, expected {:?}", e.failure.kind(), want.kind));
+                problems.push(format!(
+                    "kind {:?}, expected {:?}",
+                    e.failure.kind(),
+                    want.kind
+                ));
             }
             if let Some(c) = &want.contains {
                 if !e.to_string().contains(c.as_str()) {
-                    problems.push(format!("message {:?} does not contain {c:?}", e.to_string()));
+                    problems.push(format!(
+                        "message {:?} does not contain {c:?}",
+                        e.to_string()
+                    ));
                 }
             }
             if let Some(code) = want.code {
@@ -189,7 +228,12 @@ fn run_case(file: &Path, opts: &crate::policy::PipelineOptions, update: bool) ->
                 Err(problems.join("; "))
             }
         }
-        (Ok(outcome), Expect { error: Some(want), .. }) => Err(format!(
+        (
+            Ok(outcome),
+            Expect {
+                error: Some(want), ..
+            },
+        ) => Err(format!(
             "expected error {} in stage {}, got a plan:\n{}",
             want.kind,
             want.stage,

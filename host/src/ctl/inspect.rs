@@ -23,9 +23,20 @@ pub struct InspectArgs {
 fn describe(item: &ComponentItem) -> String {
     match item {
         ComponentItem::ComponentFunc(f) => {
-            let params: Vec<String> = f.params().map(|(n, t)| format!("{n}: {}", type_name(&t))).collect();
+            let params: Vec<String> = f
+                .params()
+                .map(|(n, t)| format!("{n}: {}", type_name(&t)))
+                .collect();
             let results: Vec<String> = f.results().map(|t| type_name(&t)).collect();
-            format!("func({}) -> {}", params.join(", "), if results.is_empty() { "()".into() } else { results.join(", ") })
+            format!(
+                "func({}) -> {}",
+                params.join(", "),
+                if results.is_empty() {
+                    "()".into()
+                } else {
+                    results.join(", ")
+                }
+            )
         }
         ComponentItem::ComponentInstance(_) => "instance".into(),
         ComponentItem::CoreFunc(_) => "core func".into(),
@@ -61,8 +72,13 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     let bytes = std::fs::read(&path).map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
     let digest = sha256_hex(&bytes);
     let eng = engine::new_engine().map_err(CtlError::msg)?;
-    let component = Component::new(&eng, &bytes)
-        .map_err(|e| CtlError(format!("{}: not a valid component: {}", path.display(), e.root_cause())))?;
+    let component = Component::new(&eng, &bytes).map_err(|e| {
+        CtlError(format!(
+            "{}: not a valid component: {}",
+            path.display(),
+            e.root_cause()
+        ))
+    })?;
     let ty = component.component_type();
     let mut w = |s: String| writeln!(out, "{s}").map_err(CtlError::msg);
     w(format!("module   {}", path.display()))?;
@@ -75,7 +91,11 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         if !ok {
             refused.push(name.to_owned());
         }
-        w(format!("  {name}: {}{}", describe(&item.ty), if ok { "" } else { "   <- NOT ALLOWED" }))?;
+        w(format!(
+            "  {name}: {}{}",
+            describe(&item.ty),
+            if ok { "" } else { "   <- NOT ALLOWED" }
+        ))?;
     }
     w("exports".into())?;
     for (name, item) in ty.exports(&eng) {
@@ -86,13 +106,24 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     w(format!(
         "artifact {} ({})",
         cached.display(),
-        if cached.exists() { "present" } else { "absent: run tenetctl policy compile" }
+        if cached.exists() {
+            "present"
+        } else {
+            "absent: run tenetctl policy compile"
+        }
     ))?;
     if refused.is_empty() {
-        w(format!("verdict  acceptable (world tenet:policy/stage@0.1.0, engine profile {})", engine::profile_id()))?;
+        w(format!(
+            "verdict  acceptable (world tenet:policy/stage@0.1.0, engine profile {})",
+            engine::profile_id()
+        ))?;
         Ok(0)
     } else {
-        w(format!("verdict  REFUSED: imports {} (allowed: {})", refused.join(", "), ALLOWED_IMPORTS.join(", ")))?;
+        w(format!(
+            "verdict  REFUSED: imports {} (allowed: {})",
+            refused.join(", "),
+            ALLOWED_IMPORTS.join(", ")
+        ))?;
         Ok(1)
     }
 }

@@ -38,7 +38,12 @@ impl CtlError {
 /// The process environment as pairs (what `Config::load` takes).
 pub fn process_env() -> Vec<(String, String)> {
     std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -57,8 +62,12 @@ impl ModuleArgs {
 }
 
 /// Loads a manifest and its modules.
-pub fn load_pipeline(path: &Path, opts: &PipelineOptions) -> Result<(Manifest, Pipeline), CtlError> {
+pub fn load_pipeline(
+    path: &Path,
+    opts: &PipelineOptions,
+) -> Result<(Manifest, Pipeline), CtlError> {
     let manifest = Manifest::load(path).map_err(CtlError::msg)?;
-    let pipeline = Pipeline::load(&manifest, opts).map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+    let pipeline = Pipeline::load(&manifest, opts)
+        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
     Ok((manifest, pipeline))
 }

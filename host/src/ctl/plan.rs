@@ -88,8 +88,10 @@ impl PlanArgs {
     fn request(&self) -> Result<Request, CtlError> {
         let mut r = match &self.request {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| CtlError(format!("{}: {e}", p.display())))?;
-                serde_json::from_str(&text).map_err(|e| CtlError(format!("{}: {e}", p.display())))?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| CtlError(format!("{}: {e}", p.display())))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| CtlError(format!("{}: {e}", p.display())))?
             }
             None => sample_request(),
         };
@@ -145,9 +147,19 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                     })
                     .collect();
                 let doc = json!({ "pipeline": manifest.path, "request": request, "stages": stages, "plan": outcome.plan });
-                w(out, serde_json::to_string_pretty(&doc).map_err(CtlError::msg)?)?;
+                w(
+                    out,
+                    serde_json::to_string_pretty(&doc).map_err(CtlError::msg)?,
+                )?;
             } else {
-                w(out, format!("pipeline {} ({} stages)", manifest.path.display(), outcome.reports.len()))?;
+                w(
+                    out,
+                    format!(
+                        "pipeline {} ({} stages)",
+                        manifest.path.display(),
+                        outcome.reports.len()
+                    ),
+                )?;
                 for (spec, r) in manifest.stages.iter().zip(&outcome.reports) {
                     let status = match &r.run {
                         StageRun::Ran { fuel, elapsed } => {
@@ -155,8 +167,14 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                         }
                         StageRun::Skipped(e) => format!("SKIPPED ({e})"),
                     };
-                    w(out, format!("\n== stage {} ({:?}): {status}", r.stage, spec.module))?;
-                    w(out, serde_json::to_string_pretty(&r.plan).map_err(CtlError::msg)?)?;
+                    w(
+                        out,
+                        format!("\n== stage {} ({}): {status}", r.stage, spec.module),
+                    )?;
+                    w(
+                        out,
+                        serde_json::to_string_pretty(&r.plan).map_err(CtlError::msg)?,
+                    )?;
                 }
                 w(out, "\nfinal plan: valid".into())?;
             }
@@ -164,7 +182,10 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
         }
         Err(e) => {
             let cni = e.to_cni();
-            w(out, format!("plan failed: {e}\nCNI error code {}: {}", cni.code, cni.msg))?;
+            w(
+                out,
+                format!("plan failed: {e}\nCNI error code {}: {}", cni.code, cni.msg),
+            )?;
             Ok(1)
         }
     }

@@ -85,7 +85,10 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         }
         if let Some(mac) = &ifc.mac {
             if !valid_unicast_mac(mac) {
-                return fail(at("mac"), format!("{:?} is not a unicast MAC address", clip(mac)));
+                return fail(
+                    at("mac"),
+                    format!("{:?} is not a unicast MAC address", clip(mac)),
+                );
             }
         }
         if let Some(mtu) = ifc.mtu {
@@ -106,7 +109,10 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
             message: m,
         })?;
         let Some(ifc) = plan.interface(&r.interface) else {
-            return fail(at("interface"), format!("{:?} is not a planned interface", clip(&r.interface)));
+            return fail(
+                at("interface"),
+                format!("{:?} is not a planned interface", clip(&r.interface)),
+            );
         };
         match &r.via {
             NextHop::OnLink => {}
@@ -114,7 +120,11 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
                 if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
                     return fail(
                         at("via"),
-                        format!("{} has no {} address, so it has no subnet gateway", ifc.name, family_name(family_of(dst))),
+                        format!(
+                            "{} has no {} address, so it has no subnet gateway",
+                            ifc.name,
+                            family_name(family_of(dst))
+                        ),
                     );
                 }
             }
@@ -123,9 +133,15 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
                     return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
                 };
                 if family_of_ip(gw_ip) != family_of(dst) {
-                    return fail(at("via"), format!("gateway {gw} and destination {} differ in family", r.dst));
+                    return fail(
+                        at("via"),
+                        format!("gateway {gw} and destination {} differ in family", r.dst),
+                    );
                 }
-                if !connected_subnets(&ifc.addresses).iter().any(|n| n.contains(&gw_ip)) {
+                if !connected_subnets(&ifc.addresses)
+                    .iter()
+                    .any(|n| n.contains(&gw_ip))
+                {
                     return fail(
                         at("via"),
                         format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
@@ -140,22 +156,41 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         }
     }
 
-    check_len("dns.nameservers", plan.dns.nameservers.len(), limits::DNS_ENTRIES)?;
+    check_len(
+        "dns.nameservers",
+        plan.dns.nameservers.len(),
+        limits::DNS_ENTRIES,
+    )?;
     check_len("dns.search", plan.dns.search.len(), limits::DNS_ENTRIES)?;
     check_len("dns.options", plan.dns.options.len(), limits::DNS_ENTRIES)?;
     for (i, ns) in plan.dns.nameservers.iter().enumerate() {
         if IpAddr::from_str(ns).is_err() {
-            return fail(format!("dns.nameservers[{i}]"), format!("{:?} is not an IP address", clip(ns)));
+            return fail(
+                format!("dns.nameservers[{i}]"),
+                format!("{:?} is not an IP address", clip(ns)),
+            );
         }
     }
-    for (i, d) in plan.dns.search.iter().chain(plan.dns.domain.iter()).enumerate() {
+    for (i, d) in plan
+        .dns
+        .search
+        .iter()
+        .chain(plan.dns.domain.iter())
+        .enumerate()
+    {
         if !valid_domain(d) {
-            return fail(format!("dns.search[{i}]"), format!("{:?} is not a domain name", clip(d)));
+            return fail(
+                format!("dns.search[{i}]"),
+                format!("{:?} is not a domain name", clip(d)),
+            );
         }
     }
     for (i, o) in plan.dns.options.iter().enumerate() {
         if o.is_empty() || o.len() > 64 || !o.bytes().all(|b| b.is_ascii_graphic()) {
-            return fail(format!("dns.options[{i}]"), format!("{:?} is not a resolver option", clip(o)));
+            return fail(
+                format!("dns.options[{i}]"),
+                format!("{:?} is not a resolver option", clip(o)),
+            );
         }
     }
 
@@ -169,7 +204,10 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         if a.key.is_empty() || a.key.len() > 253 || a.value.len() > limits::STRING_BYTES {
             return fail(
                 format!("annotations[{i}]"),
-                format!("key must be 1-253 bytes and value at most {} bytes", limits::STRING_BYTES),
+                format!(
+                    "key must be 1-253 bytes and value at most {} bytes",
+                    limits::STRING_BYTES
+                ),
             );
         }
     }
@@ -186,20 +224,29 @@ pub fn complete(plan: &Plan, request: &Request) -> Result<(), PlanError> {
         None => {
             return fail(
                 "interfaces",
-                format!("the primary interface {:?} (CNI_IFNAME) is not planned", request.ifname),
+                format!(
+                    "the primary interface {:?} (CNI_IFNAME) is not planned",
+                    request.ifname
+                ),
             );
         }
         Some(i) if i.kind != super::InterfaceKind::SdnPort => {
             return fail(
                 "interfaces",
-                format!("the primary interface {:?} must be an sdn-port", request.ifname),
+                format!(
+                    "the primary interface {:?} must be an sdn-port",
+                    request.ifname
+                ),
             );
         }
         Some(_) => {}
     }
     for (i, ifc) in plan.interfaces.iter().enumerate() {
         if ifc.addresses.is_empty() {
-            return fail(format!("interfaces[{i}].addresses"), format!("{} has no address", ifc.name));
+            return fail(
+                format!("interfaces[{i}].addresses"),
+                format!("{} has no address", ifc.name),
+            );
         }
         for (j, a) in ifc.addresses.iter().enumerate() {
             if a.pool.is_none() && a.static_address.as_deref().is_none_or(|s| !s.contains('/')) {
@@ -229,7 +276,10 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid interface name"));
     }
-    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':') {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':')
+    {
         return Err(format!("{name:?} contains {c:?}"));
     }
     Ok(())
@@ -240,7 +290,8 @@ pub fn valid_tenant(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -262,7 +313,8 @@ fn valid_domain(d: &str) -> bool {
         && d.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -273,7 +325,10 @@ fn valid_domain(d: &str) -> bool {
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not a CIDR", clip(s)))?;
     if n.trunc() != n {
-        return Err(format!("{s} has host bits set (did you mean {}?)", n.trunc()));
+        return Err(format!(
+            "{s} has host bits set (did you mean {}?)",
+            n.trunc()
+        ));
     }
     Ok(n)
 }
@@ -337,7 +392,10 @@ fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
             message: m,
         })?;
         if family_of_ip(ip) != a.family {
-            return fail(format!("{at}.staticAddress"), format!("{s} is not {}", family_name(a.family)));
+            return fail(
+                format!("{at}.staticAddress"),
+                format!("{s} is not {}", family_name(a.family)),
+            );
         }
         if let (Some(p), Some(pn)) = (&a.pool, pool_net) {
             if !pn.contains(&ip) {
@@ -356,7 +414,12 @@ fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
                 if n.prefix_len() != p.subnet_len {
                     return fail(
                         format!("{at}.staticAddress"),
-                        format!("{s} has prefix /{} but pool {} hands out /{} subnets", n.prefix_len(), p.name, p.subnet_len),
+                        format!(
+                            "{s} has prefix /{} but pool {} hands out /{} subnets",
+                            n.prefix_len(),
+                            p.name,
+                            p.subnet_len
+                        ),
                     );
                 }
             }
@@ -368,31 +431,53 @@ fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
 fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> {
     if p.name.is_empty()
         || p.name.len() > 63
-        || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return fail(format!("{at}.name"), format!("{:?} is not a pool name (1-63 of [A-Za-z0-9._-])", clip(&p.name)));
+        return fail(
+            format!("{at}.name"),
+            format!(
+                "{:?} is not a pool name (1-63 of [A-Za-z0-9._-])",
+                clip(&p.name)
+            ),
+        );
     }
     let net = parse_cidr(&p.supernet).map_err(|m| PlanError {
         field: format!("{at}.supernet"),
         message: m,
     })?;
     if family_of(net) != family {
-        return fail(format!("{at}.supernet"), format!("{} is not {}", p.supernet, family_name(family)));
+        return fail(
+            format!("{at}.supernet"),
+            format!("{} is not {}", p.supernet, family_name(family)),
+        );
     }
     // A subnet needs a network address, a gateway and at least one pod.
     let max_len = if family == IpFamily::Ipv4 { 30 } else { 126 };
     if p.subnet_len < net.prefix_len() || p.subnet_len > max_len {
         return fail(
             format!("{at}.subnetLen"),
-            format!("/{} must be between /{} (the supernet) and /{max_len}", p.subnet_len, net.prefix_len()),
+            format!(
+                "/{} must be between /{} (the supernet) and /{max_len}",
+                p.subnet_len,
+                net.prefix_len()
+            ),
         );
     }
     check_len(&format!("{at}.exclude"), p.exclude.len(), limits::EXCLUDES)?;
     for (k, x) in p.exclude.iter().enumerate() {
-        if parse_range(x).is_none_or(|(lo, hi)| family_of_ip(lo) != family || family_of_ip(hi) != family) {
+        if parse_range(x)
+            .is_none_or(|(lo, hi)| family_of_ip(lo) != family || family_of_ip(hi) != family)
+        {
             return fail(
                 format!("{at}.exclude[{k}]"),
-                format!("{:?} is not a {} CIDR or a-b range", clip(x), family_name(family)),
+                format!(
+                    "{:?} is not a {} CIDR or a-b range",
+                    clip(x),
+                    family_name(family)
+                ),
             );
         }
     }
@@ -402,7 +487,10 @@ fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> 
 /// Parses an exclusion: a CIDR or an inclusive "a-b" range.
 fn parse_range(s: &str) -> Option<(IpAddr, IpAddr)> {
     if let Some((a, b)) = s.split_once('-') {
-        let (a, b) = (IpAddr::from_str(a.trim()).ok()?, IpAddr::from_str(b.trim()).ok()?);
+        let (a, b) = (
+            IpAddr::from_str(a.trim()).ok()?,
+            IpAddr::from_str(b.trim()).ok()?,
+        );
         return (family_of_ip(a) == family_of_ip(b) && a <= b).then_some((a, b));
     }
     let n = IpNet::from_str(s).ok()?;
@@ -425,18 +513,30 @@ fn check_sysctl(plan: &Plan, key: &str, value: &str) -> Result<(), String> {
         "net.ipv6.conf.all.disable_ipv6",
         "net.ipv6.conf.default.disable_ipv6",
     ];
-    if value.is_empty() || value.len() > 256 || !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+    if value.is_empty()
+        || value.len() > 256
+        || !value
+            .bytes()
+            .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
         return Err(format!("value of {key:?} must be 1-256 printable bytes"));
     }
     if NAMESPACED.contains(&key) {
         return Ok(());
     }
-    for fam in ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh.", "net.ipv6.neigh."] {
+    for fam in [
+        "net.ipv4.conf.",
+        "net.ipv6.conf.",
+        "net.ipv4.neigh.",
+        "net.ipv6.neigh.",
+    ] {
         if let Some(rest) = key.strip_prefix(fam) {
             if let Some((ifname, leaf)) = rest.split_once('.') {
                 if plan.interface(ifname).is_some()
                     && !leaf.is_empty()
-                    && leaf.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && leaf
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 {
                     return Ok(());
                 }
@@ -553,18 +653,61 @@ mod tests {
     fn invalid_cidrs_are_refused() {
         rejects(|p| p.routes[0].dst = "10.0.0.0/33".into(), "routes[0].dst");
         rejects(|p| p.routes[0].dst = "10.0.0.1/8".into(), "routes[0].dst");
-        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().supernet = "10.64.0.0".into(), "interfaces[0].addresses[0].pool.supernet");
-        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().exclude.push("banana".into()), "interfaces[0].addresses[0].pool.exclude[2]");
-        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().subnet_len = 31, "interfaces[0].addresses[0].pool.subnetLen");
-        rejects(|p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().subnet_len = 8, "interfaces[0].addresses[0].pool.subnetLen");
+        rejects(
+            |p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().supernet = "10.64.0.0".into(),
+            "interfaces[0].addresses[0].pool.supernet",
+        );
+        rejects(
+            |p| {
+                p.interfaces[0].addresses[0]
+                    .pool
+                    .as_mut()
+                    .unwrap()
+                    .exclude
+                    .push("banana".into())
+            },
+            "interfaces[0].addresses[0].pool.exclude[2]",
+        );
+        rejects(
+            |p| {
+                p.interfaces[0].addresses[0]
+                    .pool
+                    .as_mut()
+                    .unwrap()
+                    .subnet_len = 31
+            },
+            "interfaces[0].addresses[0].pool.subnetLen",
+        );
+        rejects(
+            |p| {
+                p.interfaces[0].addresses[0]
+                    .pool
+                    .as_mut()
+                    .unwrap()
+                    .subnet_len = 8
+            },
+            "interfaces[0].addresses[0].pool.subnetLen",
+        );
     }
 
     #[test]
     fn addresses_outside_their_pool_are_refused() {
-        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.200.0.5".into()), "interfaces[0].addresses[0].staticAddress");
-        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.65.0.15".into()), "interfaces[0].addresses[0].staticAddress");
-        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("fd00::5".into()), "interfaces[0].addresses[0].staticAddress");
-        rejects(|p| p.interfaces[0].addresses[0].static_address = Some("10.66.0.5/16".into()), "interfaces[0].addresses[0].staticAddress");
+        rejects(
+            |p| p.interfaces[0].addresses[0].static_address = Some("10.200.0.5".into()),
+            "interfaces[0].addresses[0].staticAddress",
+        );
+        rejects(
+            |p| p.interfaces[0].addresses[0].static_address = Some("10.65.0.15".into()),
+            "interfaces[0].addresses[0].staticAddress",
+        );
+        rejects(
+            |p| p.interfaces[0].addresses[0].static_address = Some("fd00::5".into()),
+            "interfaces[0].addresses[0].staticAddress",
+        );
+        rejects(
+            |p| p.interfaces[0].addresses[0].static_address = Some("10.66.0.5/16".into()),
+            "interfaces[0].addresses[0].staticAddress",
+        );
         let mut p = good();
         p.interfaces[0].addresses[0].static_address = Some("10.66.0.5".into());
         validate(&p, &request()).unwrap();
@@ -572,12 +715,24 @@ mod tests {
 
     #[test]
     fn interface_names_the_kernel_refuses_are_refused() {
-        rejects(|p| p.interfaces[1].name = "a-very-long-name0".into(), "interfaces[1].name");
-        rejects(|p| p.interfaces[1].name = "eth/1".into(), "interfaces[1].name");
-        rejects(|p| p.interfaces[1].name = "eth 1".into(), "interfaces[1].name");
+        rejects(
+            |p| p.interfaces[1].name = "a-very-long-name0".into(),
+            "interfaces[1].name",
+        );
+        rejects(
+            |p| p.interfaces[1].name = "eth/1".into(),
+            "interfaces[1].name",
+        );
+        rejects(
+            |p| p.interfaces[1].name = "eth 1".into(),
+            "interfaces[1].name",
+        );
         rejects(|p| p.interfaces[1].name = "..".into(), "interfaces[1].name");
         rejects(|p| p.interfaces[1].name = "".into(), "interfaces[1].name");
-        rejects(|p| p.interfaces[1].name = "eth0".into(), "interfaces[1].name");
+        rejects(
+            |p| p.interfaces[1].name = "eth0".into(),
+            "interfaces[1].name",
+        );
         // 15 bytes is the kernel's limit, and fine.
         let mut p = good();
         p.interfaces[1].name = "abcdefghijklmno".into();
@@ -587,11 +742,23 @@ mod tests {
 
     #[test]
     fn gateways_must_be_on_a_connected_subnet() {
-        rejects(|p| p.routes[1].via = NextHop::Address("192.168.9.1".into()), "routes[1].via");
-        rejects(|p| p.routes[1].via = NextHop::Address("fd00::1".into()), "routes[1].via");
-        rejects(|p| p.routes[1].via = NextHop::Address("gateway".into()), "routes[1].via");
+        rejects(
+            |p| p.routes[1].via = NextHop::Address("192.168.9.1".into()),
+            "routes[1].via",
+        );
+        rejects(
+            |p| p.routes[1].via = NextHop::Address("fd00::1".into()),
+            "routes[1].via",
+        );
+        rejects(
+            |p| p.routes[1].via = NextHop::Address("gateway".into()),
+            "routes[1].via",
+        );
         rejects(|p| p.routes[0].dst = "::/0".into(), "routes[0].via");
-        rejects(|p| p.routes[0].interface = "eth9".into(), "routes[0].interface");
+        rejects(
+            |p| p.routes[0].interface = "eth9".into(),
+            "routes[0].interface",
+        );
         // Inside the pool supernet is connected as far as the plan can tell.
         let mut p = good();
         p.routes[0].via = NextHop::Address("10.64.5.1".into());
@@ -600,7 +767,14 @@ mod tests {
 
     #[test]
     fn unsafe_tenant_ids_are_refused() {
-        for t in ["Tenant A/../x", "acme-", "-acme", "ACME", "a_b", &"a".repeat(64)] {
+        for t in [
+            "Tenant A/../x",
+            "acme-",
+            "-acme",
+            "ACME",
+            "a_b",
+            &"a".repeat(64),
+        ] {
             rejects(|p| p.tenant = t.into(), "tenant");
         }
         rejects(|p| p.tenant.clear(), "tenant");
@@ -615,20 +789,50 @@ mod tests {
             },
             "routes",
         );
-        rejects(|p| p.dns.nameservers = vec!["10.0.0.1".into(); limits::DNS_ENTRIES + 1], "dns.nameservers");
-        rejects(|p| p.annotations.push(Kv::new("k", "v".repeat(limits::STRING_BYTES + 1))), "annotations[0]");
+        rejects(
+            |p| p.dns.nameservers = vec!["10.0.0.1".into(); limits::DNS_ENTRIES + 1],
+            "dns.nameservers",
+        );
+        rejects(
+            |p| {
+                p.annotations
+                    .push(Kv::new("k", "v".repeat(limits::STRING_BYTES + 1)))
+            },
+            "annotations[0]",
+        );
     }
 
     #[test]
     fn other_fields_are_checked() {
-        rejects(|p| p.interfaces[1].mac = Some("01:00:00:00:00:01".into()), "interfaces[1].mac");
-        rejects(|p| p.interfaces[1].mac = Some("zz:00:00:00:00:01".into()), "interfaces[1].mac");
+        rejects(
+            |p| p.interfaces[1].mac = Some("01:00:00:00:00:01".into()),
+            "interfaces[1].mac",
+        );
+        rejects(
+            |p| p.interfaces[1].mac = Some("zz:00:00:00:00:01".into()),
+            "interfaces[1].mac",
+        );
         rejects(|p| p.interfaces[1].mtu = Some(20), "interfaces[1].mtu");
-        rejects(|p| p.dns.nameservers.push("dns.example".into()), "dns.nameservers[1]");
+        rejects(
+            |p| p.dns.nameservers.push("dns.example".into()),
+            "dns.nameservers[1]",
+        );
         rejects(|p| p.dns.search.push("bad domain".into()), "dns.search[1]");
-        rejects(|p| p.sysctls.push(Kv::new("kernel.panic", "1")), "sysctls[1]");
-        rejects(|p| p.sysctls.push(Kv::new("net.ipv4.conf.eth9.rp_filter", "1")), "sysctls[1]");
-        rejects(|p| p.sysctls.push(Kv::new("net.ipv4.conf.eth0.rp_filter", "1\n")), "sysctls[1]");
+        rejects(
+            |p| p.sysctls.push(Kv::new("kernel.panic", "1")),
+            "sysctls[1]",
+        );
+        rejects(
+            |p| p.sysctls.push(Kv::new("net.ipv4.conf.eth9.rp_filter", "1")),
+            "sysctls[1]",
+        );
+        rejects(
+            |p| {
+                p.sysctls
+                    .push(Kv::new("net.ipv4.conf.eth0.rp_filter", "1\n"))
+            },
+            "sysctls[1]",
+        );
     }
 
     #[test]
@@ -637,11 +841,17 @@ mod tests {
         structure(&p).unwrap();
         assert_eq!(complete(&p, &request()).unwrap_err().field, "tenant");
         p.tenant = "acme".into();
-        assert_eq!(complete(&p, &request()).unwrap_err().field, "interfaces[0].addresses");
+        assert_eq!(
+            complete(&p, &request()).unwrap_err().field,
+            "interfaces[0].addresses"
+        );
         let mut r = request();
         r.ifname = "net1".into();
         assert_eq!(complete(&good(), &r).unwrap_err().field, "interfaces");
-        rejects(|p| p.interfaces[0].kind = InterfaceKind::HostLink, "interfaces");
+        rejects(
+            |p| p.interfaces[0].kind = InterfaceKind::HostLink,
+            "interfaces",
+        );
         rejects(
             |p| {
                 p.interfaces[1].addresses[0].static_address = Some("169.254.128.2".into());

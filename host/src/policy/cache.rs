@@ -228,7 +228,12 @@ fn find_tenetctl() -> Option<PathBuf> {
     })
 }
 
-fn run_compiler(program: &Path, cache: &ArtifactCache, wasm: &Path, sha256: &str) -> Result<(), String> {
+fn run_compiler(
+    program: &Path,
+    cache: &ArtifactCache,
+    wasm: &Path,
+    sha256: &str,
+) -> Result<(), String> {
     tracing::info!(compiler = %program.display(), module = %wasm.display(), "artifact missing; rebuilding it");
     let mut child = Command::new(program)
         .args(["policy", "compile-module", "--cache-dir"])
@@ -246,11 +251,19 @@ fn run_compiler(program: &Path, cache: &ArtifactCache, wasm: &Path, sha256: &str
     loop {
         match child.try_wait() {
             Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => return Err(format!("{} policy compile-module failed ({st})", program.display())),
+            Ok(Some(st)) => {
+                return Err(format!(
+                    "{} policy compile-module failed ({st})",
+                    program.display()
+                ));
+            }
             Ok(None) if start.elapsed() > COMPILE_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{} timed out after {COMPILE_TIMEOUT:?}", program.display()));
+                return Err(format!(
+                    "{} timed out after {COMPILE_TIMEOUT:?}",
+                    program.display()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e.to_string()),
@@ -284,10 +297,18 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         check_trusted(&p, false).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(check_trusted(&p, false).unwrap_err().contains("writable by group or others"));
+        assert!(
+            check_trusted(&p, false)
+                .unwrap_err()
+                .contains("writable by group or others")
+        );
         let link = p.with_extension("link");
         std::os::unix::fs::symlink(&p, &link).unwrap();
-        assert!(check_trusted(&link, false).unwrap_err().contains("not a regular file"));
+        assert!(
+            check_trusted(&link, false)
+                .unwrap_err()
+                .contains("not a regular file")
+        );
         // A corrupt artifact is a miss with a reason, not a crash.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let engine = super::super::engine::new_engine().unwrap();

@@ -79,6 +79,15 @@ pub enum ModuleRef {
     Path(PathBuf),
 }
 
+impl std::fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleRef::Named(n) => write!(f, "{n}"),
+            ModuleRef::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// A validated stage.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
@@ -155,7 +164,11 @@ impl Manifest {
                 )));
             }
             if stages.iter().any(|p| p.name == s.name) {
-                return Err(err(format!("{}: duplicate stage name {:?}", at("name"), s.name)));
+                return Err(err(format!(
+                    "{}: duplicate stage name {:?}",
+                    at("name"),
+                    s.name
+                )));
             }
             let module = parse_module_ref(base, &s.module)
                 .map_err(|m| err(format!("{} ({}): {m}", at("module"), s.name)))?;
@@ -301,20 +314,47 @@ mod tests {
             i.module,
             ModuleRef::Path(PathBuf::from("/etc/tenet/../modules/ipam.wasm"))
         );
-        assert_eq!((i.fuel, i.failure, i.settings.as_str()), (DEFAULT_FUEL, FailurePolicy::Fail, ""));
+        assert_eq!(
+            (i.fuel, i.failure, i.settings.as_str()),
+            (DEFAULT_FUEL, FailurePolicy::Fail, "")
+        );
     }
 
     #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfule = 3\n", "fule"),
-            ("[[stage]]\nname = \"A b\"\nmodule = \"m\"\n", "stage[0].name"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nsha256 = \"xyz\"\n", "stage[0].sha256"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfuel = 0\n", "stage[0].fuel"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nmemory_mib = 4096\n", "stage[0].memory_mib"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"M!\"\n", "stage[0].module"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\n[[stage]]\nname = \"a\"\nmodule = \"n\"\n", "stage[1].name"),
-            ("[[stage]]\nname = \"a\"\nmodule = \"m\"\nfailure = \"maybe\"\n", "maybe"),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\nfule = 3\n",
+                "fule",
+            ),
+            (
+                "[[stage]]\nname = \"A b\"\nmodule = \"m\"\n",
+                "stage[0].name",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\nsha256 = \"xyz\"\n",
+                "stage[0].sha256",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\nfuel = 0\n",
+                "stage[0].fuel",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\nmemory_mib = 4096\n",
+                "stage[0].memory_mib",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"M!\"\n",
+                "stage[0].module",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\n[[stage]]\nname = \"a\"\nmodule = \"n\"\n",
+                "stage[1].name",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\nfailure = \"maybe\"\n",
+                "maybe",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -145,7 +145,10 @@ impl Pipeline {
                     StageRun::Ran { fuel, elapsed }
                 }
                 // A denial is a decision, never skipped.
-                Err(e) if stage.spec.failure == FailurePolicy::Ignore && !matches!(e.failure, Failure::Denied(_)) => {
+                Err(e)
+                    if stage.spec.failure == FailurePolicy::Ignore
+                        && !matches!(e.failure, Failure::Denied(_)) =>
+                {
                     tracing::warn!(stage = %stage.spec.name, error = %e, "stage failed; skipped (failure = \"ignore\")");
                     StageRun::Skipped(e)
                 }
@@ -215,7 +218,12 @@ impl Pipeline {
             .map_err(|e| classify(name, &store, e))?
             .map_err(|m| PolicyError::new(name, Failure::InvalidSettings(m)))?;
         let out = inst
-            .call_evaluate(&mut store, request, &spec.settings, &convert::plan_to_wit(plan))
+            .call_evaluate(
+                &mut store,
+                request,
+                &spec.settings,
+                &convert::plan_to_wit(plan),
+            )
             .map_err(|e| classify(name, &store, e))?;
         let fuel = spec.fuel - store.get_fuel().unwrap_or(0);
         let next = match out {
@@ -231,7 +239,8 @@ impl Pipeline {
                 return Err(PolicyError::new(name, f));
             }
         };
-        plan::validate::structure(&next).map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?;
+        plan::validate::structure(&next)
+            .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?;
         Ok((next, fuel, start.elapsed()))
     }
 }
@@ -264,7 +273,8 @@ fn load_stage(
         Some(Ok(c)) => c,
         other => {
             let wasm = resolve_module(&spec.module, &opts.module_dirs).map_err(unavailable)?;
-            let digest = sha256_file(&wasm).map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?;
+            let digest =
+                sha256_file(&wasm).map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?;
             if let Some(pin) = pinned {
                 if pin != digest {
                     return Err(refused(format!(
@@ -285,7 +295,9 @@ fn load_stage(
                     }
                     opts.builder
                         .build(engine, cache, &wasm, &digest)
-                        .map_err(|m| unavailable(format!("no usable artifact for {}: {m}", wasm.display())))?
+                        .map_err(|m| {
+                            unavailable(format!("no usable artifact for {}: {m}", wasm.display()))
+                        })?
                 }
             }
         }
@@ -306,7 +318,10 @@ pub fn resolve_module(module: &ModuleRef, dirs: &[PathBuf]) -> Result<PathBuf, S
             .ok_or_else(|| {
                 format!(
                     "module {n:?} not found in {}",
-                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             }),
     }
@@ -330,7 +345,9 @@ fn check_component(engine: &Engine, component: &Component) -> Result<(), String>
     }
     for export in ["validate-settings", "evaluate"] {
         if ty.get_export(engine, export).is_none() {
-            return Err(format!("does not export {export:?}: not a tenet:policy/stage@0.1.0 component"));
+            return Err(format!(
+                "does not export {export:?}: not a tenet:policy/stage@0.1.0 component"
+            ));
         }
     }
     Ok(())
@@ -347,7 +364,10 @@ fn check_input(r: &Request) -> Result<(), PolicyError> {
         ("extra", &r.extra),
     ] {
         if list.len() > LIST_ENTRIES {
-            return fail(format!("{what}: {} entries, at most {LIST_ENTRIES}", list.len()));
+            return fail(format!(
+                "{what}: {} entries, at most {LIST_ENTRIES}",
+                list.len()
+            ));
         }
         for kv in list {
             if kv.key.len() > KEY_BYTES || kv.value.len() > VALUE_BYTES {
@@ -361,12 +381,18 @@ fn check_input(r: &Request) -> Result<(), PolicyError> {
     }
     for list in [&r.args_ips, &r.runtime_ips] {
         if list.len() > LIST_ENTRIES {
-            return fail(format!("ips: {} entries, at most {LIST_ENTRIES}", list.len()));
+            return fail(format!(
+                "ips: {} entries, at most {LIST_ENTRIES}",
+                list.len()
+            ));
         }
         total += list.iter().map(String::len).sum::<usize>();
     }
     if r.port_mappings.len() > LIST_ENTRIES {
-        return fail(format!("portMappings: {} entries, at most {LIST_ENTRIES}", r.port_mappings.len()));
+        return fail(format!(
+            "portMappings: {} entries, at most {LIST_ENTRIES}",
+            r.port_mappings.len()
+        ));
     }
     if total > TOTAL_BYTES {
         return fail(format!("request is {total} bytes, at most {TOTAL_BYTES}"));
@@ -383,17 +409,31 @@ struct HostState {
 }
 
 impl ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             // Trap rather than fail the grow: a guest allocator that ignores
             // failure must not keep running in an undefined state.
             self.memory_exceeded = true;
-            wasmtime::bail!("stage {} exceeded its memory cap of {} bytes", self.stage, self.memory_cap);
+            wasmtime::bail!(
+                "stage {} exceeded its memory cap of {} bytes",
+                self.stage,
+                self.memory_cap
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 10_000)
     }
 

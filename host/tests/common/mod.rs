@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The directory holding the built guest components.
@@ -17,7 +20,13 @@ pub fn modules_dir() -> PathBuf {
     let dir = std::env::var_os("TENET_TEST_MODULES")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/modules"));
-    for m in ["tenant-map", "ipam-policy", "route-dns", "rainbond-egress", "hostile-loop"] {
+    for m in [
+        "tenant-map",
+        "ipam-policy",
+        "route-dns",
+        "rainbond-egress",
+        "hostile-loop",
+    ] {
         assert!(
             dir.join(format!("{m}.wasm")).is_file(),
             "{}/{m}.wasm is missing: run `make guests` (or set TENET_TEST_MODULES)",
@@ -34,7 +43,11 @@ pub fn binary(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .map(|p| if p.is_absolute() { p } else { root().join(p) })
         .unwrap_or_else(|| root().join("target/release").join(name));
-    assert!(p.is_file(), "{} is missing: run `make build` (or set {var})", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make build` (or set {var})",
+        p.display()
+    );
     p
 }
 

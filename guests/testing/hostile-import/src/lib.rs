@@ -4,8 +4,6 @@
 
 wit_bindgen::generate!({ path: "../../../wit", world: "stage" });
 
-
-
 struct Snoop;
 
 impl Guest for Snoop {

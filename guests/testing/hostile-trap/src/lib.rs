@@ -16,7 +16,10 @@ impl Stage for Boom {
         let v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
         // An out-of-bounds index the compiler cannot prove: a panic, a trap.
         let i = core::hint::black_box(req.ifname.len());
-        Ok(Plan { tenant: alloc::format!("{}", v[i]), ..unreachable_plan() })
+        Ok(Plan {
+            tenant: alloc::format!("{}", v[i]),
+            ..unreachable_plan()
+        })
     }
 }
 

@@ -8,8 +8,9 @@
 //! answer (ADD stops after plan validation until the apply engine lands; the
 //! empty pipeline's final validation fails instead, at the same point).
 //!
-//! `make bench` (or `cargo bench -p tenet --bench pipeline_exec` after
-//! `make build guests`). `BENCH_RUNS` sets the number of pairs (default 400).
+//! `make bench` (or `cargo run --release -p tenet-bench --bin pipeline_exec`
+//! after `make build guests`). `BENCH_RUNS` sets the number of pairs
+//! (default 400).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,12 +18,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn bin(name: &str) -> PathBuf {
     let p = root().join("target/release").join(name);
-    assert!(p.is_file(), "{} missing: run `make build guests` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run `make build guests` first",
+        p.display()
+    );
     p
 }
 
@@ -37,7 +45,10 @@ fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Durat
         .env("CNI_NETNS", "/var/run/netns/bench")
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0")
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0",
+        )
         .env("TENET_CONFIG", "/dev/null")
         .env("TENET_PIPELINE", pipeline)
         .env("TENET_MODULE_DIRS", modules)
@@ -47,9 +58,17 @@ fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Durat
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tenet");
-    child.stdin.take().unwrap().write_all(NETCONF.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(NETCONF.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (start.elapsed(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        start.elapsed(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn stats(v: &mut [Duration]) -> (f64, f64, f64) {
@@ -59,13 +78,10 @@ fn stats(v: &mut [Duration]) -> (f64, f64, f64) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
-    // useful either. Only run the measurement when asked to bench.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("pipeline_exec: run with `cargo bench` to measure");
-        return;
-    }
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
     let tenet = bin("tenet");
     let tenetctl = bin("tenetctl");
     let modules = std::env::var_os("TENET_TEST_MODULES")
@@ -92,9 +108,15 @@ fn main() {
 
     // Sanity: both variants reach the end of planning.
     let (_, out) = invoke(&tenet, &rainbond, &modules, &cache);
-    assert!(out.contains("\"code\":110"), "rainbond ADD did not plan: {out}");
+    assert!(
+        out.contains("\"code\":110"),
+        "rainbond ADD did not plan: {out}"
+    );
     let (_, out) = invoke(&tenet, &empty, &modules, &cache);
-    assert!(out.contains("\"code\":104"), "empty ADD did not reach validation: {out}");
+    assert!(
+        out.contains("\"code\":104"),
+        "empty ADD did not reach validation: {out}"
+    );
 
     for _ in 0..20 {
         invoke(&tenet, &rainbond, &modules, &cache);
@@ -114,8 +136,12 @@ fn main() {
     let (w50, w90, wmin) = stats(&mut with);
     let (e50, e90, emin) = stats(&mut without);
     println!("pipeline_exec: whole-process CNI ADD, {runs} alternating pairs");
-    println!("  rainbond pipeline (4 stages): median {w50:8.0} us  p90 {w90:8.0} us  min {wmin:8.0} us");
-    println!("  empty pipeline              : median {e50:8.0} us  p90 {e90:8.0} us  min {emin:8.0} us");
+    println!(
+        "  rainbond pipeline (4 stages): median {w50:8.0} us  p90 {w90:8.0} us  min {wmin:8.0} us"
+    );
+    println!(
+        "  empty pipeline              : median {e50:8.0} us  p90 {e90:8.0} us  min {emin:8.0} us"
+    );
     println!(
         "  pipeline cost (median difference): {:.0} us  (budget 1000 us)  ratio {:.2}",
         w50 - e50,
