@@ -178,10 +178,9 @@ impl Config {
         if let Some(dev) = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent()?.parent().map(|p| p.join("modules")))
+            && !dirs.contains(&dev)
         {
-            if !dirs.contains(&dev) {
-                dirs.push(dev);
-            }
+            dirs.push(dev);
         }
         dirs
     }

@@ -128,7 +128,7 @@ fn containerd_conf(version: &str) -> String {
     .to_string()
 }
 
-fn add_env<'a>(ns: &'a str) -> Vec<(&'a str, &'a str)> {
+fn add_env(ns: &str) -> Vec<(&str, &str)> {
     vec![
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "d1e2a3d4b5e6"),

@@ -130,19 +130,19 @@ impl Stage for RainbondEgress {
                 s.link_pool.subnet_len, lp.len
             ));
         }
-        if let Some(m) = s.mtu {
-            if !(68..=65535).contains(&m) {
-                return Err(format!("mtu: {m} is outside 68..=65535"));
-            }
+        if let Some(m) = s.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(format!("mtu: {m} is outside 68..=65535"));
         }
         Ok(())
     }
 
     fn evaluate(_req: &Request, s: &Settings, mut plan: Plan) -> Result<Plan, PolicyError> {
-        if let Some(allowed) = &s.tenants {
-            if !allowed.iter().any(|t| *t == plan.tenant) {
-                return Ok(plan);
-            }
+        if let Some(allowed) = &s.tenants
+            && !allowed.contains(&plan.tenant)
+        {
+            return Ok(plan);
         }
         let link = Interface {
             name: s.interface.clone(),

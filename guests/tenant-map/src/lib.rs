@@ -173,12 +173,12 @@ impl Stage for TenantMap {
                 return Err(format!("labels[{i}]: must not be empty"));
             }
         }
-        if let Some(t) = &s.default_tenant {
-            if sanitize(t).as_deref() != Some(t.as_str()) {
-                return Err(format!(
-                    "defaultTenant: {t:?} is not a tenant id ([a-z0-9-], 1-63)"
-                ));
-            }
+        if let Some(t) = &s.default_tenant
+            && sanitize(t).as_deref() != Some(t.as_str())
+        {
+            return Err(format!(
+                "defaultTenant: {t:?} is not a tenant id ([a-z0-9-], 1-63)"
+            ));
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Top {
     /// Run a pipeline on a request and print the plan after each stage.
-    Plan(ctl::plan::PlanArgs),
+    Plan(Box<ctl::plan::PlanArgs>),
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCmd),

@@ -140,14 +140,14 @@ impl Env {
                 format!("CNI_COMMAND={cmd_s} needs {}", required.join(", ")),
             ));
         }
-        if let Some(id) = &container_id {
-            if !valid_container_id(id) {
-                return Err(CniError::new(
-                    code::INVALID_ENV,
-                    "invalid CNI_CONTAINERID",
-                    format!("{id:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
-                ));
-            }
+        if let Some(id) = &container_id
+            && !valid_container_id(id)
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "invalid CNI_CONTAINERID",
+                format!("{id:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
+            ));
         }
         if let Some(name) = &ifname {
             check_ifname(name)

@@ -92,17 +92,17 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
         Command::Status | Command::Gc => Some("1.1.0"),
         _ => None,
     };
-    if let Some(min) = min {
-        if !version::at_least(&v, min) {
-            return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
-                "incompatible CNI versions",
-                format!(
-                    "{} needs a configuration of version {min} or later, got {v}",
-                    env.command.as_str()
-                ),
-            ));
-        }
+    if let Some(min) = min
+        && !version::at_least(&v, min)
+    {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            format!(
+                "{} needs a configuration of version {min} or later, got {v}",
+                env.command.as_str()
+            ),
+        ));
     }
     Ok(Invocation {
         command: env.command,

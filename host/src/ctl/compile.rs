@@ -67,13 +67,13 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
 pub fn run_module(args: &CompileModuleArgs) -> Result<i32, CtlError> {
     let digest =
         sha256_file(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
-    if let Some(want) = &args.sha256 {
-        if !want.eq_ignore_ascii_case(&digest) {
-            return Err(CtlError(format!(
-                "{} has sha256 {digest}, expected {want}",
-                args.wasm.display()
-            )));
-        }
+    if let Some(want) = &args.sha256
+        && !want.eq_ignore_ascii_case(&digest)
+    {
+        return Err(CtlError(format!(
+            "{} has sha256 {digest}, expected {want}",
+            args.wasm.display()
+        )));
     }
     let bytes =
         std::fs::read(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;

@@ -168,13 +168,13 @@ fn run_case(
             for r in &outcome.reports {
                 if let StageRun::Ran { fuel, .. } = r.run {
                     fuel_note.push(format!("{}={fuel}", r.stage));
-                    if let Some(max) = case.max_fuel.get(&r.stage) {
-                        if fuel > *max {
-                            return Err(format!(
-                                "stage {} used {fuel} fuel, more than maxFuel {max}",
-                                r.stage
-                            ));
-                        }
+                    if let Some(max) = case.max_fuel.get(&r.stage)
+                        && fuel > *max
+                    {
+                        return Err(format!(
+                            "stage {} used {fuel} fuel, more than maxFuel {max}",
+                            r.stage
+                        ));
                     }
                 }
             }
@@ -209,18 +209,18 @@ fn run_case(
                     want.kind
                 ));
             }
-            if let Some(c) = &want.contains {
-                if !e.to_string().contains(c.as_str()) {
-                    problems.push(format!(
-                        "message {:?} does not contain {c:?}",
-                        e.to_string()
-                    ));
-                }
+            if let Some(c) = &want.contains
+                && !e.to_string().contains(c.as_str())
+            {
+                problems.push(format!(
+                    "message {:?} does not contain {c:?}",
+                    e.to_string()
+                ));
             }
-            if let Some(code) = want.code {
-                if e.cni_code() != code {
-                    problems.push(format!("CNI code {}, expected {code}", e.cni_code()));
-                }
+            if let Some(code) = want.code
+                && e.cni_code() != code
+            {
+                problems.push(format!("CNI code {}, expected {code}", e.cni_code()));
             }
             if problems.is_empty() {
                 Ok(format!("(error as expected: {})", e.failure.kind()))

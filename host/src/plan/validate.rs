@@ -83,18 +83,18 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         if !names.insert(ifc.name.as_str()) {
             return fail(at("name"), format!("duplicate interface {:?}", ifc.name));
         }
-        if let Some(mac) = &ifc.mac {
-            if !valid_unicast_mac(mac) {
-                return fail(
-                    at("mac"),
-                    format!("{:?} is not a unicast MAC address", clip(mac)),
-                );
-            }
+        if let Some(mac) = &ifc.mac
+            && !valid_unicast_mac(mac)
+        {
+            return fail(
+                at("mac"),
+                format!("{:?} is not a unicast MAC address", clip(mac)),
+            );
         }
-        if let Some(mtu) = ifc.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
-            }
+        if let Some(mtu) = ifc.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
         }
         check_len(&at("addresses"), ifc.addresses.len(), limits::ADDRESSES)?;
         for (j, a) in ifc.addresses.iter().enumerate() {
@@ -149,10 +149,10 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
                 }
             }
         }
-        if let Some(mtu) = r.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
-            }
+        if let Some(mtu) = r.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
         }
     }
 
@@ -410,18 +410,18 @@ fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
                     format!("{s} is in an excluded range of pool {}", p.name),
                 );
             }
-            if let Some(n) = net {
-                if n.prefix_len() != p.subnet_len {
-                    return fail(
-                        format!("{at}.staticAddress"),
-                        format!(
-                            "{s} has prefix /{} but pool {} hands out /{} subnets",
-                            n.prefix_len(),
-                            p.name,
-                            p.subnet_len
-                        ),
-                    );
-                }
+            if let Some(n) = net
+                && n.prefix_len() != p.subnet_len
+            {
+                return fail(
+                    format!("{at}.staticAddress"),
+                    format!(
+                        "{s} has prefix /{} but pool {} hands out /{} subnets",
+                        n.prefix_len(),
+                        p.name,
+                        p.subnet_len
+                    ),
+                );
             }
         }
     }
@@ -530,17 +530,15 @@ fn check_sysctl(plan: &Plan, key: &str, value: &str) -> Result<(), String> {
         "net.ipv4.neigh.",
         "net.ipv6.neigh.",
     ] {
-        if let Some(rest) = key.strip_prefix(fam) {
-            if let Some((ifname, leaf)) = rest.split_once('.') {
-                if plan.interface(ifname).is_some()
-                    && !leaf.is_empty()
-                    && leaf
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                {
-                    return Ok(());
-                }
-            }
+        if let Some(rest) = key.strip_prefix(fam)
+            && let Some((ifname, leaf)) = rest.split_once('.')
+            && plan.interface(ifname).is_some()
+            && !leaf.is_empty()
+            && leaf
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Ok(());
         }
     }
     Err(format!(

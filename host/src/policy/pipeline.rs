@@ -275,13 +275,13 @@ fn load_stage(
             let wasm = resolve_module(&spec.module, &opts.module_dirs).map_err(unavailable)?;
             let digest =
                 sha256_file(&wasm).map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?;
-            if let Some(pin) = pinned {
-                if pin != digest {
-                    return Err(refused(format!(
-                        "{} has sha256 {digest}, but the pipeline pins {pin}",
-                        wasm.display()
-                    )));
-                }
+            if let Some(pin) = pinned
+                && pin != digest
+            {
+                return Err(refused(format!(
+                    "{} has sha256 {digest}, but the pipeline pins {pin}",
+                    wasm.display()
+                )));
             }
             let miss = match other {
                 Some(Err(m)) => Some(m),
