@@ -44,7 +44,9 @@ guests: rust-target
 ## build: the two release binaries.
 build:
 	$(CARGO) build --release -p tenet --no-default-features --bin tenet
-	$(CARGO) build --release -p tenet --bin tenetctl
+	$(CARGO) build --profile ctl -p tenet --bin tenetctl
+	@# tenet looks for tenetctl beside itself to rebuild a missing artifact.
+	install -m 0755 target/ctl/tenetctl $(TENETCTL_BIN)
 
 ## lint: formatting and clippy, warnings are errors.
 lint:
@@ -74,7 +76,7 @@ bench: deps build guests
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse_invocation -- -max_total_time=$${FUZZ_SECONDS:-600}
+	cd fuzz && mkdir -p corpus/parse_invocation && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse_invocation corpus/parse_invocation -- -max_total_time=$${FUZZ_SECONDS:-600}
 
 clean-cache:
 	rm -rf target/cache
