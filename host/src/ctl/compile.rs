@@ -80,8 +80,13 @@ pub fn run_module(args: &CompileModuleArgs) -> Result<i32, CtlError> {
     let eng = engine::new_engine().map_err(CtlError::msg)?;
     let cwasm = engine::precompile(&eng, &bytes)
         .map_err(|e| CtlError(format!("{}: {}", args.wasm.display(), e.root_cause())))?;
-    ArtifactCache::new(&args.cache_dir)
+    let cache = ArtifactCache::new(&args.cache_dir);
+    cache
         .store(&digest, &cwasm)
+        .map_err(|e| CtlError(format!("{}: {e}", args.cache_dir.display())))?;
+    // Lets `tenet` find this unpinned module's artifact without hashing it.
+    cache
+        .remember_digest(&args.wasm, &digest)
         .map_err(|e| CtlError(format!("{}: {e}", args.cache_dir.display())))?;
     Ok(0)
 }

@@ -74,7 +74,7 @@ pub struct Bandwidth {
 /// What the runtime asked for, normalised: the `request` record every stage
 /// receives. Built from a parsed CNI invocation or by `tenetctl plan`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Request {
     /// The CNI command.
     pub command: Command,

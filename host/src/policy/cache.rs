@@ -59,6 +59,28 @@ impl ArtifactCache {
         self.dir.join(format!("{sha256}.cwasm"))
     }
 
+    /// The digest recorded for a module file, if this exact file (same
+    /// device, inode, size and mtime) was hashed before. Lets the hot path
+    /// find an unpinned module's artifact with one `stat` instead of hashing
+    /// the whole file on every exec.
+    pub fn known_digest(&self, wasm: &Path) -> Option<String> {
+        let entry = self.dir.join("by-file").join(file_key(wasm)?);
+        check_trusted(&entry, false).ok()?;
+        let d = std::fs::read_to_string(entry).ok()?;
+        (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then_some(d)
+    }
+
+    /// Records `sha256` as the digest of this exact module file.
+    pub fn remember_digest(&self, wasm: &Path, sha256: &str) -> std::io::Result<()> {
+        let Some(key) = file_key(wasm) else {
+            return Ok(());
+        };
+        let dir = self.dir.join("by-file");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        publish(&dir, &key, sha256.as_bytes())
+    }
+
     /// Loads a precompiled component, or says why it cannot (a miss).
     pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Component, String> {
         let path = self.path_for(sha256);
@@ -78,31 +100,55 @@ impl ArtifactCache {
         std::fs::create_dir_all(&self.dir)?;
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        let path = self.path_for(sha256);
-        let tmp = self.dir.join(format!(
-            ".{sha256}.{}.{}.tmp",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(cwasm)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map(|()| path)
+        let name = format!("{sha256}.cwasm");
+        publish(&self.dir, &name, cwasm)?;
+        Ok(self.dir.join(name))
     }
+}
+
+/// Writes `dir/name` atomically: a private temp file, fsync, rename, fsync
+/// the directory. Readers see the old file or the new one, never a part.
+fn publish(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Identity of a module file as it is now: any rewrite, replacement or
+/// touch changes it, so a stale digest is never used.
+fn file_key(wasm: &Path) -> Option<String> {
+    let m = std::fs::metadata(wasm).ok()?;
+    let path = std::fs::canonicalize(wasm).ok()?;
+    let id = format!(
+        "{}\0{}:{}:{}:{}.{}",
+        path.display(),
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    );
+    Some(sha256_hex(id.as_bytes()))
 }
 
 /// Refuses paths that someone other than us could have written.
@@ -195,7 +241,10 @@ impl Builder {
                 let cwasm = super::engine::precompile(engine, &bytes)
                     .map_err(|e| format!("compiling {}: {}", wasm.display(), e.root_cause()))?;
                 match cache.store(sha256, &cwasm) {
-                    Ok(_) => cache.load(engine, sha256),
+                    Ok(_) => {
+                        let _ = cache.remember_digest(wasm, sha256);
+                        cache.load(engine, sha256)
+                    }
                     Err(e) => {
                         // A read-only cache (an unprivileged `tenetctl plan`)
                         // must not stop a dry run: use the bytes directly.
@@ -208,6 +257,7 @@ impl Builder {
             }
             Builder::External(program) => {
                 run_compiler(program, cache, wasm, sha256)?;
+                let _ = cache.remember_digest(wasm, sha256);
                 cache.load(engine, sha256)
             }
             Builder::Never => Err("no compiler available to rebuild it".into()),
@@ -281,6 +331,22 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn digest_index_follows_the_file_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(&tmp.path().join("c"));
+        let wasm = tmp.path().join("m.wasm");
+        std::fs::write(&wasm, b"one").unwrap();
+        assert_eq!(cache.known_digest(&wasm), None);
+        let d = sha256_hex(b"one");
+        cache.remember_digest(&wasm, &d).unwrap();
+        assert_eq!(cache.known_digest(&wasm).as_deref(), Some(d.as_str()));
+        // Replacing the file (new inode/size/mtime) forgets the digest.
+        std::fs::remove_file(&wasm).unwrap();
+        std::fs::write(&wasm, b"other!").unwrap();
+        assert_eq!(cache.known_digest(&wasm), None);
     }
 
     #[test]

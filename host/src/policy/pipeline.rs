@@ -101,7 +101,9 @@ impl Pipeline {
         let cache = ArtifactCache::new(&opts.cache_dir);
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
+            let started = Instant::now();
             let component = load_stage(&engine, &cache, opts, spec);
+            tracing::debug!(stage = %spec.name, load_us = started.elapsed().as_micros() as u64, "stage loaded");
             if let Err(e) = &component {
                 if spec.failure == FailurePolicy::Fail {
                     return Err(e.clone());
@@ -214,9 +216,9 @@ impl Pipeline {
         let mut store = self.new_store(spec);
         let inst = Stage::instantiate(&mut store, component, &self.linker)
             .map_err(|e| classify(name, &store, e))?;
-        inst.call_validate_settings(&mut store, &spec.settings)
-            .map_err(|e| classify(name, &store, e))?
-            .map_err(|m| PolicyError::new(name, Failure::InvalidSettings(m)))?;
+        // No validate-settings call here: `evaluate` must refuse bad settings
+        // itself (the SDK does), and `tenetctl policy compile` validates them
+        // once at install. That keeps a guest call off every exec.
         let out = inst
             .call_evaluate(
                 &mut store,
@@ -273,8 +275,13 @@ fn load_stage(
         Some(Ok(c)) => c,
         other => {
             let wasm = resolve_module(&spec.module, &opts.module_dirs).map_err(unavailable)?;
-            let digest =
-                sha256_file(&wasm).map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?;
+            // An unpinned module: the digest index (written when the
+            // artifact was built) saves hashing the file on every exec.
+            let digest = match cache.known_digest(&wasm) {
+                Some(d) => d,
+                None => sha256_file(&wasm)
+                    .map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?,
+            };
             if let Some(pin) = pinned
                 && pin != digest
             {

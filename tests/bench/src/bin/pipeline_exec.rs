@@ -18,10 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    // tests/bench -> the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn bin(name: &str) -> PathBuf {
