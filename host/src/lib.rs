@@ -8,9 +8,11 @@
 pub mod cni;
 pub mod commands;
 pub mod config;
-pub mod ipam;
-pub mod logging;
-pub mod plan;
-pub mod policy;
 #[cfg(feature = "compiler")]
 pub mod ctl;
+pub mod ipam;
+pub mod logging;
+pub mod netns;
+pub mod plan;
+pub mod policy;
+pub mod sdn;
