@@ -8,11 +8,11 @@
 pub mod cni;
 pub mod commands;
 pub mod config;
-#[cfg(feature = "compiler")]
-pub mod ctl;
 pub mod ipam;
 pub mod logging;
 pub mod netns;
 pub mod plan;
 pub mod policy;
 pub mod sdn;
+#[cfg(feature = "compiler")]
+pub mod ctl;
