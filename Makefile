@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # Debian packages the build, tests, demo and benchmarks use.
-APT_PACKAGES := iproute2 nftables jq containernetworking-plugins hyperfine
+APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.

@@ -4,6 +4,9 @@
 //! pipeline ([`policy`]) that turns the request into a [`plan::Plan`],
 //! validates it on the host side ([`plan::validate`]), and answers in the
 //! runtime's CNI version. `tenetctl` drives the same library for operators.
+//! The backends that apply a plan are one trait each: [`netns`] (pod
+//! namespaces, rtnetlink) and [`sdn`] (tenant networks: Linux bridge and
+//! nftables).
 
 pub mod cni;
 pub mod commands;
@@ -12,5 +15,7 @@ pub mod config;
 pub mod ctl;
 pub mod ipam;
 pub mod logging;
+pub mod netns;
 pub mod plan;
 pub mod policy;
+pub mod sdn;
