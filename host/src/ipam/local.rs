@@ -1,0 +1,501 @@
+//! The embedded default address store: files under a state directory.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <state_dir>/ipam/                       (0700)
+//!   <network>/                            (0700, one per network; the name is validated)
+//!     lock                                flock(LOCK_EX) held by every writer
+//!     state.json                          the whole state of the network (0600)
+//!     .state.json.tmp-<pid>-<nanos>       a write in progress (or left by a crash)
+//! ```
+//!
+//! `state.json` holds the format version, a generation counter bumped on
+//! every write, the pools as last requested with each tenant's subnet (its
+//! next-fit cursor, addresses cooling down with their release times, and
+//! when it became empty), and the attachment records: owner key, tenant,
+//! claim state, the pending claimer (pid, process start time, deadline) and
+//! the allocations. The records are the only statement of which address is
+//! taken; the per-subnet index is rebuilt from them on load.
+//!
+//! # Concurrency
+//!
+//! Every mutation holds an exclusive `flock` on `<network>/lock` from load
+//! to commit, so concurrent CNI processes (and threads: each operation opens
+//! its own file description) serialise per network — never across networks.
+//! The lock is polled with a bounded wait ([`LocalOptions::lock_timeout`]);
+//! running out is [`IpamError::LockTimeout`], CNI code 11, so the runtime
+//! retries. The kernel drops the lock when the holder dies, so a crashed
+//! process cannot wedge the store.
+//!
+//! # Crash safety
+//!
+//! A write goes to a fresh temp file in the same directory, is `fsync`ed,
+//! renamed over `state.json`, and the directory is `fsync`ed. `rename(2)`
+//! replaces the name atomically, so at every instant `state.json` is either
+//! the complete old state or the complete new one, whichever step a crash
+//! interrupts; after the directory `fsync` the new state survives power loss.
+//! Readers only ever open `state.json`, so they need no lock and never see a
+//! partial file; a temp file left by a crash is ignored by readers and
+//! deleted by the next writer (which, holding the lock, knows no write is in
+//! progress). Because one operation's whole effect is one rename, a
+//! dual-stack reservation is all or nothing on disk too.
+//!
+//! The price is that each write rewrites the network's state: linear in its
+//! attachments (about 200 bytes each), which is right for one machine's pods
+//! but not for tens of thousands; the allocation itself stays flat as a
+//! subnet fills (see `alloc`). An unparsable `state.json` is never
+//! overwritten: it is reported as [`IpamError::Corrupt`] (code 120) for an
+//! operator to inspect.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::alloc::{Claim, Ctx, NetworkState};
+use super::{
+    Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
+    validate_network_name,
+};
+use crate::plan::AddressRequest;
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+const TMP_PREFIX: &str = ".state.json.tmp-";
+
+/// Tuning of a [`LocalStore`].
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// How long a mutation waits for the network's lock before failing with
+    /// code 11 (try again later). Default 10 s.
+    pub lock_timeout: Duration,
+    /// How long a released address (and a tenant's emptied subnet) is held
+    /// back before reuse. Default 30 s.
+    pub cooldown: Duration,
+    /// How long a pending claim may stay unconfirmed before it counts as
+    /// stale even if its process still runs. Default 5 min.
+    pub pending_timeout: Duration,
+    /// The process recorded as the claimer of pending claims. `None` (the
+    /// default) means this process, which is right for the CNI binary; a
+    /// long-lived daemon serving CNI calls would name its caller.
+    pub claimer: Option<ProcessIdentity>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            lock_timeout: Duration::from_secs(10),
+            cooldown: Duration::from_secs(30),
+            pending_timeout: Duration::from_secs(300),
+            claimer: None,
+        }
+    }
+}
+
+/// A process, identified robustly against pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+}
+
+impl ProcessIdentity {
+    /// This process.
+    pub fn current() -> Self {
+        let pid = std::process::id();
+        // /proc is always there for ourselves on Linux; if it is not, a zero
+        // start time still identifies us until the pid is reused.
+        Self::of(pid).unwrap_or(ProcessIdentity { pid, start_time: 0 })
+    }
+
+    /// The running (not zombie) process `pid`, if there is one.
+    pub fn of(pid: u32) -> Option<Self> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name is in parentheses and may itself contain spaces
+        // or parentheses: the fields we want follow the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = *fields.first()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        // Field 22 overall is index 19 after the name (fields 3.. start at 0).
+        let start_time = fields.get(19)?.parse().ok()?;
+        Some(ProcessIdentity { pid, start_time })
+    }
+
+    /// True while this very process (same pid, same start time) runs.
+    pub fn is_alive(&self) -> bool {
+        Self::of(self.pid).is_some_and(|p| p.start_time == self.start_time)
+    }
+}
+
+/// Address store in local files, one state file per network (see the
+/// module documentation for the layout and the crash-safety argument).
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    options: LocalOptions,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A pending claim is stale when its deadline passed or its process is gone.
+fn claim_is_stale(c: &Claim, now: u64) -> bool {
+    now >= c.deadline_ms
+        || !ProcessIdentity {
+            pid: c.pid,
+            start_time: c.start_time,
+        }
+        .is_alive()
+}
+
+fn create_private_dir(path: &Path) -> Result<(), IpamError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| IpamError::io(format!("creating {}", path.display()), e))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), IpamError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IpamError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: temp file,
+/// write, fsync, rename, fsync the directory.
+fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+    let target = dir.join(name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = result {
+        // Best effort: a leftover temp file is harmless, only untidy.
+        let _ = fs::remove_file(&tmp);
+        return Err(IpamError::io(format!("writing {}", target.display()), e));
+    }
+    fsync_dir(dir)
+}
+
+/// Loads a state file; a missing file is an empty state.
+fn load(path: &Path) -> Result<NetworkState, IpamError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(NetworkState::new()),
+        Err(e) => return Err(IpamError::io(format!("reading {}", path.display()), e)),
+    };
+    let corrupt = |detail: String| IpamError::Corrupt {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut st: NetworkState =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    st.rebuild_index().map_err(corrupt)?;
+    Ok(st)
+}
+
+/// Holds a network's lock until dropped (closing the file releases flock).
+struct LockGuard {
+    _file: File,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store under `<state_dir>/ipam`.
+    pub fn open(state_dir: impl AsRef<Path>, options: LocalOptions) -> Result<Self, IpamError> {
+        let root = state_dir.as_ref().join("ipam");
+        create_private_dir(&root)?;
+        Ok(LocalStore { root, options })
+    }
+
+    /// The directory holding one network's state.
+    pub fn network_dir(&self, network: &str) -> Result<PathBuf, IpamError> {
+        validate_network_name(network)?;
+        Ok(self.root.join(network))
+    }
+
+    fn lock(&self, network: &str, dir: &Path) -> Result<LockGuard, IpamError> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| IpamError::io(format!("opening {}", path.display()), e))?;
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(LockGuard { _file: file }),
+                Err(TryLockError::WouldBlock) => {
+                    let waited = start.elapsed();
+                    if waited >= self.options.lock_timeout {
+                        return Err(IpamError::LockTimeout {
+                            network: network.to_owned(),
+                            waited,
+                        });
+                    }
+                    // Polling with a short capped backoff: a blocking flock
+                    // cannot be given a timeout without signals.
+                    std::thread::sleep(backoff.min(self.options.lock_timeout - waited));
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(IpamError::io(format!("locking {}", path.display()), e));
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the network's state under its lock and commits the state
+    /// if `f` says it changed. Nothing is written when `f` fails.
+    fn mutate<T>(
+        &self,
+        network: &str,
+        f: impl FnOnce(&mut NetworkState, Ctx<'_>) -> Result<(T, bool), IpamError>,
+    ) -> Result<T, IpamError> {
+        let dir = self.network_dir(network)?;
+        if !dir.is_dir() {
+            create_private_dir(&dir)?;
+            fsync_dir(&self.root)?;
+        }
+        let _guard = self.lock(network, &dir)?;
+        remove_stray_temp_files(&dir);
+        let path = dir.join(STATE_FILE);
+        let mut st = load(&path)?;
+        let ctx = Ctx {
+            network,
+            now_ms: now_ms(),
+            cooldown_ms: millis(self.options.cooldown),
+            is_stale: &claim_is_stale,
+        };
+        let housekept = st.housekeep(ctx.now_ms, ctx.cooldown_ms);
+        let (out, changed) = f(&mut st, ctx)?;
+        if changed || housekept {
+            st.generation += 1;
+            let bytes = serde_json::to_vec(&st).map_err(|e| IpamError::Corrupt {
+                path: path.display().to_string(),
+                detail: format!("cannot serialise state: {e}"),
+            })?;
+            atomic_write(&dir, STATE_FILE, &bytes)?;
+            tracing::debug!(network, generation = st.generation, "ipam state written");
+        }
+        Ok(out)
+    }
+
+    /// Reads a network's state without the lock (renames are atomic, so this
+    /// is always a complete version).
+    fn read(&self, network: &str) -> Result<NetworkState, IpamError> {
+        load(&self.network_dir(network)?.join(STATE_FILE))
+    }
+
+    /// Network names that have state, sorted.
+    fn networks(&self) -> Result<Vec<String>, IpamError> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(IpamError::io(format!("listing {}", self.root.display()), e)),
+        };
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| IpamError::io(format!("listing {}", self.root.display()), e))?;
+            if let Some(name) = entry.file_name().to_str()
+                && validate_network_name(name).is_ok()
+                && entry.path().is_dir()
+            {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn claim(&self, now: u64) -> Claim {
+        let who = self
+            .options
+            .claimer
+            .unwrap_or_else(ProcessIdentity::current);
+        Claim {
+            pid: who.pid,
+            start_time: who.start_time,
+            deadline_ms: now.saturating_add(millis(self.options.pending_timeout)),
+        }
+    }
+
+    fn selected(&self, network: Option<&str>) -> Result<Vec<String>, IpamError> {
+        match network {
+            Some(n) => {
+                validate_network_name(n)?;
+                Ok(vec![n.to_owned()])
+            }
+            None => self.networks(),
+        }
+    }
+}
+
+/// Deletes temp files left by crashed writers. Called with the lock held,
+/// when no write can be in progress. Failures are only logged: a stray temp
+/// file is never read.
+fn remove_stray_temp_files(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(path = %entry.path().display(), "removed stray temp file"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), error = %e,
+                    "cannot remove stray temp file"),
+            }
+        }
+    }
+}
+
+impl IpStore for LocalStore {
+    fn reserve(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        key.validate()?;
+        let out = self.mutate(&key.network, |st, ctx| {
+            let claim = self.claim(ctx.now_ms);
+            st.reserve(ctx, key, tenant, requests, claim)
+        })?;
+        tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
+            "reserved");
+        Ok(out)
+    }
+
+    fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError> {
+        key.validate()?;
+        self.mutate(&key.network, |st, _| st.confirm(key).map(|c| ((), c)))
+    }
+
+    fn release(&self, key: &AttachmentKey) -> Result<Vec<Allocation>, IpamError> {
+        key.validate()?;
+        // DEL of a network we never saw must not create its directory.
+        if !self.network_dir(&key.network)?.is_dir() {
+            return Ok(Vec::new());
+        }
+        let out = self.mutate(&key.network, |st, ctx| {
+            let freed = st.release(key, ctx.now_ms);
+            let changed = !freed.is_empty();
+            Ok((freed, changed))
+        })?;
+        if !out.is_empty() {
+            tracing::debug!(%key, count = out.len(), "released");
+        }
+        Ok(out)
+    }
+
+    fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<GcReport, IpamError> {
+        if !self.network_dir(network)?.is_dir() {
+            return Ok(GcReport::default());
+        }
+        let report = self.mutate(network, |st, ctx| {
+            let r = st.gc(ctx, valid);
+            let changed = !r.released.is_empty();
+            Ok((r, changed))
+        })?;
+        if !report.released.is_empty() {
+            tracing::info!(network, released = ?report.released, "gc freed attachments");
+        }
+        Ok(report)
+    }
+
+    fn list(
+        &self,
+        network: Option<&str>,
+    ) -> Result<Vec<(AttachmentKey, Allocation, ClaimState)>, IpamError> {
+        let mut out = Vec::new();
+        for n in self.selected(network)? {
+            out.extend(self.read(&n)?.rows(&n));
+        }
+        Ok(out)
+    }
+
+    fn tenant_subnets(&self, network: Option<&str>) -> Result<Vec<TenantSubnet>, IpamError> {
+        let mut out = Vec::new();
+        for n in self.selected(network)? {
+            out.extend(self.read(&n)?.subnets(&n));
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> Result<(), IpamError> {
+        create_private_dir(&self.root)?;
+        // Prove the directory takes a durable write the way commits do.
+        let name = format!(".status-probe-{}", std::process::id());
+        let probe = self.root.join(&name);
+        atomic_write(&self.root, &name, b"ok")?;
+        fs::remove_file(&probe)
+            .map_err(|e| IpamError::io(format!("removing {}", probe.display()), e))?;
+        for n in self.networks()? {
+            self.read(&n)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_identity_tells_live_from_dead() {
+        let me = ProcessIdentity::current();
+        assert!(me.start_time > 0);
+        assert!(me.is_alive());
+        let recycled = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!recycled.is_alive(), "a reused pid is not the claimer");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(ProcessIdentity::of(pid).is_none());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        atomic_write(dir.path(), "f", b"one").unwrap();
+        atomic_write(dir.path(), "f", b"two").unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    }
+}
