@@ -54,27 +54,12 @@ impl Default for Config {
     }
 }
 
-/// The per-network overrides a CNI network configuration may carry.
+/// The per-network overrides a CNI network configuration may carry: read in
+/// the network configuration's camelCase, merged into [`Config`] in its
+/// snake_case.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all(deserialize = "camelCase", serialize = "snake_case"))]
 struct NetworkOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    module_dirs: Option<Vec<PathBuf>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_level: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_file: Option<PathBuf>,
-}
-
-/// Overrides in snake_case, as figment merges them into [`Config`].
-#[derive(Serialize)]
-struct SnakeOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,15 +134,7 @@ impl Config {
                     .collect(),
             ))
             .map_err(|e| ConfigError(format!("network configuration: {e}")))?;
-            let snake = SnakeOverrides {
-                pipeline: o.pipeline,
-                module_dirs: o.module_dirs,
-                cache_dir: o.cache_dir,
-                state_dir: o.state_dir,
-                log_level: o.log_level,
-                log_file: o.log_file,
-            };
-            fig = fig.merge(Serialized::globals(snake));
+            fig = fig.merge(Serialized::globals(o));
         }
         let cfg: Config = fig.extract().map_err(|e| {
             let source = e

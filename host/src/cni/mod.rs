@@ -41,16 +41,9 @@ pub fn parse_invocation<I: IntoIterator<Item = (String, String)>>(
 ) -> Result<Invocation, CniError> {
     let env = Env::parse(vars)?;
     if env.command == Command::Version {
-        // VERSION tolerates an empty, `{}` or unparseable stdin.
-        let v = serde_json::from_slice::<serde_json::Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|s| s.as_str())
-                    .map(str::to_owned)
-            })
-            .filter(|v| version::is_supported(v))
-            .unwrap_or_else(|| version::LATEST.to_owned());
+        // VERSION tolerates an empty, `{}` or unparseable stdin: it answers
+        // in the stdin's version when supported, like an error would.
+        let v = error_version(stdin);
         return Ok(Invocation {
             command: env.command,
             env,
