@@ -3,7 +3,8 @@
 //! 1. built-in defaults ([`Config::default`]);
 //! 2. `/etc/tenet/tenet.toml`, or the file named by `TENET_CONFIG`;
 //! 3. `TENET_*` environment variables (`TENET_PIPELINE`, `TENET_CACHE_DIR`,
-//!    `TENET_LOG_LEVEL`, …; `TENET_MODULE_DIRS` is a `:`-separated list);
+//!    `TENET_LOG_LEVEL`, `TENET_STORE`, `TENET_SDN`, `TENET_NODE_NAME`, …;
+//!    `TENET_MODULE_DIRS` is a `:`-separated list);
 //! 4. the network configuration on stdin (`pipeline`, `moduleDirs`,
 //!    `cacheDir`, `stateDir`, `logLevel`, `logFile`), per network.
 //!
@@ -38,6 +39,102 @@ pub struct Config {
     pub log_level: String,
     /// Log file; stderr when unset. Never stdout.
     pub log_file: Option<PathBuf>,
+    /// This node's name in cluster-wide records (address blocks, MidoNet
+    /// host bindings); the machine's hostname when unset.
+    pub node_name: Option<String>,
+    /// Which address store backs the pools.
+    pub store: StoreKind,
+    /// Which SDN builds tenant networks.
+    pub sdn: SdnKind,
+    /// Linux SDN: masquerade traffic that leaves the node from tenant subnets.
+    pub masquerade: bool,
+    /// The etcd cluster (when `store = "etcd"`).
+    pub etcd: EtcdConfig,
+    /// The MidoNet API (when `sdn = "midonet"`).
+    pub midonet: MidonetConfig,
+}
+
+/// The address store backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Files under `state_dir` (one machine, no services): the embedded default.
+    #[default]
+    Local,
+    /// etcd v3, cluster-wide.
+    Etcd,
+}
+
+/// The SDN backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdnKind {
+    /// A Linux bridge per tenant with nftables isolation: the embedded default.
+    #[default]
+    Linux,
+    /// MidoNet 5.x over its REST API.
+    Midonet,
+}
+
+/// How to reach etcd. Secrets are files, never inline values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://127.0.0.1:2379`, `https://…`).
+    pub endpoints: Vec<String>,
+    /// Key prefix under which tenet keeps everything.
+    pub prefix: String,
+    /// Bound on any one etcd operation (connect included), in milliseconds;
+    /// past it ADD fails with code 11.
+    pub timeout_ms: u64,
+    /// CA bundle to verify the server (PEM file).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM file), for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM file), for mutual TLS.
+    pub key_file: Option<PathBuf>,
+    /// User name for etcd authentication.
+    pub username: Option<String>,
+    /// File holding the password for `username`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/tenet".into(),
+            timeout_ms: 5000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+        }
+    }
+}
+
+/// How to reach the MidoNet API. Secrets are files, never inline values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MidonetConfig {
+    /// API base URLs (`http://api1:8181/midonet-api`), tried in order.
+    pub endpoints: Vec<String>,
+    /// User for the Basic-auth login that yields an X-Auth-Token.
+    pub username: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// MidoNet tenant/project id sent at login (`X-Auth-Project`), if any.
+    pub project: Option<String>,
+    /// The provider router that tenant routers link to (its id).
+    pub provider_router: Option<String>,
+    /// This node's MidoNet host id (default: read from
+    /// `/etc/midonet_host_id.properties`).
+    pub host_id: Option<String>,
+    /// Bound on one REST call, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// `"5.x"` (default) or `"legacy"` (the 2015 API's media types).
+    pub api_profile: Option<String>,
 }
 
 impl Default for Config {
@@ -50,6 +147,12 @@ impl Default for Config {
             compiler: None,
             log_level: "warn".into(),
             log_file: None,
+            node_name: None,
+            store: StoreKind::Local,
+            sdn: SdnKind::Linux,
+            masquerade: false,
+            etcd: EtcdConfig::default(),
+            midonet: MidonetConfig::default(),
         }
     }
 }
@@ -107,6 +210,9 @@ impl Config {
             "compiler",
             "log_level",
             "log_file",
+            "node_name",
+            "store",
+            "sdn",
         ] {
             if let Some(v) = get(&format!("TENET_{}", key.to_ascii_uppercase())) {
                 fig = fig.merge(Serialized::global(key, v));

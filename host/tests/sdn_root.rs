@@ -17,7 +17,19 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, is_root};
 use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, host_ifname};
-use tenet::sdn::{LinuxSdn, Sdn, SdnError, SdnOptions, bridge_name};
+use tenet::ipam::AttachmentKey;
+use tenet::sdn::{LinuxSdn, PortSpec, Sdn, SdnError, SdnOptions, bridge_name};
+
+/// The port of a host end, keyed by the host end's own name (the tests
+/// drive the backend directly, without the apply engine).
+fn port(host: &str) -> PortSpec {
+    PortSpec {
+        key: AttachmentKey::new("net", host, "eth0"),
+        host_ifname: host.to_owned(),
+        mac: None,
+        addresses: Vec::new(),
+    }
+}
 
 const POD_PORT: u16 = 8080;
 const NODE_PORT: u16 = 9090;
@@ -131,7 +143,8 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
     };
     n.create_veth(&spec).unwrap();
     sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
-    sdn.attach(t.id, &spec.host_ifname).unwrap();
+    sdn.attach(t.id, &port(&spec.host_ifname)).unwrap();
+    sdn.check_port(t.id, &port(&spec.host_ifname)).unwrap();
     let (v4, v6) = (t.addr4(host), t.addr6(host));
     n.configure(
         ns.path(),
@@ -158,7 +171,7 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
 }
 
 fn remove_pod(n: &RtNetns, sdn: &LinuxSdn, p: &Pod) {
-    sdn.detach(&p.host).unwrap();
+    sdn.detach("", &port(&p.host).key, &p.host).unwrap();
     n.delete(Some(p.ns.path()), "eth0", &p.host).unwrap();
 }
 
@@ -483,22 +496,25 @@ fn attach_and_detach_are_idempotent() {
         mac: None,
     })
     .unwrap();
-    let e = sdn.attach(t.id, &host).unwrap_err();
+    let e = sdn.attach(t.id, &port(&host)).unwrap_err();
     assert_eq!(e.cni_code(), 131, "attach before ensure: {e}");
     let net = sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
-    sdn.attach(t.id, &host).unwrap();
-    sdn.attach(t.id, &host).unwrap();
+    sdn.attach(t.id, &port(&host)).unwrap();
+    sdn.attach(t.id, &port(&host)).unwrap();
     let master = |h: &str| {
         serde_json::from_str::<Value>(&ok(run("ip", &["-j", "link", "show", h]))).unwrap()[0]["master"].clone()
     };
     assert_eq!(master(&host), net.bridge.as_str());
+    sdn.check_port(t.id, &port(&host)).unwrap();
     assert!(!sdn.remove_tenant_if_unused(t.id).unwrap());
-    sdn.detach(&host).unwrap();
-    sdn.detach(&host).unwrap();
+    sdn.detach(t.id, &port(&host).key, &host).unwrap();
+    sdn.detach(t.id, &port(&host).key, &host).unwrap();
     assert_eq!(master(&host), Value::Null);
-    sdn.detach("tn000000000000").unwrap();
+    let e = sdn.check_port(t.id, &port(&host)).unwrap_err();
+    assert!(e.to_string().contains(&host), "{e}");
+    sdn.detach(t.id, &port("tn000000000000").key, "tn000000000000").unwrap();
     assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
-    let e = sdn.attach(t.id, "tn000000000000").unwrap_err();
+    let e = sdn.attach(t.id, &port("tn000000000000")).unwrap_err();
     assert_eq!(e.cni_code(), 131);
 }
 

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use super::{Sdn, SdnError, TenantNet, bridge_name, check_tenant_id, gateways};
+use super::{PortSpec, Sdn, SdnError, TenantNet, bridge_name, check_tenant_id, gateways};
+use crate::ipam::AttachmentKey;
 
 /// One recorded call, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +28,10 @@ pub enum SdnCall {
         /// Host end.
         host_ifname: String,
     },
-    /// [`Sdn::detach`].
+    /// [`Sdn::detach`] (the host end).
     Detach(String),
+    /// [`Sdn::check_port`] (the host end).
+    CheckPort(String),
     /// [`Sdn::remove_tenant_if_unused`].
     RemoveTenantIfUnused(String),
     /// [`Sdn::check_tenant`].
@@ -44,6 +47,7 @@ impl SdnCall {
             SdnCall::EnsureTenant { .. } => "ensure_tenant",
             SdnCall::Attach { .. } => "attach",
             SdnCall::Detach(_) => "detach",
+            SdnCall::CheckPort(_) => "check_port",
             SdnCall::RemoveTenantIfUnused(_) => "remove_tenant_if_unused",
             SdnCall::CheckTenant(_) => "check_tenant",
             SdnCall::Status => "status",
@@ -138,12 +142,13 @@ impl Sdn for FakeSdn {
             .extend(gws.iter().copied());
         Ok(TenantNet {
             bridge: bridge_name(tenant),
-            ifindex: 1000 + g.tenants.keys().position(|t| t == tenant).unwrap_or(0) as u32,
+            ifindex: Some(1000 + g.tenants.keys().position(|t| t == tenant).unwrap_or(0) as u32),
             gateways: gws,
         })
     }
 
-    fn attach(&self, tenant: &str, host_ifname: &str) -> Result<(), SdnError> {
+    fn attach(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
+        let host_ifname = port.host_ifname.as_str();
         let mut g = self.record(SdnCall::Attach {
             tenant: tenant.to_owned(),
             host_ifname: host_ifname.to_owned(),
@@ -157,7 +162,12 @@ impl Sdn for FakeSdn {
         Ok(())
     }
 
-    fn detach(&self, host_ifname: &str) -> Result<(), SdnError> {
+    fn detach(
+        &self,
+        _tenant: &str,
+        _key: &AttachmentKey,
+        host_ifname: &str,
+    ) -> Result<(), SdnError> {
         let mut g = self.record(SdnCall::Detach(host_ifname.to_owned()))?;
         g.ports.remove(host_ifname);
         Ok(())
@@ -187,6 +197,20 @@ impl Sdn for FakeSdn {
         Ok(())
     }
 
+    fn check_port(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
+        let g = self.record(SdnCall::CheckPort(port.host_ifname.clone()))?;
+        if g.ports.get(&port.host_ifname).map(String::as_str) != Some(tenant) {
+            return Err(SdnError::Missing {
+                resource: format!(
+                    "port {} on bridge {}",
+                    port.host_ifname,
+                    bridge_name(tenant)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn status(&self) -> Result<(), SdnError> {
         self.record(SdnCall::Status).map(drop)
     }
@@ -195,6 +219,19 @@ impl Sdn for FakeSdn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn port(host: &str) -> PortSpec {
+        PortSpec {
+            key: AttachmentKey::new("net", host, "eth0"),
+            host_ifname: host.into(),
+            mac: None,
+            addresses: Vec::new(),
+        }
+    }
+
+    fn det(f: &FakeSdn, host: &str) -> Result<(), SdnError> {
+        f.detach("acme", &port(host).key, host)
+    }
 
     fn subnet() -> Vec<(IpNet, IpAddr)> {
         vec![("10.1.0.0/24".parse().unwrap(), "10.1.0.1".parse().unwrap())]
@@ -205,14 +242,14 @@ mod tests {
         let f = FakeSdn::new();
         let t = f.ensure_tenant("acme", &subnet()).unwrap();
         assert_eq!(t.bridge, bridge_name("acme"));
-        f.attach("acme", "tn1").unwrap();
-        f.attach("acme", "tn2").unwrap();
+        f.attach("acme", &port("tn1")).unwrap();
+        f.attach("acme", &port("tn2")).unwrap();
         f.check_tenant("acme", &subnet()).unwrap();
-        assert!(f.attach("other", "tn3").is_err());
-        f.detach("tn1").unwrap();
+        assert!(f.attach("other", &port("tn3")).is_err());
+        det(&f, "tn1").unwrap();
         assert!(!f.remove_tenant_if_unused("acme").unwrap());
-        f.detach("tn2").unwrap();
-        f.detach("tn2").unwrap();
+        det(&f, "tn2").unwrap();
+        det(&f, "tn2").unwrap();
         assert!(f.remove_tenant_if_unused("acme").unwrap());
         assert!(f.tenants().is_empty());
         let e = f.check_tenant("acme", &subnet()).unwrap_err();
@@ -233,10 +270,10 @@ mod tests {
         f.ensure_tenant("acme", &subnet()).unwrap();
         f.fail_call(2);
         f.status().unwrap();
-        let e = f.attach("acme", "tn1").unwrap_err();
+        let e = f.attach("acme", &port("tn1")).unwrap_err();
         assert!(matches!(e, SdnError::Injected(ref m) if m == "attach"));
         assert!(f.ports("acme").is_empty());
-        f.attach("acme", "tn1").unwrap();
+        f.attach("acme", &port("tn1")).unwrap();
         assert_eq!(f.ports("acme"), ["tn1"]);
     }
 }

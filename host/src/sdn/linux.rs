@@ -8,8 +8,9 @@ use rtnetlink::{LinkBridge, LinkUnspec};
 use tracing::{debug, info, warn};
 
 use super::nft::{self, gw_chain, nat_chain};
+use crate::ipam::AttachmentKey;
 use super::{
-    Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id, gateways,
+    PortSpec, Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id, gateways,
 };
 use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
@@ -109,14 +110,15 @@ impl Sdn for LinuxSdn {
             }
             Ok(TenantNet {
                 bridge: bridge.clone(),
-                ifindex: index,
+                ifindex: Some(index),
                 gateways: gws.clone(),
             })
         })
     }
 
-    fn attach(&self, tenant: &str, host_ifname: &str) -> Result<(), SdnError> {
+    fn attach(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
+        let host_ifname = port.host_ifname.as_str();
         let bridge = bridge_name(tenant);
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
@@ -158,7 +160,12 @@ impl Sdn for LinuxSdn {
         })
     }
 
-    fn detach(&self, host_ifname: &str) -> Result<(), SdnError> {
+    fn detach(
+        &self,
+        _tenant: &str,
+        _key: &AttachmentKey,
+        host_ifname: &str,
+    ) -> Result<(), SdnError> {
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
             let Some(port) = link_by_name(node, host_ifname)
@@ -292,6 +299,34 @@ impl Sdn for LinuxSdn {
             )));
         }
         Ok(())
+    }
+
+    fn check_port(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
+        check_tenant_id(tenant)?;
+        let bridge = bridge_name(tenant);
+        let host_ifname = port.host_ifname.as_str();
+        self.rtnl.block_on(async {
+            let b = self.bridge(&bridge).await?.ok_or_else(|| SdnError::Missing {
+                resource: format!("bridge {bridge} of tenant {tenant:?}"),
+            })?;
+            let l = link_by_name(self.rtnl.node(), host_ifname)
+                .await
+                .map_err(|e| SdnError::netlink(format!("get {host_ifname}"), e))?
+                .ok_or_else(|| SdnError::Missing {
+                    resource: format!("host interface {host_ifname} of {}", port.key),
+                })?;
+            if link_controller(&l) != Some(b.header.index) {
+                return Err(SdnError::Missing {
+                    resource: format!("port {host_ifname} on bridge {bridge}"),
+                });
+            }
+            if !link_is_up(&l) {
+                return Err(SdnError::Missing {
+                    resource: format!("host interface {host_ifname} is down; its up state"),
+                });
+            }
+            Ok(())
+        })
     }
 
     fn status(&self) -> Result<(), SdnError> {

@@ -81,6 +81,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::ipam::AttachmentKey;
 use crate::netns::{MacAddr, NetnsError};
 
 pub use fake::{FakeSdn, SdnCall};
@@ -111,10 +112,25 @@ impl Default for SdnOptions {
 pub struct TenantNet {
     /// The bridge's name.
     pub bridge: String,
-    /// Its ifindex in the node namespace.
-    pub ifindex: u32,
+    /// Its ifindex in the node namespace, for backends whose tenant network
+    /// is a kernel bridge on the node (`None` for MidoNet).
+    pub ifindex: Option<u32>,
     /// Gateway addresses on the bridge, with their subnet's prefix.
     pub gateways: Vec<IpNet>,
+}
+
+/// One pod attachment's port on its tenant's network: what
+/// [`Sdn::attach`] binds and [`Sdn::check_port`] verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The CNI attachment that owns the port (network, container id, ifname).
+    pub key: AttachmentKey,
+    /// The host end of the pod's veth, in the node namespace.
+    pub host_ifname: String,
+    /// The pod end's MAC (backends that learn statically use it).
+    pub mac: Option<MacAddr>,
+    /// The pod's addresses on this port, with their subnet's prefix.
+    pub addresses: Vec<IpNet>,
 }
 
 /// Errors of the SDN backends.
@@ -196,11 +212,20 @@ pub trait Sdn {
         subnets: &[(IpNet, IpAddr)],
     ) -> Result<TenantNet, SdnError>;
 
-    /// Enslaves a pod's host veth end to the tenant's bridge. Idempotent.
-    fn attach(&self, tenant: &str, host_ifname: &str) -> Result<(), SdnError>;
+    /// Connects a pod's host veth end to the tenant's network (Linux: enslaves
+    /// it to the tenant's bridge; MidoNet: a bridge port bound to this host's
+    /// interface). Idempotent: a retried ADD of the same attachment reuses
+    /// what is there.
+    fn attach(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError>;
 
-    /// Releases a host veth end from its bridge; a missing link is success.
-    fn detach(&self, host_ifname: &str) -> Result<(), SdnError>;
+    /// Disconnects an attachment's port; a port or link that is already gone
+    /// is success.
+    fn detach(&self, tenant: &str, key: &AttachmentKey, host_ifname: &str)
+    -> Result<(), SdnError>;
+
+    /// For CHECK: the attachment's port exists and is connected to the
+    /// tenant's network. Errors name what is wrong.
+    fn check_port(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError>;
 
     /// When the tenant's bridge has no ports left, deletes it and the
     /// tenant's rules and returns true; returns false while ports remain.
