@@ -101,7 +101,9 @@ impl Node {
             .filter_map(|l| l["ifname"].as_str())
             .collect();
         assert!(
-            names.iter().all(|n| !n.starts_with("tn") && !n.starts_with("tb-")),
+            names
+                .iter()
+                .all(|n| !n.starts_with("tn") && !n.starts_with("tb-")),
             "links left: {names:?}"
         );
         // The base chains name `tb-*`; a tenant's chains and map elements
@@ -201,7 +203,13 @@ struct Out {
 
 impl Out {
     fn ok(&self) -> Value {
-        assert_eq!(self.code, Some(0), "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         if self.stdout.trim().is_empty() {
             return Value::Null;
         }
@@ -250,16 +258,28 @@ fn add_check_del_del_and_isolation() {
     let addrs = a1.addrs();
     let eth0 = addrs.iter().find(|(n, _)| n == "eth0").unwrap();
     assert_eq!(eth0.1, vec![r1["ips"][0]["address"].as_str().unwrap()]);
-    assert!(addrs.iter().any(|(n, a)| n == "eth1" && !a.is_empty()), "{addrs:?}");
+    assert!(
+        addrs.iter().any(|(n, a)| n == "eth1" && !a.is_empty()),
+        "{addrs:?}"
+    );
     assert_ne!(first_ip(&r1), first_ip(&r2));
     // Tenants get different subnets.
     let subnet = |r: &Value| r["ips"][0]["gateway"].as_str().unwrap().to_owned();
     assert_eq!(subnet(&r1), subnet(&r2));
     assert_ne!(subnet(&r1), subnet(&rb));
     // Same tenant reaches, other tenant does not.
-    assert!(a1.ping(&first_ip(&r2)), "pods of one tenant reach each other");
-    assert!(!a1.ping(&first_ip(&rb)), "pods of different tenants must not");
-    assert!(!b1.ping(&first_ip(&r1)), "pods of different tenants must not");
+    assert!(
+        a1.ping(&first_ip(&r2)),
+        "pods of one tenant reach each other"
+    );
+    assert!(
+        !a1.ping(&first_ip(&rb)),
+        "pods of different tenants must not"
+    );
+    assert!(
+        !b1.ping(&first_ip(&r1)),
+        "pods of different tenants must not"
+    );
 
     // CHECK, with and without prevResult.
     let mut check_conf: Value = serde_json::from_str(&conf()).unwrap();
@@ -304,9 +324,11 @@ fn del_without_netns_and_after_the_pod_is_gone() {
 fn an_existing_ifname_is_an_error_and_leaves_nothing() {
     let Some(node) = Node::new() else { return };
     let p = Pod::new("dup1", "team-a");
-    let out = p
-        .ns
-        .cmd("ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
+    let out =
+        p.ns.cmd(
+            "ip",
+            &["link", "add", "eth0", "type", "veth", "peer", "name", "x0"],
+        )
         .unwrap();
     assert!(out.status.success());
     let j = node.add(&p).error(140);
@@ -359,7 +381,10 @@ fn a_failure_injected_after_each_step_rolls_back_everything() {
         assert!(j["msg"].as_str().unwrap().contains(step), "{step}: {j}");
         node.assert_clean();
         assert_eq!(
-            p.addrs().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            p.addrs()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
             ["lo"],
             "{step}: pod interfaces left"
         );
@@ -382,8 +407,11 @@ fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
             // GC with an empty valid list: the runtime forgot the pod.
             let gc = json!({"cniVersion": "1.1.0", "name": NETWORK, "type": "tenet",
                 "cni.dev/valid-attachments": []});
-            node.run(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc.to_string())
-                .ok();
+            node.run(
+                &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+                &gc.to_string(),
+            )
+            .ok();
         }
         node.assert_clean();
     }
@@ -393,7 +421,12 @@ fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
 fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     let Some(node) = Node::new() else { return };
     let pods: Vec<Pod> = (0..50)
-        .map(|i| Pod::new(&format!("c{i:02}"), if i % 2 == 0 { "team-a" } else { "team-b" }))
+        .map(|i| {
+            Pod::new(
+                &format!("c{i:02}"),
+                if i % 2 == 0 { "team-a" } else { "team-b" },
+            )
+        })
         .collect();
     let children: Vec<_> = pods
         .iter()
@@ -409,7 +442,11 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert!(ips.insert(first_ip(&v)), "duplicate address {}", first_ip(&v));
+        assert!(
+            ips.insert(first_ip(&v)),
+            "duplicate address {}",
+            first_ip(&v)
+        );
     }
     assert_eq!(ips.len(), 50);
     let children: Vec<_> = pods
@@ -418,7 +455,11 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     node.assert_clean();
 }
