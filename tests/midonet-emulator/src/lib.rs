@@ -331,6 +331,12 @@ impl EmulatorOptions {
         self
     }
 
+    /// See [`EmulatorOptions::reject_linked_port_binding`].
+    pub fn reject_linked_port_binding(mut self, reject: bool) -> Self {
+        self.reject_linked_port_binding = reject;
+        self
+    }
+
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
         self

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     if args.legacy_media_types {
         opts = opts.profile(ApiProfile::Legacy2015);
     }
-    opts.reject_linked_port_binding = !args.allow_linked_port_binding;
+    opts = opts.reject_linked_port_binding(!args.allow_linked_port_binding);
     let emu = match Emulator::start(opts) {
         Ok(e) => e,
         Err(e) => {
