@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::api::Api;
@@ -20,6 +21,8 @@ pub const CONTROL_ROOT: &str = "/_emulator";
 pub struct JournalEntry {
     /// 1-based, increasing in the order the calls completed.
     pub seq: u64,
+    /// The listener that received the call (0-based).
+    pub endpoint: usize,
     pub method: String,
     /// The request path (`/midonet-api/...`), without the query string.
     pub path: String,
@@ -37,8 +40,9 @@ pub struct JournalEntry {
 
 /// A fault to inject into matching API calls (not into `/_emulator/*`).
 ///
-/// A call matches when `method` (if set) equals its method and `path_prefix`
-/// (if set) is a prefix of its path (`/midonet-api/routers`). Matching calls
+/// A call matches when `method` (if set) equals its method, `path_prefix`
+/// (if set) is a prefix of its path (`/midonet-api/routers`), and
+/// `endpoint` (if set) is the index of the listener that received it. Matching calls
 /// are counted from the moment the fault is injected; the fault hits calls
 /// number `nth`, `nth + 1`, … (`nth` null = from the first), `times` calls
 /// in all (`times` null = 1 when `nth` is set, unlimited when it is not).
@@ -58,6 +62,8 @@ pub struct Fault {
     pub after: bool,
     /// The error message (default "injected fault").
     pub message: Option<String>,
+    /// Only calls to this listener (0-based), for failover tests.
+    pub endpoint: Option<usize>,
 }
 
 impl Fault {
@@ -99,6 +105,11 @@ impl Fault {
         self
     }
 
+    pub fn endpoint(mut self, index: usize) -> Self {
+        self.endpoint = Some(index);
+        self
+    }
+
     /// Checks the fault makes sense; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(s) = self.status
@@ -122,9 +133,11 @@ impl Fault {
     }
 
     fn matches(&self, req: &Request) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(&req.method))
+        self.endpoint.is_none_or(|e| e == req.endpoint)
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(&req.method))
             && self
                 .path_prefix
                 .as_deref()
@@ -151,16 +164,19 @@ pub struct FaultAction {
 pub struct Shared {
     pub api: Api,
     pub provider_router: Option<Uuid>,
+    /// One per listener: `true` closes it.
+    pub stops: Vec<watch::Sender<bool>>,
     journal: Vec<JournalEntry>,
     journal_seq: u64,
     faults: Vec<ActiveFault>,
 }
 
 impl Shared {
-    pub fn new(api: Api, provider_router: Option<Uuid>) -> Self {
+    pub fn new(api: Api, provider_router: Option<Uuid>, stops: Vec<watch::Sender<bool>>) -> Self {
         Shared {
             api,
             provider_router,
+            stops,
             journal: Vec::new(),
             journal_seq: 0,
             faults: Vec::new(),
@@ -233,6 +249,7 @@ impl Shared {
         self.journal_seq += 1;
         self.journal.push(JournalEntry {
             seq: self.journal_seq,
+            endpoint: req.endpoint,
             method: req.method.clone(),
             path: req.path.clone(),
             query: req.query.clone(),
@@ -242,6 +259,16 @@ impl Shared {
             body: serde_json::from_slice(&req.body).ok(),
             fault,
         });
+    }
+
+    /// Closes listener `index` for good (connections refused from now on).
+    pub fn stop_endpoint(&self, index: usize) -> Result<(), String> {
+        let tx = self
+            .stops
+            .get(index)
+            .ok_or_else(|| format!("endpoint {index}: there are {} endpoints", self.stops.len()))?;
+        tx.send_replace(true);
+        Ok(())
     }
 
     /// The leak report: objects reachable from neither the provider router,
@@ -319,6 +346,17 @@ impl Shared {
                 };
                 self.api.add_host(id, &h.name, h.in_tunnel_zone);
                 Response::new(201)
+            }
+            ("POST", p) if p.starts_with("/endpoints/") && p.ends_with("/stop") => {
+                let idx = &p["/endpoints/".len()..p.len() - "/stop".len()];
+                match idx
+                    .parse::<usize>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|i| self.stop_endpoint(i))
+                {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Response::error(404, e),
+                }
             }
             ("DELETE", "/tokens") => {
                 self.api.expire_tokens();

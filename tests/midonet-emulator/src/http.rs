@@ -9,6 +9,8 @@ use crate::validate::Violation;
 /// A request as the emulator sees it: header names lower-cased.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// Which listener received it (0-based; see `EmulatorOptions::endpoints`).
+    pub endpoint: usize,
     pub method: String,
     /// The path without the query string.
     pub path: String,
@@ -139,6 +141,7 @@ mod tests {
     #[test]
     fn query_decoding() {
         let r = Request {
+            endpoint: 0,
             method: "GET".into(),
             path: "/".into(),
             query: Some("a=1&tenant_id=my%20tenant&x".into()),

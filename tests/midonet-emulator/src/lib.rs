@@ -31,9 +31,9 @@
 //! Out of process: `midonet-emulator --listen 127.0.0.1:0 [--user admin:secret]...
 //! [--host ID=NAME]... [--host-outside-tunnel-zone ID=NAME]...
 //! [--provider-router ID] [--token-lifetime-secs N] [--mock-auth]
-//! [--legacy-media-types] [--allow-linked-port-binding]` prints
+//! [--legacy-media-types] [--allow-linked-port-binding] [--endpoints N]` prints
 //! `listening on http://127.0.0.1:PORT/midonet-api` as its first stdout line
-//! and serves until killed. Non-loopback listen addresses are refused.
+//! (one such line per endpoint, in index order) and serves until killed. Non-loopback listen addresses are refused.
 //! Without `--user` the only user is `admin:admin`.
 //!
 //! # The API (paths under `/midonet-api`)
@@ -79,7 +79,7 @@
 //! | root | `application/json`, `V Application-v5+json` | – |
 //!
 //! [`ApiProfile::Legacy2015`] (`--legacy-media-types`) also accepts
-//! `Router-v2`, `Bridge-v1`, `Port-v2` and their collections.
+//! `Router-v2`, `Bridge-v1`, `Port-v2`, `Host-v2` and their collections.
 //! Errors are `Content-Type: V Error-v1+json`, body `{"message", "code"}`;
 //! validation failures are 400 `{"message": "Validation error(s) found",
 //! "code": 400, "violations": [{"property", "message"}]}`.
@@ -190,15 +190,21 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /_emulator/journal` | 200, JSON array of [`JournalEntry`]: `{seq, method, path, query, content_type, accept, status, body, fault}` |
+//! | `GET /_emulator/journal` | 200, JSON array of [`JournalEntry`]: `{seq, endpoint, method, path, query, content_type, accept, status, body, fault}` |
 //! | `DELETE /_emulator/journal` | 204 |
-//! | `POST /_emulator/faults` with a [`Fault`]: `{"method": "POST"\|null, "path_prefix": "/midonet-api/routers"\|null, "nth": N\|null, "status": 500\|null, "delay_ms": 0, "times": 1\|null, "after": false, "message": null}` (all optional) | 201; 400 naming the bad field |
+//! | `POST /_emulator/faults` with a [`Fault`]: `{"method": "POST"\|null, "path_prefix": "/midonet-api/routers"\|null, "nth": N\|null, "status": 500\|null, "delay_ms": 0, "times": 1\|null, "after": false, "message": null, "endpoint": null}` (all optional; unknown keys → 400) | 201; 400 naming the bad field |
 //! | `GET /_emulator/faults` | 200, the injected faults |
 //! | `DELETE /_emulator/faults` | 204 |
 //! | `GET /_emulator/objects` | 200, [`Snapshot`]: `{"routers": [...], "bridges", "ports", "routes", "chains", "rules", "hosts"}`, each object as its GET shows it |
 //! | `POST /_emulator/leaks` with `{"roots": ["<uuid>", ...]}` | 200, JSON array of [`LeakedObject`] `{"type": "bridge", "id", "name"}`; 400 if a root is not a UUID |
 //! | `POST /_emulator/hosts` with `{"id", "name", "in_tunnel_zone": true}` | 201 (registers a host) |
 //! | `DELETE /_emulator/tokens` | 204 (every issued token becomes invalid: next call 401) |
+//! | `POST /_emulator/endpoints/{i}/stop` | 204 (endpoint `i` closes for good: connection refused); 404 if no such endpoint |
+//!
+//! Several endpoints ([`EmulatorOptions::endpoints`], `--endpoints N`)
+//! serve one shared state, like MidoNet API servers over one NSDB; a fault
+//! with `endpoint` hits only that listener, and stopping an endpoint makes
+//! it refuse connections — the two failover cases (5xx, unreachable).
 //!
 //! Fault semantics are on [`Fault`]. The journal records every API call
 //! (including `/login` and rejected calls) in completion order.
@@ -225,7 +231,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use api::AuthMode;
 pub use control::{Fault, JournalEntry};
@@ -282,6 +288,10 @@ pub struct EmulatorOptions {
     /// Refuse to bind a linked (interior) port (409). MidoNet 5.x allows
     /// it; tenet never does it on purpose, so the default catches the bug.
     pub reject_linked_port_binding: bool,
+    /// How many API endpoints (listeners) serve the same state, like
+    /// several MidoNet API servers over one NSDB (default 1). The first
+    /// binds `listen`, the others the same IP with port 0.
+    pub endpoints: usize,
 }
 
 impl Default for EmulatorOptions {
@@ -295,6 +305,7 @@ impl Default for EmulatorOptions {
             auth: AuthMode::Strict,
             profile: ApiProfile::V5,
             reject_linked_port_binding: true,
+            endpoints: 1,
         }
     }
 }
@@ -337,6 +348,12 @@ impl EmulatorOptions {
         self
     }
 
+    /// See [`EmulatorOptions::endpoints`].
+    pub fn endpoints(mut self, n: usize) -> Self {
+        self.endpoints = n;
+        self
+    }
+
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
         self
@@ -375,7 +392,7 @@ impl From<std::io::Error> for StartError {
 
 /// A running emulator; dropping it stops the server.
 pub struct Emulator {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     shared: Arc<Mutex<Shared>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -387,9 +404,21 @@ impl Emulator {
         if !opts.listen.ip().is_loopback() {
             return Err(StartError::NotLoopback(opts.listen));
         }
-        let listener = std::net::TcpListener::bind(opts.listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let mut listeners = Vec::new();
+        for i in 0..opts.endpoints.max(1) {
+            let at = if i == 0 {
+                opts.listen
+            } else {
+                SocketAddr::new(opts.listen.ip(), 0)
+            };
+            let l = std::net::TcpListener::bind(at)?;
+            l.set_nonblocking(true)?;
+            listeners.push(l);
+        }
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
         let mut api = Api::new(ApiConfig {
             users: opts.users,
             auth: opts.auth,
@@ -403,9 +432,12 @@ impl Emulator {
         if let Some((id, name)) = &opts.provider_router {
             api.add_router(*id, name);
         }
+        let (stop_tx, stop_rx): (Vec<_>, Vec<_>) =
+            addrs.iter().map(|_| watch::channel(false)).unzip();
         let shared = Arc::new(Mutex::new(Shared::new(
             api,
             opts.provider_router.as_ref().map(|(id, _)| *id),
+            stop_tx,
         )));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -413,24 +445,46 @@ impl Emulator {
         let (tx, rx) = oneshot::channel();
         let state = shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("midonet-emulator-{}", addr.port()))
-            .spawn(move || runtime.block_on(server::serve(listener, state, rx)))?;
+            .name(format!("midonet-emulator-{}", addrs[0].port()))
+            .spawn(move || runtime.block_on(server::serve(listeners, stop_rx, state, rx)))?;
         Ok(Emulator {
-            addr,
+            addrs,
             shared,
             shutdown: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// The API base URL, `http://127.0.0.1:PORT/midonet-api`.
+    /// The API base URL of the first endpoint, `http://127.0.0.1:PORT/midonet-api`.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.addr, api::ROOT)
+        format!("http://{}{}", self.addrs[0], api::ROOT)
     }
 
-    /// The socket address the server listens on.
+    /// The API base URLs of every endpoint, in index order.
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .map(|a| format!("http://{a}{}", api::ROOT))
+            .collect()
+    }
+
+    /// The socket address of the first endpoint.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// The socket addresses of every endpoint.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Closes endpoint `index` for good: its connections are dropped and
+    /// new ones refused (a dead API server, for failover tests). Panics on
+    /// an index out of range.
+    pub fn stop_endpoint(&self, index: usize) {
+        if let Err(e) = server::lock(&self.shared).stop_endpoint(index) {
+            panic!("{e}");
+        }
     }
 
     /// Every API call so far, in completion order.

@@ -8,8 +8,8 @@ pub enum ApiProfile {
     #[default]
     V5,
     /// 5.x plus the legacy 2015.06 types `Router-v2`, `Bridge-v1`,
-    /// `Port-v2` (and their collections), for clients configured with
-    /// `version: 1`. Semantics stay those of 5.x.
+    /// `Port-v2`, `Host-v2` (and their collections), for clients configured
+    /// with `version: 1`. Semantics stay those of 5.x.
     Legacy2015,
 }
 
@@ -49,6 +49,7 @@ impl Resource {
             Resource::Route => &["Route-v1"],
             Resource::Chain => &["Chain-v1"],
             Resource::Rule => &["Rule-v2"],
+            Resource::Host if legacy => &["Host-v3", "Host-v2"],
             Resource::Host => &["Host-v3"],
             Resource::HostInterfacePort => &["HostInterfacePort-v1"],
             Resource::Tenant => &["Tenant-v2"],

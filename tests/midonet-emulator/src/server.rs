@@ -11,7 +11,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::api::ROOT;
 use crate::control::{CONTROL_ROOT, Shared};
@@ -20,27 +20,46 @@ use crate::http::{Request, Response};
 /// Bodies larger than this are refused (no MidoNet object comes close).
 const MAX_BODY: usize = 1 << 20;
 
+/// Serves every listener until `shutdown` fires (or its sender is dropped).
 pub async fn serve(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
+    stops: Vec<watch::Receiver<bool>>,
     shared: Arc<Mutex<Shared>>,
-    mut shutdown: oneshot::Receiver<()>,
+    shutdown: oneshot::Receiver<()>,
+) {
+    for (i, (l, stop)) in listeners.into_iter().zip(stops).enumerate() {
+        tokio::spawn(serve_endpoint(i, l, stop, shared.clone()));
+    }
+    let _ = shutdown.await;
+}
+
+/// One listener. Once `stop` turns true the listener is closed (new
+/// connections are refused) and its open connections are dropped.
+async fn serve_endpoint(
+    index: usize,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio accepts the listener");
     loop {
+        let mut conn_stop = stop.clone();
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stop.wait_for(|s| *s) => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(shared.clone(), addr, req));
-                    // A client that hangs up mid-request is not an emulator error.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = service_fn(move |req| handle(shared.clone(), index, addr, req));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        // A client that hangs up mid-request is not an emulator error.
+                        _ = conn => {}
+                        _ = conn_stop.wait_for(|s| *s) => {}
+                    }
                 });
             }
         }
@@ -49,6 +68,7 @@ pub async fn serve(
 
 async fn handle(
     shared: Arc<Mutex<Shared>>,
+    endpoint: usize,
     addr: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
@@ -68,6 +88,7 @@ async fn handle(
         .unwrap_or_else(|| addr.to_string());
     let base = format!("http://{host}{ROOT}");
     let req = Request {
+        endpoint,
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().map(str::to_string),

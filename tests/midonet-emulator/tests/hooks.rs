@@ -329,24 +329,37 @@ fn binary_prints_its_url_and_serves() {
                 "--provider-router",
                 &provider.to_string(),
             ])
-            .args(["--token-lifetime-secs", "600"])
+            .args(["--token-lifetime-secs", "600", "--endpoints", "2"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn midonet-emulator"),
     );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"));
-    let rest = url.strip_prefix("http://").unwrap();
-    let (addr, path) = rest.split_once('/').unwrap();
-    assert_eq!(path, "midonet-api");
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    // Read the announced URLs on a thread so a silent child fails the
+    // test instead of hanging it.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().take(2) {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("midonet-emulator announces each endpoint");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("stdout line: {line:?}"));
+        let rest = url.strip_prefix("http://").unwrap();
+        let (addr, path) = rest.split_once('/').unwrap();
+        assert_eq!(path, "midonet-api");
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+        addrs.push(addr);
+    }
+    let addr = addrs[0];
     let mut c = Client { addr, token: None };
     assert_eq!(c.login("admin", "admin").status, 401, "only the given user");
     assert_eq!(c.login("admin", "secret").status, 200);
@@ -355,16 +368,16 @@ fn binary_prints_its_url_and_serves() {
         c.get_ok(&format!("/routers/{provider}"), ROUTER)["id"],
         json!(provider)
     );
-    c.router("r");
-    // Two logins, two GETs, one create.
-    assert_eq!(
-        c.control("GET", "/journal", None)
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        5
-    );
+    let r = c.router("r");
+    let other = Client {
+        addr: addrs[1],
+        token: c.token.clone(),
+    };
+    assert_eq!(other.get_ok(&format!("/routers/{r}"), ROUTER)["name"], "r");
+    // Two logins, three GETs, one create.
+    let journal = c.control("GET", "/journal", None).json();
+    assert_eq!(journal.as_array().unwrap().len(), 6);
+    assert_eq!(journal[5]["endpoint"], 1);
 }
 
 #[test]
@@ -382,4 +395,48 @@ fn binary_refuses_non_loopback_addresses() {
     .err()
     .expect("refused");
     assert!(matches!(err, midonet_emulator::StartError::NotLoopback(_)));
+}
+
+#[test]
+fn several_endpoints_share_state_and_fail_separately() {
+    let f = fixture_with(midonet_emulator::EmulatorOptions::default().endpoints(2));
+    let urls = f.emu.urls();
+    assert_eq!(urls.len(), 2);
+    assert_eq!(urls[0], f.emu.url());
+    let addrs = f.emu.addrs();
+    assert_ne!(addrs[0], addrs[1]);
+    let first = &f.client;
+    // The token issued by endpoint 0 works on endpoint 1 (one auth service).
+    let second = Client {
+        addr: addrs[1],
+        token: first.token.clone(),
+    };
+    let r = first.router("r");
+    assert_eq!(
+        second.get_ok(&format!("/routers/{r}"), ROUTER)["id"],
+        json!(r)
+    );
+    // A fault scoped to endpoint 0.
+    f.emu.inject(Fault::status(503).endpoint(0));
+    assert_eq!(first.get(&format!("/routers/{r}"), ROUTER).status, 503);
+    assert_eq!(second.get(&format!("/routers/{r}"), ROUTER).status, 200);
+    let j = f.emu.journal();
+    let last_two: Vec<_> = j[j.len() - 2..]
+        .iter()
+        .map(|e| (e.endpoint, e.status))
+        .collect();
+    assert_eq!(last_two, [(0, 503), (1, 200)]);
+    // Stopping endpoint 1: connections refused; endpoint 0 still serves.
+    f.emu.clear_faults();
+    assert_eq!(first.control("POST", "/endpoints/1/stop", None).status, 204);
+    let refused = (0..50).any(|_| {
+        let gone = std::net::TcpStream::connect(addrs[1]).is_err();
+        if !gone {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gone
+    });
+    assert!(refused, "endpoint 1 refuses connections once stopped");
+    assert_eq!(first.get(&format!("/routers/{r}"), ROUTER).status, 200);
+    assert_eq!(first.control("POST", "/endpoints/7/stop", None).status, 404);
 }

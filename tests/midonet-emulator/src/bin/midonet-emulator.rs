@@ -44,6 +44,10 @@ struct Args {
     /// Allow binding linked (interior) ports, as MidoNet 5.x does.
     #[arg(long)]
     allow_linked_port_binding: bool,
+    /// Number of API endpoints sharing one state (the first on --listen,
+    /// the others on free ports); one `listening on` line each, in order.
+    #[arg(long, default_value_t = 1)]
+    endpoints: usize,
 }
 
 fn parse_user(s: &str) -> Result<(String, String), String> {
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         opts = opts.profile(ApiProfile::Legacy2015);
     }
     opts = opts.reject_linked_port_binding(!args.allow_linked_port_binding);
+    opts = opts.endpoints(args.endpoints);
     let emu = match Emulator::start(opts) {
         Ok(e) => e,
         Err(e) => {
@@ -96,11 +101,13 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "listening on {}", emu.url())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
-        return ExitCode::FAILURE;
+    for url in emu.urls() {
+        if writeln!(out, "listening on {url}")
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
     }
     drop(out);
     loop {
