@@ -145,12 +145,19 @@ impl Fault {
     }
 }
 
-#[derive(Debug)]
-struct ActiveFault {
-    fault: Fault,
-    seen: u32,
-    fired: u32,
+/// An injected fault with its counters (serialised flat: the fault's
+/// fields plus `seen` and `fired`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultState {
+    #[serde(flatten)]
+    pub fault: Fault,
+    /// Matching calls since injection.
+    pub seen: u32,
+    /// Calls the fault hit.
+    pub fired: u32,
 }
+
+type ActiveFault = FaultState;
 
 /// What the injected faults do to one call.
 #[derive(Debug, Default)]
@@ -201,8 +208,8 @@ impl Shared {
         Ok(())
     }
 
-    pub fn faults(&self) -> Vec<Fault> {
-        self.faults.iter().map(|f| f.fault.clone()).collect()
+    pub fn faults(&self) -> Vec<FaultState> {
+        self.faults.clone()
     }
 
     pub fn clear_faults(&mut self) {

@@ -193,7 +193,7 @@
 //! | `GET /_emulator/journal` | 200, JSON array of [`JournalEntry`]: `{seq, endpoint, method, path, query, content_type, accept, status, body, fault}` |
 //! | `DELETE /_emulator/journal` | 204 |
 //! | `POST /_emulator/faults` with a [`Fault`]: `{"method": "POST"\|null, "path_prefix": "/midonet-api/routers"\|null, "nth": N\|null, "status": 500\|null, "delay_ms": 0, "times": 1\|null, "after": false, "message": null, "endpoint": null}` (all optional; unknown keys → 400) | 201; 400 naming the bad field |
-//! | `GET /_emulator/faults` | 200, the injected faults |
+//! | `GET /_emulator/faults` | 200, the injected faults as [`FaultState`]: each fault's fields plus `seen` (matching calls) and `fired` (calls hit) |
 //! | `DELETE /_emulator/faults` | 204 |
 //! | `GET /_emulator/objects` | 200, [`Snapshot`]: `{"routers": [...], "bridges", "ports", "routes", "chains", "rules", "hosts"}`, each object as its GET shows it |
 //! | `POST /_emulator/leaks` with `{"roots": ["<uuid>", ...]}` | 200, JSON array of [`LeakedObject`] `{"type": "bridge", "id", "name"}`; 400 if a root is not a UUID |
@@ -234,7 +234,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 pub use api::AuthMode;
-pub use control::{Fault, JournalEntry};
+pub use control::{Fault, FaultState, JournalEntry};
 pub use media::ApiProfile;
 pub use model::{LeakedObject, Snapshot};
 pub use uuid::Uuid;
@@ -502,6 +502,11 @@ impl Emulator {
         if let Err(e) = server::lock(&self.shared).inject(fault) {
             panic!("invalid fault: {e}");
         }
+    }
+
+    /// The injected faults with how many calls each has seen and hit.
+    pub fn faults(&self) -> Vec<FaultState> {
+        server::lock(&self.shared).faults()
     }
 
     pub fn clear_faults(&self) {

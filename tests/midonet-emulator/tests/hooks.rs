@@ -196,6 +196,11 @@ fn control_endpoints_over_http() {
     assert_eq!(c.control("POST", "/faults", Some(&fault)).status, 201);
     assert_eq!(c.control("GET", "/faults", None).json()[0]["status"], 500);
     assert_eq!(c.post("/bridges", BRIDGE, &json!({})).status, 500);
+    let state = c.control("GET", "/faults", None).json();
+    assert_eq!(
+        (state[0]["seen"].clone(), state[0]["fired"].clone()),
+        (json!(1), json!(1))
+    );
     assert_eq!(c.post("/bridges", BRIDGE, &json!({})).status, 201);
     let every =
         json!({"method": null, "path_prefix": "/midonet-api/chains", "nth": null, "status": 409});
@@ -439,4 +444,36 @@ fn several_endpoints_share_state_and_fail_separately() {
     assert!(refused, "endpoint 1 refuses connections once stopped");
     assert_eq!(first.get(&format!("/routers/{r}"), ROUTER).status, 200);
     assert_eq!(first.control("POST", "/endpoints/7/stop", None).status, 404);
+}
+
+#[test]
+fn a_delayed_call_does_not_hold_up_other_calls() {
+    let f = fixture();
+    let token = f.client.token.clone();
+    let addr = f.emu.addr();
+    f.emu.clear_journal();
+    f.emu.inject(
+        Fault::default()
+            .method("GET")
+            .nth(1)
+            .delay(Duration::from_millis(1500)),
+    );
+    let slow = std::thread::spawn(move || Client { addr, token }.get("/routers", ROUTERS).status);
+    // Wait until the slow call has hit the fault (it is sleeping now).
+    let hit = (0..500).any(|_| {
+        let fired = f.emu.faults()[0].fired == 1;
+        if !fired {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        fired
+    });
+    assert!(hit, "the slow GET reached the emulator");
+    f.client.router("fast");
+    assert_eq!(slow.join().unwrap(), 200);
+    let order: Vec<_> = f.emu.journal().iter().map(|e| e.method.clone()).collect();
+    assert_eq!(
+        order,
+        ["POST", "GET"],
+        "the create finished while the GET slept"
+    );
 }
