@@ -206,6 +206,10 @@
 //! with `endpoint` hits only that listener, and stopping an endpoint makes
 //! it refuse connections — the two failover cases (5xx, unreachable).
 //!
+//! Not emulated (405 or 404): updates (`PUT`), `POST /hosts` (hosts come
+//! from the options or `/_emulator/hosts`), DHCP, ARP/MAC tables, port
+//! groups, BGP, load balancers, mirrors, VTEPs, tunnel-zone resources.
+//!
 //! Fault semantics are on [`Fault`]. The journal records every API call
 //! (including `/login` and rejected calls) in completion order.
 //!
@@ -390,6 +394,42 @@ impl From<std::io::Error> for StartError {
     }
 }
 
+/// An object id given as a leak-report root: a [`Uuid`] or its string.
+pub trait LeakRoot {
+    /// The id; panics on a string that is not a canonical UUID.
+    fn root_id(&self) -> Uuid;
+}
+
+impl LeakRoot for Uuid {
+    fn root_id(&self) -> Uuid {
+        *self
+    }
+}
+
+impl LeakRoot for &Uuid {
+    fn root_id(&self) -> Uuid {
+        **self
+    }
+}
+
+impl LeakRoot for str {
+    fn root_id(&self) -> Uuid {
+        validate::parse_uuid(self).unwrap_or_else(|| panic!("leak root {self:?} is not a UUID"))
+    }
+}
+
+impl LeakRoot for &str {
+    fn root_id(&self) -> Uuid {
+        (**self).root_id()
+    }
+}
+
+impl LeakRoot for String {
+    fn root_id(&self) -> Uuid {
+        self.as_str().root_id()
+    }
+}
+
 /// A running emulator; dropping it stops the server.
 pub struct Emulator {
     addrs: Vec<SocketAddr>,
@@ -519,15 +559,10 @@ impl Emulator {
     }
 
     /// Objects reachable from neither the provider router, nor a host, nor
-    /// `roots` (object ids). Panics if a root is not a UUID (a test bug).
-    pub fn leaks<S: AsRef<str>>(&self, roots: &[S]) -> Vec<LeakedObject> {
-        let ids: Vec<Uuid> = roots
-            .iter()
-            .map(|r| {
-                validate::parse_uuid(r.as_ref())
-                    .unwrap_or_else(|| panic!("leak root {:?} is not a UUID", r.as_ref()))
-            })
-            .collect();
+    /// `roots` (object ids as [`Uuid`]s or strings; `leaks::<Uuid>(&[])`
+    /// for none). Panics if a string root is not a UUID (a test bug).
+    pub fn leaks<R: LeakRoot>(&self, roots: &[R]) -> Vec<LeakedObject> {
+        let ids: Vec<Uuid> = roots.iter().map(LeakRoot::root_id).collect();
         server::lock(&self.shared).leaks(&ids)
     }
 

@@ -255,14 +255,14 @@ fn leak_report_finds_orphans_and_not_reachable_objects() {
     let bound = c.bridge("bound-only");
     let pod = c.bridge_port(bound);
     assert_eq!(c.bind(f.host, pod, "vif1").status, 201);
-    assert_eq!(f.emu.leaks::<&str>(&[]), vec![]);
+    assert_eq!(f.emu.leaks::<Uuid>(&[]), vec![]);
 
     // Orphans: a bridge with an unbound port, an unused chain, an unlinked router.
     let orphan = c.bridge("orphan");
     let orphan_port = c.bridge_port(orphan);
     let stray_chain = c.create("/chains", CHAIN, &json!({"name": "stray"}));
     let lonely = c.router("lonely");
-    let leaks = f.emu.leaks::<&str>(&[]);
+    let leaks = f.emu.leaks::<Uuid>(&[]);
     let got: Vec<_> = leaks
         .iter()
         .map(|l| (l.kind.as_str(), l.id, l.name.clone()))
@@ -277,7 +277,17 @@ fn leak_report_finds_orphans_and_not_reachable_objects() {
         ]
     );
     // Roots make objects reachable: the lonely router as a root.
-    let with_root = f.emu.leaks(&[lonely.to_string()]);
+    let with_root = f.emu.leaks(&[lonely]);
+    assert_eq!(
+        f.emu.leaks(&[lonely.to_string()]),
+        with_root,
+        "String roots"
+    );
+    assert_eq!(
+        f.emu.leaks(&[lonely.to_string().as_str()]),
+        with_root,
+        "&str roots"
+    );
     assert_eq!(with_root.len(), 3);
     assert!(with_root.iter().all(|l| l.id != lonely));
     // Same over HTTP.
@@ -304,7 +314,7 @@ fn leak_report_finds_orphans_and_not_reachable_objects() {
     );
     // Unlinking the tenant router from the provider makes its whole tree leak.
     assert_eq!(c.delete(&format!("/ports/{lp}/link")).status, 204);
-    let leaked: Vec<_> = f.emu.leaks::<&str>(&[]).iter().map(|l| l.id).collect();
+    let leaked: Vec<_> = f.emu.leaks::<Uuid>(&[]).iter().map(|l| l.id).collect();
     for id in [r, lp, gp, bp, b0, chain, jumped] {
         assert!(leaked.contains(&id), "{id} leaks once unlinked: {leaked:?}");
     }

@@ -144,7 +144,7 @@ fn seed_plugin_add_sequence_builds_the_tenant_topology() {
     );
 
     // Everything hangs off the provider router: no leaks.
-    assert_eq!(f.emu.leaks::<&str>(&[]), vec![]);
+    assert_eq!(f.emu.leaks::<Uuid>(&[]), vec![]);
 
     // The journal has every call, login first, in order, with media types.
     let j = f.emu.journal();
@@ -185,7 +185,7 @@ fn seed_plugin_add_sequence_builds_the_tenant_topology() {
     assert_eq!(c.get(&format!("/ports/{lp}"), PORT).status, 404);
     // Left behind: B0 and its port (GP went with the router), the chains
     // and their rules — the leak report names them.
-    let leaks = f.emu.leaks::<&str>(&[]);
+    let leaks = f.emu.leaks::<Uuid>(&[]);
     let kinds: Vec<_> = leaks.iter().map(|l| (l.kind.as_str(), l.id)).collect();
     assert!(kinds.contains(&("bridge", b0)), "{leaks:?}");
     assert!(kinds.contains(&("port", bp)), "{leaks:?}");
