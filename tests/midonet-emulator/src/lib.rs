@@ -174,8 +174,8 @@
 //!   (required; Linux rules: 1..15 bytes, no `/`, `:`, whitespace; not `.`/`..`
 //!   → 400), `hostId` ignored}. Then in order: host exists (404) → host in a
 //!   tunnel zone (409 "The specified host is not in any tunnel zone.") →
-//!   port exists (404) → port not bound (409 "Port <id> is already bound to
-//!   an interface") → name free on that host (409 "Interface <name> is
+//!   port exists (404) → port not bound (409 "Port `<id>` is already bound to
+//!   an interface") → name free on that host (409 "Interface `<name>` is
 //!   already bound to a port.") → stricter than 5.x, on by default: port not
 //!   linked (409; `reject_linked_port_binding`). 201, `Location:
 //!   <base>/hosts/{h}/ports/{p}`. `GET /hosts/{id}/ports` (host must exist),
