@@ -124,8 +124,8 @@
 //!   `adminStateUp`, filter ids, `vifId`}; bridge must exist (404).
 //! * Stricter than MidoNet: a port create body with `hostId`,
 //!   `interfaceName` or `peerId` → 400 (bind and link through their endpoints).
-//! * `GET /ports`, `GET /ports/{id}` (router ports also show `routerId`,
-//!   bridge ports `bridgeId`). `DELETE /ports/{id}` → 404 if unknown;
+//! * `GET /ports`, `GET /ports/{id}` (the owner is `deviceId`; like
+//!   MidoNet, no `routerId`/`bridgeId` is shown). `DELETE /ports/{id}` → 404 if unknown;
 //!   deletes the routes whose `nextHopPort` it is, unlinks its peer, and
 //!   its binding goes with it.
 //! * `POST /ports/{id}/link` {`peerId`} → 201, **no Location**. Both ports

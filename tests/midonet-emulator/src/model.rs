@@ -425,12 +425,10 @@ impl Store {
                 obj.insert("rtrPortVni".into(), json!(rtr_port_vni.unwrap_or(0)));
                 obj.insert("offRampVxlan".into(), json!(false));
                 obj.insert("serviceContainerId".into(), Value::Null);
-                obj.insert("routerId".into(), json!(p.device_id));
             }
             PortKind::Bridge { vlan_id } => {
                 obj.insert("type".into(), json!("Bridge"));
                 obj.insert("vlanId".into(), json!(vlan_id));
-                obj.insert("bridgeId".into(), json!(p.device_id));
             }
         }
         v
@@ -451,7 +449,6 @@ impl Store {
             "type": r.route_type,
             "weight": r.weight,
             "uri": format!("{base}/routes/{}", r.id),
-            "router": self.route_router(r).map(|id| format!("{base}/routers/{id}")),
         })
     }
 
@@ -479,13 +476,6 @@ impl Store {
         obj.insert("type".into(), json!(r.rule_type));
         obj.insert("position".into(), json!(position));
         obj.insert("uri".into(), json!(format!("{base}/rules/{}", r.id)));
-        obj.insert(
-            "chain".into(),
-            json!(format!("{base}/chains/{}", r.chain_id)),
-        );
-        if let Some(j) = r.jump_chain_id {
-            obj.insert("jumpChain".into(), json!(format!("{base}/chains/{j}")));
-        }
         Value::Object(obj)
     }
 

@@ -259,7 +259,13 @@ fn bridge_port_rules() {
         404
     );
     let p = c.create(&path, PORT, &json!({"type": "Bridge", "vlanId": null}));
-    assert_eq!(c.port(p)["vlanId"], 0);
+    let v = c.port(p);
+    assert_eq!(v["vlanId"], 0);
+    assert_eq!(v["deviceId"], json!(b));
+    assert!(
+        v.get("bridgeId").is_none(),
+        "bridgeId is hidden in MidoNet's JSON"
+    );
     assert_eq!(
         c.get_ok(&format!("/bridges/{b}/ports"), PORTS)[0]["id"],
         json!(p)
