@@ -60,11 +60,12 @@ pub enum StoreSide {
     Link,
 }
 
-/// The address requests of a plan, split by the store that serves them, each
-/// with the index of its interface.
-pub fn address_requests(
-    plan: &Plan,
-) -> (Vec<(usize, AddressRequest)>, Vec<(usize, AddressRequest)>) {
+/// Address requests, each with the index of its interface in the plan.
+pub type IndexedRequests = Vec<(usize, AddressRequest)>;
+
+/// The address requests of a plan, split by the store that serves them:
+/// (tenant store, node-local link store).
+pub fn address_requests(plan: &Plan) -> (IndexedRequests, IndexedRequests) {
     let mut tenant = Vec::new();
     let mut link = Vec::new();
     for (i, iface) in plan.interfaces.iter().enumerate() {

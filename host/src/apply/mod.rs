@@ -288,7 +288,7 @@ impl<'a> Engine<'a> {
         let reserve = |store: &dyn IpStore,
                        k: &AttachmentKey,
                        tenant: &str,
-                       reqs: &[(usize, crate::plan::AddressRequest)]| {
+                       reqs: &layout::IndexedRequests| {
             if reqs.is_empty() {
                 return Ok(Vec::new());
             }

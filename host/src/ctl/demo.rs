@@ -198,9 +198,8 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
         });
     }
     let mut failures = Vec::new();
-    for i in 0..pods.len() {
-        let r = ctx.cni("ADD", &pods[i])?;
-        pods[i].result = r;
+    for p in pods.iter_mut() {
+        p.result = ctx.cni("ADD", p)?;
     }
     w(
         out,
