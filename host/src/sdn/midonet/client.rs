@@ -213,6 +213,17 @@ pub struct Client {
     token: Mutex<Option<String>>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No password, no token.
+        f.debug_struct("Client")
+            .field("endpoints", &self.opts.endpoints)
+            .field("profile", &self.opts.profile)
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 enum Attempt {
     Done(reqwest::Response),
     /// Transport error or 5xx: try the next endpoint.
