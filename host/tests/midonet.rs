@@ -101,7 +101,11 @@ impl Env {
             let r = c
                 .get(
                     PREFIX,
-                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
                 )
                 .await
                 .unwrap();
@@ -126,7 +130,11 @@ impl Env {
         assert_eq!(o.hosts.len(), 2, "{when}: hosts");
         let leaks = self.emu.leaks::<&str>(&[]);
         assert!(leaks.is_empty(), "{when}: leaks {leaks:?}");
-        assert_eq!(self.etcd_keys(), Vec::<String>::new(), "{when}: etcd records");
+        assert_eq!(
+            self.etcd_keys(),
+            Vec::<String>::new(),
+            "{when}: etcd records"
+        );
     }
 
     /// Routers whose tenantId is `t`.
@@ -195,7 +203,9 @@ fn three_tenants_on_two_nodes_leave_nothing_behind() {
     assert_eq!(bound.len(), 10, "every pod port is bound");
     for (t, node, p) in &pods {
         nodes[*node].check_port(tenants[*t], p).unwrap();
-        nodes[*node].check_tenant(tenants[*t], &subnet(*t as u8 + 1)).unwrap();
+        nodes[*node]
+            .check_tenant(tenants[*t], &subnet(*t as u8 + 1))
+            .unwrap();
         // The binding names this node's host and the pod's host veth.
         let port = o
             .ports
@@ -212,7 +222,9 @@ fn three_tenants_on_two_nodes_leave_nothing_behind() {
     assert!(env.emu.leaks::<&str>(&[]).is_empty());
 
     // The extra pod leaves; acme still has pods.
-    nodes[0].detach("acme", &extra.key, &extra.host_ifname).unwrap();
+    nodes[0]
+        .detach("acme", &extra.key, &extra.host_ifname)
+        .unwrap();
     // Detach from the other node than the one that attached: any node finds
     // the port in the records. A second DEL is a no-op.
     for (t, node, p) in &pods {
@@ -224,7 +236,10 @@ fn three_tenants_on_two_nodes_leave_nothing_behind() {
     }
     for t in tenants {
         assert!(nodes[1].remove_tenant_if_unused(t).unwrap());
-        assert!(nodes[0].remove_tenant_if_unused(t).unwrap(), "already gone is true");
+        assert!(
+            nodes[0].remove_tenant_if_unused(t).unwrap(),
+            "already gone is true"
+        );
     }
     env.assert_clean("after the last pod of every tenant left");
 }
@@ -250,7 +265,8 @@ fn first_add_calls(env: &Env) -> usize {
     let a = env.node(0);
     add(&a, "faulty", 1, &pod(1, 1)).unwrap();
     let n = env.emu.journal().len();
-    a.detach("faulty", &pod(1, 1).key, &pod(1, 1).host_ifname).unwrap();
+    a.detach("faulty", &pod(1, 1).key, &pod(1, 1).host_ifname)
+        .unwrap();
     assert!(a.remove_tenant_if_unused("faulty").unwrap());
     env.assert_clean("after the clean run");
     n
@@ -448,8 +464,11 @@ fn a_crashed_creator_is_resumed_after_its_claim_expires() {
     let a = MidonetSdn::connect(&cfg).unwrap();
     // A creator that fails mid-way and cannot roll back (every DELETE
     // fails): its plan stays recorded, half built.
-    env.emu
-        .inject(Fault::status(500).path_prefix("/midonet-api/bridges").method("POST"));
+    env.emu.inject(
+        Fault::status(500)
+            .path_prefix("/midonet-api/bridges")
+            .method("POST"),
+    );
     env.emu.inject(Fault::status(503).method("DELETE"));
     assert!(add(&a, "phoenix", 1, &pod(1, 1)).is_err());
     env.emu.clear_faults();
@@ -482,7 +501,10 @@ fn ls_and_check_show_records_and_differences() {
     let p = pod(1, 1);
     add(&a, "acme", 1, &p).unwrap();
     let mut out = Vec::new();
-    assert_eq!(tenet::ctl::midonet::ls(&a, Some("acme"), &mut out).unwrap(), 0);
+    assert_eq!(
+        tenet::ctl::midonet::ls(&a, Some("acme"), &mut out).unwrap(),
+        0
+    );
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("tenant \"acme\""), "{text}");
     assert!(text.contains("router"), "{text}");
@@ -496,19 +518,31 @@ fn ls_and_check_show_records_and_differences() {
     let rec = a.records().port("acme", &p.key).unwrap().unwrap();
     let api = a.api();
     api.delete(&format!("/ports/{}", rec.port)).unwrap();
-    let stray = serde_json::json!({"id": Uuid::new_v4(), "name": "tenet:acme:router", "tenantId": "acme"});
-    api.create(Resource::Router, "/routers", &stray, None).unwrap();
+    let stray =
+        serde_json::json!({"id": Uuid::new_v4(), "name": "tenet:acme:router", "tenantId": "acme"});
+    api.create(Resource::Router, "/routers", &stray, None)
+        .unwrap();
     let mut out = Vec::new();
     assert_eq!(tenet::ctl::midonet::check(&a, &mut out).unwrap(), 1);
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains(&format!("missing: tenant \"acme\": port {}", rec.port)), "{text}");
-    assert!(text.contains(&format!("orphaned: MidoNet routers {}", stray["id"].as_str().unwrap())), "{text}");
+    assert!(
+        text.contains(&format!("missing: tenant \"acme\": port {}", rec.port)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "orphaned: MidoNet routers {}",
+            stray["id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
     assert!(text.contains("1 missing, 1 orphaned"), "{text}");
     // CHECK of the pod says what is wrong.
     let e = a.check_port("acme", &p).unwrap_err();
     assert_eq!(e.cni_code(), 131, "{e}");
 
-    api.delete(&format!("/routers/{}", stray["id"].as_str().unwrap())).unwrap();
+    api.delete(&format!("/routers/{}", stray["id"].as_str().unwrap()))
+        .unwrap();
     a.detach("acme", &p.key, &p.host_ifname).unwrap();
     assert!(a.remove_tenant_if_unused("acme").unwrap());
     env.assert_clean("after cleanup");
@@ -548,7 +582,12 @@ fn client_logs_in_again_when_the_token_expires() {
         .emu
         .journal()
         .iter()
-        .map(|e| (e.path.trim_start_matches("/midonet-api").to_string(), e.status))
+        .map(|e| {
+            (
+                e.path.trim_start_matches("/midonet-api").to_string(),
+                e.status,
+            )
+        })
         .collect();
     assert_eq!(
         j,
@@ -616,7 +655,10 @@ fn a_wrong_media_type_is_a_typed_406() {
     cfg.midonet.api_profile = Some("legacy".into());
     let sdn = MidonetSdn::connect(&cfg).unwrap();
     let e = add(&sdn, "acme", 1, &pod(1, 1)).unwrap_err();
-    assert!(matches!(&e, SdnError::Midonet(x) if x.kind == ApiErrorKind::NotAcceptable), "{e}");
+    assert!(
+        matches!(&e, SdnError::Midonet(x) if x.kind == ApiErrorKind::NotAcceptable),
+        "{e}"
+    );
     assert_eq!(e.cni_code(), 133);
     env.assert_clean("after the 406");
 }
@@ -644,7 +686,10 @@ fn unreachable_midonet_is_try_again_later() {
     let b = env.node(0);
     b.status().unwrap();
     add(&b, "acme", 1, &pod(1, 1)).unwrap();
-    assert_eq!(b.records().tenant("acme").unwrap().unwrap().0.router, rec.router);
+    assert_eq!(
+        b.records().tenant("acme").unwrap().unwrap().0.router,
+        rec.router
+    );
     b.detach("acme", &pod(1, 1).key, "x").unwrap();
     assert!(b.remove_tenant_if_unused("acme").unwrap());
     env.assert_clean("after recovery");

@@ -81,8 +81,15 @@ pub fn ls(sdn: &MidonetSdn, tenant: Option<&str>, out: &mut dyn Write) -> Result
             )
             .map_err(io)?;
         }
-        let bad = v.objects.iter().filter(|o| o.presence != Presence::Present).count()
-            + v.ports.iter().filter(|(_, p)| *p != Presence::Present).count();
+        let bad = v
+            .objects
+            .iter()
+            .filter(|o| o.presence != Presence::Present)
+            .count()
+            + v.ports
+                .iter()
+                .filter(|(_, p)| *p != Presence::Present)
+                .count();
         writeln!(
             out,
             "  {} objects, {} ports, {bad} not in MidoNet",

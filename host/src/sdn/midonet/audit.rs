@@ -61,7 +61,12 @@ pub struct TenantView {
 
 fn objects_of(rec: &TenantRecord, provider: Uuid) -> Vec<(String, Uuid, String, Resource)> {
     let mut v = vec![
-        ("chain in".to_string(), rec.in_chain, "chains", Resource::Chain),
+        (
+            "chain in".to_string(),
+            rec.in_chain,
+            "chains",
+            Resource::Chain,
+        ),
         ("chain out".into(), rec.out_chain, "chains", Resource::Chain),
         ("router".into(), rec.router, "routers", Resource::Router),
         (
@@ -70,20 +75,60 @@ fn objects_of(rec: &TenantRecord, provider: Uuid) -> Vec<(String, Uuid, String, 
             "ports",
             Resource::Port,
         ),
-        ("uplink port".into(), rec.tenant_port, "ports", Resource::Port),
-        ("default route".into(), rec.default_route, "routes", Resource::Route),
-        ("provider route".into(), rec.provider_route, "routes", Resource::Route),
-        ("rule return-flow".into(), rec.return_rule, "rules", Resource::Rule),
+        (
+            "uplink port".into(),
+            rec.tenant_port,
+            "ports",
+            Resource::Port,
+        ),
+        (
+            "default route".into(),
+            rec.default_route,
+            "routes",
+            Resource::Route,
+        ),
+        (
+            "provider route".into(),
+            rec.provider_route,
+            "routes",
+            Resource::Route,
+        ),
+        (
+            "rule return-flow".into(),
+            rec.return_rule,
+            "rules",
+            Resource::Rule,
+        ),
         ("rule snat".into(), rec.snat_rule, "rules", Resource::Rule),
-        ("rule rev_snat".into(), rec.rev_snat_rule, "rules", Resource::Rule),
+        (
+            "rule rev_snat".into(),
+            rec.rev_snat_rule,
+            "rules",
+            Resource::Rule,
+        ),
     ];
     for b in &rec.bridges {
         let s = b.subnet;
         v.push((format!("bridge {s}"), b.bridge, "bridges", Resource::Bridge));
-        v.push((format!("gateway port {}", b.gateway), b.router_port, "ports", Resource::Port));
-        v.push((format!("bridge uplink port {s}"), b.bridge_port, "ports", Resource::Port));
+        v.push((
+            format!("gateway port {}", b.gateway),
+            b.router_port,
+            "ports",
+            Resource::Port,
+        ));
+        v.push((
+            format!("bridge uplink port {s}"),
+            b.bridge_port,
+            "ports",
+            Resource::Port,
+        ));
         v.push((format!("route {s}"), b.route, "routes", Resource::Route));
-        v.push((format!("provider route {s}"), b.provider_route, "routes", Resource::Route));
+        v.push((
+            format!("provider route {s}"),
+            b.provider_route,
+            "routes",
+            Resource::Route,
+        ));
     }
     v.into_iter()
         .map(|(w, id, coll, r)| (w, id, format!("/{coll}/{id}"), r))
@@ -102,7 +147,12 @@ impl MidonetSdn {
     /// The recorded topology of one tenant (or all), looked up in MidoNet.
     pub fn topology(&self, tenant: Option<&str>) -> Result<Vec<TenantView>, SdnError> {
         let recs = match tenant {
-            Some(t) => self.records().tenant(t)?.map(|(r, _)| r).into_iter().collect(),
+            Some(t) => self
+                .records()
+                .tenant(t)?
+                .map(|(r, _)| r)
+                .into_iter()
+                .collect(),
             None => self.records().tenants()?,
         };
         let provider = self.settings().provider_router;
@@ -175,7 +225,8 @@ impl MidonetSdn {
                     && name.starts_with(NAME_PREFIX)
                     && !known.contains(&id)
                 {
-                    a.orphaned.push(format!("MidoNet {coll} {id} {name:?}: in no record"));
+                    a.orphaned
+                        .push(format!("MidoNet {coll} {id} {name:?}: in no record"));
                 }
             }
         }
@@ -231,8 +282,9 @@ impl MidonetSdn {
                 .iter()
                 .any(|v| v.record.tenant == t && v.record.link == net)
             {
-                a.orphaned
-                    .push(format!("record: link network {net} of tenant {t:?} without its tenant"));
+                a.orphaned.push(format!(
+                    "record: link network {net} of tenant {t:?} without its tenant"
+                ));
             }
         }
         for p in self.records().ports(None)? {

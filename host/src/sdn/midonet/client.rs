@@ -630,7 +630,12 @@ fn transport_message(e: &reqwest::Error) -> String {
 
 /// The last path segment of a `Location`, as a UUID.
 pub fn location_id(location: &str) -> Option<Uuid> {
-    location.trim_end_matches('/').rsplit('/').next()?.parse().ok()
+    location
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -790,7 +795,11 @@ mod tests {
             ApiProfile::parse(Some("legacy")).unwrap(),
             ApiProfile::Legacy2015
         );
-        assert!(ApiProfile::parse(Some("v9")).unwrap_err().contains("api_profile"));
+        assert!(
+            ApiProfile::parse(Some("v9"))
+                .unwrap_err()
+                .contains("api_profile")
+        );
     }
 
     #[test]
@@ -830,7 +839,12 @@ mod tests {
                 "/midonet-api/routers/x"
             ]
         );
-        assert!(seen[0].header("authorization").unwrap().starts_with("Basic "));
+        assert!(
+            seen[0]
+                .header("authorization")
+                .unwrap()
+                .starts_with("Basic ")
+        );
         // GETs negotiate with Accept, never Content-Type (B13).
         assert_eq!(
             seen[3].header("accept"),
@@ -858,7 +872,9 @@ mod tests {
     #[test]
     fn a_login_without_200_is_refused() {
         // B12: the seed treated any answer without a transport error as a login.
-        let s = serve(Arc::new(|_: &Seen, _| err(401, "Authorization header is not valid")));
+        let s = serve(Arc::new(|_: &Seen, _| {
+            err(401, "Authorization header is not valid")
+        }));
         let c = client(vec![s.url.clone()], true);
         let e = c.get(Resource::Router, "/routers/x").unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Unauthorized);
@@ -885,7 +901,11 @@ mod tests {
         assert_eq!(busy.seen.lock().unwrap().len(), 1);
         assert_eq!(good.seen.lock().unwrap().len(), 2);
         // No user: no login, no token.
-        assert!(good.seen.lock().unwrap()[0].header("x-auth-token").is_none());
+        assert!(
+            good.seen.lock().unwrap()[0]
+                .header("x-auth-token")
+                .is_none()
+        );
     }
 
     #[test]
@@ -914,7 +934,8 @@ mod tests {
 
     #[test]
     fn statuses_are_typed_with_the_server_message() {
-        let s = serve(Arc::new(|r: &Seen, _| match r.path.as_str() {
+        let s = serve(Arc::new(|r: &Seen, _| {
+            match r.path.as_str() {
             "/midonet-api/routers" => err(406, "Not acceptable media type"),
             "/midonet-api/ports/p/link" => err(409, "Ports are not linkable."),
             "/midonet-api/bridges/b" => err(404, "Bridge b does not exist"),
@@ -923,10 +944,16 @@ mod tests {
                 vec![],
                 r#"{"message":"Validation error(s) found","code":400,"violations":[{"property":"portAddress","message":"is not a valid IPv4"}]}"#.into(),
             ),
+        }
         }));
         let c = client(vec![s.url.clone()], false);
         let e = c
-            .create(Resource::Router, "/routers", &serde_json::json!({"id": "r"}), None)
+            .create(
+                Resource::Router,
+                "/routers",
+                &serde_json::json!({"id": "r"}),
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::NotAcceptable);
         assert_eq!(e.status, Some(406));
@@ -947,12 +974,24 @@ mod tests {
         assert_eq!(e.kind, ApiErrorKind::Conflict);
         // 404 on delete is success; on get it is typed.
         assert!(!c.delete("/bridges/b").unwrap());
-        assert!(c.get(Resource::Bridge, "/bridges/b").unwrap_err().is_not_found());
+        assert!(
+            c.get(Resource::Bridge, "/bridges/b")
+                .unwrap_err()
+                .is_not_found()
+        );
         let e = c
-            .create(Resource::Port, "/routers/r/ports", &serde_json::json!({}), None)
+            .create(
+                Resource::Port,
+                "/routers/r/ports",
+                &serde_json::json!({}),
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::BadRequest);
-        assert!(e.message.contains("portAddress: is not a valid IPv4"), "{e}");
+        assert!(
+            e.message.contains("portAddress: is not a valid IPv4"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -971,7 +1010,12 @@ mod tests {
         }));
         let c = client(vec![s.url.clone()], false);
         let loc = c
-            .create(Resource::Chain, "/chains", &serde_json::json!({"id": "x"}), None)
+            .create(
+                Resource::Chain,
+                "/chains",
+                &serde_json::json!({"id": "x"}),
+                None,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -1001,17 +1045,31 @@ mod tests {
         }));
         let c = client(vec![s.url.clone()], false);
         let body = serde_json::json!({"id": "mine"});
-        c.create(Resource::Chain, "/chains", &body, Some(("/chains/mine", Resource::Chain)))
-            .unwrap();
+        c.create(
+            Resource::Chain,
+            "/chains",
+            &body,
+            Some(("/chains/mine", Resource::Chain)),
+        )
+        .unwrap();
         let e = c
-            .create(Resource::Chain, "/chains", &body, Some(("/chains/other", Resource::Chain)))
+            .create(
+                Resource::Chain,
+                "/chains",
+                &body,
+                Some(("/chains/other", Resource::Chain)),
+            )
             .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Conflict);
     }
 
     #[test]
     fn endpoints_must_be_urls() {
-        let rt = Arc::new(tokio::runtime::Builder::new_current_thread().build().unwrap());
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+        );
         let opts = |e: &str| ClientOptions {
             endpoints: vec![e.into()],
             username: None,
@@ -1020,7 +1078,11 @@ mod tests {
             timeout: Duration::from_secs(1),
             profile: ApiProfile::V5,
         };
-        assert!(Client::new(opts("not a url"), rt.clone()).unwrap_err().contains("midonet.endpoints"));
+        assert!(
+            Client::new(opts("not a url"), rt.clone())
+                .unwrap_err()
+                .contains("midonet.endpoints")
+        );
         assert!(Client::new(opts("ftp://x/"), rt.clone()).is_err());
         let mut o = opts("http://x/");
         o.endpoints.clear();

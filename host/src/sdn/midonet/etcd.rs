@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::records::{Cmp, Kv, Op, RecordsError, TopologyRecords};
 use crate::config::EtcdConfig;
@@ -114,7 +112,8 @@ impl TopologyRecords for EtcdRecords {
     fn list(&self, prefix: &str) -> Result<Vec<Kv>, RecordsError> {
         let mut c = self.client.clone();
         let full = self.full(prefix);
-        let r = self.run(async move { c.get(full, Some(GetOptions::new().with_prefix())).await })?;
+        let r =
+            self.run(async move { c.get(full, Some(GetOptions::new().with_prefix())).await })?;
         Ok(r.kvs().iter().map(|kv| self.kv(kv)).collect())
     }
 
@@ -165,7 +164,9 @@ impl TopologyRecords for EtcdRecords {
         })?;
         match r {
             Some(resp) if resp.ttl() > 0 => Ok(()),
-            _ => Err(RecordsError::Unavailable(format!("etcd lease {lease:x} expired"))),
+            _ => Err(RecordsError::Unavailable(format!(
+                "etcd lease {lease:x} expired"
+            ))),
         }
     }
 

@@ -101,7 +101,9 @@ impl MemoryRecords {
         let mut g = self.lock();
         g.ops.push(what);
         if g.unavailable {
-            return Err(RecordsError::Unavailable("memory store set unavailable".into()));
+            return Err(RecordsError::Unavailable(
+                "memory store set unavailable".into(),
+            ));
         }
         g.expire();
         Ok(g)
@@ -208,9 +210,18 @@ mod tests {
         assert!(m.txn(&[Cmp::Absent("a".into())], &[put("a", "1")]).unwrap());
         assert!(!m.txn(&[Cmp::Absent("a".into())], &[put("a", "2")]).unwrap());
         let r = m.get("a").unwrap().unwrap().mod_rev;
-        assert!(m.txn(&[Cmp::ModRev("a".into(), r)], &[put("a", "3")]).unwrap());
-        assert!(!m.txn(&[Cmp::ModRev("a".into(), r)], &[put("a", "4")]).unwrap());
-        assert!(m.txn(&[Cmp::PrefixEmpty("p/".into())], &[put("p/x", "")]).unwrap());
+        assert!(
+            m.txn(&[Cmp::ModRev("a".into(), r)], &[put("a", "3")])
+                .unwrap()
+        );
+        assert!(
+            !m.txn(&[Cmp::ModRev("a".into(), r)], &[put("a", "4")])
+                .unwrap()
+        );
+        assert!(
+            m.txn(&[Cmp::PrefixEmpty("p/".into())], &[put("p/x", "")])
+                .unwrap()
+        );
         assert!(!m.txn(&[Cmp::PrefixEmpty("p/".into())], &[]).unwrap());
         let l = m.grant(Duration::from_secs(60)).unwrap();
         m.txn(
@@ -222,7 +233,10 @@ mod tests {
             }],
         )
         .unwrap();
-        assert!(m.txn(&[Cmp::Value("c".into(), b"o".to_vec())], &[]).unwrap());
+        assert!(
+            m.txn(&[Cmp::Value("c".into(), b"o".to_vec())], &[])
+                .unwrap()
+        );
         m.expire_all_leases();
         assert!(m.get("c").unwrap().is_none());
         assert_eq!(m.list("p/").unwrap().len(), 1);

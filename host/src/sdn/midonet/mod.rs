@@ -619,7 +619,10 @@ impl Sdn for MidonetSdn {
         check_tenant_id(tenant)?;
         check_key(&port.key)?;
         if port.host_ifname.is_empty() {
-            return Err(invalid(format!("attachment {}: empty host interface name", port.key)));
+            return Err(invalid(format!(
+                "attachment {}: empty host interface name",
+                port.key
+            )));
         }
         let addr = port
             .addresses
@@ -647,7 +650,9 @@ impl Sdn for MidonetSdn {
                 .bridge_for(addr)
                 .filter(|b| b.phase == Phase::Ready)
                 .ok_or_else(|| {
-                    missing(format!("MidoNet bridge of tenant {tenant:?} for address {addr}"))
+                    missing(format!(
+                        "MidoNet bridge of tenant {tenant:?} for address {addr}"
+                    ))
                 })?;
             let want = PortRecord {
                 tenant: tenant.to_owned(),
@@ -685,12 +690,7 @@ impl Sdn for MidonetSdn {
         }
     }
 
-    fn detach(
-        &self,
-        tenant: &str,
-        key: &AttachmentKey,
-        host_ifname: &str,
-    ) -> Result<(), SdnError> {
+    fn detach(&self, tenant: &str, key: &AttachmentKey, host_ifname: &str) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
         check_key(key)?;
         let Some(rec) = self.records.port(tenant, key)? else {
@@ -795,7 +795,11 @@ impl Sdn for MidonetSdn {
             });
         }
         for (net, _) in &v4 {
-            let b = rec.bridges.iter().find(|b| b.subnet == *net).expect("ready");
+            let b = rec
+                .bridges
+                .iter()
+                .find(|b| b.subnet == *net)
+                .expect("ready");
             exists(
                 Resource::Bridge,
                 format!("/bridges/{}", b.bridge),

@@ -409,8 +409,7 @@ impl Records {
         if mine {
             then.push(Op::Delete(link));
         }
-        self.kv
-            .txn(&[Self::holds(c), Cmp::ModRev(key, rev)], &then)
+        self.kv.txn(&[Self::holds(c), Cmp::ModRev(key, rev)], &then)
     }
 
     /// Every allocated link network and its tenant.
@@ -430,12 +429,18 @@ impl Records {
 
     /// An attachment's port record.
     pub fn port(&self, t: &str, k: &AttachmentKey) -> Result<Option<PortRecord>, RecordsError> {
-        self.kv.get(&port_key(t, k))?.as_ref().map(decode).transpose()
+        self.kv
+            .get(&port_key(t, k))?
+            .as_ref()
+            .map(decode)
+            .transpose()
     }
 
     /// Port records of one tenant, or all.
     pub fn ports(&self, t: Option<&str>) -> Result<Vec<PortRecord>, RecordsError> {
-        let prefix = t.map(tenant_ports_prefix).unwrap_or_else(|| "ports/".into());
+        let prefix = t
+            .map(tenant_ports_prefix)
+            .unwrap_or_else(|| "ports/".into());
         self.kv.list(&prefix)?.iter().map(decode).collect()
     }
 
@@ -485,7 +490,10 @@ mod tests {
         assert_eq!(parse_link_key(&link_key(n)), Some(n));
         assert_eq!(
             link_addrs(n),
-            ("169.254.0.5".parse().unwrap(), "169.254.0.6".parse().unwrap())
+            (
+                "169.254.0.5".parse().unwrap(),
+                "169.254.0.6".parse().unwrap()
+            )
         );
     }
 }

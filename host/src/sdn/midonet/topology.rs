@@ -116,7 +116,12 @@ fn create(
 /// success.
 fn link(api: &Client, port: Uuid, peer: Uuid) -> Result<(), ApiError> {
     let body = json!({ "peerId": peer });
-    match api.create(Resource::PortLink, &format!("/ports/{port}/link"), &body, None) {
+    match api.create(
+        Resource::PortLink,
+        &format!("/ports/{port}/link"),
+        &body,
+        None,
+    ) {
         Ok(_) => Ok(()),
         Err(e) if e.kind == super::client::ApiErrorKind::Conflict => {
             let p = api.get(Resource::Port, &format!("/ports/{port}"))?;
@@ -135,8 +140,20 @@ fn link(api: &Client, port: Uuid, peer: Uuid) -> Result<(), ApiError> {
 pub fn create_base(api: &Client, provider: Uuid, t: &TenantRecord) -> Result<(), ApiError> {
     let (p_addr, t_addr) = t.link_addrs();
     let chain = |id: Uuid, what: &str| json!({ "id": id, "name": name(&t.tenant, what), "tenantId": t.tenant });
-    create(api, Resource::Chain, "/chains", &chain(t.in_chain, "in"), "/chains")?;
-    create(api, Resource::Chain, "/chains", &chain(t.out_chain, "out"), "/chains")?;
+    create(
+        api,
+        Resource::Chain,
+        "/chains",
+        &chain(t.in_chain, "in"),
+        "/chains",
+    )?;
+    create(
+        api,
+        Resource::Chain,
+        "/chains",
+        &chain(t.out_chain, "out"),
+        "/chains",
+    )?;
     let router = json!({
         "id": t.router,
         "name": name(&t.tenant, "router"),
