@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use tenet::ipam::{IpStore, LocalOptions, LocalStore};
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 
 const NETWORK: &str = "tenet-test";
@@ -35,6 +34,9 @@ impl Node {
             return None;
         }
         enter_scratch_node().expect("scratch node netns");
+        // As on a real node, so that isolation is the rules' doing (this is
+        // the scratch namespace's own sysctl).
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
         let tmp = tempfile::tempdir().unwrap();
         Some(Node {
             state: tmp.path().join("state"),
@@ -92,32 +94,8 @@ impl Node {
     /// bridges, no tenant rules, no address-store records, no attachment
     /// records.
     fn assert_clean(&self) {
-        let links = cmd("ip", &["-j", "link", "show"]);
-        let links: Value = serde_json::from_str(&links).unwrap();
-        let names: Vec<&str> = links
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["ifname"].as_str())
-            .collect();
-        assert!(
-            names
-                .iter()
-                .all(|n| !n.starts_with("tn") && !n.starts_with("tb-")),
-            "links left: {names:?}"
-        );
-        // The base chains name `tb-*`; a tenant's chains and map elements
-        // name its bridge, `tb-` and hex digits.
-        let rules = cmd("nft", &["list", "ruleset"]);
-        let tenant_rule = rules
-            .match_indices("tb-")
-            .any(|(i, _)| rules[i + 3..].starts_with(|c: char| c.is_ascii_hexdigit()));
-        assert!(!tenant_rule, "tenant rules left:\n{rules}");
-        let store = LocalStore::open(&self.state, LocalOptions::default()).unwrap();
-        let held = store.list(None).unwrap();
-        assert!(held.is_empty(), "address records left: {held:?}");
-        let records = tenet::apply::Records::new(&self.state).list(None).unwrap();
-        assert!(records.is_empty(), "attachment records left: {records:?}");
+        let left = tenet::apply::leftovers(&self.state).unwrap();
+        assert!(left.is_empty(), "left behind: {left:#?}");
     }
 }
 
@@ -227,16 +205,6 @@ impl Out {
 
 fn conf() -> String {
     json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "tenet"}).to_string()
-}
-
-fn cmd(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn first_ip(result: &Value) -> String {

@@ -61,7 +61,7 @@ impl Node {
 
     /// DEL of what `add_env` added.
     fn del(&self) {
-        let mut env = self.node.add_env(K8S_ARGS);
+        let mut env = self.add_env(K8S_ARGS);
         env[0] = ("CNI_COMMAND", "DEL");
         tenet(self, &env, &conf("1.0.0")).silent_success();
         assert!(
