@@ -891,6 +891,152 @@ mod tests {
         assert!(e.contains("not a UUID"), "{e}");
     }
 
+    /// A backend on the emulator with the recording in-memory records.
+    fn on_memory(
+        emu: &midonet_emulator::Emulator,
+        provider: Uuid,
+        host: Uuid,
+    ) -> (MidonetSdn, Arc<memory::MemoryRecords>) {
+        struct Shared(Arc<memory::MemoryRecords>);
+        impl TopologyRecords for Shared {
+            fn get(&self, k: &str) -> Result<Option<records::Kv>, records::RecordsError> {
+                self.0.get(k)
+            }
+            fn list(&self, p: &str) -> Result<Vec<records::Kv>, records::RecordsError> {
+                self.0.list(p)
+            }
+            fn txn(
+                &self,
+                w: &[records::Cmp],
+                t: &[records::Op],
+            ) -> Result<bool, records::RecordsError> {
+                self.0.txn(w, t)
+            }
+            fn grant(&self, ttl: Duration) -> Result<i64, records::RecordsError> {
+                self.0.grant(ttl)
+            }
+            fn keep_alive(&self, l: i64) -> Result<(), records::RecordsError> {
+                self.0.keep_alive(l)
+            }
+            fn revoke(&self, l: i64) -> Result<(), records::RecordsError> {
+                self.0.revoke(l)
+            }
+        }
+        let mem = Arc::new(memory::MemoryRecords::new());
+        let mut cfg = MidonetConfig {
+            endpoints: vec![emu.url()],
+            username: Some("admin".into()),
+            provider_router: Some(provider.to_string()),
+            host_id: Some(host.to_string()),
+            ..MidonetConfig::default()
+        };
+        cfg.claim_wait_ms = Some(2000);
+        let mut opts = client_options(&cfg).unwrap();
+        opts.password = Some("pw".into());
+        let api = Client::new(opts, runtime().unwrap()).unwrap();
+        let sdn = MidonetSdn::with_parts(
+            api,
+            Box::new(Shared(mem.clone())),
+            MidonetSettings::from_config(&cfg).unwrap(),
+        );
+        (sdn, mem)
+    }
+
+    fn emulator() -> (midonet_emulator::Emulator, Uuid, Uuid) {
+        let (provider, host) = (Uuid::new_v4(), Uuid::new_v4());
+        let emu = midonet_emulator::Emulator::start(
+            midonet_emulator::EmulatorOptions::default()
+                .user("admin", "pw")
+                .host(midonet_emulator::HostSpec::new(host, "n"))
+                .provider_router(provider, "p"),
+        )
+        .unwrap();
+        (emu, provider, host)
+    }
+
+    fn port(n: usize) -> PortSpec {
+        PortSpec {
+            key: AttachmentKey::new("net", format!("c{n}"), "eth0"),
+            host_ifname: format!("tn{n}"),
+            mac: None,
+            addresses: vec![format!("10.1.0.{}/24", 10 + n).parse().unwrap()],
+        }
+    }
+
+    fn subnets() -> Vec<(IpNet, IpAddr)> {
+        vec![("10.1.0.0/24".parse().unwrap(), "10.1.0.1".parse().unwrap())]
+    }
+
+    #[test]
+    fn nothing_is_created_in_midonet_without_its_record() {
+        let (emu, p, h) = emulator();
+        let (sdn, mem) = on_memory(&emu, p, h);
+        mem.set_unavailable(true);
+        let e = sdn.ensure_tenant("acme", &subnets()).unwrap_err();
+        assert_eq!(e.cni_code(), 11, "{e}");
+        assert!(emu.journal().is_empty(), "no MidoNet call without records");
+        mem.set_unavailable(false);
+        sdn.ensure_tenant("acme", &subnets()).unwrap();
+        // The plan (tenant record + link network, one txn) came before the
+        // first MidoNet call; the claim went with its lease.
+        let ops = mem.ops();
+        let plan = ops.iter().position(|o| o == "txn").unwrap();
+        assert!(ops[..plan].iter().any(|o| o == "grant"));
+        let keys = mem.keys();
+        assert_eq!(keys, ["links/169.254.0.0-30", "tenants/acme"], "{keys:?}");
+        sdn.attach("acme", &port(1)).unwrap();
+        assert!(mem.keys().contains(&"ports/acme/net/c1/eth0".to_string()));
+    }
+
+    #[test]
+    fn a_held_claim_makes_others_wait_and_an_expired_one_is_taken_over() {
+        let (emu, p, h) = emulator();
+        let (sdn, mem) = on_memory(&emu, p, h);
+        let held = sdn
+            .records()
+            .try_claim("acme", Duration::from_secs(600))
+            .unwrap()
+            .unwrap();
+        // Another holder that never finishes: the wait is bounded (code 11)
+        // and nothing was created.
+        let e = sdn.ensure_tenant("acme", &subnets()).unwrap_err();
+        assert!(matches!(e, SdnError::Busy(_)), "{e}");
+        assert_eq!(e.cni_code(), 11);
+        assert!(emu.objects().bridges.is_empty());
+        // The holder "crashes": its lease expires; the next ADD proceeds.
+        mem.expire_all_leases();
+        assert!(
+            sdn.records().refresh(&held).is_err(),
+            "the old claim is lost"
+        );
+        sdn.ensure_tenant("acme", &subnets()).unwrap();
+        sdn.attach("acme", &port(1)).unwrap();
+        sdn.check_port("acme", &port(1)).unwrap();
+        sdn.detach("acme", &port(1).key, "tn1").unwrap();
+        assert!(sdn.remove_tenant_if_unused("acme").unwrap());
+        assert!(mem.keys().is_empty(), "{:?}", mem.keys());
+        assert_eq!(emu.objects().routers.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_claim_cannot_overwrite_the_new_holder() {
+        let (emu, p, h) = emulator();
+        let (sdn, _mem) = on_memory(&emu, p, h);
+        let r = sdn.records();
+        let stale = Claim {
+            tenant: "acme".into(),
+            owner: "someone-else".into(),
+            lease: 1,
+        };
+        let plan = topology::plan_tenant("acme", "169.254.0.0/30".parse().unwrap());
+        assert_eq!(
+            r.put_tenant(&stale, &plan, None, true, false).unwrap(),
+            None
+        );
+        assert!(r.tenant("acme").unwrap().is_none());
+        assert!(r.links().unwrap().is_empty());
+    }
+
     #[test]
     fn only_ipv4_subnets() {
         let v6: Vec<(IpNet, IpAddr)> =
