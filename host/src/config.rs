@@ -135,6 +135,22 @@ pub struct MidonetConfig {
     pub timeout_ms: Option<u64>,
     /// `"5.x"` (default) or `"legacy"` (the 2015 API's media types).
     pub api_profile: Option<String>,
+    /// File holding this node's host id when `host_id` is unset (default
+    /// `/etc/midonet_host_id.properties`, then
+    /// `/etc/midolman/host_uuid.properties`; `host_uuid=<id>` lines).
+    pub host_id_file: Option<PathBuf>,
+    /// Pool the tenant-router link networks come from (default
+    /// `169.254.0.0/16`).
+    pub link_pool: Option<String>,
+    /// Prefix length of one link network (default 30: provider port, tenant
+    /// port).
+    pub link_prefix: Option<u8>,
+    /// Lease of a tenant claim while one node builds or removes a tenant's
+    /// topology, in milliseconds (default 30000; renewed between steps).
+    pub claim_ttl_ms: Option<u64>,
+    /// How long an ADD waits for another node that is building the same
+    /// tenant, in milliseconds (default 60000); past it ADD fails with 11.
+    pub claim_wait_ms: Option<u64>,
 }
 
 impl Default for Config {

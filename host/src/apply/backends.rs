@@ -49,13 +49,9 @@ impl Backends {
                     CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())
                 })?,
             ),
-            SdnKind::Midonet => {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    "sdn = \"midonet\" is not available in this build",
-                    "use sdn = \"linux\"",
-                ));
-            }
+            SdnKind::Midonet => Box::new(crate::sdn::MidonetSdn::connect(cfg).map_err(|e| {
+                CniError::new(e.cni_code(), "cannot open the MidoNet SDN", e.to_string())
+            })?),
         };
         let netns = RtNetns::new()
             .map_err(|e| CniError::new(e.cni_code(), "cannot open netlink", e.to_string()))?;

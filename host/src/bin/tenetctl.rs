@@ -25,6 +25,9 @@ enum Top {
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Inspect and audit the MidoNet topology tenet recorded.
+    #[command(subcommand)]
+    Midonet(ctl::midonet::MidonetCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
         Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
+        Top::Midonet(c) => ctl::midonet::run(c, &mut out),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

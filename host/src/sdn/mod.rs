@@ -71,9 +71,13 @@
 //! netlink 120, `nft` failed 130, a resource missing (CHECK, attach) 131, a
 //! name or address taken by something else 132, `nft` missing or unusable 50
 //! (what STATUS reports).
+//! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, or
+//! a tenant busy on another node, 11; MidoNet rejected a call 133; a MidoNet
+//! server error 134; a corrupt topology record 135; no link network left 136.
 
 pub mod fake;
 mod linux;
+pub mod midonet;
 mod nft;
 
 use std::net::IpAddr;
@@ -86,6 +90,7 @@ use crate::netns::{MacAddr, NetnsError};
 
 pub use fake::{FakeSdn, SdnCall};
 pub use linux::LinuxSdn;
+pub use midonet::MidonetSdn;
 pub use nft::TABLE;
 
 /// Options of the Linux backend.
@@ -174,6 +179,21 @@ pub enum SdnError {
     /// A failure injected by [`FakeSdn`].
     #[error("injected failure in {0}")]
     Injected(String),
+    /// A MidoNet REST call failed (code 11 when unreachable, 133 rejected,
+    /// 134 server error).
+    #[error(transparent)]
+    Midonet(#[from] midonet::client::ApiError),
+    /// The MidoNet topology records (etcd) failed (11 unreachable, 135
+    /// corrupt).
+    #[error(transparent)]
+    Records(#[from] midonet::records::RecordsError),
+    /// Another node holds the tenant's topology for too long, or our claim
+    /// was lost (code 11).
+    #[error("{0}")]
+    Busy(String),
+    /// No link network left for a new tenant router (code 136).
+    #[error("{0}")]
+    LinkPoolExhausted(String),
 }
 
 impl SdnError {
@@ -187,6 +207,11 @@ impl SdnError {
             SdnError::Missing { .. } => 131,
             SdnError::Conflict(_) => 132,
             SdnError::Runtime(e) => e.cni_code(),
+            SdnError::Midonet(e) => e.cni_code(),
+            SdnError::Records(midonet::records::RecordsError::Unavailable(_)) => 11,
+            SdnError::Records(midonet::records::RecordsError::Corrupt { .. }) => 135,
+            SdnError::Busy(_) => 11,
+            SdnError::LinkPoolExhausted(_) => 136,
         }
     }
 
