@@ -6,7 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # Debian packages the build, tests, demo and benchmarks use.
-APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine
+APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine \
+	etcd-server protobuf-compiler
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.
