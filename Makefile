@@ -7,6 +7,8 @@ CARGO ?= cargo
 
 # Debian packages the build, tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine
+# Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
+APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.
@@ -17,7 +19,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench fuzz clean-cache
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench bench-add fuzz clean-cache
 
 all: build guests
 
@@ -72,6 +74,11 @@ demo: deps build guests
 ## bench: whole-process cost of the policy pipeline (see README).
 bench: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin pipeline_exec
+
+## bench-add: whole-process ADD/DEL of tenet against the reference bridge +
+## host-local plugins, in scratch network namespaces (root; see docs/runtimes.md).
+bench-add: deps build guests
+	$(CARGO) run --release -p tenet-bench --bin add_del
 
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:

@@ -23,6 +23,8 @@ enum Top {
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Install tenet on this node: binaries, conflist, pipeline, modules, artifacts.
+    Install(Box<ctl::install::InstallArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let result: Result<i32, CtlError> = match &cli.command {
         Top::Plan(a) => ctl::plan::run(a, &mut out),
+        Top::Install(a) => ctl::install::run(a, &mut out),
         Top::Policy(PolicyCmd::Test(a)) => ctl::golden::run(a, &mut out),
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
