@@ -53,6 +53,11 @@ pub struct InstallArgs {
     /// Append the reference `portmap` plugin to the chain (hostPort support).
     #[arg(long)]
     pub chain_portmap: bool,
+    /// A label every pod on this network carries (`KEY=VALUE`, repeatable),
+    /// written as `args.cni.labels`: e.g. `tenant_id=acme` puts all of a
+    /// podman network's containers into one tenant.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Replace an existing conflist that differs from the one tenet would write.
     #[arg(long)]
     pub force: bool,
@@ -117,6 +122,7 @@ impl Report<'_> {
 pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     check_conflist_name(&args.name)?;
     check_network_name(&args.network)?;
+    let labels = parse_labels(&args.labels)?;
     let abs = |flag: &str, p: &Path| {
         std::path::absolute(p).map_err(|e| CtlError(format!("{flag} {}: {e}", p.display())))
     };
@@ -275,6 +281,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     };
     let conflist = conflist(
         args,
+        &labels,
         &manifest_dest,
         &module_dest,
         &cache_dir,
@@ -311,6 +318,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
 /// find through its own configuration file are spelled out.
 fn conflist(
     args: &InstallArgs,
+    labels: &[(String, String)],
     manifest: &Path,
     module_dir: &Path,
     cache_dir: &Path,
@@ -332,6 +340,13 @@ fn conflist(
     }
     if effective.state_dir != state_dir {
         obj.insert("stateDir".into(), json!(state_dir));
+    }
+    if !labels.is_empty() {
+        let l: Vec<Value> = labels
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": v }))
+            .collect();
+        obj.insert("args".into(), json!({ "cni": { "labels": l } }));
     }
     let mut plugins = vec![tenet];
     if args.chain_portmap {
@@ -393,6 +408,15 @@ fn rewrite_module_paths(
         );
     }
     toml::to_string(&doc).map_err(|e| CtlError(format!("{}: {e}", path.display())))
+}
+
+fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, CtlError> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(CtlError(format!("--label: {l:?} is not KEY=VALUE"))),
+        })
+        .collect()
 }
 
 /// A conflist file name: plain, not hidden, `.conflist` (libcni parses a
@@ -514,6 +538,12 @@ mod tests {
             assert!(e.starts_with("--network:"), "{e}");
         }
         check_network_name("tenet_1.a-b").unwrap();
+        let e = parse_labels(&["=x".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("--label:"), "{e}");
+        assert_eq!(
+            parse_labels(&["tenant_id=a=b".into()]).unwrap(),
+            vec![("tenant_id".to_string(), "a=b".to_string())]
+        );
     }
 
     #[test]
