@@ -8,6 +8,7 @@
 //! namespaces, rtnetlink) and [`sdn`] (tenant networks: Linux bridge and
 //! nftables).
 
+pub mod apply;
 pub mod cni;
 pub mod commands;
 pub mod config;

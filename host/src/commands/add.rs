@@ -1,12 +1,12 @@
-//! ADD: request → pipeline → validated plan → (apply).
+//! ADD: request → pipeline → validated plan → apply → result.
 
 use super::{load_config, load_pipeline};
+use crate::apply::{Backends, Failpoints};
 use crate::cni::{CniError, Invocation, code};
 use crate::plan::{Dns, Plan};
 
-/// Plans the attachment. Applying the plan (address store, SDN, netns) is
-/// not built yet, so ADD stops after validation with a clear error that
-/// carries the plan.
+/// Plans the attachment with the pipeline, applies the plan, and renders the
+/// result in the request's version.
 pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
     let cfg = load_config(env, inv)?;
     let request = inv
@@ -16,12 +16,15 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
     let dns = network_dns(inv);
     let initial = Plan::initial(&request.ifname, request.mac.as_deref(), dns);
     let outcome = pipeline.run(&request, initial).map_err(|e| e.to_cni())?;
-    let plan = serde_json::to_string(&outcome.plan).unwrap_or_default();
-    Err(CniError::new(
-        code::NOT_IMPLEMENTED,
-        "plan is valid, but applying plans is not implemented yet",
-        format!("plan: {plan}"),
-    ))
+    let backends = Backends::open(&cfg)?;
+    let engine = backends
+        .engine(&cfg)
+        .with_failpoints(Failpoints::from_env(env));
+    let key = super::attachment_key(inv);
+    let result = engine
+        .add(&key, &request.netns, &outcome.plan)
+        .map_err(|e| e.to_cni("ADD"))?;
+    Ok(result.render(&inv.cni_version).to_string())
 }
 
 /// The network configuration's `dns` key, as the plan's starting DNS.

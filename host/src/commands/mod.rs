@@ -5,10 +5,11 @@
 
 mod add;
 
-use std::path::Path;
-
+use crate::apply::{Backends, Failpoints};
+use crate::cni::result::CniResult;
 use crate::cni::{self, CniError, Command, Invocation, code};
 use crate::config::Config;
+use crate::ipam::AttachmentKey;
 use crate::policy::cache::Builder;
 use crate::policy::{Manifest, Pipeline, PipelineOptions};
 
@@ -48,9 +49,9 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
     let result = match inv.command {
         Command::Version => Ok(cni::version_reply(Some(&inv.cni_version))),
         Command::Add => add::add(env, &inv),
-        Command::Check => check(&inv),
-        Command::Del => Ok(String::new()),
-        Command::Gc => Ok(String::new()),
+        Command::Check => check(env, &inv),
+        Command::Del => del(env, &inv),
+        Command::Gc => gc(env, &inv),
         Command::Status => status(env, &inv),
     };
     match result {
@@ -100,22 +101,77 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
     Pipeline::load(&manifest, &opts).map_err(|e| e.to_cni())
 }
 
-/// CHECK verifies what ADD created. ADD does not create anything yet, so no
-/// container is ever known: code 3 (container unknown).
-fn check(inv: &Invocation) -> Result<String, CniError> {
-    Err(CniError::new(
-        code::UNKNOWN_CONTAINER,
-        "container unknown",
-        format!(
-            "no attachment recorded for container {} interface {} on network {}",
-            inv.env.container_id.as_deref().unwrap_or(""),
-            inv.env.ifname.as_deref().unwrap_or(""),
-            inv.config.name
-        ),
-    ))
+/// The attachment an invocation is about: (network, container id, ifname).
+pub(crate) fn attachment_key(inv: &Invocation) -> AttachmentKey {
+    AttachmentKey::new(
+        inv.config.name.clone(),
+        inv.env.container_id.clone().unwrap_or_default(),
+        inv.env.ifname.clone().unwrap_or_default(),
+    )
 }
 
-/// STATUS: ready when the pipeline and its artifacts load.
+/// DEL: tears down what ADD made; succeeds on partial or missing state.
+/// Does not run the pipeline: nothing a module decides can keep a pod's
+/// resources from being freed.
+fn del(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
+    let cfg = load_config(env, inv)?;
+    let backends = Backends::open(&cfg)?;
+    let engine = backends
+        .engine(&cfg)
+        .with_failpoints(Failpoints::from_env(env));
+    engine
+        .del(&attachment_key(inv), inv.env.netns.as_deref())
+        .map_err(|e| e.to_cni("DEL"))?;
+    Ok(String::new())
+}
+
+/// CHECK verifies what ADD created, naming the first difference.
+fn check(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
+    let cfg = load_config(env, inv)?;
+    let prev = inv
+        .config
+        .prev_result
+        .as_ref()
+        .map(CniResult::parse)
+        .transpose()?;
+    let backends = Backends::open(&cfg)?;
+    let engine = backends.engine(&cfg);
+    engine
+        .check(
+            &attachment_key(inv),
+            inv.env.netns.as_deref().unwrap_or_default(),
+            prev.as_ref(),
+        )
+        .map_err(|e| e.to_cni("CHECK"))?;
+    Ok(String::new())
+}
+
+/// GC: frees every attachment of the network not in
+/// `cni.dev/valid-attachments`.
+fn gc(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
+    let cfg = load_config(env, inv)?;
+    let backends = Backends::open(&cfg)?;
+    let engine = backends.engine(&cfg);
+    let valid: Vec<(String, String)> = inv
+        .config
+        .valid_attachments
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let summary = engine
+        .gc(&inv.config.name, &valid)
+        .map_err(|e| e.to_cni("GC"))?;
+    tracing::info!(
+        torn_down = summary.torn_down.len(),
+        in_flight = summary.in_flight.len(),
+        released = summary.released.len(),
+        "GC done"
+    );
+    Ok(String::new())
+}
+
+/// STATUS: ready when the pipeline and its artifacts load and every backend
+/// answers; code 50 otherwise.
 fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
     let not_ready = |e: CniError| {
         CniError::new(
@@ -130,6 +186,10 @@ fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError
     };
     let cfg = load_config(env, inv).map_err(not_ready)?;
     load_pipeline(&cfg).map_err(not_ready)?;
-    let _ = Path::new(&cfg.state_dir);
+    let backends = Backends::open(&cfg).map_err(not_ready)?;
+    backends
+        .engine(&cfg)
+        .status()
+        .map_err(|e| not_ready(e.to_cni("STATUS")))?;
     Ok(String::new())
 }

@@ -248,6 +248,17 @@ impl Netns for FakeNetns {
         let g = self.record(NetnsCall::HostLinkExists(host_ifname.to_owned()))?;
         Ok(g.hosts.contains_key(host_ifname))
     }
+
+    /// Not recorded (it changes nothing): refuses only an empty path.
+    fn check_pod_netns(&self, netns: &Path) -> Result<(), NetnsError> {
+        if netns.as_os_str().is_empty() {
+            return Err(NetnsError::InvalidNetns {
+                path: netns.to_owned(),
+                reason: "empty path".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

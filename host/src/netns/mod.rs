@@ -358,6 +358,10 @@ pub trait Netns {
 
     /// True when `host_ifname` exists in the node namespace.
     fn host_link_exists(&self, host_ifname: &str) -> Result<bool, NetnsError>;
+
+    /// Checks, changing nothing, that `netns` is a network namespace and not
+    /// the node's own: ADD calls it before its first side effect.
+    fn check_pod_netns(&self, netns: &Path) -> Result<(), NetnsError>;
 }
 
 fn digest(container_id: &str, ifname: &str) -> [u8; 32] {

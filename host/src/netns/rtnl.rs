@@ -445,6 +445,10 @@ impl RtNetns {
 }
 
 impl Netns for RtNetns {
+    fn check_pod_netns(&self, netns: &Path) -> Result<(), NetnsError> {
+        self.rtnl.open_pod(netns).map(drop)
+    }
+
     fn create_veth(&self, spec: &VethSpec) -> Result<VethInfo, NetnsError> {
         check_ifname(&spec.ifname)?;
         check_ifname(&spec.host_ifname)?;

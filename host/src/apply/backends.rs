@@ -1,0 +1,81 @@
+//! Opening the backends a configuration names.
+
+use crate::cni::{CniError, code};
+use crate::config::{Config, SdnKind, StoreKind};
+use crate::ipam::{IpStore, LocalOptions, LocalStore};
+use crate::netns::{Netns, RtNetns};
+use crate::sdn::{LinuxSdn, Sdn, SdnOptions};
+
+/// The backends of one invocation, owned.
+pub struct Backends {
+    /// The tenant address store (local files or etcd).
+    pub store: Box<dyn IpStore>,
+    /// The node-local store for host-link addresses.
+    pub link_store: Box<dyn IpStore>,
+    /// The SDN.
+    pub sdn: Box<dyn Sdn>,
+    /// Pod namespaces.
+    pub netns: Box<dyn Netns>,
+}
+
+impl Backends {
+    /// Opens what `cfg` names. Nothing is contacted beyond what opening
+    /// needs (netlink sockets, the state directory).
+    pub fn open(cfg: &Config) -> Result<Self, CniError> {
+        let local = LocalStore::open(&cfg.state_dir, LocalOptions::default()).map_err(|e| {
+            CniError::new(
+                e.cni_code(),
+                "cannot open the local address store",
+                e.to_string(),
+            )
+        })?;
+        let store: Box<dyn IpStore> = match cfg.store {
+            StoreKind::Local => Box::new(local.clone()),
+            StoreKind::Etcd => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "store = \"etcd\" is not available in this build",
+                    "use store = \"local\"",
+                ));
+            }
+        };
+        let sdn: Box<dyn Sdn> = match cfg.sdn {
+            SdnKind::Linux => Box::new(
+                LinuxSdn::new(SdnOptions {
+                    masquerade: cfg.masquerade,
+                    ..SdnOptions::default()
+                })
+                .map_err(|e| {
+                    CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())
+                })?,
+            ),
+            SdnKind::Midonet => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "sdn = \"midonet\" is not available in this build",
+                    "use sdn = \"linux\"",
+                ));
+            }
+        };
+        let netns = RtNetns::new()
+            .map_err(|e| CniError::new(e.cni_code(), "cannot open netlink", e.to_string()))?;
+        Ok(Self {
+            store,
+            link_store: Box::new(local),
+            sdn,
+            netns: Box::new(netns),
+        })
+    }
+
+    /// An engine over these backends, with records and locks under
+    /// `cfg.state_dir`.
+    pub fn engine(&self, cfg: &Config) -> super::Engine<'_> {
+        super::Engine::new(
+            self.store.as_ref(),
+            self.link_store.as_ref(),
+            self.sdn.as_ref(),
+            self.netns.as_ref(),
+            &cfg.state_dir,
+        )
+    }
+}

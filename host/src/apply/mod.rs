@@ -1,0 +1,770 @@
+//! The apply engine: turns a validated plan into a connected pod, and undoes
+//! it.
+//!
+//! # ADD
+//!
+//! Planning is finished before the first side effect ([`layout`] is pure).
+//! Then, in order, each step registering its undo as soon as it has had an
+//! effect:
+//!
+//! | step | does | undo |
+//! |---|---|---|
+//! | `record` | writes the attachment record, phase `applying` ([`record`]) | remove it |
+//! | `reserve` | pending claims in the tenant store and, for host links, the node-local store | release |
+//! | `ensure-tenant` | the tenant's network (bridge + rules, or MidoNet topology), under the tenant lock | remove it if no port is left |
+//! | `veth:<if>` | each interface's veth pair | delete it |
+//! | `attach:<if>` | each SDN port onto the tenant network (tenant lock still held) | detach |
+//! | `host-side:<if>` | each host link's node side (gateway, host routes) | (goes with the veth) |
+//! | `configure:<if>` | addresses, routes, sysctls inside the pod | (goes with the veth) |
+//! | `confirm` | the claims become permanent | (release) |
+//! | `ready` | the record gets the result, phase `ready` | |
+//!
+//! A failing step rolls back every undo in reverse and removes the record;
+//! the error names the step and, if the rollback itself met errors, those
+//! too. A process killed anywhere leaves a record naming everything it may
+//! have created; DEL and GC undo all of it, each undo tolerating what is
+//! already gone.
+//!
+//! # DEL, CHECK, GC, STATUS
+//!
+//! DEL tears down what the record names (or, with no record, what the
+//! attachment key alone determines) and succeeds on partial or missing
+//! state; a failure keeps the record so that the runtime's retry finishes
+//! the job. CHECK compares the pod's interfaces, the tenant network, the
+//! ports and the claims with the record and names the first difference. GC
+//! tears down every record of the network that the runtime no longer lists
+//! (except ADDs still running), then lets the stores free claims without a
+//! record. STATUS asks every backend.
+//!
+//! Host-link addresses (Rainbond's eth1) are node-local by nature: they live
+//! in the local store under the network `<network>.links`, keyed like the
+//! attachment, whatever the tenant store is.
+
+pub mod backends;
+pub mod failpoint;
+pub mod layout;
+pub mod lock;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::cni::result::CniResult;
+use crate::cni::{CniError, code};
+use crate::ipam::{AttachmentKey, ClaimState, IpStore, ProcessIdentity};
+use crate::netns::{Netns, VethSpec};
+use crate::plan::{InterfaceKind, Plan};
+use crate::sdn::{PortSpec, Sdn};
+
+pub use backends::Backends;
+pub use failpoint::Failpoints;
+pub use layout::{Layout, resolve};
+pub use lock::{TENANT_LOCK_TIMEOUT, TenantLock};
+pub use record::{Phase, Record, RecordIface, Records};
+
+/// CNI error codes of the apply engine (backends bring their own).
+pub mod codes {
+    /// ADD for an attachment that already exists (CNI: an error).
+    pub const ALREADY_ATTACHED: u32 = 140;
+    /// CHECK found a resource missing or different from what ADD made.
+    pub const CHECK_FAILED: u32 = 141;
+    /// The attachment records could not be read or written.
+    pub const RECORDS: u32 = 142;
+    /// A failure injected by a failpoint (tests only).
+    pub const INJECTED: u32 = 149;
+}
+
+/// A failed step, with the CNI code its cause maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyError {
+    /// The CNI error code.
+    pub code: u32,
+    /// The step (`reserve`, `attach:eth0`, …) or operation.
+    pub step: String,
+    /// What went wrong.
+    pub details: String,
+}
+
+impl ApplyError {
+    fn new(code: u32, step: impl Into<String>, details: impl Into<String>) -> Self {
+        Self {
+            code,
+            step: step.into(),
+            details: details.into(),
+        }
+    }
+
+    /// The CNI error for a failed `command` (ADD, DEL, …).
+    pub fn to_cni(&self, command: &str) -> CniError {
+        CniError::new(
+            self.code,
+            format!("{command} failed at {}", self.step),
+            self.details.clone(),
+        )
+    }
+}
+
+fn rec_err(step: &str) -> impl Fn(record::RecordError) -> ApplyError + '_ {
+    move |e| ApplyError::new(codes::RECORDS, step, e.to_string())
+}
+
+/// The key under which an attachment's host-link addresses live in the
+/// node-local store.
+pub fn link_key(key: &AttachmentKey) -> AttachmentKey {
+    AttachmentKey::new(
+        format!("{}.links", key.network),
+        key.container_id.clone(),
+        key.ifname.clone(),
+    )
+}
+
+/// What ADD has done so far, newest last: undone in reverse on failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    Record,
+    Reserve { link: bool },
+    Tenant,
+    Veth { ifname: String, host_ifname: String },
+    Attach { host_ifname: String },
+}
+
+/// What GC did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcSummary {
+    /// Attachments torn down (their records named them).
+    pub torn_down: Vec<AttachmentKey>,
+    /// Attachments left alone because their ADD is still running.
+    pub in_flight: Vec<AttachmentKey>,
+    /// Claims the stores freed that had no record.
+    pub released: Vec<AttachmentKey>,
+}
+
+/// The engine over a set of backends.
+pub struct Engine<'a> {
+    store: &'a dyn IpStore,
+    link_store: &'a dyn IpStore,
+    sdn: &'a dyn Sdn,
+    netns: &'a dyn Netns,
+    records: Records,
+    state_dir: PathBuf,
+    failpoints: Failpoints,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over explicit backends (tests pass fakes), keeping its
+    /// records and locks under `state_dir`.
+    pub fn new(
+        store: &'a dyn IpStore,
+        link_store: &'a dyn IpStore,
+        sdn: &'a dyn Sdn,
+        netns: &'a dyn Netns,
+        state_dir: &Path,
+    ) -> Self {
+        Self {
+            store,
+            link_store,
+            sdn,
+            netns,
+            records: Records::new(state_dir),
+            state_dir: state_dir.to_owned(),
+            failpoints: Failpoints::none(),
+        }
+    }
+
+    /// The same engine with failpoints set.
+    pub fn with_failpoints(mut self, f: Failpoints) -> Self {
+        self.failpoints = f;
+        self
+    }
+
+    /// The attachment records.
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    fn point(&self, step: &str) -> Result<(), ApplyError> {
+        self.failpoints
+            .after(step)
+            .map_err(|m| ApplyError::new(codes::INJECTED, step, m))
+    }
+
+    fn tenant_lock(&self, tenant: &str, step: &str) -> Result<TenantLock, ApplyError> {
+        TenantLock::acquire(&self.state_dir, tenant, TENANT_LOCK_TIMEOUT).map_err(|e| {
+            let code = match e {
+                lock::LockError::Timeout { .. } => code::TRY_AGAIN_LATER,
+                lock::LockError::Io { .. } => codes::RECORDS,
+            };
+            ApplyError::new(code, step, e.to_string())
+        })
+    }
+
+    /// ADD: applies `plan` (validated) for `key` in `netns`.
+    pub fn add(
+        &self,
+        key: &AttachmentKey,
+        netns: &str,
+        plan: &Plan,
+    ) -> Result<CniResult, ApplyError> {
+        // Before any side effect: a bad CNI_NETNS (code 4) or the node's own
+        // namespace (8) must not get as far as creating a tenant network.
+        self.netns
+            .check_pod_netns(Path::new(netns))
+            .map_err(|e| ApplyError::new(e.cni_code(), "netns", e.to_string()))?;
+        if let Some(old) = self.records.load(key).map_err(rec_err("record"))? {
+            match old.phase {
+                Phase::Ready => {
+                    return Err(ApplyError::new(
+                        codes::ALREADY_ATTACHED,
+                        "record",
+                        format!(
+                            "attachment {key} already exists (DEL it first); its netns is {}",
+                            old.netns
+                        ),
+                    ));
+                }
+                // An earlier ADD of this attachment died half-way: clear its
+                // data plane, keep its claims (this ADD gets the same
+                // addresses back), and start over.
+                Phase::Applying => {
+                    tracing::info!(%key, "clearing the leftovers of an interrupted ADD");
+                    self.teardown_dataplane(&old, None)
+                        .map_err(|e| ApplyError::new(e.code, "record", e.details))?;
+                }
+            }
+        }
+        let me = ProcessIdentity::current();
+        let mut rec = Record {
+            version: record::RECORD_VERSION,
+            key: key.clone(),
+            netns: netns.to_owned(),
+            tenant: plan.tenant.clone(),
+            phase: Phase::Applying,
+            writer_pid: me.pid,
+            writer_start: me.start_time,
+            interfaces: plan
+                .interfaces
+                .iter()
+                .map(|i| RecordIface {
+                    name: i.name.clone(),
+                    kind: i.kind,
+                    host_ifname: crate::netns::host_ifname(&key.container_id, &i.name),
+                    mac: None,
+                    addrs: Vec::new(),
+                    routes: Vec::new(),
+                })
+                .collect(),
+            subnets: Vec::new(),
+            result: None,
+        };
+        let mut done = Vec::new();
+        match self.add_steps(key, netns, plan, &mut rec, &mut done) {
+            Ok(r) => Ok(r),
+            Err(mut e) => {
+                let problems = self.rollback(key, &rec, done);
+                if !problems.is_empty() {
+                    e.details = format!("{}; rollback: {}", e.details, problems.join("; "));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn add_steps(
+        &self,
+        key: &AttachmentKey,
+        netns: &str,
+        plan: &Plan,
+        rec: &mut Record,
+        done: &mut Vec<Undo>,
+    ) -> Result<CniResult, ApplyError> {
+        self.records.store(rec).map_err(rec_err("record"))?;
+        done.push(Undo::Record);
+        self.point("record")?;
+
+        let (treq, lreq) = layout::address_requests(plan);
+        let reserve = |store: &dyn IpStore,
+                       k: &AttachmentKey,
+                       tenant: &str,
+                       reqs: &[(usize, crate::plan::AddressRequest)]| {
+            if reqs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let reqs: Vec<_> = reqs.iter().map(|(_, r)| r.clone()).collect();
+            store
+                .reserve(k, tenant, &reqs)
+                .map_err(|e| ApplyError::new(e.cni_code(), "reserve", e.to_string()))
+        };
+        let tenant_allocs = reserve(self.store, key, &plan.tenant, &treq)?;
+        if !treq.is_empty() {
+            done.push(Undo::Reserve { link: false });
+        }
+        let link_allocs = reserve(self.link_store, &link_key(key), "host-link", &lreq)?;
+        if !lreq.is_empty() {
+            done.push(Undo::Reserve { link: true });
+        }
+        self.point("reserve")?;
+
+        let layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
+            .map_err(|e| ApplyError::new(code::POLICY_INVALID_PLAN, "layout", e.0))?;
+        rec.subnets = layout.tenant_subnets.clone();
+        for (ri, li) in rec.interfaces.iter_mut().zip(&layout.interfaces) {
+            ri.mac = Some(li.mac.to_string());
+            ri.addrs = li.addrs.clone();
+            ri.routes = li.routes.iter().map(|r| (r.dst, r.gateway)).collect();
+        }
+
+        let has_ports = layout
+            .interfaces
+            .iter()
+            .any(|i| i.kind == InterfaceKind::SdnPort);
+        let netns_path = Path::new(netns);
+        let mut host_macs = Vec::new();
+        {
+            // ensure-tenant … attach under the tenant lock (see lock.rs).
+            let _lock = if has_ports {
+                Some(self.tenant_lock(&plan.tenant, "ensure-tenant")?)
+            } else {
+                None
+            };
+            if has_ports {
+                self.sdn
+                    .ensure_tenant(&plan.tenant, &layout.tenant_subnets)
+                    .map_err(|e| ApplyError::new(e.cni_code(), "ensure-tenant", e.to_string()))?;
+                done.push(Undo::Tenant);
+                self.point("ensure-tenant")?;
+            }
+            for i in &layout.interfaces {
+                let step = format!("veth:{}", i.name);
+                let info = self
+                    .netns
+                    .create_veth(&VethSpec {
+                        container_id: key.container_id.clone(),
+                        ifname: i.name.clone(),
+                        host_ifname: i.host_ifname.clone(),
+                        netns: netns_path.to_owned(),
+                        mtu: i.mtu,
+                        mac: Some(i.mac),
+                    })
+                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                done.push(Undo::Veth {
+                    ifname: i.name.clone(),
+                    host_ifname: i.host_ifname.clone(),
+                });
+                host_macs.push(info.host_mac);
+                self.point(&step)?;
+            }
+            for i in layout
+                .interfaces
+                .iter()
+                .filter(|i| i.kind == InterfaceKind::SdnPort)
+            {
+                let step = format!("attach:{}", i.name);
+                self.sdn
+                    .attach(
+                        &plan.tenant,
+                        &port_spec(key, i.host_ifname.clone(), Some(i.mac), &i.addrs),
+                    )
+                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                done.push(Undo::Attach {
+                    host_ifname: i.host_ifname.clone(),
+                });
+                self.point(&step)?;
+            }
+        }
+        for i in &layout.interfaces {
+            if let Some(hs) = &i.host_side {
+                let step = format!("host-side:{}", i.name);
+                self.netns
+                    .host_side(hs)
+                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                self.point(&step)?;
+            }
+        }
+        let sysctls: Vec<(String, String)> = plan
+            .sysctls
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        for (n, i) in layout.interfaces.iter().enumerate() {
+            let step = format!("configure:{}", i.name);
+            let sys: &[(String, String)] = if n == 0 { &sysctls } else { &[] };
+            self.netns
+                .configure(netns_path, &i.name, &i.addrs, &i.routes, sys)
+                .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+            self.point(&step)?;
+        }
+        for (store, k, reqs) in [
+            (self.store, key.clone(), &treq),
+            (self.link_store, link_key(key), &lreq),
+        ] {
+            if !reqs.is_empty() {
+                store
+                    .confirm(&k)
+                    .map_err(|e| ApplyError::new(e.cni_code(), "confirm", e.to_string()))?;
+            }
+        }
+        self.point("confirm")?;
+
+        let result = layout::result(&layout, plan, netns, &host_macs);
+        rec.phase = Phase::Ready;
+        rec.result = Some(result.render(crate::cni::version::LATEST));
+        self.records.store(rec).map_err(rec_err("ready"))?;
+        self.point("ready")?;
+        Ok(result)
+    }
+
+    /// Undoes `done` in reverse; returns the problems met (and keeps going).
+    fn rollback(&self, key: &AttachmentKey, rec: &Record, done: Vec<Undo>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut note = |what: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                tracing::warn!(%key, what, error = %e, "rollback step failed");
+                problems.push(format!("{what}: {e}"));
+            }
+        };
+        for u in done.into_iter().rev() {
+            match u {
+                Undo::Attach { host_ifname } => note(
+                    "detach",
+                    self.sdn
+                        .detach(&rec.tenant, key, &host_ifname)
+                        .map_err(|e| e.to_string()),
+                ),
+                Undo::Veth {
+                    ifname,
+                    host_ifname,
+                } => note(
+                    "delete veth",
+                    self.netns
+                        .delete(Some(Path::new(&rec.netns)), &ifname, &host_ifname)
+                        .map_err(|e| e.to_string()),
+                ),
+                Undo::Tenant => note("remove tenant network", self.remove_tenant(&rec.tenant)),
+                Undo::Reserve { link } => {
+                    let (store, k) = if link {
+                        (self.link_store, link_key(key))
+                    } else {
+                        (self.store, key.clone())
+                    };
+                    note(
+                        "release",
+                        store.release(&k).map(drop).map_err(|e| e.to_string()),
+                    );
+                }
+                Undo::Record => note(
+                    "remove record",
+                    self.records.remove(key).map_err(|e| e.to_string()),
+                ),
+            }
+        }
+        problems
+    }
+
+    fn remove_tenant(&self, tenant: &str) -> Result<(), String> {
+        let _lock = self
+            .tenant_lock(tenant, "remove-tenant")
+            .map_err(|e| e.details)?;
+        self.sdn
+            .remove_tenant_if_unused(tenant)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes the veths and ports a record names, and the tenant network if
+    /// it has no port left; keeps claims and the record.
+    fn teardown_dataplane(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
+        let mut errors = Vec::new();
+        for i in rec.interfaces.iter().rev() {
+            if let Err(e) = self.netns.delete(netns, &i.name, &i.host_ifname) {
+                errors.push((e.cni_code(), format!("delete veth {}: {e}", i.host_ifname)));
+            }
+        }
+        let ports: Vec<_> = rec
+            .interfaces
+            .iter()
+            .filter(|i| i.kind == InterfaceKind::SdnPort)
+            .collect();
+        for i in &ports {
+            if let Err(e) = self.sdn.detach(&rec.tenant, &rec.key, &i.host_ifname) {
+                errors.push((e.cni_code(), format!("detach {}: {e}", i.host_ifname)));
+            }
+        }
+        if !ports.is_empty()
+            && let Err(e) = self.remove_tenant(&rec.tenant)
+        {
+            errors.push((code::INTERNAL, format!("remove tenant network: {e}")));
+        }
+        match errors.first() {
+            None => Ok(()),
+            Some((c, _)) => Err(ApplyError::new(
+                *c,
+                "teardown",
+                errors
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
+    fn release_claims(&self, key: &AttachmentKey) -> Result<(), ApplyError> {
+        for (store, k) in [(self.store, key.clone()), (self.link_store, link_key(key))] {
+            store
+                .release(&k)
+                .map_err(|e| ApplyError::new(e.cni_code(), "release", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// DEL: removes everything of `key`. Succeeds on missing or partial
+    /// state; `netns` is CNI_NETNS (`None` when empty: the pod is gone).
+    pub fn del(&self, key: &AttachmentKey, netns: Option<&str>) -> Result<(), ApplyError> {
+        let netns = netns.filter(|n| !n.is_empty()).map(Path::new);
+        match self.records.load(key).map_err(rec_err("record"))? {
+            Some(rec) => self.teardown(&rec, netns),
+            None => {
+                // No record: ADD never started, or DEL already ran. Still
+                // clear what the key alone determines, all of it idempotent.
+                let host = crate::netns::host_ifname(&key.container_id, &key.ifname);
+                self.netns
+                    .delete(netns, &key.ifname, &host)
+                    .map_err(|e| ApplyError::new(e.cni_code(), "delete veth", e.to_string()))?;
+                self.release_claims(key)
+            }
+        }
+    }
+
+    fn teardown(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
+        self.teardown_dataplane(rec, netns)?;
+        self.release_claims(&rec.key)?;
+        self.records.remove(&rec.key).map_err(rec_err("record"))
+    }
+
+    /// CHECK: verifies that what ADD made for `key` is still there and
+    /// unchanged; `prev` is the runtime's prevResult.
+    pub fn check(
+        &self,
+        key: &AttachmentKey,
+        netns: &str,
+        prev: Option<&CniResult>,
+    ) -> Result<(), ApplyError> {
+        let fail = |what: String| ApplyError::new(codes::CHECK_FAILED, "check", what);
+        let rec = self
+            .records
+            .load(key)
+            .map_err(rec_err("record"))?
+            .ok_or_else(|| {
+                ApplyError::new(
+                    code::UNKNOWN_CONTAINER,
+                    "record",
+                    format!("no attachment recorded for {key}"),
+                )
+            })?;
+        if rec.phase != Phase::Ready {
+            return Err(ApplyError::new(
+                code::UNKNOWN_CONTAINER,
+                "record",
+                format!("the ADD of {key} did not complete"),
+            ));
+        }
+        let result = rec
+            .result
+            .as_ref()
+            .map(CniResult::parse)
+            .transpose()
+            .map_err(|e| ApplyError::new(codes::RECORDS, "record", e.details))?
+            .unwrap_or_default();
+        let ns = Path::new(netns);
+        for i in &rec.interfaces {
+            let state = self
+                .netns
+                .inspect(ns, &i.name)
+                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?
+                .ok_or_else(|| fail(format!("interface {} is missing in {netns}", i.name)))?;
+            if !state.up {
+                return Err(fail(format!("interface {} is down", i.name)));
+            }
+            if let Some(mac) = &i.mac
+                && state.mac.map(|m| m.to_string()).as_deref() != Some(mac.as_str())
+            {
+                return Err(fail(format!(
+                    "interface {} has MAC {:?}, ADD set {mac}",
+                    i.name,
+                    state.mac.map(|m| m.to_string())
+                )));
+            }
+            for a in &i.addrs {
+                if !state.addrs.contains(a) {
+                    return Err(fail(format!("address {a} is missing on {}", i.name)));
+                }
+            }
+            for (dst, gw) in &i.routes {
+                if !state
+                    .routes
+                    .iter()
+                    .any(|s| s.dst == *dst && s.gateway == *gw)
+                {
+                    return Err(fail(format!(
+                        "route to {dst}{} is missing on {}",
+                        gw.map(|g| format!(" via {g}")).unwrap_or_default(),
+                        i.name
+                    )));
+                }
+            }
+            let host = self
+                .netns
+                .host_link_exists(&i.host_ifname)
+                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?;
+            if !host {
+                return Err(fail(format!(
+                    "host end {} of {} is missing",
+                    i.host_ifname, i.name
+                )));
+            }
+        }
+        let ports: Vec<_> = rec
+            .interfaces
+            .iter()
+            .filter(|i| i.kind == InterfaceKind::SdnPort)
+            .collect();
+        if !ports.is_empty() {
+            self.sdn
+                .check_tenant(&rec.tenant, &rec.subnets)
+                .map_err(|e| fail(e.to_string()))?;
+            for i in ports {
+                let mac = i.mac.as_deref().and_then(|m| m.parse().ok());
+                self.sdn
+                    .check_port(
+                        &rec.tenant,
+                        &port_spec(key, i.host_ifname.clone(), mac, &i.addrs),
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        for (store, k, kind) in [
+            (self.store, key.clone(), InterfaceKind::SdnPort),
+            (self.link_store, link_key(key), InterfaceKind::HostLink),
+        ] {
+            let want: Vec<IpNet> = rec
+                .interfaces
+                .iter()
+                .filter(|i| i.kind == kind)
+                .flat_map(|i| i.addrs.iter().copied())
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            let held: Vec<_> = store
+                .list(Some(&k.network))
+                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?
+                .into_iter()
+                .filter(|(o, _, st)| *o == k && *st == ClaimState::Confirmed)
+                .map(|(_, a, _)| a.address.addr())
+                .collect();
+            for a in want {
+                if !held.contains(&a.addr()) {
+                    return Err(fail(format!(
+                        "address {} is not held by {k} in the address store",
+                        a.addr()
+                    )));
+                }
+            }
+        }
+        if let Some(prev) = prev {
+            for ip in &result.ips {
+                if !prev.ips.iter().any(|p| p.address == ip.address) {
+                    return Err(fail(format!("prevResult lacks address {}", ip.address)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// GC: tears down every attachment of `network` not in `valid`
+    /// ((container id, ifname) pairs), except ADDs still running, then lets
+    /// the stores free unrecorded claims. Keeps going past errors; the first
+    /// is returned after everything was tried.
+    pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<GcSummary, ApplyError> {
+        let mut out = GcSummary::default();
+        let mut first_err: Option<ApplyError> = None;
+        let is_valid = |k: &AttachmentKey| {
+            valid
+                .iter()
+                .any(|(c, i)| *c == k.container_id && *i == k.ifname)
+        };
+        for rec in self.records.list(Some(network)).map_err(rec_err("gc"))? {
+            if is_valid(&rec.key) {
+                continue;
+            }
+            let writer = ProcessIdentity {
+                pid: rec.writer_pid,
+                start_time: rec.writer_start,
+            };
+            if rec.phase == Phase::Applying && writer.is_alive() {
+                out.in_flight.push(rec.key.clone());
+                continue;
+            }
+            match self.teardown(&rec, None) {
+                Ok(()) => out.torn_down.push(rec.key.clone()),
+                Err(e) => {
+                    tracing::warn!(key = %rec.key, error = %e.details, "GC could not tear down");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for (store, net) in [
+            (self.store, network.to_owned()),
+            (self.link_store, format!("{network}.links")),
+        ] {
+            match store.gc(&net, valid) {
+                Ok(r) => {
+                    out.released.extend(r.released);
+                    if let Some(e) = r.errors.first() {
+                        first_err.get_or_insert(ApplyError::new(code::INTERNAL, "gc", e.clone()));
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(ApplyError::new(e.cni_code(), "gc", e.to_string()));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// STATUS: every backend can serve ADD (code 50 otherwise).
+    pub fn status(&self) -> Result<(), ApplyError> {
+        let nr = |what: &str, e: String| ApplyError::new(code::NOT_AVAILABLE, what, e);
+        self.records
+            .status()
+            .map_err(|e| nr("records", e.to_string()))?;
+        self.store
+            .status()
+            .map_err(|e| nr("address store", e.to_string()))?;
+        self.link_store
+            .status()
+            .map_err(|e| nr("host-link address store", e.to_string()))?;
+        self.sdn.status().map_err(|e| nr("sdn", e.to_string()))
+    }
+}
+
+fn port_spec(
+    key: &AttachmentKey,
+    host_ifname: String,
+    mac: Option<crate::netns::MacAddr>,
+    addrs: &[IpNet],
+) -> PortSpec {
+    PortSpec {
+        key: key.clone(),
+        host_ifname,
+        mac,
+        addresses: addrs.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
