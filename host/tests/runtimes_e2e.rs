@@ -334,9 +334,13 @@ impl Client {
     }
 
     fn call(&self, op: &str, netns: &str) -> Output {
+        self.raw(&[op, &self.network, netns])
+    }
+
+    fn raw(&self, args: &[&str]) -> Output {
         run(
             Command::new(&self.bin)
-                .args([op, &self.network, netns])
+                .args(args)
                 .envs(self.env.iter().map(|(k, v)| (k, v))),
             Duration::from_secs(60),
         )
@@ -386,7 +390,7 @@ fn libcni_add_check_del_del() {
     let tmp = tempfile::tempdir().unwrap();
     let cid = "e2e-libcni-1";
     let client = Client::new(tmp.path(), &inst, "e2e", cid);
-    let versions = ok(client.call("version", "tenet"), "cniclient version tenet");
+    let versions = ok(client.raw(&["version", "tenet"]), "cniclient version tenet");
     assert!(versions.contains("1.0.0"), "{versions}");
 
     let pod = ScratchNetns::new().unwrap();

@@ -182,6 +182,15 @@ fn install_writes_everything_and_the_installed_tenet_is_ready() {
         r.stdout
     );
 
+    // STATUS also asks the SDN backend (`nft -c`, a dry run), which needs root.
+    if !tenet::netns::testing::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root for the STATUS half of this test"
+        );
+        eprintln!("skipped the STATUS checks: needs root");
+        return;
+    }
     // With no compiler anywhere (tenetctl removed, PATH empty), STATUS still
     // succeeds: the pipeline loads from the artifacts install precompiled.
     std::fs::remove_file(l.p("bin/tenetctl")).unwrap();
