@@ -149,6 +149,8 @@ struct Exec {
 }
 
 impl Plugin {
+    // The child is reaped by wait4 (for its rusage), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn exec(&self, command: &str, container_id: &str, netns: &Path) -> Exec {
         let start = Instant::now();
         let mut child = Command::new(&self.bin)
