@@ -79,6 +79,8 @@ fn run_installed_tenet(l: &Layout, command: &str, version: &str) -> (i32, String
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", l.p("bin"))
+        // For `nft`; no tenetctl lives on this PATH.
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("TENET_CONFIG", "/dev/null")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -191,7 +193,7 @@ fn install_writes_everything_and_the_installed_tenet_is_ready() {
         eprintln!("skipped the STATUS checks: needs root");
         return;
     }
-    // With no compiler anywhere (tenetctl removed, PATH empty), STATUS still
+    // With no compiler anywhere (tenetctl removed, none on PATH), STATUS still
     // succeeds: the pipeline loads from the artifacts install precompiled.
     std::fs::remove_file(l.p("bin/tenetctl")).unwrap();
     let (code, out) = run_installed_tenet(&l, "STATUS", "1.1.0");
@@ -200,7 +202,10 @@ fn install_writes_everything_and_the_installed_tenet_is_ready() {
     std::fs::remove_dir_all(l.p("cache")).unwrap();
     let (code, out) = run_installed_tenet(&l, "STATUS", "1.1.0");
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("\"code\":50"), "{out}");
+    assert!(
+        out.contains("\"code\":50") && out.contains("artifact"),
+        "{out}"
+    );
 }
 
 #[test]
