@@ -19,7 +19,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench bench-add fuzz clean-cache
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench bench-add fuzz clean-cache
 
 all: build guests
 
@@ -67,8 +67,13 @@ golden: build guests
 ## test: everything CI runs.
 test: deps lint unit-test golden
 
-## demo: the main job on the embedded default (no services needed).
+## demo: the main job on the embedded default (no services needed): pods of
+## two tenants in a throwaway node namespace, through the real `tenet`.
 demo: deps build guests
+	$(TENETCTL_BIN) demo --module-dir $(MODULE_DIR) --cache-dir target/cache --pipeline policies/rainbond.toml
+
+## plan: what each stage of the rainbond pipeline decides for a sample pod.
+plan: build guests
 	$(TENETCTL_BIN) plan --module-dir $(MODULE_DIR) --cache-dir target/cache --pipeline policies/rainbond.toml
 
 ## bench: whole-process cost of the policy pipeline (see README).

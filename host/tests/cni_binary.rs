@@ -2,6 +2,10 @@
 //! environment, JSON on stdin, one JSON document (or nothing) on stdout.
 //! Covers every command in every supported version, every error code tenet
 //! produces, and the runtime quirks from reference/cni-spec.md.
+//!
+//! ADD connects pods for real (bridges, veths, nft rules), so every test
+//! runs as root in a scratch node namespace of its own, with a pod
+//! namespace it creates; nothing touches the machine's interfaces.
 
 mod common;
 
@@ -10,25 +14,64 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
+use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 
 const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-/// One test's private cache and settings.
+/// One test's private node namespace, pod, cache and settings.
 struct Node {
     _tmp: tempfile::TempDir,
     cache: PathBuf,
     dir: PathBuf,
+    pod: ScratchNetns,
+    netns: String,
 }
 
 impl Node {
     fn new() -> Self {
+        assert!(
+            require_root("cni_binary"),
+            "cni_binary runs ADD for real: run it as root (it uses private namespaces)"
+        );
+        enter_scratch_node().expect("scratch node netns");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
+        let pod = ScratchNetns::new().unwrap();
+        let netns = pod.path().to_str().unwrap().to_owned();
         Node {
             cache: dir.join("cache"),
             dir,
             _tmp: tmp,
+            pod,
+            netns,
         }
+    }
+
+    /// ADD's environment for the test's pod, with these CNI_ARGS.
+    fn add_env<'a>(&'a self, args: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "d1e2a3d4b5e6"),
+            ("CNI_NETNS", &self.netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", args),
+        ]
+    }
+
+    /// DEL of what `add_env` added.
+    fn del(&self) {
+        let mut env = self.add_env(K8S_ARGS);
+        env[0] = ("CNI_COMMAND", "DEL");
+        tenet(self, &env, &conf("1.0.0")).silent_success();
+        assert!(
+            self.pod
+                .cmd("ip", &["link", "show", "eth0"])
+                .unwrap()
+                .stdout
+                .is_empty(),
+            "DEL removed eth0"
+        );
     }
 
     fn pipeline(&self, name: &str, text: &str) -> PathBuf {
@@ -128,17 +171,6 @@ fn containerd_conf(version: &str) -> String {
     .to_string()
 }
 
-fn add_env(ns: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "d1e2a3d4b5e6"),
-        ("CNI_NETNS", "/var/run/netns/cni-test"),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/opt/cni/bin"),
-        ("CNI_ARGS", ns),
-    ]
-}
-
 const K8S_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=d1e2a3d4b5e6;K8S_POD_UID=5b1c";
 
 #[test]
@@ -183,13 +215,28 @@ fn add_runs_the_pipeline_in_every_version() {
     let node = Node::new();
     for v in VERSIONS {
         for stdin in [conf(v), containerd_conf(v)] {
-            let out = tenet(&node, &add_env(K8S_ARGS), &stdin);
-            let j = out.error(110, v);
-            let details = j["details"].as_str().unwrap();
-            let plan: Value =
-                serde_json::from_str(details.strip_prefix("plan: ").unwrap()).unwrap();
-            assert_eq!(plan["tenant"], "team-a", "{plan}");
-            assert_eq!(plan["interfaces"][1]["name"], "eth1", "{plan}");
+            let out = tenet(&node, &node.add_env(K8S_ARGS), &stdin);
+            assert_eq!(out.code, 0, "{v}: {}\n{}", out.stdout, out.stderr);
+            let j = out.json();
+            assert_eq!(j["cniVersion"], v, "{j}");
+            let ips = j["ips"].as_array().unwrap();
+            assert!(
+                ips[0]["address"].as_str().unwrap().starts_with("10.64."),
+                "{j}"
+            );
+            // 0.3.1 and 0.4.0 carry ips[].version; 1.0.0 dropped it.
+            assert_eq!(ips[0].get("version").is_some(), v.starts_with("0."), "{j}");
+            let names: Vec<&str> = j["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap())
+                .collect();
+            assert!(names.contains(&"eth0") && names.contains(&"eth1"), "{j}");
+            let eth0 = &j["interfaces"][ips[0]["interface"].as_u64().unwrap() as usize];
+            assert_eq!(eth0["name"], "eth0", "{j}");
+            assert_eq!(eth0["sandbox"], node.netns.as_str(), "{j}");
+            node.del();
         }
     }
 }
@@ -240,7 +287,7 @@ fn version_gates_follow_the_spec() {
     tenet(&node, &check, &conf("0.3.1")).error(1, "0.3.1");
     tenet(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.0.0")).error(1, "1.0.0");
     tenet(&node, &[("CNI_COMMAND", "GC")], &conf("0.4.0")).error(1, "0.4.0");
-    let j = tenet(&node, &add_env(K8S_ARGS), &conf("9.9.9")).json();
+    let j = tenet(&node, &node.add_env(K8S_ARGS), &conf("9.9.9")).json();
     assert_eq!(j["code"], 1, "{j}");
     for v in VERSIONS {
         assert!(
@@ -269,7 +316,7 @@ fn protocol_error_codes() {
     let node = Node::new();
     // 2: unsupported field, naming the key and value.
     let ipam = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "ipam": {"type": "host-local"}}).to_string();
-    let j = tenet(&node, &add_env(K8S_ARGS), &ipam).error(2, "1.0.0");
+    let j = tenet(&node, &node.add_env(K8S_ARGS), &ipam).error(2, "1.0.0");
     assert!(
         j["msg"].as_str().unwrap().contains("ipam")
             || j["details"].as_str().unwrap().contains("ipam"),
@@ -293,7 +340,7 @@ fn protocol_error_codes() {
         "{j}"
     );
     // 4: an interface name the kernel refuses.
-    let mut env = add_env(K8S_ARGS);
+    let mut env = node.add_env(K8S_ARGS);
     env[3] = ("CNI_IFNAME", "eth0/../../x");
     tenet(&node, &env, &conf("1.0.0")).error(4, "1.0.0");
     // 4: unknown command.
@@ -302,18 +349,22 @@ fn protocol_error_codes() {
     // 5: stdin cannot be read (a directory).
     let out = tenet_with(
         &node,
-        &add_env(K8S_ARGS),
+        &node.add_env(K8S_ARGS),
         Stdio::from(std::fs::File::open("/").unwrap()),
         None,
     );
     assert_eq!(out.json()["code"], 5, "{}", out.stdout);
     // 6: not JSON.
-    let out = tenet(&node, &add_env(K8S_ARGS), "{\"cniVersion\": \"1.0.0\", ");
+    let out = tenet(
+        &node,
+        &node.add_env(K8S_ARGS),
+        "{\"cniVersion\": \"1.0.0\", ",
+    );
     assert_eq!(out.json()["code"], 6, "{}", out.stdout);
     // 7: invalid network config (no name).
     let j = tenet(
         &node,
-        &add_env(K8S_ARGS),
+        &node.add_env(K8S_ARGS),
         "{\"cniVersion\":\"1.0.0\",\"type\":\"tenet\"}",
     )
     .error(7, "1.0.0");
@@ -321,7 +372,7 @@ fn protocol_error_codes() {
     // 7: invalid tenet configuration, naming the key.
     let bad = json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "moduleDirs": "nope"})
         .to_string();
-    tenet(&node, &add_env(K8S_ARGS), &bad).error(7, "1.0.0");
+    tenet(&node, &node.add_env(K8S_ARGS), &bad).error(7, "1.0.0");
     // 7: a pipeline manifest with a typo names file and field.
     let p = node.pipeline(
         "typo.toml",
@@ -329,7 +380,7 @@ fn protocol_error_codes() {
     );
     let netconf =
         json!({"cniVersion": "1.0.0", "name": "n", "type": "tenet", "pipeline": p}).to_string();
-    let j = tenet(&node, &add_env(K8S_ARGS), &netconf).error(7, "1.0.0");
+    let j = tenet(&node, &node.add_env(K8S_ARGS), &netconf).error(7, "1.0.0");
     assert!(
         j.to_string().contains("typo.toml") && j.to_string().contains("fule"),
         "{j}"
@@ -341,7 +392,7 @@ fn with_pipeline(node: &Node, name: &str, text: &str, version: &str) -> Out {
     let netconf =
         json!({"cniVersion": version, "name": "k8s-pod-network", "type": "tenet", "pipeline": p})
             .to_string();
-    tenet(node, &add_env(K8S_ARGS), &netconf)
+    tenet(node, &node.add_env(K8S_ARGS), &netconf)
 }
 
 const BASE: &str = "[[stage]]\nname = \"tenant\"\nmodule = \"tenant-map\"\n[[stage]]\nname = \"ipam\"\nmodule = \"ipam-policy\"\n[stage.settings]\npools = [{ name = \"p\", family = \"ipv4\", supernet = \"10.64.0.0/12\", subnetLen = 24 }]\n";
@@ -371,20 +422,22 @@ fn runtime_only_binary_rebuilds_a_missing_artifact_with_tenetctl() {
     let node = Node::new();
     assert!(!node.cache.exists());
     let compiler = common::binary("tenetctl");
-    let mut env = add_env(K8S_ARGS);
+    let mut env = node.add_env(K8S_ARGS);
     let c = compiler.to_str().unwrap().to_owned();
     env.push(("TENET_COMPILER", &c));
     let out = tenet(&node, &env, &conf("1.0.0"));
-    out.error(110, "1.0.0");
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    node.del();
     let artifacts = count_files(&node.cache, "cwasm");
     assert_eq!(artifacts, 4, "one artifact per rainbond stage");
     // Now served from the cache.
-    tenet(&node, &env, &conf("1.0.0")).error(110, "1.0.0");
+    assert_eq!(tenet(&node, &env, &conf("1.0.0")).code, 0);
+    node.del();
     assert_eq!(count_files(&node.cache, "cwasm"), 4);
 
     // Without a usable compiler, a miss is "artifact unavailable": code 11.
     let fresh = Node::new();
-    let mut env = add_env(K8S_ARGS);
+    let mut env = node.add_env(K8S_ARGS);
     env.push(("TENET_COMPILER", "/nonexistent/tenetctl"));
     let j = tenet(&fresh, &env, &conf("1.0.0")).error(11, "1.0.0");
     assert!(
@@ -416,11 +469,13 @@ fn count_files(dir: &Path, ext: &str) -> usize {
 #[test]
 fn stdout_carries_only_the_protocol_even_at_trace_level() {
     let node = Node::new();
-    let mut env = add_env(K8S_ARGS);
+    let mut env = node.add_env(K8S_ARGS);
     env.push(("TENET_LOG_LEVEL", "trace"));
     let out = tenet(&node, &env, &conf("1.0.0"));
-    out.error(110, "1.0.0");
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    out.json();
     assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
+    node.del();
     assert!(!out.stderr.is_empty(), "logs go to stderr");
 }
 
@@ -430,7 +485,7 @@ fn podman_style_request_without_namespace() {
     let node = Node::new();
     let out = tenet(
         &node,
-        &add_env("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.64.9.9"),
+        &node.add_env("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.64.9.9"),
         &conf("1.0.0"),
     );
     let j = out.error(100, "1.0.0");

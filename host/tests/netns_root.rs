@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use ipnet::IpNet;
 use serde_json::Value;
-use tenet::netns::testing::{ScratchNetns, enter_scratch_node, is_root};
+use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 use tenet::netns::{
     HostLinkSpec, MacAddr, Netns, NetnsError, ResolvedRoute, RtNetns, VethSpec, derive_mac,
     host_ifname, host_link_pod_routes,
@@ -22,8 +22,7 @@ use tenet::netns::{
 
 /// Enters a scratch node namespace; false (skip) when not root.
 fn node() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (runs in private network namespaces)");
+    if !require_root("this root test") {
         return false;
     }
     enter_scratch_node().expect("scratch node netns");

@@ -16,7 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::Value;
 use tenet::ipam::AttachmentKey;
-use tenet::netns::testing::{ScratchNetns, enter_scratch_node, is_root};
+use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, host_ifname};
 use tenet::sdn::{LinuxSdn, PortSpec, Sdn, SdnError, SdnOptions, bridge_name};
 
@@ -35,8 +35,7 @@ const POD_PORT: u16 = 8080;
 const NODE_PORT: u16 = 9090;
 
 fn node() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (runs in private network namespaces)");
+    if !require_root("this root test") {
         return false;
     }
     enter_scratch_node().expect("scratch node netns");

@@ -43,7 +43,7 @@ impl Backends {
             SdnKind::Linux => Box::new(
                 LinuxSdn::new(SdnOptions {
                     masquerade: cfg.masquerade,
-                    ..SdnOptions::default()
+                    nft: find_program("nft"),
                 })
                 .map_err(|e| {
                     CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())
@@ -78,4 +78,15 @@ impl Backends {
             &cfg.state_dir,
         )
     }
+}
+
+/// `name` from PATH, else from the system directories: runtimes do not
+/// always hand plugins a PATH (CNI does not require one).
+fn find_program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.into())
 }

@@ -43,6 +43,7 @@
 pub mod backends;
 pub mod failpoint;
 pub mod layout;
+pub mod leftovers;
 pub mod lock;
 pub mod record;
 
@@ -60,6 +61,7 @@ use crate::sdn::{PortSpec, Sdn};
 pub use backends::Backends;
 pub use failpoint::Failpoints;
 pub use layout::{Layout, resolve};
+pub use leftovers::leftovers;
 pub use lock::{TENANT_LOCK_TIMEOUT, TenantLock};
 pub use record::{Phase, Record, RecordIface, Records};
 

@@ -20,6 +20,8 @@ struct Cli {
 enum Top {
     /// Run a pipeline on a request and print the plan after each stage.
     Plan(Box<ctl::plan::PlanArgs>),
+    /// The embedded default end to end on a throwaway node namespace.
+    Demo(ctl::demo::DemoArgs),
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let result: Result<i32, CtlError> = match &cli.command {
         Top::Plan(a) => ctl::plan::run(a, &mut out),
+        Top::Demo(a) => ctl::demo::run(a, &mut out),
         Top::Install(a) => ctl::install::run(a, &mut out),
         Top::Policy(PolicyCmd::Test(a)) => ctl::golden::run(a, &mut out),
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),

@@ -41,8 +41,8 @@ pub mod code {
     pub const POLICY_INVALID_INPUT: u32 = 106;
     /// A stage reported an internal error.
     pub const POLICY_INTERNAL: u32 = 107;
-    /// The command is understood but not implemented yet.
-    pub const NOT_IMPLEMENTED: u32 = 110;
+    /// ADD with `TENET_DRY_RUN`: planned, not applied (the plan is in details).
+    pub const DRY_RUN: u32 = 110;
     /// An internal error in tenet itself.
     pub const INTERNAL: u32 = 120;
 }

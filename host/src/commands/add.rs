@@ -16,6 +16,16 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
     let dns = network_dns(inv);
     let initial = Plan::initial(&request.ifname, request.mac.as_deref(), dns);
     let outcome = pipeline.run(&request, initial).map_err(|e| e.to_cni())?;
+    if dry_run(env) {
+        // Never a success: a runtime must not take a dry run for a pod
+        // with a network.
+        let plan = serde_json::to_string(&outcome.plan).unwrap_or_default();
+        return Err(CniError::new(
+            code::DRY_RUN,
+            "dry run (TENET_DRY_RUN): the plan is valid and was not applied",
+            format!("plan: {plan}"),
+        ));
+    }
     let backends = Backends::open(&cfg)?;
     let engine = backends
         .engine(&cfg)
@@ -25,6 +35,14 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
         .add(&key, &request.netns, &outcome.plan)
         .map_err(|e| e.to_cni("ADD"))?;
     Ok(result.render(&inv.cni_version).to_string())
+}
+
+/// `TENET_DRY_RUN` set (and not `0`): ADD stops after planning with code
+/// 110 and the plan in `details` (operators' dry run; the pipeline
+/// benchmark).
+fn dry_run(env: &[(String, String)]) -> bool {
+    env.iter()
+        .any(|(k, v)| k == "TENET_DRY_RUN" && !v.is_empty() && v != "0")
 }
 
 /// The network configuration's `dns` key, as the plan's starting DNS.

@@ -3,6 +3,7 @@
 //! exactly what production runs). Each subcommand has its own module.
 
 pub mod compile;
+pub mod demo;
 pub mod golden;
 pub mod inspect;
 pub mod install;

@@ -31,6 +31,21 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// For root test tiers: true when running as root. Otherwise the test may
+/// pass vacuously only outside CI: with `CI` set (as `.ci/run` does) a
+/// missing root is a loud failure, never a silent skip.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+        "{what} needs root (it runs in private network namespaces); CI must run as root"
+    );
+    eprintln!("skipped outside CI: {what} needs root");
+    false
+}
+
 fn ns_ino(path: &str) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }

@@ -62,3 +62,9 @@ pub fn manifest(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub fn rainbond() -> PathBuf {
     root().join("policies/rainbond.toml")
 }
+
+/// A precompiled-artifact cache shared by the tests of one build tree, so
+/// each module is compiled once per run rather than once per test.
+pub fn shared_cache() -> PathBuf {
+    root().join("target/test-cache")
+}

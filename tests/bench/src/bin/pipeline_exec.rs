@@ -48,6 +48,9 @@ fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Durat
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0",
         )
         .env("TENET_CONFIG", "/dev/null")
+        // Plan only (code 110, plan in details): this measures the policy
+        // pipeline, not the data plane (bench add_del does that).
+        .env("TENET_DRY_RUN", "1")
         .env("TENET_PIPELINE", pipeline)
         .env("TENET_MODULE_DIRS", modules)
         .env("TENET_CACHE_DIR", cache)

@@ -1,0 +1,447 @@
+//! The whole `tenet` binary on the embedded default (local store, Linux
+//! bridge + nftables, rtnetlink), driven through the CNI protocol, as root,
+//! inside a scratch "node" namespace per test with pods as namespaces the
+//! test creates: ADD/CHECK/DEL/DEL, DEL without a netns, an existing ifname,
+//! a taken static address, rollback after a failure injected at each step,
+//! SIGKILL at each step followed by DEL or GC, and 50 concurrent ADDs.
+//!
+//! The binary is the test build (`CARGO_BIN_EXE_tenet`), which has the
+//! `failpoints` feature (`TENET_FAILPOINT`); the release binary does not.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
+
+const NETWORK: &str = "tenet-test";
+
+/// A scratch node: its own netns (entered by the test thread, inherited by
+/// every process the test runs), state dir and cache.
+struct Node {
+    _tmp: tempfile::TempDir,
+    state: PathBuf,
+}
+
+impl Node {
+    fn new() -> Option<Self> {
+        if !require_root("the apply root tests") {
+            return None;
+        }
+        enter_scratch_node().expect("scratch node netns");
+        // As on a real node, so that isolation is the rules' doing (this is
+        // the scratch namespace's own sysctl).
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        Some(Node {
+            state: tmp.path().join("state"),
+            _tmp: tmp,
+        })
+    }
+
+    fn run(&self, env: &[(&str, &str)], stdin: &str) -> Out {
+        let out = self.spawn(env, stdin).wait_with_output().unwrap();
+        Out {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn spawn(&self, env: &[(&str, &str)], stdin: &str) -> std::process::Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenet"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TENET_CONFIG", "/dev/null")
+            .env("TENET_MODULE_DIRS", common::modules_dir())
+            .env("TENET_CACHE_DIR", common::shared_cache())
+            .env("TENET_STATE_DIR", &self.state)
+            .env("TENET_PIPELINE", common::rainbond())
+            .env("TENET_LOG_LEVEL", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child
+    }
+
+    fn add(&self, pod: &Pod) -> Out {
+        self.run(&pod.env("ADD"), &conf())
+    }
+
+    fn del(&self, pod: &Pod) -> Out {
+        self.run(&pod.env("DEL"), &conf())
+    }
+
+    /// Nothing of any attachment is left: no veth host ends or tenant
+    /// bridges, no tenant rules, no address-store records, no attachment
+    /// records.
+    fn assert_clean(&self) {
+        let left = tenet::apply::leftovers(&self.state).unwrap();
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+/// A pod: a namespace and the CNI identity of its attachment.
+struct Pod {
+    ns: ScratchNetns,
+    id: String,
+    namespace: String,
+    extra_args: String,
+}
+
+impl Pod {
+    fn new(id: &str, namespace: &str) -> Self {
+        Pod {
+            ns: ScratchNetns::new().unwrap(),
+            id: id.into(),
+            namespace: namespace.into(),
+            extra_args: String::new(),
+        }
+    }
+
+    fn netns(&self) -> &str {
+        self.ns.path().to_str().unwrap()
+    }
+
+    fn env(&self, command: &'static str) -> Vec<(&'static str, &str)> {
+        vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", self.id.as_str()),
+            ("CNI_NETNS", self.netns()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", self.args()),
+        ]
+    }
+
+    fn args(&self) -> &str {
+        // Leaked once per pod: the env vector borrows it for the test's life.
+        Box::leak(
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}{}",
+                self.namespace, self.id, self.extra_args
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    /// The pod's interfaces (name → IPv4 addresses with prefix).
+    fn addrs(&self) -> Vec<(String, Vec<String>)> {
+        let out = self.ns.cmd("ip", &["-j", "addr", "show"]).unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let addrs = l["addr_info"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["family"] == "inet")
+                    .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+                    .collect();
+                (l["ifname"].as_str().unwrap().to_owned(), addrs)
+            })
+            .collect()
+    }
+
+    fn ping(&self, ip: &str) -> bool {
+        self.ns
+            .cmd("ping", &["-c", "1", "-W", "1", ip])
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+struct Out {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(&self) -> Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        if self.stdout.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(self.stdout.trim()).unwrap()
+    }
+
+    fn error(&self, code: u64) -> Value {
+        let j: Value = serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {:?}\nstderr: {}", self.stdout, self.stderr));
+        assert_ne!(self.code, Some(0));
+        assert_eq!(j["code"], code, "{j}\nstderr: {}", self.stderr);
+        j
+    }
+}
+
+fn conf() -> String {
+    json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "tenet"}).to_string()
+}
+
+fn first_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn add_check_del_del_and_isolation() {
+    let Some(node) = Node::new() else { return };
+    let a1 = Pod::new("a1", "team-a");
+    let a2 = Pod::new("a2", "team-a");
+    let b1 = Pod::new("b1", "team-b");
+    let r1 = node.add(&a1).ok();
+    let r2 = node.add(&a2).ok();
+    let rb = node.add(&b1).ok();
+    assert_eq!(r1["cniVersion"], "1.0.0");
+    // eth0 with a tenant address, eth1 host link, as the rainbond plan says.
+    let addrs = a1.addrs();
+    let eth0 = addrs.iter().find(|(n, _)| n == "eth0").unwrap();
+    assert_eq!(eth0.1, vec![r1["ips"][0]["address"].as_str().unwrap()]);
+    assert!(
+        addrs.iter().any(|(n, a)| n == "eth1" && !a.is_empty()),
+        "{addrs:?}"
+    );
+    assert_ne!(first_ip(&r1), first_ip(&r2));
+    // Tenants get different subnets.
+    let subnet = |r: &Value| r["ips"][0]["gateway"].as_str().unwrap().to_owned();
+    assert_eq!(subnet(&r1), subnet(&r2));
+    assert_ne!(subnet(&r1), subnet(&rb));
+    // Same tenant reaches, other tenant does not.
+    assert!(
+        a1.ping(&first_ip(&r2)),
+        "pods of one tenant reach each other"
+    );
+    assert!(
+        !a1.ping(&first_ip(&rb)),
+        "pods of different tenants must not"
+    );
+    assert!(
+        !b1.ping(&first_ip(&r1)),
+        "pods of different tenants must not"
+    );
+
+    // CHECK, with and without prevResult.
+    let mut check_conf: Value = serde_json::from_str(&conf()).unwrap();
+    check_conf["prevResult"] = r1.clone();
+    node.run(&a1.env("CHECK"), &check_conf.to_string()).ok();
+    node.run(&a1.env("CHECK"), &conf()).ok();
+    // Something changes behind tenet's back: CHECK names it.
+    a1.ns.cmd("ip", &["addr", "flush", "dev", "eth0"]).unwrap();
+    let j = node.run(&a1.env("CHECK"), &conf()).error(141);
+    assert!(j["details"].as_str().unwrap().contains("eth0"), "{j}");
+
+    for p in [&a1, &a2, &b1] {
+        node.del(p).ok();
+        node.del(p).ok();
+    }
+    node.assert_clean();
+    // CHECK after DEL: container unknown.
+    node.run(&a1.env("CHECK"), &conf()).error(3);
+}
+
+#[test]
+fn del_without_netns_and_after_the_pod_is_gone() {
+    let Some(node) = Node::new() else { return };
+    let p = Pod::new("gone1", "team-a");
+    node.add(&p).ok();
+    let id = p.id.clone();
+    drop(p);
+    // containerd's DEL after the sandbox is gone: empty CNI_NETNS.
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", id.as_str()),
+        ("CNI_NETNS", ""),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ];
+    node.run(&env, &conf()).ok();
+    node.run(&env, &conf()).ok();
+    node.assert_clean();
+}
+
+#[test]
+fn an_existing_ifname_is_an_error_and_leaves_nothing() {
+    let Some(node) = Node::new() else { return };
+    let p = Pod::new("dup1", "team-a");
+    let out =
+        p.ns.cmd(
+            "ip",
+            &["link", "add", "eth0", "type", "veth", "peer", "name", "x0"],
+        )
+        .unwrap();
+    assert!(out.status.success());
+    let j = node.add(&p).error(140);
+    assert!(j["details"].as_str().unwrap().contains("eth0"), "{j}");
+    node.assert_clean();
+    // The pod's own eth0 is untouched.
+    assert!(p.addrs().iter().any(|(n, _)| n == "eth0"));
+}
+
+#[test]
+fn a_static_address_already_taken_is_refused() {
+    let Some(node) = Node::new() else { return };
+    let mut p1 = Pod::new("st1", "team-a");
+    p1.extra_args = ";IP=10.64.1.50".into();
+    let r = node.add(&p1).ok();
+    assert_eq!(first_ip(&r), "10.64.1.50");
+    let mut p2 = Pod::new("st2", "team-a");
+    p2.extra_args = ";IP=10.64.1.50".into();
+    let j = node.add(&p2).error(132);
+    assert!(j["details"].as_str().unwrap().contains("10.64.1.50"), "{j}");
+    assert!(!p2.addrs().iter().any(|(n, _)| n == "eth0"));
+    node.del(&p1).ok();
+    node.assert_clean();
+}
+
+/// Every step ADD takes for a rainbond pod (eth0 SDN port, eth1 host link).
+const STEPS: [&str; 11] = [
+    "record",
+    "reserve",
+    "ensure-tenant",
+    "veth:eth0",
+    "veth:eth1",
+    "attach:eth0",
+    "host-side:eth1",
+    "configure:eth0",
+    "configure:eth1",
+    "confirm",
+    "ready",
+];
+
+#[test]
+fn a_failure_injected_after_each_step_rolls_back_everything() {
+    let Some(node) = Node::new() else { return };
+    for step in STEPS {
+        let p = Pod::new("rb1", "team-a");
+        let fp = format!("{step}:error");
+        let mut env = p.env("ADD");
+        env.push(("TENET_FAILPOINT", &fp));
+        let j = node.run(&env, &conf()).error(149);
+        assert!(j["msg"].as_str().unwrap().contains(step), "{step}: {j}");
+        node.assert_clean();
+        assert_eq!(
+            p.addrs()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["lo"],
+            "{step}: pod interfaces left"
+        );
+    }
+}
+
+#[test]
+fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
+    let Some(node) = Node::new() else { return };
+    for (n, step) in STEPS.iter().enumerate() {
+        let p = Pod::new(&format!("kill{n}"), "team-a");
+        let fp = format!("{step}:kill");
+        let mut env = p.env("ADD");
+        env.push(("TENET_FAILPOINT", &fp));
+        let out = node.run(&env, &conf());
+        assert_eq!(out.signal, Some(9), "{step}: {}", out.stderr);
+        if n % 2 == 0 {
+            node.del(&p).ok();
+        } else {
+            // GC with an empty valid list: the runtime forgot the pod.
+            let gc = json!({"cniVersion": "1.1.0", "name": NETWORK, "type": "tenet",
+                "cni.dev/valid-attachments": []});
+            node.run(
+                &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+                &gc.to_string(),
+            )
+            .ok();
+        }
+        node.assert_clean();
+    }
+}
+
+#[test]
+fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
+    let Some(node) = Node::new() else { return };
+    let pods: Vec<Pod> = (0..50)
+        .map(|i| {
+            Pod::new(
+                &format!("c{i:02}"),
+                if i % 2 == 0 { "team-a" } else { "team-b" },
+            )
+        })
+        .collect();
+    let children: Vec<_> = pods
+        .iter()
+        .map(|p| node.spawn(&p.env("ADD"), &conf()))
+        .collect();
+    let mut ips = HashSet::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(
+            ips.insert(first_ip(&v)),
+            "duplicate address {}",
+            first_ip(&v)
+        );
+    }
+    assert_eq!(ips.len(), 50);
+    let children: Vec<_> = pods
+        .iter()
+        .map(|p| node.spawn(&p.env("DEL"), &conf()))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    node.assert_clean();
+}
+
+#[test]
+fn status_reports_a_broken_store_as_not_ready() {
+    let Some(node) = Node::new() else { return };
+    let st = [("CNI_COMMAND", "STATUS")];
+    let conf11 = json!({"cniVersion": "1.1.0", "name": NETWORK, "type": "tenet"}).to_string();
+    node.run(&st, &conf11).ok();
+    // The state directory becomes a file: the store is unusable.
+    let _ = std::fs::remove_dir_all(&node.state);
+    std::fs::write(&node.state, b"not a directory").unwrap();
+    let j = node.run(&st, &conf11).error(50);
+    let details = j["details"].as_str().unwrap();
+    assert!(details.contains(node.state.to_str().unwrap()), "{j}");
+}
