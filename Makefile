@@ -8,6 +8,8 @@ CARGO ?= cargo
 # Debian packages the build, tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine \
 	etcd-server protobuf-compiler
+# Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
+APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.
@@ -18,7 +20,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench fuzz clean-cache
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench bench-add fuzz clean-cache
 
 all: build guests
 
@@ -78,6 +80,11 @@ plan: build guests
 ## bench: whole-process cost of the policy pipeline (see README).
 bench: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin pipeline_exec
+
+## bench-add: whole-process ADD/DEL of tenet against the reference bridge +
+## host-local plugins, in scratch network namespaces (root; see docs/runtimes.md).
+bench-add: deps build guests
+	$(CARGO) run --release -p tenet-bench --bin add_del
 
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:

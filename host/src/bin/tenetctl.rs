@@ -28,6 +28,8 @@ enum Top {
     /// Inspect and audit the MidoNet topology tenet recorded.
     #[command(subcommand)]
     Midonet(ctl::midonet::MidonetCmd),
+    /// Install tenet on this node: binaries, conflist, pipeline, modules, artifacts.
+    Install(Box<ctl::install::InstallArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     let result: Result<i32, CtlError> = match &cli.command {
         Top::Plan(a) => ctl::plan::run(a, &mut out),
         Top::Demo(a) => ctl::demo::run(a, &mut out),
+        Top::Install(a) => ctl::install::run(a, &mut out),
         Top::Policy(PolicyCmd::Test(a)) => ctl::golden::run(a, &mut out),
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),

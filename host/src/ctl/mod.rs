@@ -6,6 +6,7 @@ pub mod compile;
 pub mod demo;
 pub mod golden;
 pub mod inspect;
+pub mod install;
 pub mod midonet;
 pub mod plan;
 
