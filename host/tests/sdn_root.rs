@@ -467,6 +467,13 @@ fn check_tenant_names_what_is_missing() {
         ],
     ));
     expect_missing(&format!("fwd_from[{br}]"));
+    // The tenant's chain survived, so the stamp on the bridge still says
+    // "rules current" and ADD's fast path would not look closer: a
+    // different stamp makes ensure_tenant reinstall everything.
+    ok(run(
+        "ip",
+        &["link", "set", "dev", &br, "alias", "reinstall"],
+    ));
     sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
     sdn.check_tenant(t.id, &t.subnets()).unwrap();
 
@@ -593,4 +600,33 @@ fn a_pod_host_link_cannot_reach_tenants() {
         reach(&h, a1.v4, POD_PORT, YES),
         "control: host link -> pod without rules"
     );
+}
+
+#[test]
+fn a_later_ensure_skips_nft_only_while_the_rules_are_in_place() {
+    if !node() {
+        return;
+    }
+    let t = Tenant::new("fastpath", 9);
+    LinuxSdn::new(SdnOptions::default())
+        .unwrap()
+        .ensure_tenant(t.id, &t.subnets())
+        .unwrap();
+    // A backend whose `nft` cannot run: it can only succeed on the fast path.
+    let no_nft = LinuxSdn::new(SdnOptions {
+        nft: "/nonexistent/nft".into(),
+        ..SdnOptions::default()
+    })
+    .unwrap();
+    no_nft.ensure_tenant(t.id, &t.subnets()).unwrap();
+    // Other gateways: the stamp differs, nft must run.
+    let other = [(t.net4, "10.41.9.2".parse::<IpAddr>().unwrap())];
+    assert!(no_nft.ensure_tenant(t.id, &other).is_err());
+    // The table flushed behind tenet's back: nft must run again, and does.
+    ok(run("nft", &["delete", "table", "inet", "tenet"]));
+    assert!(no_nft.ensure_tenant(t.id, &t.subnets()).is_err());
+    let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
+    sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
+    sdn.check_tenant(t.id, &t.subnets()).unwrap();
+    assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
 }

@@ -29,8 +29,24 @@ impl Backends {
                 e.to_string(),
             )
         })?;
+        // Host-link addresses mean nothing after a reboot of the node: no
+        // fsync for them (see `LocalOptions::durable`).
+        let links = LocalStore::open(
+            &cfg.state_dir,
+            LocalOptions {
+                durable: false,
+                ..LocalOptions::default()
+            },
+        )
+        .map_err(|e| {
+            CniError::new(
+                e.cni_code(),
+                "cannot open the local address store",
+                e.to_string(),
+            )
+        })?;
         let store: Box<dyn IpStore> = match cfg.store {
-            StoreKind::Local => Box::new(local.clone()),
+            StoreKind::Local => Box::new(local),
             StoreKind::Etcd => {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
@@ -57,7 +73,7 @@ impl Backends {
             .map_err(|e| CniError::new(e.cni_code(), "cannot open netlink", e.to_string()))?;
         Ok(Self {
             store,
-            link_store: Box::new(local),
+            link_store: Box::new(links),
             sdn,
             netns: Box::new(netns),
         })

@@ -81,6 +81,14 @@ pub struct LocalOptions {
     /// default) means this process, which is right for the CNI binary; a
     /// long-lived daemon serving CNI calls would name its caller.
     pub claimer: Option<ProcessIdentity>,
+    /// fsync writes that change who holds what (reserve, release, GC).
+    /// Default true. A confirmation is never fsynced: lost to a power cut,
+    /// it leaves a pending claim whose claimer is gone, i.e. stale, and the
+    /// pod it confirmed is gone with the power too (its veths and netns
+    /// live in memory). A store of node-local addresses (host links) can
+    /// turn this off for the same reason: nothing it records outlives a
+    /// reboot of the node.
+    pub durable: bool,
 }
 
 impl Default for LocalOptions {
@@ -90,6 +98,7 @@ impl Default for LocalOptions {
             cooldown: Duration::from_secs(30),
             pending_timeout: Duration::from_secs(300),
             claimer: None,
+            durable: true,
         }
     }
 }
@@ -179,6 +188,13 @@ fn fsync_dir(dir: &Path) -> Result<(), IpamError> {
 /// Replaces `dir/name` with `bytes` atomically and durably: temp file,
 /// write, fsync, rename, fsync the directory.
 fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
+    atomic_write_with(dir, name, bytes, true)
+}
+
+/// [`atomic_write`], with the fsyncs only when `durable`: without them a
+/// crash of the process still leaves the old or the new file (rename is
+/// atomic), only a power cut may lose the write.
+fn atomic_write_with(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), IpamError> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -191,7 +207,9 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         drop(f);
         fs::rename(&tmp, &target)
     })();
@@ -200,7 +218,7 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
         let _ = fs::remove_file(&tmp);
         return Err(IpamError::io(format!("writing {}", target.display()), e));
     }
-    fsync_dir(dir)
+    if durable { fsync_dir(dir) } else { Ok(()) }
 }
 
 /// Loads a state file; a missing file is an empty state.
@@ -281,6 +299,16 @@ impl LocalStore {
         network: &str,
         f: impl FnOnce(&mut NetworkState, Ctx<'_>) -> Result<(T, bool), IpamError>,
     ) -> Result<T, IpamError> {
+        self.mutate_with(network, self.options.durable, f)
+    }
+
+    /// [`Self::mutate`], fsyncing only when `durable`.
+    fn mutate_with<T>(
+        &self,
+        network: &str,
+        durable: bool,
+        f: impl FnOnce(&mut NetworkState, Ctx<'_>) -> Result<(T, bool), IpamError>,
+    ) -> Result<T, IpamError> {
         let dir = self.network_dir(network)?;
         if !dir.is_dir() {
             create_private_dir(&dir)?;
@@ -304,7 +332,7 @@ impl LocalStore {
                 path: path.display().to_string(),
                 detail: format!("cannot serialise state: {e}"),
             })?;
-            atomic_write(&dir, STATE_FILE, &bytes)?;
+            atomic_write_with(&dir, STATE_FILE, &bytes, durable)?;
             tracing::debug!(network, generation = st.generation, "ipam state written");
         }
         Ok(out)
@@ -397,7 +425,10 @@ impl IpStore for LocalStore {
 
     fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError> {
         key.validate()?;
-        self.mutate(&key.network, |st, _| st.confirm(key).map(|c| ((), c)))
+        // Not fsynced: see `LocalOptions::durable`.
+        self.mutate_with(&key.network, false, |st, _| {
+            st.confirm(key).map(|c| ((), c))
+        })
     }
 
     fn release(&self, key: &AttachmentKey) -> Result<Vec<Allocation>, IpamError> {

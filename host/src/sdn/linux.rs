@@ -7,7 +7,10 @@ use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::{LinkBridge, LinkUnspec};
 use tracing::{debug, info, warn};
 
+use sha2::Digest;
+
 use super::nft::{self, gw_chain, nat_chain};
+use super::nftnl;
 use super::{
     PortSpec, Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id,
     gateways,
@@ -17,6 +20,14 @@ use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
 };
+
+/// The bridge's ifalias, if set.
+fn link_alias(l: &rtnetlink::packet_route::link::LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        rtnetlink::packet_route::link::LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
 
 /// The Linux bridge + nftables backend. The node namespace is the one of the
 /// thread that constructs it (netlink socket) and of the threads that call it
@@ -73,12 +84,35 @@ impl Sdn for LinuxSdn {
             &subnets.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             self.opts.masquerade,
         );
-        nft::run(
-            &self.opts.nft,
-            &["-f", "-"],
-            Some(&script),
-            "ensure tenant rules",
-        )?;
+        // The bridge carries a stamp of the script that last installed its
+        // rules (its ifalias). When the stamp matches and the tenant's chain
+        // is in the kernel, the rules are in place and the `nft` fork+exec
+        // (milliseconds, the most expensive step of a later pod's ADD) is
+        // skipped. Anything else, a new tenant, other gateways, another
+        // masquerade setting, a flushed table, takes the full path. Damage
+        // inside a surviving chain (a deleted map element) is what CHECK
+        // reports; changing the bridge's alias forces a reinstall.
+        let stamp = format!(
+            "tenet:{}",
+            &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..24]
+        );
+        let current = self.rtnl.block_on(async {
+            let Ok(Some(l)) = self.bridge(&bridge).await else {
+                return false;
+            };
+            link_alias(&l) == Some(stamp.as_str())
+        }) && nftnl::chain_exists(nft::TABLE, &nft::fwd_chain(&bridge))
+            .unwrap_or(false);
+        if current {
+            debug!(%bridge, "tenant rules current; nft skipped");
+        } else {
+            nft::run(
+                &self.opts.nft,
+                &["-f", "-"],
+                Some(&script),
+                "ensure tenant rules",
+            )?;
+        }
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
             let link = match self.bridge(&bridge).await? {
@@ -108,6 +142,17 @@ impl Sdn for LinuxSdn {
                 add_addr(node, index, *g)
                     .await
                     .map_err(|e| SdnError::netlink(format!("add gateway {g} to {bridge}"), e))?;
+            }
+            if !current {
+                node.link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .alias(stamp.clone())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| SdnError::netlink(format!("stamp {bridge}"), e))?;
             }
             Ok(TenantNet {
                 bridge: bridge.clone(),

@@ -79,6 +79,7 @@ pub mod fake;
 mod linux;
 pub mod midonet;
 mod nft;
+mod nftnl;
 
 use std::net::IpAddr;
 
