@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::Value;
+use tenet::ipam::AttachmentKey;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, is_root};
 use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, host_ifname};
-use tenet::ipam::AttachmentKey;
 use tenet::sdn::{LinuxSdn, PortSpec, Sdn, SdnError, SdnOptions, bridge_name};
 
 /// The port of a host end, keyed by the host end's own name (the tests
@@ -512,7 +512,8 @@ fn attach_and_detach_are_idempotent() {
     assert_eq!(master(&host), Value::Null);
     let e = sdn.check_port(t.id, &port(&host)).unwrap_err();
     assert!(e.to_string().contains(&host), "{e}");
-    sdn.detach(t.id, &port("tn000000000000").key, "tn000000000000").unwrap();
+    sdn.detach(t.id, &port("tn000000000000").key, "tn000000000000")
+        .unwrap();
     assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
     let e = sdn.attach(t.id, &port("tn000000000000")).unwrap_err();
     assert_eq!(e.cni_code(), 131);

@@ -8,10 +8,11 @@ use rtnetlink::{LinkBridge, LinkUnspec};
 use tracing::{debug, info, warn};
 
 use super::nft::{self, gw_chain, nat_chain};
-use crate::ipam::AttachmentKey;
 use super::{
-    PortSpec, Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id, gateways,
+    PortSpec, Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id,
+    gateways,
 };
+use crate::ipam::AttachmentKey;
 use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
@@ -306,9 +307,12 @@ impl Sdn for LinuxSdn {
         let bridge = bridge_name(tenant);
         let host_ifname = port.host_ifname.as_str();
         self.rtnl.block_on(async {
-            let b = self.bridge(&bridge).await?.ok_or_else(|| SdnError::Missing {
-                resource: format!("bridge {bridge} of tenant {tenant:?}"),
-            })?;
+            let b = self
+                .bridge(&bridge)
+                .await?
+                .ok_or_else(|| SdnError::Missing {
+                    resource: format!("bridge {bridge} of tenant {tenant:?}"),
+                })?;
             let l = link_by_name(self.rtnl.node(), host_ifname)
                 .await
                 .map_err(|e| SdnError::netlink(format!("get {host_ifname}"), e))?

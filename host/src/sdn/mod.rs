@@ -220,8 +220,7 @@ pub trait Sdn {
 
     /// Disconnects an attachment's port; a port or link that is already gone
     /// is success.
-    fn detach(&self, tenant: &str, key: &AttachmentKey, host_ifname: &str)
-    -> Result<(), SdnError>;
+    fn detach(&self, tenant: &str, key: &AttachmentKey, host_ifname: &str) -> Result<(), SdnError>;
 
     /// For CHECK: the attachment's port exists and is connected to the
     /// tenant's network. Errors name what is wrong.
