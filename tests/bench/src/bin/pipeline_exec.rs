@@ -10,7 +10,10 @@
 //!
 //! `make bench` (or `cargo run --release -p tenet-bench --bin pipeline_exec`
 //! after `make build guests`). `BENCH_RUNS` sets the number of pairs
-//! (default 400).
+//! (default 400). Afterwards it prints a per-stage breakdown (artifact load,
+//! instantiate + evaluate) from tenet's own debug log over
+//! `BENCH_BREAKDOWN_RUNS` more execs (default 100; 0 skips it). Those execs
+//! log, so they are not part of the comparison above.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,9 +38,25 @@ fn bin(name: &str) -> PathBuf {
 const NETCONF: &str = r#"{"cniVersion":"1.0.0","name":"bench","type":"tenet"}"#;
 
 fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Duration, String) {
+    let (d, out, _) = invoke_with(tenet, pipeline, modules, cache, None);
+    (d, out)
+}
+
+/// Runs one ADD; with `log_level`, also returns tenet's log (stderr).
+fn invoke_with(
+    tenet: &Path,
+    pipeline: &Path,
+    modules: &Path,
+    cache: &Path,
+    log_level: Option<&str>,
+) -> (Duration, String, String) {
     let start = Instant::now();
-    let mut child = Command::new(tenet)
-        .env_clear()
+    let mut cmd = Command::new(tenet);
+    cmd.env_clear();
+    if let Some(level) = log_level {
+        cmd.env("TENET_LOG_LEVEL", level);
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "bench0123456789")
         .env("CNI_NETNS", "/var/run/netns/bench")
@@ -53,7 +72,11 @@ fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Durat
         .env("TENET_CACHE_DIR", cache)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if log_level.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("spawn tenet");
     child
@@ -66,7 +89,75 @@ fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Durat
     (
         start.elapsed(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Parses a `Duration` as `{:?}` prints it ("155.9µs", "3.4ms", "812ns").
+fn parse_debug_duration(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "ns" => v / 1e3,
+        "µs" | "us" => v,
+        "ms" => v * 1e3,
+        "s" => v * 1e6,
+        _ => return None,
+    })
+}
+
+/// The value after `key` up to the next space, comma or brace.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(key)? + key.len()..];
+    Some(rest.split([' ', ',', '}']).next().unwrap_or(rest))
+}
+
+/// Per-stage phase medians from tenet's own debug log (`stage loaded
+/// load_us=…` and `stage done … elapsed: …`) over `runs` execs: where the
+/// pipeline's time goes, stage by stage.
+fn breakdown(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path, runs: usize) {
+    use std::collections::BTreeMap;
+    let mut load: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut run: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for _ in 0..runs {
+        let (_, _, log) = invoke_with(tenet, pipeline, modules, cache, Some("tenet=debug"));
+        for line in log.lines() {
+            let Some(stage) = field(line, "stage=") else {
+                continue;
+            };
+            if line.contains("stage loaded")
+                && let Some(us) = field(line, "load_us=").and_then(|v| v.parse().ok())
+            {
+                if !order.iter().any(|s| s == stage) {
+                    order.push(stage.to_owned());
+                }
+                load.entry(stage.to_owned()).or_default().push(us);
+            } else if line.contains("stage done")
+                && let Some(us) = field(line, "elapsed: ").and_then(parse_debug_duration)
+            {
+                run.entry(stage.to_owned()).or_default().push(us);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!("  breakdown over {runs} execs (tenet's debug log; medians, us):");
+    let (mut tl, mut tr) = (0.0, 0.0);
+    for stage in &order {
+        let l = median(load.entry(stage.clone()).or_default());
+        let r = median(run.entry(stage.clone()).or_default());
+        tl += l;
+        tr += r;
+        println!("    {stage:<8} load {l:6.0}  instantiate+evaluate {r:6.0}");
+    }
+    println!(
+        "    total    load {tl:6.0}  instantiate+evaluate {tr:6.0}  (in-process sum {:.0})",
+        tl + tr
+    );
 }
 
 fn stats(v: &mut [Duration]) -> (f64, f64, f64) {
@@ -145,4 +236,11 @@ fn main() {
         w50 - e50,
         w50 / e50
     );
+    let n: usize = std::env::var("BENCH_BREAKDOWN_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    if n > 0 {
+        breakdown(&tenet, &rainbond, &modules, &cache, n);
+    }
 }
