@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+pub mod json;
 pub mod net;
 pub mod pattern;
 #[cfg(target_arch = "wasm32")]
@@ -83,7 +84,7 @@ pub fn parse_settings<S: Stage>(settings: &str) -> Result<S::Settings, String> {
     let parsed: S::Settings = if settings.trim().is_empty() {
         S::Settings::default()
     } else {
-        serde_json::from_str(settings).map_err(|e| alloc::format!("settings: {e}"))?
+        json::from_str(settings).map_err(|e| alloc::format!("settings: {e}"))?
     };
     S::validate(&parsed)?;
     Ok(parsed)

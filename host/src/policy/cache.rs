@@ -18,10 +18,11 @@
 //! if it fails, the stage fails with "artifact unavailable" (CNI code 11, try
 //! again later) or is skipped when its failure policy is `ignore`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -38,6 +39,13 @@ const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ArtifactCache {
     root: PathBuf,
     dir: PathBuf,
+    /// Our effective uid, which must own everything we load.
+    euid: u32,
+    /// Set once the profile directory was found trustworthy, so it is
+    /// checked once per pipeline rather than once per stage (every syscall
+    /// is on the pod-creation path). A failed check is not remembered: the
+    /// rebuild path may create the directory.
+    dir_trusted: OnceLock<()>,
 }
 
 impl ArtifactCache {
@@ -46,6 +54,9 @@ impl ArtifactCache {
         ArtifactCache {
             root: root.to_owned(),
             dir: root.join(profile_id()),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            euid: unsafe { libc::geteuid() },
+            dir_trusted: OnceLock::new(),
         }
     }
 
@@ -64,17 +75,29 @@ impl ArtifactCache {
     /// find an unpinned module's artifact with one `stat` instead of hashing
     /// the whole file on every exec.
     pub fn known_digest(&self, wasm: &Path) -> Option<String> {
-        let entry = self.dir.join("by-file").join(file_key(wasm)?);
-        check_trusted(&entry, false).ok()?;
-        let d = std::fs::read_to_string(entry).ok()?;
+        self.known_digest_of(&std::fs::metadata(wasm).ok()?)
+    }
+
+    /// [`Self::known_digest`] for a module file whose metadata the caller
+    /// already has (saves a `stat`).
+    pub fn known_digest_of(&self, wasm: &std::fs::Metadata) -> Option<String> {
+        let entry = self.dir.join("by-file").join(file_key(wasm));
+        // Open without following links, then check the opened file itself:
+        // one path lookup instead of two, and no window between check and read.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&entry)
+            .ok()?;
+        check_trusted_meta(&entry, &f.metadata().ok()?, false, self.euid).ok()?;
+        let mut d = String::with_capacity(64);
+        f.read_to_string(&mut d).ok()?;
         (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then_some(d)
     }
 
     /// Records `sha256` as the digest of this exact module file.
     pub fn remember_digest(&self, wasm: &Path, sha256: &str) -> std::io::Result<()> {
-        let Some(key) = file_key(wasm) else {
-            return Ok(());
-        };
+        let key = file_key(&std::fs::metadata(wasm)?);
         let dir = self.dir.join("by-file");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -84,8 +107,11 @@ impl ArtifactCache {
     /// Loads a precompiled component, or says why it cannot (a miss).
     pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Component, String> {
         let path = self.path_for(sha256);
-        check_trusted(&self.dir, true)?;
-        check_trusted(&path, false)?;
+        if self.dir_trusted.get().is_none() {
+            check_trusted(&self.dir, true, self.euid)?;
+            let _ = self.dir_trusted.set(());
+        }
+        check_trusted(&path, false, self.euid)?;
         // SAFETY: the file was written by `store` (our profile, our uid, not
         // writable by others, published by rename and never modified in
         // place), which is what `deserialize_file` requires; wasmtime still
@@ -135,25 +161,38 @@ fn publish(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Identity of a module file as it is now: any rewrite, replacement or
-/// touch changes it, so a stale digest is never used.
-fn file_key(wasm: &Path) -> Option<String> {
-    let m = std::fs::metadata(wasm).ok()?;
-    let path = std::fs::canonicalize(wasm).ok()?;
+/// touch changes it (inode, size, mtime and ctime), so a stale digest is
+/// never used. The path is not part of it: (device, inode) already names the
+/// file, and canonicalising the path cost a `readlink` per path component on
+/// every exec.
+fn file_key(m: &std::fs::Metadata) -> String {
     let id = format!(
-        "{}\0{}:{}:{}:{}.{}",
-        path.display(),
+        "{}:{}:{}:{}.{}:{}.{}",
         m.dev(),
         m.ino(),
         m.size(),
         m.mtime(),
-        m.mtime_nsec()
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
     );
-    Some(sha256_hex(id.as_bytes()))
+    sha256_hex(id.as_bytes())
 }
 
 /// Refuses paths that someone other than us could have written.
-fn check_trusted(path: &Path, dir: bool) -> Result<(), String> {
+fn check_trusted(path: &Path, dir: bool, euid: u32) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    check_trusted_meta(path, &meta, dir, euid)
+}
+
+/// [`check_trusted`] on metadata already at hand (of a file opened with
+/// `O_NOFOLLOW`, or from `symlink_metadata`).
+fn check_trusted_meta(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    dir: bool,
+    euid: u32,
+) -> Result<(), String> {
     let ok_type = if dir {
         meta.is_dir()
     } else {
@@ -166,8 +205,6 @@ fn check_trusted(path: &Path, dir: bool) -> Result<(), String> {
             if dir { "directory" } else { "file" }
         ));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid {
         return Err(format!(
             "{}: owned by uid {}, not {euid}; refusing to load native code from it",
@@ -361,17 +398,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        check_trusted(&p, false).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        check_trusted(&p, false, euid).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(
-            check_trusted(&p, false)
+            check_trusted(&p, false, euid)
                 .unwrap_err()
                 .contains("writable by group or others")
         );
         let link = p.with_extension("link");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(
-            check_trusted(&link, false)
+            check_trusted(&link, false, euid)
                 .unwrap_err()
                 .contains("not a regular file")
         );

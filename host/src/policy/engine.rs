@@ -10,7 +10,7 @@
 use wasmtime::{Config, Engine};
 
 /// Revision of [`config`]; part of the cache directory name.
-pub const PROFILE_REV: u32 = 1;
+pub const PROFILE_REV: u32 = 2;
 
 /// The wasmtime release tenet is built against (pinned in Cargo.toml).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -35,6 +35,15 @@ pub fn config() -> Config {
     // compiled into this wasmtime build).
     c.wasm_multi_memory(false);
     c.wasm_memory64(false);
+    // Smaller artifacts, less to map and register per exec (rev 2):
+    // - no `.eh_frame` (and no `__register_frame` per module): it only
+    //   serves native unwinders, and tenet aborts on panic; wasmtime's own
+    //   trap backtraces walk frame pointers and do not need it;
+    // - no native-pc -> wasm-offset map: it only adds wasm offsets to trap
+    //   backtraces. The trap itself, its kind and the stage are still
+    //   reported.
+    c.native_unwind_info(false);
+    c.generate_address_map(false);
     c
 }
 

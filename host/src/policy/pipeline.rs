@@ -1,6 +1,6 @@
 //! Loading a manifest into runnable stages, and running them in order.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -274,13 +274,17 @@ fn load_stage(
     let component = match cached {
         Some(Ok(c)) => c,
         other => {
-            let wasm = resolve_module(&spec.module, &opts.module_dirs).map_err(unavailable)?;
+            let (wasm, meta) =
+                resolve_module_meta(&spec.module, &opts.module_dirs).map_err(unavailable)?;
             // An unpinned module: the digest index (written when the
             // artifact was built) saves hashing the file on every exec.
-            let digest = match cache.known_digest(&wasm) {
-                Some(d) => d,
-                None => sha256_file(&wasm)
-                    .map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?,
+            let (digest, hashed) = match cache.known_digest_of(&meta) {
+                Some(d) => (d, false),
+                None => (
+                    sha256_file(&wasm)
+                        .map_err(|e| unavailable(format!("{}: {e}", wasm.display())))?,
+                    true,
+                ),
             };
             if let Some(pin) = pinned
                 && pin != digest
@@ -295,7 +299,15 @@ fn load_stage(
                 _ => None,
             };
             match (miss, cache.load(engine, &digest)) {
-                (None, Ok(c)) => c,
+                (None, Ok(c)) => {
+                    if hashed {
+                        // The artifact exists but the index did not know this
+                        // file (e.g. written by an older tenet): record it so
+                        // the next exec need not hash the module again.
+                        let _ = cache.remember_digest(&wasm, &digest);
+                    }
+                    c
+                }
                 (miss, _) => {
                     if let Some(m) = miss {
                         tracing::debug!(stage = %spec.name, reason = %m, "artifact miss");
@@ -315,13 +327,25 @@ fn load_stage(
 
 /// Finds a module's `.wasm` file.
 pub fn resolve_module(module: &ModuleRef, dirs: &[PathBuf]) -> Result<PathBuf, String> {
+    resolve_module_meta(module, dirs).map(|(p, _)| p)
+}
+
+/// [`resolve_module`], also returning the file's metadata (the digest index
+/// needs it; one `stat` per stage instead of two).
+fn resolve_module_meta(
+    module: &ModuleRef,
+    dirs: &[PathBuf],
+) -> Result<(PathBuf, std::fs::Metadata), String> {
+    let file = |p: &Path| std::fs::metadata(p).ok().filter(|m| m.is_file());
     match module {
-        ModuleRef::Path(p) if p.is_file() => Ok(p.clone()),
-        ModuleRef::Path(p) => Err(format!("module file {} not found", p.display())),
+        ModuleRef::Path(p) => match file(p) {
+            Some(m) => Ok((p.clone(), m)),
+            None => Err(format!("module file {} not found", p.display())),
+        },
         ModuleRef::Named(n) => dirs
             .iter()
             .map(|d| d.join(format!("{n}.wasm")))
-            .find(|p| p.is_file())
+            .find_map(|p| file(&p).map(|m| (p, m)))
             .ok_or_else(|| {
                 format!(
                     "module {n:?} not found in {}",
