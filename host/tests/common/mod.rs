@@ -5,6 +5,8 @@
 //! artifact is a loud failure, never a skip.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root.

@@ -1,0 +1,347 @@
+//! A real etcd for integration tests: Debian's `etcd-server` (`/usr/bin/etcd`,
+//! etcd 3.4) started on free loopback ports in a temporary directory, as one
+//! member or a three-member cluster.
+//!
+//! Use it from a test file with `mod common;` and `use common::etcd::EtcdCluster;`
+//! (this file depends on the standard library only, so any test can include
+//! it):
+//!
+//! ```ignore
+//! let Some(etcd) = EtcdCluster::single() else { return }; // skipped (CI unset)
+//! let endpoints: Vec<String> = etcd.endpoints();           // http://127.0.0.1:<port>
+//! ```
+//!
+//! - `single()` / `three()` return `None` (after printing "skipped") only
+//!   when `/usr/bin/etcd` is missing and `CI` is unset; with `CI` set they
+//!   panic, so CI never passes by skipping. A member that does not become
+//!   healthy is a panic that prints the tail of its log.
+//! - `kill(i)` / `kill_leader()` SIGKILL a member (a crash, not a clean
+//!   stop); `restart(i)` starts it again on the same ports and data dir.
+//! - Drop kills every member and removes the directory.
+//! - `with_tls(TlsFiles)` serves clients over TLS (mutual when
+//!   `client_ca` is set); health is always checked over a separate plain
+//!   HTTP metrics listener, so the harness needs no TLS client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The etcd binary from Debian's `etcd-server` package.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// How long a member may take to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Server-side TLS material (PEM files) for [`EtcdCluster::start`].
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate (must be valid for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster of one or three members (see the module docs).
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    tls: Option<TlsFiles>,
+}
+
+/// True when the etcd binary is there. Missing: panics when `CI` is set,
+/// otherwise prints "skipped" and returns false.
+pub fn etcd_available() -> bool {
+    if Path::new(ETCD_BIN).is_file() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{ETCD_BIN} is missing (install Debian's etcd-server: `make deps`)");
+    }
+    eprintln!("skipped: {ETCD_BIN} is missing (install etcd-server); CI is unset");
+    false
+}
+
+/// Free loopback ports, all held open until every one is chosen so they
+/// differ. (Another process could still take one before etcd binds it; the
+/// start then fails loudly rather than silently.)
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A plain HTTP GET on loopback; the body, or None on any failure.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl EtcdCluster {
+    /// One member. `None` only when etcd is missing and `CI` is unset.
+    pub fn single() -> Option<Self> {
+        Self::start(1, None)
+    }
+
+    /// Three members. `None` only when etcd is missing and `CI` is unset.
+    pub fn three() -> Option<Self> {
+        Self::start(3, None)
+    }
+
+    /// One member serving clients over TLS.
+    pub fn single_tls(tls: TlsFiles) -> Option<Self> {
+        Self::start(1, Some(tls))
+    }
+
+    /// `n` members, optionally with client TLS; waits until all are healthy.
+    pub fn start(n: usize, tls: Option<TlsFiles>) -> Option<Self> {
+        if !etcd_available() {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tenet-etcd-")
+            .tempdir()
+            .expect("temp dir for etcd");
+        let ports = free_ports(3 * n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
+                data_dir: dir.path().join(format!("m{i}.etcd")),
+                log: dir.path().join(format!("m{i}.log")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { dir, members, tls };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i);
+        }
+        Some(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let scheme = self.scheme();
+        let tls = self.tls.clone();
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "member {i} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("etcd log file");
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new(ETCD_BIN);
+        cmd.env_clear()
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", m.metrics_port))
+            .arg("--initial-cluster")
+            .arg(&initial)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg("tenet-test")
+            // Fast elections so leader-kill tests recover in ~1 s.
+            .arg("--heartbeat-interval")
+            .arg("50")
+            .arg("--election-timeout")
+            .arg("500")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(t) = &tls {
+            cmd.arg("--cert-file").arg(&t.cert);
+            cmd.arg("--key-file").arg(&t.key);
+            if let Some(ca) = &t.client_ca {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
+            }
+        }
+        m.child = Some(cmd.spawn().expect("spawn /usr/bin/etcd"));
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let start = Instant::now();
+        loop {
+            let m = &mut self.members[i];
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "etcd member {} exited with {status} while starting:\n{}",
+                    m.name,
+                    log_tail(&m.log)
+                );
+            }
+            if http_get(m.metrics_port, "/health").is_some_and(|b| b.contains("\"true\"")) {
+                return;
+            }
+            if start.elapsed() > START_TIMEOUT {
+                panic!(
+                    "etcd member {} not healthy after {START_TIMEOUT:?}:\n{}",
+                    m.name,
+                    log_tail(&m.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Client URLs of every member (running or not), in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        let scheme = self.scheme();
+        self.members
+            .iter()
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// Client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.endpoints()[i].clone()
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True if the cluster has no members (never, for a started cluster).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The temporary directory (data dirs and `m<i>.log` files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// True while member `i`'s process runs.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.members[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The index of the current leader, from each running member's
+    /// `etcd_server_is_leader` metric; waits up to 10 s for an election.
+    pub fn leader(&mut self) -> usize {
+        let start = Instant::now();
+        loop {
+            for i in 0..self.members.len() {
+                if !self.is_running(i) {
+                    continue;
+                }
+                let metrics = http_get(self.members[i].metrics_port, "/metrics");
+                if metrics.is_some_and(|t| t.lines().any(|l| l == "etcd_server_is_leader 1")) {
+                    return i;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no etcd leader elected within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs member `i` (a crash) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILLs the current leader; returns its index.
+    pub fn kill_leader(&mut self) -> usize {
+        let i = self.leader();
+        self.kill(i);
+        i
+    }
+
+    /// Starts member `i` again (same ports, same data dir) and waits until
+    /// it is healthy (which needs a quorum).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        // The TempDir removes the data dirs and logs after this.
+    }
+}
