@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # Debian packages the build, tests, demo and benchmarks use.
-APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine
+APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine etcd-server protobuf-compiler libprotobuf-dev openssl
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.
@@ -17,7 +17,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench fuzz clean-cache
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo bench bench-etcd fuzz clean-cache
 
 all: build guests
 
@@ -72,6 +72,10 @@ demo: deps build guests
 ## bench: whole-process cost of the policy pipeline (see README).
 bench: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin pipeline_exec
+
+## bench-etcd: the etcd address store: allocations/s vs raw etcd txns/s, latency vs fill (docs/etcd.md).
+bench-etcd: deps
+	$(CARGO) run --profile ctl -p tenet-bench --bin etcd_alloc
 
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:

@@ -97,6 +97,17 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
+    /// TTL of the lease a pending claim (reserved, not yet confirmed) is
+    /// written under, in seconds: an ADD that crashes frees its addresses
+    /// this long after it reserved them. Also the longest an ADD may take.
+    pub claim_ttl_s: u64,
+    /// How long a released address is held back before reuse, in seconds.
+    pub cooldown_s: u64,
+    /// Prefix length of the node-affine blocks IPv4 tenant subnets are split
+    /// into (a subnet smaller than a block is one block).
+    pub block_len_v4: u8,
+    /// Likewise for IPv6.
+    pub block_len_v6: u8,
 }
 
 impl Default for EtcdConfig {
@@ -110,6 +121,10 @@ impl Default for EtcdConfig {
             key_file: None,
             username: None,
             password_file: None,
+            claim_ttl_s: 60,
+            cooldown_s: 30,
+            block_len_v4: 26,
+            block_len_v6: 122,
         }
     }
 }

@@ -23,6 +23,9 @@ enum Top {
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Look at and reconcile the address store (local or etcd).
+    #[command(subcommand)]
+    Ipam(ctl::ipam::IpamCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
         Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
+        Top::Ipam(c) => ctl::ipam::run(c, &mut out),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

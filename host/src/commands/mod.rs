@@ -130,6 +130,15 @@ fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError
     };
     let cfg = load_config(env, inv).map_err(not_ready)?;
     load_pipeline(&cfg).map_err(not_ready)?;
+    // The cluster store must answer; unreachable etcd is code 50.
+    if cfg.store == crate::config::StoreKind::Etcd {
+        use crate::ipam::IpStore;
+        crate::ipam::EtcdStore::connect(&cfg)
+            .and_then(|s| s.status())
+            .map_err(|e| {
+                CniError::new(e.status_code(), "address store not ready", e.to_string())
+            })?;
+    }
     let _ = Path::new(&cfg.state_dir);
     Ok(String::new())
 }

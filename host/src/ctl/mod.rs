@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod golden;
 pub mod inspect;
+pub mod ipam;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
