@@ -1118,3 +1118,170 @@ fn cni_status_reports_an_unreachable_etcd_as_code_50() {
     let v: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
     assert_eq!(v["code"], 50, "{}", down.stdout);
 }
+
+/// `tenetctl ipam ls|show|gc` against etcd, in process (the same code the
+/// binary runs).
+fn ctl(args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: tenet::ctl::ipam::IpamCmd,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("ipam").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tenet::ctl::ipam::run(&cli.cmd, &mut out).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn tenetctl_ipam_lists_shows_and_reconciles() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let eps = etcd.endpoints().join(",");
+    let s = store(&etcd, "ctl-node");
+    for c in ["keep", "gone"] {
+        s.reserve(&key(c), "red", &[v4(&pods())]).unwrap();
+        s.confirm(&key(c)).unwrap();
+    }
+    s.reserve(&key("inflight"), "red", &[v4(&pods())]).unwrap();
+    let st = ["--store", "etcd", "--endpoints", eps.as_str()];
+    let ls = ctl(&[&["ls"][..], &st].concat()).unwrap();
+    assert!(
+        ls.contains("keep") && ls.contains("10.0.0.2/24") && ls.contains("pending"),
+        "{ls}"
+    );
+    let show = ctl(&[&["show"][..], &st].concat()).unwrap();
+    assert!(
+        show.contains("10.0.0.0/24") && show.contains("ctl-node") && show.contains("10.0.0.0/26"),
+        "{show}"
+    );
+    assert!(show.contains("3 attachments (1 pending)"), "{show}");
+    let json = ctl(&[&["show", "--json"][..], &st].concat()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["blocks"][0]["used"], 2);
+    assert_eq!(v["blocks"][0]["pending"], 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let valid = dir.path().join("valid");
+    std::fs::write(&valid, "# live pods\nkeep eth0\n").unwrap();
+    let valid = valid.to_str().unwrap();
+    let gc = |extra: &[&str]| {
+        let mut a = vec![
+            "gc",
+            "--network",
+            NET,
+            "--valid",
+            valid,
+            "--node",
+            "ctl-node",
+        ];
+        a.extend(extra);
+        a.extend(st);
+        ctl(&a)
+    };
+    let dry = gc(&["--dry-run"]).unwrap();
+    assert!(dry.contains("would release net1/gone/eth0"), "{dry}");
+    assert_eq!(s.list(None).unwrap().len(), 3);
+    // Another node's reconciler does not touch these.
+    let mut other = vec![
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        valid,
+        "--node",
+        "elsewhere",
+    ];
+    other.extend(st);
+    assert!(ctl(&other).unwrap().contains("0 released"));
+    let out = gc(&["--grace", "1"]).unwrap();
+    assert!(
+        out.contains("released net1/gone/eth0") && out.contains("1 released, 1 pending kept"),
+        "{out}"
+    );
+    let mut left: Vec<String> = s
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0.container_id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["inflight", "keep"]);
+
+    // Errors name the flag at fault.
+    let e = ctl(&["ls", "--store", "zookeeper"]).unwrap_err();
+    assert!(e.contains("--store"), "{e}");
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        "/nonexistent/valid",
+        "--store",
+        "etcd",
+        "--endpoints",
+        eps.as_str(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("--valid"), "{e}");
+    std::fs::write(dir.path().join("bad"), "one two three\n").unwrap();
+    let bad = dir.path().join("bad");
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        bad.to_str().unwrap(),
+        "--store",
+        "etcd",
+        "--endpoints",
+        eps.as_str(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("--valid") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn tenetctl_ipam_works_on_the_local_store_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let local =
+        tenet::ipam::LocalStore::open(dir.path(), tenet::ipam::LocalOptions::default()).unwrap();
+    local.reserve(&key("a"), "t", &[v4(&pods())]).unwrap();
+    local.confirm(&key("a")).unwrap();
+    let sd = dir.path().to_str().unwrap();
+    let ls = ctl(&["ls", "--store", "local", "--state-dir", sd]).unwrap();
+    assert!(
+        ls.contains("10.0.0.2/24") && ls.contains("confirmed"),
+        "{ls}"
+    );
+    let show = ctl(&["show", "--store", "local", "--state-dir", sd]).unwrap();
+    assert!(show.contains("10.0.0.0/24"), "{show}");
+    let out = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--store",
+        "local",
+        "--state-dir",
+        sd,
+    ])
+    .unwrap();
+    assert!(out.contains("released net1/a/eth0"), "{out}");
+    assert!(local.list(None).unwrap().is_empty());
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--store",
+        "local",
+        "--state-dir",
+        sd,
+        "--node",
+        "x",
+    ])
+    .unwrap_err();
+    assert!(e.contains("--node"), "{e}");
+}

@@ -164,8 +164,8 @@ struct Attempt<'a> {
     carved: BTreeMap<String, Geom>,
     /// Blocks claimed in this attempt.
     new_blocks: HashSet<String>,
-    /// (pool, address) taken earlier in this same call.
-    taken: HashSet<(String, u128)>,
+    /// Addresses taken earlier in this same call, by pool.
+    taken: BTreeMap<String, HashSet<u128>>,
     w: Writes,
     rng: u64,
 }
@@ -332,7 +332,7 @@ pub(super) async fn reserve(
             blocks: BTreeMap::new(),
             carved: BTreeMap::new(),
             new_blocks: HashSet::new(),
-            taken: HashSet::new(),
+            taken: BTreeMap::new(),
             w: Writes::default(),
             rng,
         };
@@ -538,7 +538,7 @@ impl Attempt<'_> {
             if p.excludes.covering(x).is_some() {
                 return Err(self.refuse(p, x, "the pool excludes it".into()));
             }
-            if self.taken.contains(&(p.name.clone(), x)) {
+            if self.taken.get(&p.name).is_some_and(|t| t.contains(&x)) {
                 return Err(IpamError::InvalidRequest {
                     reason: format!("{} is requested twice in pool {}", to_ip(x, p.v4), p.name),
                 });
@@ -583,7 +583,7 @@ impl Attempt<'_> {
         self.w
             .put(&pend, self.holder.clone().into_bytes(), Some(self.lease));
         b.pend.insert(ord, (self.holder.clone(), 0));
-        self.taken.insert((p.name.clone(), x));
+        self.taken.entry(p.name.clone()).or_default().insert(x);
         if let Some(o) = self.owner {
             let sk = k.sticky(&net, &p.name, self.tenant, o);
             self.w
@@ -792,7 +792,7 @@ impl Attempt<'_> {
             && !b.rec.is_used(ord)
             && !b.pend.contains_key(&ord)
             && (cooling_ok || !b.rec.is_cooling(ord, self.now, self.s.cooldown_ms()))
-            && !self.taken.contains(&(p.name.clone(), x))
+            && !self.taken.get(&p.name).is_some_and(|t| t.contains(&x))
     }
 
     /// Next-fit in one block from its cursor. After lost races, skips a
@@ -801,6 +801,11 @@ impl Attempt<'_> {
     fn scan_block(&mut self, p: &ParsedPool, g: Geom, bk: &str) -> Option<u32> {
         let b = &self.blocks[bk];
         let size = b.rec.size();
+        // A full block costs a popcount, not a scan: what keeps allocation
+        // flat as a subnet fills.
+        if b.rec.count_used() + b.pend.len() >= size as usize {
+            return None;
+        }
         let skip = if self.attempt == 0 {
             0
         } else {
