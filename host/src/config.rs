@@ -97,9 +97,10 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
-    /// TTL of the lease a pending claim (reserved, not yet confirmed) is
+    /// TTL of the lease pending claims (reserved, not yet confirmed) are
     /// written under, in seconds: an ADD that crashes frees its addresses
-    /// this long after it reserved them. Also the longest an ADD may take.
+    /// at most this long after it reserved them. An ADD may take half of it
+    /// between reserve and confirm (the lease is shared by a node's ADDs).
     pub claim_ttl_s: u64,
     /// How long a released address is held back before reuse, in seconds.
     pub cooldown_s: u64,

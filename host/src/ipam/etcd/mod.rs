@@ -35,9 +35,11 @@
 //! failed compare means another writer won: read again and re-plan (at most
 //! 100 attempts, all within `etcd.timeout_ms`). There is no lock anywhere,
 //! and nothing is cached between calls: `reserve` is one read transaction
-//! (the handle, the pools, the tenant's subnet record and this node's blocks
-//! with their pending keys, in one round trip, alongside the lease grant)
-//! and one write transaction in the common case. Each write puts the handle
+//! (the handle, the pools, the tenant's subnet record, this node's blocks
+//! with their pending keys and the node's claim lease, in one round trip)
+//! and one write transaction in the common case; `confirm` in the process
+//! that reserved is one write transaction (what the reserve wrote is kept
+//! in memory for it, and every use of it is guarded by compares). Each write puts the handle
 //! in the same transaction as the block change it belongs to, so no state
 //! exists in which one is written and the other is not (unlike
 //! goodrain/midonet-cni's two writes).
@@ -46,7 +48,11 @@
 //!
 //! `reserve` takes an address by creating its **pending key**
 //! `block/…/<block>/p/<ordinal>` and the handle (state `pending`), both
-//! under a fresh lease of `etcd.claim_ttl_s` (default 60 s); the block
+//! under the node's claim lease: `<prefix>/leases/<node>` names a lease of
+//! `etcd.claim_ttl_s` (default 60 s) that the node's ADDs share while at
+//! least half of it is left, and the first ADD that finds it too short
+//! grants a new one and publishes it in its own transaction (so the common
+//! path grants nothing, and a claim lives between ttl/2 and ttl); the block
 //! itself is only compared, not rewritten, so concurrent reserves in one
 //! block conflict only when they pick the same ordinal. Readers treat an
 //! ordinal as taken when its bit is set *or* its pending key exists.
@@ -60,9 +66,10 @@
 //! itself. The address is then free — no bit was ever set, nothing refers to
 //! it — without any cleanup code running anywhere (a lease that expired
 //! freed the address without cooldown, as the local store does for a stale
-//! claim). Confirmed allocations never depend on a lease. The TTL also bounds
-//! how long one ADD may take between reserve and confirm. A retried ADD (same
-//! key, still pending) takes the claim over under its own new lease.
+//! claim). Confirmed allocations never depend on a lease. Half the TTL
+//! bounds how long one ADD may take between reserve and confirm. A retried
+//! ADD (same key, still pending) takes the claim over under the current
+//! lease.
 //!
 //! `release` clears the bits (or deletes the pending keys), records the
 //! ordinals as released with the time, and deletes the handle, in one
@@ -111,7 +118,10 @@
 //! (connecting costs one round trip, plus one for authentication; nothing
 //! happens for the local store). The node name is `config.node_name` or the
 //! hostname. A SIGKILL at any step after reserve leaves a pending claim that
-//! expires after `claim_ttl_s`; after confirm, DEL or GC frees it.
+//! expires within `claim_ttl_s`; after confirm, DEL or GC frees it. The
+//! journal's undo of the reserve step is `release` (idempotent), and its
+//! last step `confirm`; a confirm answered with `ClaimLost` (code 136) means
+//! the ADD overran half the TTL and must fail and undo.
 
 mod conn;
 mod keys;
