@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 # Debian packages the build, tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine \
-	etcd-server protobuf-compiler
+	etcd-server protobuf-compiler libprotobuf-dev openssl
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
 
@@ -20,7 +20,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench bench-add fuzz clean-cache
+.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench bench-add bench-etcd fuzz clean-cache
 
 all: build guests
 
@@ -85,6 +85,10 @@ bench: deps build guests
 ## host-local plugins, in scratch network namespaces (root; see docs/runtimes.md).
 bench-add: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin add_del
+
+## bench-etcd: the etcd address store: allocations/s vs raw etcd txns/s, latency vs fill (docs/etcd.md).
+bench-etcd: deps
+	$(CARGO) run --profile ctl -p tenet-bench --bin etcd_alloc
 
 ## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
 fuzz:

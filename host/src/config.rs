@@ -97,6 +97,18 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
+    /// TTL of the lease pending claims (reserved, not yet confirmed) are
+    /// written under, in seconds: an ADD that crashes frees its addresses
+    /// at most this long after it reserved them. An ADD may take half of it
+    /// between reserve and confirm (the lease is shared by a node's ADDs).
+    pub claim_ttl_s: u64,
+    /// How long a released address is held back before reuse, in seconds.
+    pub cooldown_s: u64,
+    /// Prefix length of the node-affine blocks IPv4 tenant subnets are split
+    /// into (a subnet smaller than a block is one block).
+    pub block_len_v4: u8,
+    /// Likewise for IPv6.
+    pub block_len_v6: u8,
 }
 
 impl Default for EtcdConfig {
@@ -110,6 +122,10 @@ impl Default for EtcdConfig {
             key_file: None,
             username: None,
             password_file: None,
+            claim_ttl_s: 60,
+            cooldown_s: 30,
+            block_len_v4: 26,
+            block_len_v6: 122,
         }
     }
 }

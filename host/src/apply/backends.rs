@@ -1,6 +1,6 @@
 //! Opening the backends a configuration names.
 
-use crate::cni::{CniError, code};
+use crate::cni::CniError;
 use crate::config::{Config, SdnKind, StoreKind};
 use crate::ipam::{IpStore, LocalOptions, LocalStore};
 use crate::netns::{Netns, RtNetns};
@@ -47,13 +47,13 @@ impl Backends {
         })?;
         let store: Box<dyn IpStore> = match cfg.store {
             StoreKind::Local => Box::new(local),
-            StoreKind::Etcd => {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    "store = \"etcd\" is not available in this build",
-                    "use store = \"local\"",
-                ));
-            }
+            StoreKind::Etcd => Box::new(crate::ipam::EtcdStore::connect(cfg).map_err(|e| {
+                CniError::new(
+                    e.cni_code(),
+                    "cannot reach the etcd address store",
+                    e.to_string(),
+                )
+            })?),
         };
         let sdn: Box<dyn Sdn> = match cfg.sdn {
             SdnKind::Linux => Box::new(

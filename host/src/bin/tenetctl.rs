@@ -30,6 +30,9 @@ enum Top {
     Midonet(ctl::midonet::MidonetCmd),
     /// Install tenet on this node: binaries, conflist, pipeline, modules, artifacts.
     Install(Box<ctl::install::InstallArgs>),
+    /// Look at and reconcile the address store (local or etcd).
+    #[command(subcommand)]
+    Ipam(ctl::ipam::IpamCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
         Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
         Top::Midonet(c) => ctl::midonet::run(c, &mut out),
+        Top::Ipam(c) => ctl::ipam::run(c, &mut out),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod golden;
 pub mod inspect;
 pub mod install;
+pub mod ipam;
 pub mod midonet;
 pub mod plan;
 

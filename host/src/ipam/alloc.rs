@@ -134,14 +134,14 @@ mod attachments_as_list {
 // ---------------------------------------------------------------------------
 // Address arithmetic
 
-fn to_u128(ip: IpAddr) -> u128 {
+pub(crate) fn to_u128(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
     }
 }
 
-fn to_ip(v: u128, v4: bool) -> IpAddr {
+pub(crate) fn to_ip(v: u128, v4: bool) -> IpAddr {
     if v4 {
         // Callers only pass values inside a v4 subnet.
         IpAddr::V4(Ipv4Addr::from(v as u32))
@@ -210,10 +210,10 @@ impl RangeSet {
 
 /// A pool's exclusions, sorted and merged.
 #[derive(Debug, Clone, Default)]
-struct Excludes(Vec<(u128, u128)>);
+pub(crate) struct Excludes(Vec<(u128, u128)>);
 
 impl Excludes {
-    fn covering(&self, x: u128) -> Option<u128> {
+    pub(crate) fn covering(&self, x: u128) -> Option<u128> {
         let i = self.0.partition_point(|(s, _)| *s <= x);
         if i == 0 {
             return None;
@@ -223,22 +223,22 @@ impl Excludes {
     }
 
     /// True when every address of `[a, b]` is excluded.
-    fn covers_all(&self, a: u128, b: u128) -> bool {
+    pub(crate) fn covers_all(&self, a: u128, b: u128) -> bool {
         self.covering(a).is_some_and(|e| e >= b)
     }
 }
 
 /// Geometry of one tenant subnet.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
-    net: u128,
-    last: u128,
-    v4: bool,
-    prefix: u8,
+pub(crate) struct Geom {
+    pub net: u128,
+    pub last: u128,
+    pub v4: bool,
+    pub prefix: u8,
 }
 
 impl Geom {
-    fn of(subnet: IpNet) -> Self {
+    pub(crate) fn of(subnet: IpNet) -> Self {
         Geom {
             net: to_u128(subnet.network()),
             last: to_u128(subnet.broadcast()),
@@ -246,37 +246,37 @@ impl Geom {
             prefix: subnet.prefix_len(),
         }
     }
-    fn gateway(&self) -> u128 {
+    pub(crate) fn gateway(&self) -> u128 {
         self.net + 1
     }
-    fn first_host(&self) -> u128 {
+    pub(crate) fn first_host(&self) -> u128 {
         self.net + 2
     }
     /// Last assignable address: v4 keeps its broadcast back.
-    fn last_host(&self) -> u128 {
+    pub(crate) fn last_host(&self) -> u128 {
         if self.v4 { self.last - 1 } else { self.last }
     }
-    fn subnet(&self) -> IpNet {
+    pub(crate) fn subnet(&self) -> IpNet {
         IpNet::new(to_ip(self.net, self.v4), self.prefix).expect("prefix checked")
     }
-    fn contains(&self, x: u128) -> bool {
+    pub(crate) fn contains(&self, x: u128) -> bool {
         self.net <= x && x <= self.last
     }
 }
 
 /// A pool from a request, parsed and checked.
 #[derive(Debug, Clone)]
-struct ParsedPool {
-    name: String,
-    supernet: IpNet,
-    subnet_len: u8,
-    exclude_src: Vec<String>,
-    excludes: Excludes,
-    v4: bool,
+pub(crate) struct ParsedPool {
+    pub name: String,
+    pub supernet: IpNet,
+    pub subnet_len: u8,
+    pub exclude_src: Vec<String>,
+    pub excludes: Excludes,
+    pub v4: bool,
 }
 
 impl ParsedPool {
-    fn parse(req: &AddressRequest) -> Result<Self, IpamError> {
+    pub(crate) fn parse(req: &AddressRequest) -> Result<Self, IpamError> {
         let invalid = |reason: String| IpamError::InvalidRequest { reason };
         let pool = req
             .pool
@@ -338,7 +338,7 @@ impl ParsedPool {
         self.supernet == other.supernet && self.subnet_len == other.subnet_len
     }
 
-    fn subnet_size(&self) -> u128 {
+    pub(crate) fn subnet_size(&self) -> u128 {
         let bits = if self.v4 { 32 } else { 128 };
         // `parse` keeps a v6 subnet_len ≥ 1, so the shift stays below 128.
         1u128 << (bits - u32::from(self.subnet_len))
@@ -1052,7 +1052,7 @@ fn next_fit(
     })
 }
 
-fn parse_static(pool: &ParsedPool, tenant: &str, s: &str) -> Result<u128, IpamError> {
+pub(crate) fn parse_static(pool: &ParsedPool, tenant: &str, s: &str) -> Result<u128, IpamError> {
     let (ip, prefix) = match s.parse::<IpNet>() {
         Ok(n) => (n.addr(), Some(n.prefix_len())),
         Err(_) => (
@@ -1089,7 +1089,7 @@ fn parse_static(pool: &ParsedPool, tenant: &str, s: &str) -> Result<u128, IpamEr
 }
 
 /// A retried reserve must ask for what the record holds.
-fn check_same_request(
+pub(crate) fn check_same_request(
     key: &AttachmentKey,
     rec: &AttachmentRecord,
     tenant: &str,

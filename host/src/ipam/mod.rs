@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod alloc;
+pub mod etcd;
 pub mod fake;
 pub mod local;
 
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::AddressRequest;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use fake::{FakeIpStore, IpStoreCall};
 pub use local::{LocalOptions, LocalStore, ProcessIdentity};
 
@@ -180,6 +182,22 @@ pub trait IpStore: Send + Sync {
         requests: &[AddressRequest],
     ) -> Result<Vec<Allocation>, IpamError>;
 
+    /// [`IpStore::reserve`] for a stable `owner` (a StatefulSet pod's
+    /// `namespace/name`, a VM name): a store that supports sticky addresses
+    /// hands the owner the address it held last in each pool when that is
+    /// free (even while it cools down), and records the new one otherwise.
+    /// Stores without sticky addresses (the default) ignore the owner.
+    fn reserve_for_owner(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+        owner: Option<&str>,
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let _ = owner;
+        self.reserve(key, tenant, requests)
+    }
+
     /// Confirms `key`'s claim: the rest of ADD succeeded. Confirming twice is
     /// fine; a claim that is gone (reclaimed as stale) is
     /// [`IpamError::ClaimLost`], and ADD must fail rather than use it.
@@ -211,8 +229,12 @@ pub trait IpStore: Send + Sync {
 /// CNI error codes of the address stores (`cni_code`). Codes 1–99 belong to
 /// the CNI spec; tenet's IPAM uses 120 and 130–139.
 pub mod codes {
-    /// Spec code 11, "try again later": the state lock was not acquired in time.
+    /// Spec code 11, "try again later": the state lock was not acquired in
+    /// time, or the cluster store did not answer (ADD, DEL, GC).
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// Spec code 50, "plugin not available": what STATUS reports for
+    /// [`IpamError::Unavailable`](super::IpamError::Unavailable).
+    pub const NOT_AVAILABLE: u32 = 50;
     /// The store's state is unreadable or corrupt, or I/O failed.
     pub const STORE_FAILURE: u32 = 120;
     /// The tenant's subnet has no free address (also: cooling down).
@@ -320,6 +342,14 @@ pub enum IpamError {
         /// How long we waited.
         waited: Duration,
     },
+    /// The cluster store (etcd) cannot be reached or did not answer in time.
+    /// CNI code 11 for ADD/DEL/GC (the runtime retries); STATUS reports it as
+    /// code 50 ([`IpamError::status_code`]).
+    #[error("address store unavailable: {detail}")]
+    Unavailable {
+        /// Which endpoints, what failed, how long we waited.
+        detail: String,
+    },
     /// The state exists but cannot be understood.
     #[error("address store state {path} is corrupt: {detail}")]
     Corrupt {
@@ -351,8 +381,18 @@ impl IpamError {
             IpamError::AttachmentConflict { .. } => codes::ATTACHMENT_CONFLICT,
             IpamError::ClaimLost { .. } => codes::CLAIM_LOST,
             IpamError::PoolConflict { .. } => codes::POOL_CONFLICT,
-            IpamError::LockTimeout { .. } => codes::TRY_AGAIN_LATER,
+            IpamError::LockTimeout { .. } | IpamError::Unavailable { .. } => codes::TRY_AGAIN_LATER,
             IpamError::Corrupt { .. } | IpamError::Io { .. } => codes::STORE_FAILURE,
+        }
+    }
+
+    /// The CNI code for this error when it answers STATUS: an unreachable
+    /// store is code 50 (plugin not available); anything else keeps
+    /// [`IpamError::cni_code`].
+    pub fn status_code(&self) -> u32 {
+        match self {
+            IpamError::Unavailable { .. } => codes::NOT_AVAILABLE,
+            other => other.cni_code(),
         }
     }
 

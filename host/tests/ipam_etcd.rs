@@ -1,0 +1,1287 @@
+//! Behaviour of the cluster address store (`EtcdStore`) against a real etcd
+//! (Debian's etcd-server, started per test on loopback ports): the same
+//! allocation rules as the local store, two-phase claims under leases,
+//! node-affine blocks, GC per node, tenant subnets with and without
+//! overlap, sticky owners, concurrency across simulated nodes, a leader
+//! killed mid-run, a crashed ADD, an unreachable etcd, TLS and
+//! authentication.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::{EtcdCluster, TlsFiles};
+use tenet::config::{Config, SdnKind, StoreKind};
+use tenet::ipam::{AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError};
+use tenet::plan::{AddressRequest, IpFamily, Pool};
+
+const NET: &str = "net1";
+
+fn pool(name: &str, supernet: &str, len: u8, exclude: &[&str]) -> Pool {
+    Pool {
+        name: name.into(),
+        supernet: supernet.into(),
+        subnet_len: len,
+        exclude: exclude.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn v4(p: &Pool) -> AddressRequest {
+    AddressRequest {
+        family: IpFamily::Ipv4,
+        pool: Some(p.clone()),
+        static_address: None,
+    }
+}
+
+fn v6(p: &Pool) -> AddressRequest {
+    AddressRequest {
+        family: IpFamily::Ipv6,
+        pool: Some(p.clone()),
+        static_address: None,
+    }
+}
+
+fn fixed(mut r: AddressRequest, addr: &str) -> AddressRequest {
+    r.static_address = Some(addr.into());
+    r
+}
+
+fn pods() -> Pool {
+    pool("pods", "10.0.0.0/16", 24, &[])
+}
+
+fn key(c: &str) -> AttachmentKey {
+    AttachmentKey::new(NET, c, "eth0")
+}
+
+fn opts(etcd: &EtcdCluster, node: &str) -> EtcdOptions {
+    let mut o = EtcdOptions::new(etcd.endpoints(), node);
+    o.cooldown = Duration::ZERO;
+    o.timeout = Duration::from_secs(5);
+    o
+}
+
+fn store(etcd: &EtcdCluster, node: &str) -> EtcdStore {
+    EtcdStore::new(opts(etcd, node)).unwrap()
+}
+
+fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressRequest]) -> String {
+    let a = s.reserve(&key(c), t, reqs).unwrap();
+    a.iter()
+        .map(|a| a.address.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn code(r: Result<impl std::fmt::Debug, IpamError>) -> (u32, String) {
+    let e = r.unwrap_err();
+    (e.cni_code(), e.to_string())
+}
+
+/// Every key under the prefix, read with etcd-client directly (not through
+/// the store), on a private runtime.
+fn scan(endpoints: &[String], prefix: &str) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_owned(),
+                    kv.value_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// `<block>/p/<ordinal>`.
+fn is_pend_key(k: &str) -> bool {
+    k.rsplit_once("/p/")
+        .is_some_and(|(_, o)| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Asserts the prefix holds no handle, no pending claim and no allocated
+/// bit in any block.
+fn assert_nothing_allocated(endpoints: &[String]) {
+    for (k, v) in scan(endpoints, "/tenet/ipam/") {
+        assert!(!k.contains("/handle/"), "handle left: {k} = {v}");
+        assert!(!is_pend_key(&k), "pending claim left: {k} = {v}");
+        if k.contains("/block/") {
+            let b: serde_json::Value = serde_json::from_str(&v).unwrap();
+            let used = b["used"].as_str().unwrap();
+            assert!(
+                used.chars().all(|c| c == '0'),
+                "allocation left in {k}: {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv4_tenants_get_their_own_subnets_and_the_keys_are_as_documented() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "node-a");
+    let a = s.reserve(&key("a"), "red", &[v4(&pods())]).unwrap();
+    assert_eq!(a[0].address.to_string(), "10.0.0.2/24");
+    assert_eq!(a[0].gateway.to_string(), "10.0.0.1");
+    assert_eq!(a[0].subnet.to_string(), "10.0.0.0/24");
+    assert_eq!((a[0].pool.as_str(), a[0].tenant.as_str()), ("pods", "red"));
+    assert_eq!(addr(&s, "b", "red", &[v4(&pods())]), "10.0.0.3/24");
+    assert_eq!(addr(&s, "c", "blue", &[v4(&pods())]), "10.0.1.2/24");
+
+    let keys: Vec<String> = scan(&etcd.endpoints(), "/tenet/ipam/")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for want in [
+        "/tenet/ipam/net1/pool/pods",
+        "/tenet/ipam/net1/subnet/pods/red",
+        "/tenet/ipam/net1/carve/pods/10.0.0.0%2F24",
+        "/tenet/ipam/net1/claim/pods/red/10.0.0.0%2F26",
+        "/tenet/ipam/net1/block/pods/red/node-a/10.0.0.0%2F26",
+        "/tenet/ipam/net1/block/pods/red/node-a/10.0.0.0%2F26/p/2",
+        "/tenet/ipam/net1/handle/a/eth0",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == want),
+            "{want} missing in {keys:#?}"
+        );
+    }
+
+    let got: Vec<_> = s
+        .tenant_subnets(Some(NET))
+        .unwrap()
+        .iter()
+        .map(|t| (t.tenant.clone(), t.subnet.to_string(), t.allocated))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("blue".into(), "10.0.1.0/24".into(), 1),
+            ("red".into(), "10.0.0.0/24".into(), 2)
+        ]
+    );
+}
+
+#[test]
+fn ipv6_allocation() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "n");
+    let p = pool("v6", "fd00:10::/48", 64, &[]);
+    let a = s.reserve(&key("a"), "red", &[v6(&p)]).unwrap();
+    assert_eq!(a[0].address.to_string(), "fd00:10::2/64");
+    assert_eq!(a[0].gateway.to_string(), "fd00:10::1");
+    assert_eq!(addr(&s, "b", "blue", &[v6(&p)]), "fd00:10:0:1::2/64");
+    let tiny = pool("tiny", "fd00:20::/126", 126, &[]);
+    assert_eq!(addr(&s, "c", "red", &[v6(&tiny)]), "fd00:20::2/126");
+    assert_eq!(addr(&s, "d", "red", &[v6(&tiny)]), "fd00:20::3/126");
+    assert_eq!(code(s.reserve(&key("e"), "red", &[v6(&tiny)])).0, 130);
+}
+
+#[test]
+fn reserved_addresses_excludes_and_bad_requests() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "n");
+    let p = pool("p", "10.9.0.0/30", 30, &[]);
+    assert_eq!(addr(&s, "a", "t", &[v4(&p)]), "10.9.0.2/30");
+    let (c, msg) = code(s.reserve(&key("b"), "t", &[v4(&p)]));
+    assert_eq!(c, 130);
+    assert!(msg.contains("pool p") && msg.contains("tenant t"), "{msg}");
+    for bad in ["10.9.0.0", "10.9.0.1", "10.9.0.3"] {
+        assert_eq!(
+            code(s.reserve(&key("c"), "t", &[fixed(v4(&p), bad)])).0,
+            133,
+            "{bad}"
+        );
+    }
+    let ex = pool(
+        "ex",
+        "10.1.0.0/16",
+        24,
+        &["10.1.0.2-10.1.0.5", "10.1.0.8/30", "10.1.0.13"],
+    );
+    let got: Vec<_> = (0..5)
+        .map(|i| addr(&s, &format!("x{i}"), "t", &[v4(&ex)]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "10.1.0.6/24",
+            "10.1.0.7/24",
+            "10.1.0.12/24",
+            "10.1.0.14/24",
+            "10.1.0.15/24"
+        ]
+    );
+    assert_eq!(
+        code(s.reserve(&key("y"), "t", &[fixed(v4(&ex), "10.1.0.9")])).0,
+        133
+    );
+    let whole = pool("q", "10.2.0.0/23", 24, &["10.2.0.0/24"]);
+    assert_eq!(addr(&s, "z", "t", &[v4(&whole)]), "10.2.1.2/24");
+    // Malformed requests and names: 134, before anything is written.
+    let no_pool = AddressRequest {
+        family: IpFamily::Ipv4,
+        pool: None,
+        static_address: None,
+    };
+    assert_eq!(code(s.reserve(&key("m"), "t", &[no_pool])).0, 134);
+    assert_eq!(code(s.reserve(&key("m"), "", &[v4(&pods())])).0, 134);
+    assert_eq!(code(s.reserve(&key("m"), "t", &[v6(&pods())])).0, 134);
+    let bad_net = AttachmentKey::new("../x", "c", "eth0");
+    assert_eq!(code(s.reserve(&bad_net, "t", &[v4(&pods())])).0, 134);
+    // A pool cannot change shape while recorded, nor overlap another.
+    s.reserve(&key("m"), "t", &[v4(&pods())]).unwrap();
+    assert_eq!(
+        code(s.reserve(&key("n"), "t", &[v4(&pool("pods", "10.0.0.0/16", 26, &[]))])).0,
+        137
+    );
+    assert_eq!(
+        code(s.reserve(
+            &key("n"),
+            "t",
+            &[v4(&pool("other", "10.0.128.0/17", 24, &[]))]
+        ))
+        .0,
+        137
+    );
+    assert!(
+        s.list(None)
+            .unwrap()
+            .iter()
+            .all(|(k, _, _)| k.container_id != "n")
+    );
+}
+
+#[test]
+fn reserve_is_idempotent_and_two_phase() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "n");
+    let reqs = [v4(&pods())];
+    let first = s.reserve(&key("a"), "t", &reqs).unwrap();
+    // Retried by another process (another store instance): the same claim.
+    assert_eq!(
+        store(&etcd, "n").reserve(&key("a"), "t", &reqs).unwrap(),
+        first
+    );
+    let rows = s.list(Some(NET)).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].2, ClaimState::Pending);
+    s.confirm(&key("a")).unwrap();
+    s.confirm(&key("a")).unwrap();
+    assert_eq!(s.list(None).unwrap()[0].2, ClaimState::Confirmed);
+    assert_eq!(s.reserve(&key("a"), "t", &reqs).unwrap(), first);
+    assert_eq!(code(s.reserve(&key("a"), "other", &reqs)).0, 135);
+    assert_eq!(
+        code(s.reserve(&key("a"), "t", &[v4(&pods()), v4(&pods())])).0,
+        135
+    );
+    assert_eq!(code(s.confirm(&key("nobody"))).0, 136);
+    // The confirmed handle has no lease: it never expires.
+    let handle = scan(&etcd.endpoints(), "/tenet/ipam/net1/handle/a/eth0");
+    assert!(
+        handle[0].1.contains("\"state\":\"confirmed\""),
+        "{handle:?}"
+    );
+    assert!(
+        !scan(&etcd.endpoints(), "/tenet/ipam/")
+            .iter()
+            .any(|(k, _)| is_pend_key(k)),
+        "confirm removed the pending key"
+    );
+}
+
+#[test]
+fn dual_stack_is_all_or_nothing() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "n");
+    let p4 = pods();
+    let p6 = pool("v6", "fd00::/126", 126, &[]);
+    assert_eq!(addr(&s, "x", "t", &[v6(&p6)]), "fd00::2/126");
+    assert_eq!(addr(&s, "y", "t", &[v6(&p6)]), "fd00::3/126");
+    let before = s.dump().unwrap();
+    assert_eq!(code(s.reserve(&key("ds"), "t", &[v4(&p4), v6(&p6)])).0, 130);
+    assert_eq!(
+        s.dump().unwrap(),
+        before,
+        "nothing of the v4 half was written"
+    );
+    s.release(&key("y")).unwrap();
+    assert_eq!(
+        addr(&s, "ds", "t", &[v6(&p6), v4(&p4)]),
+        "fd00::3/126,10.0.0.2/24"
+    );
+}
+
+#[test]
+fn static_addresses_are_honoured_or_refused() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "n");
+    let p = pods();
+    assert_eq!(
+        addr(&s, "a", "red", &[fixed(v4(&p), "10.0.5.20")]),
+        "10.0.5.20/24"
+    );
+    s.confirm(&key("a")).unwrap();
+    assert_eq!(
+        addr(&s, "b", "red", &[fixed(v4(&p), "10.0.5.21/24")]),
+        "10.0.5.21/24"
+    );
+    assert_eq!(addr(&s, "c", "red", &[v4(&p)]), "10.0.5.2/24");
+    // Taken: confirmed (owner found through the handles) and pending.
+    let (c, msg) = code(s.reserve(&key("d"), "red", &[fixed(v4(&p), "10.0.5.20")]));
+    assert_eq!(c, 132);
+    assert!(msg.contains("a/eth0") && msg.contains("pool pods"), "{msg}");
+    let (c, msg) = code(s.reserve(&key("d"), "red", &[fixed(v4(&p), "10.0.5.21")]));
+    assert_eq!(c, 132);
+    assert!(msg.contains("b/eth0"), "{msg}");
+    // Another node asking for an address in this node's block is refused too.
+    let other = store(&etcd, "other");
+    assert_eq!(
+        code(other.reserve(&key("e"), "red", &[fixed(v4(&p), "10.0.5.20")])).0,
+        132
+    );
+    // ... and gets a free static one in it, borrowing the block.
+    assert_eq!(
+        addr(&other, "e", "red", &[fixed(v4(&p), "10.0.5.30")]),
+        "10.0.5.30/24"
+    );
+    assert_eq!(
+        code(s.reserve(&key("f"), "red", &[fixed(v4(&p), "10.0.6.9")])).0,
+        133
+    );
+    s.reserve(&key("g"), "blue", &[v4(&p)]).unwrap();
+    assert_eq!(
+        code(s.reserve(&key("h"), "green", &[fixed(v4(&p), "10.0.0.77")])).0,
+        133,
+        "inside blue's subnet"
+    );
+    assert_eq!(
+        code(s.reserve(&key("h"), "green", &[fixed(v4(&p), "192.168.0.7")])).0,
+        133
+    );
+    assert_eq!(
+        code(s.reserve(&key("h"), "red", &[fixed(v4(&p), "10.0.5.30/16")])).0,
+        134
+    );
+    let twice = [fixed(v4(&p), "10.0.5.40"), fixed(v4(&p), "10.0.5.40")];
+    assert_eq!(code(s.reserve(&key("h"), "red", &twice)).0, 134);
+}
+
+#[test]
+fn release_is_idempotent_and_cooldown_holds_addresses_back() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let mut o = opts(&etcd, "n");
+    o.cooldown = Duration::from_millis(800);
+    let s = EtcdStore::new(o).unwrap();
+    let p = pool("p", "10.0.0.0/16", 29, &[]); // hosts .2 – .6
+    assert_eq!(addr(&s, "a", "t", &[v4(&p)]), "10.0.0.2/29");
+    s.confirm(&key("a")).unwrap();
+    assert_eq!(addr(&s, "b", "t", &[v4(&p)]), "10.0.0.3/29");
+    let freed = s.release(&key("a")).unwrap();
+    assert_eq!(freed[0].address.to_string(), "10.0.0.2/29");
+    assert!(s.release(&key("a")).unwrap().is_empty());
+    assert!(
+        s.release(&AttachmentKey::new("never", "c", "eth0"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(addr(&s, "c", "t", &[v4(&p)]), "10.0.0.4/29");
+    assert_eq!(addr(&s, "d", "t", &[v4(&p)]), "10.0.0.5/29");
+    assert_eq!(addr(&s, "e", "t", &[v4(&p)]), "10.0.0.6/29");
+    // Only .2 is free and it is cooling down.
+    assert_eq!(code(s.reserve(&key("f"), "t", &[v4(&p)])).0, 130);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(addr(&s, "f", "t", &[v4(&p)]), "10.0.0.2/29");
+}
+
+#[test]
+fn subnets_run_out_and_tenant_overlap_follows_the_option() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let p = pool("p", "10.0.0.0/23", 24, &[]);
+    // Without overlap: two tenants fill the /23, a third is refused.
+    let s = store(&etcd, "n");
+    assert_eq!(addr(&s, "a", "t1", &[v4(&p)]), "10.0.0.2/24");
+    assert_eq!(addr(&s, "b", "t2", &[v4(&p)]), "10.0.1.2/24");
+    let (c, msg) = code(s.reserve(&key("c"), "t3", &[v4(&p)]));
+    assert_eq!(c, 131);
+    assert!(msg.contains("t3") && msg.contains("10.0.0.0/23"), "{msg}");
+    assert_eq!(
+        code(s.reserve(&key("c"), "t3", &[fixed(v4(&p), "10.0.0.9")])).0,
+        133
+    );
+
+    // With overlap (MidoNet): every tenant has the whole supernet.
+    let net2 = |c: &str| AttachmentKey::new("net2", c, "eth0");
+    let mut o = opts(&etcd, "n");
+    o.allow_tenant_overlap = true;
+    let m = EtcdStore::new(o).unwrap();
+    let got: Vec<String> = ["t1", "t2", "t3"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            m.reserve(&net2(&format!("o{i}")), t, &[v4(&p)]).unwrap()[0]
+                .address
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, ["10.0.0.2/24", "10.0.0.2/24", "10.0.0.2/24"]);
+    // Still unique inside one tenant, and statics are per tenant.
+    assert_eq!(
+        m.reserve(&net2("o4"), "t1", &[v4(&p)]).unwrap()[0]
+            .address
+            .to_string(),
+        "10.0.0.3/24"
+    );
+    assert_eq!(
+        code(m.reserve(&net2("o5"), "t1", &[fixed(v4(&p), "10.0.0.2")])).0,
+        132
+    );
+    assert_eq!(
+        m.reserve(&net2("o5"), "t2", &[fixed(v4(&p), "10.0.0.3")])
+            .unwrap()[0]
+            .address
+            .to_string(),
+        "10.0.0.3/24"
+    );
+    // The config picks overlap from the SDN.
+    let mut cfg = Config {
+        store: StoreKind::Etcd,
+        node_name: Some("x".into()),
+        ..Config::default()
+    };
+    cfg.etcd.endpoints = etcd.endpoints();
+    assert!(!EtcdOptions::from_config(&cfg).unwrap().allow_tenant_overlap);
+    cfg.sdn = SdnKind::Midonet;
+    assert!(EtcdOptions::from_config(&cfg).unwrap().allow_tenant_overlap);
+}
+
+#[test]
+fn blocks_are_node_affine_and_full_nodes_borrow() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    // A /25 tenant subnet: two /26 blocks.
+    let p = pool("p", "10.0.0.0/16", 25, &[]);
+    let a = store(&etcd, "a");
+    let b = store(&etcd, "b");
+    let c = store(&etcd, "c");
+    assert_eq!(addr(&a, "a1", "t", &[v4(&p)]), "10.0.0.2/25");
+    // Block boundaries are not subnet boundaries: .64 is an ordinary host.
+    assert_eq!(addr(&b, "b1", "t", &[v4(&p)]), "10.0.0.64/25");
+    assert_eq!(addr(&a, "a2", "t", &[v4(&p)]), "10.0.0.3/25");
+    // Node c finds no unclaimed block and borrows from another node's.
+    let got = addr(&c, "c1", "t", &[v4(&p)]);
+    assert!(
+        ["10.0.0.4/25", "10.0.0.67/25"].contains(&got.as_str()),
+        "{got}"
+    );
+    for k in ["a1", "b1", "a2", "c1"] {
+        a.confirm(&key(k)).unwrap();
+    }
+    let blocks = a.blocks(Some(NET)).unwrap();
+    let mut by_node: Vec<_> = blocks
+        .iter()
+        .map(|b| (b.node.as_str(), b.cidr.to_string(), b.used))
+        .collect();
+    by_node.sort();
+    assert_eq!(by_node.len(), 2, "{by_node:?}");
+    assert_eq!((by_node[0].0, by_node[0].1.as_str()), ("a", "10.0.0.0/26"));
+    assert_eq!((by_node[1].0, by_node[1].1.as_str()), ("b", "10.0.0.64/26"));
+    assert_eq!(by_node[0].2 + by_node[1].2, 4);
+}
+
+#[test]
+fn gc_frees_only_this_nodes_unlisted_confirmed_attachments() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let s = store(&etcd, "me");
+    let other = store(&etcd, "other");
+    for c in ["a", "b", "c", "d"] {
+        s.reserve(&key(c), "t", &[v4(&pods())]).unwrap();
+        s.confirm(&key(c)).unwrap();
+    }
+    let a1 = AttachmentKey::new(NET, "a", "net1");
+    s.reserve(&a1, "t", &[v4(&pods())]).unwrap();
+    s.confirm(&a1).unwrap();
+    other.reserve(&key("theirs"), "t", &[v4(&pods())]).unwrap();
+    other.confirm(&key("theirs")).unwrap();
+    s.reserve(&key("inflight"), "t", &[v4(&pods())]).unwrap();
+    let n2 = AttachmentKey::new("net2", "z", "eth0");
+    s.reserve(&n2, "t", &[v4(&pods())]).unwrap();
+    s.confirm(&n2).unwrap();
+
+    let valid = vec![
+        ("a".to_string(), "eth0".to_string()),
+        ("c".into(), "eth0".into()),
+    ];
+    let report = s.gc(NET, &valid).unwrap();
+    let mut freed: Vec<_> = report.released.iter().map(|k| k.to_string()).collect();
+    freed.sort();
+    assert_eq!(freed, ["net1/a/net1", "net1/b/eth0", "net1/d/eth0"]);
+    assert_eq!(report.kept_in_flight, vec![key("inflight")]);
+    assert!(report.errors.is_empty());
+    let mut left: Vec<_> = s
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0.to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "net1/a/eth0",
+            "net1/c/eth0",
+            "net1/inflight/eth0",
+            "net1/theirs/eth0",
+            "net2/z/eth0"
+        ]
+    );
+    assert!(s.gc(NET, &valid).unwrap().released.is_empty());
+}
+
+#[test]
+fn a_sticky_owner_gets_its_address_back() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let mut o = opts(&etcd, "n");
+    o.cooldown = Duration::from_secs(60);
+    let s = EtcdStore::new(o).unwrap();
+    let p = pods();
+    let web0 = s
+        .reserve_for_owner(&key("c1"), "t", &[v4(&p)], Some("ns/web-0"))
+        .unwrap();
+    s.confirm(&key("c1")).unwrap();
+    let web1 = s
+        .reserve_for_owner(&key("c2"), "t", &[v4(&p)], Some("ns/web-1"))
+        .unwrap();
+    s.confirm(&key("c2")).unwrap();
+    s.release(&key("c1")).unwrap();
+    s.release(&key("c2")).unwrap();
+    // Others do not get the cooling addresses; the owners do, swapped order.
+    let stranger = s.reserve(&key("c3"), "t", &[v4(&p)]).unwrap();
+    assert!(stranger[0].address != web0[0].address && stranger[0].address != web1[0].address);
+    let again1 = s
+        .reserve_for_owner(&key("c4"), "t", &[v4(&p)], Some("ns/web-1"))
+        .unwrap();
+    let again0 = s
+        .reserve_for_owner(&key("c5"), "t", &[v4(&p)], Some("ns/web-0"))
+        .unwrap();
+    assert_eq!(again0[0].address, web0[0].address);
+    assert_eq!(again1[0].address, web1[0].address);
+    // Without a record (a new owner), an ordinary dynamic address.
+    let fresh = s
+        .reserve_for_owner(&key("c6"), "t", &[v4(&p)], Some("ns/web-2"))
+        .unwrap();
+    assert!(![web0[0].address, web1[0].address, stranger[0].address].contains(&fresh[0].address));
+}
+
+#[test]
+fn a_pending_claim_expires_with_its_lease() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let p = pool("p", "10.0.0.0/30", 30, &[]); // a single address
+    let mut o = opts(&etcd, "n");
+    o.claim_ttl = Duration::from_secs(2);
+    {
+        // An ADD that reserves and dies before confirm: its store is
+        // dropped, its lease is not revoked.
+        let crashed = EtcdStore::new(o.clone()).unwrap();
+        crashed.reserve(&key("dead"), "t", &[v4(&p)]).unwrap();
+    }
+    let s = EtcdStore::new(o).unwrap();
+    assert_eq!(
+        code(s.reserve(&key("b"), "t", &[v4(&p)])).0,
+        130,
+        "a live claim is not taken"
+    );
+    assert_eq!(s.gc(NET, &[]).unwrap().kept_in_flight, vec![key("dead")]);
+    let start = Instant::now();
+    let got = loop {
+        match s.reserve(&key("b"), "t", &[v4(&p)]) {
+            Ok(a) => break a,
+            Err(e) if e.cni_code() == 130 => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the claim never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(got[0].address.to_string(), "10.0.0.2/30");
+    assert_eq!(code(s.confirm(&key("dead"))).0, 136);
+    assert!(
+        !s.list(None)
+            .unwrap()
+            .iter()
+            .any(|(k, _, _)| k.container_id == "dead")
+    );
+}
+
+#[test]
+fn etcd_down_is_code_11_for_add_and_50_for_status_and_writes_nothing() {
+    let Some(mut etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let mut o = opts(&etcd, "n");
+    o.timeout = Duration::from_millis(1500);
+    let s = EtcdStore::new(o.clone()).unwrap();
+    s.reserve(&key("a"), "t", &[v4(&pods())]).unwrap();
+    s.status().unwrap();
+    let before = s.dump().unwrap();
+    etcd.kill(0);
+    let start = Instant::now();
+    let e = s.reserve(&key("b"), "t", &[v4(&pods())]).unwrap_err();
+    let waited = start.elapsed();
+    assert_eq!(e.cni_code(), 11, "{e}");
+    assert!(
+        waited < o.timeout * 3,
+        "ADD took {waited:?}, bound is {:?}",
+        o.timeout
+    );
+    assert_eq!(code(s.confirm(&key("a"))).0, 11);
+    assert_eq!(code(s.release(&key("a"))).0, 11);
+    let st = s.status().unwrap_err();
+    assert_eq!((st.cni_code(), st.status_code()), (11, 50), "{st}");
+    etcd.restart(0);
+    let s = EtcdStore::new(o).unwrap();
+    assert_eq!(s.dump().unwrap(), before, "nothing was written half-way");
+    s.status().unwrap();
+}
+
+/// 8 simulated nodes, each its own store, 50 concurrent ADDs each.
+fn run_nodes(
+    endpoints: &[String],
+    nodes: usize,
+    per_node: usize,
+    pool: &Pool,
+) -> Vec<(AttachmentKey, IpAddr, u32)> {
+    let stores: Vec<Arc<EtcdStore>> = (0..nodes)
+        .map(|n| {
+            let mut o = EtcdOptions::new(endpoints.to_vec(), format!("node-{n}"));
+            o.cooldown = Duration::ZERO;
+            o.timeout = Duration::from_secs(10);
+            Arc::new(EtcdStore::new(o).unwrap())
+        })
+        .collect();
+    let mut threads = Vec::new();
+    for (n, s) in stores.iter().enumerate() {
+        for i in 0..per_node {
+            let s = Arc::clone(s);
+            let p = pool.clone();
+            threads.push(std::thread::spawn(move || {
+                let k = AttachmentKey::new(NET, format!("n{n}-c{i}"), "eth0");
+                // Every attempt either succeeds or fails with code 11 (and
+                // succeeds when retried).
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match s.reserve(&k, "t", &[v4(&p)]).and_then(|a| {
+                        s.confirm(&k)?;
+                        Ok(a)
+                    }) {
+                        Ok(a) => return (k, a[0].address.addr(), tries),
+                        Err(e) if e.cni_code() == 11 && tries < 50 => {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => panic!("{k}: {e} (code {})", e.cni_code()),
+                    }
+                }
+            }));
+        }
+    }
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn release_all(endpoints: &[String], got: &[(AttachmentKey, IpAddr, u32)]) {
+    let mut o = EtcdOptions::new(endpoints.to_vec(), "cleaner");
+    o.timeout = Duration::from_secs(10);
+    let s = EtcdStore::new(o).unwrap();
+    for (k, _, _) in got {
+        s.release(k).unwrap();
+    }
+}
+
+#[test]
+fn eight_nodes_times_fifty_concurrent_adds_get_distinct_addresses() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let p = pool("p", "10.0.0.0/8", 20, &[]);
+    let got = run_nodes(&etcd.endpoints(), 8, 50, &p);
+    let distinct: HashSet<IpAddr> = got.iter().map(|g| g.1).collect();
+    assert_eq!(distinct.len(), 400, "an address was handed out twice");
+    let s = store(&etcd, "node-0");
+    let rows = s.list(Some(NET)).unwrap();
+    assert_eq!(rows.len(), 400);
+    assert!(rows.iter().all(|r| r.2 == ClaimState::Confirmed));
+    // Each node allocated from its own blocks.
+    let blocks = s.blocks(Some(NET)).unwrap();
+    let nodes: HashSet<&str> = blocks.iter().map(|b| b.node.as_str()).collect();
+    assert_eq!(nodes.len(), 8, "{blocks:?}");
+    release_all(&etcd.endpoints(), &got);
+    assert_nothing_allocated(&etcd.endpoints());
+}
+
+#[test]
+fn a_leader_killed_mid_run_loses_no_address_and_gives_none_twice() {
+    let Some(mut etcd) = EtcdCluster::three() else {
+        return;
+    };
+    let endpoints = etcd.endpoints();
+    let p = pool("p", "10.0.0.0/8", 20, &[]);
+    let runner = {
+        let endpoints = endpoints.clone();
+        let p = p.clone();
+        std::thread::spawn(move || run_nodes(&endpoints, 8, 50, &p))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = etcd.kill_leader();
+    let got = runner.join().unwrap();
+    let distinct: HashSet<IpAddr> = got.iter().map(|g| g.1).collect();
+    assert_eq!(distinct.len(), 400, "an address was handed out twice");
+    let retried = got.iter().filter(|g| g.2 > 1).count();
+    eprintln!("leader m{killed} killed; {retried} ADDs needed a retry after code 11");
+    let live: Vec<String> = (0..3)
+        .filter(|i| *i != killed)
+        .map(|i| etcd.endpoint(i))
+        .collect();
+    let mut o = EtcdOptions::new(live.clone(), "check");
+    o.timeout = Duration::from_secs(10);
+    let s = EtcdStore::new(o).unwrap();
+    let rows = s.list(Some(NET)).unwrap();
+    assert_eq!(rows.len(), 400);
+    let in_store: HashSet<IpAddr> = rows.iter().map(|r| r.1.address.addr()).collect();
+    assert_eq!(in_store, distinct);
+    release_all(&live, &got);
+    assert_nothing_allocated(&live);
+    etcd.restart(killed);
+}
+
+const CHILD_ENDPOINTS: &str = "TENET_ETCD_TEST_ENDPOINTS";
+
+/// Entry point of the child process of `a_crashed_add_leaks_nothing`: it
+/// reserves, says so, and waits to be killed. A no-op otherwise.
+#[test]
+fn crash_child_entry() {
+    let Ok(endpoints) = std::env::var(CHILD_ENDPOINTS) else {
+        return;
+    };
+    let mut o = EtcdOptions::new(endpoints.split(',').map(str::to_owned).collect(), "n");
+    o.claim_ttl = Duration::from_secs(2);
+    let s = EtcdStore::new(o).unwrap();
+    let a = s
+        .reserve(
+            &key("crashed"),
+            "t",
+            &[v4(&pool("p", "10.0.0.0/30", 30, &[]))],
+        )
+        .unwrap();
+    println!("reserved {}", a[0].address);
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_crashed_add_leaks_nothing() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENDPOINTS, etcd.endpoints().join(","))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // libtest prints "test crash_child_entry ... " before the test's own
+    // output, on the same line.
+    while !line.contains("reserved ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child died early");
+    }
+    assert!(line.trim_end().ends_with("reserved 10.0.0.2/30"), "{line}");
+    child.kill().unwrap(); // SIGKILL before confirm
+    child.wait().unwrap();
+
+    let s = store(&etcd, "n");
+    let p = pool("p", "10.0.0.0/30", 30, &[]);
+    assert_eq!(code(s.reserve(&key("next"), "t", &[v4(&p)])).0, 130);
+    let start = Instant::now();
+    while !s.list(None).unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "claim leaked");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_nothing_allocated(&etcd.endpoints());
+    assert_eq!(addr(&s, "next", "t", &[v4(&p)]), "10.0.0.2/30");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl CLI (Debian openssl package)");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=tenet-test-ca"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let mut req = vec!["req", "-subj"];
+        let subj = format!("/CN=tenet-{name}");
+        req.push(&subj);
+        req.extend(ec);
+        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (crt, extf) = (format!("{name}.crt"), format!("{name}.ext"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &extf,
+            ],
+        );
+    }
+}
+
+#[test]
+fn mutual_tls_from_the_config_files() {
+    if !common::etcd::etcd_available() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let d = certs.path();
+    let etcd = EtcdCluster::single_tls(TlsFiles {
+        cert: d.join("server.crt"),
+        key: d.join("server.key"),
+        client_ca: Some(d.join("ca.crt")),
+    })
+    .unwrap();
+    assert!(etcd.endpoint(0).starts_with("https://"));
+    let mut cfg = Config {
+        store: StoreKind::Etcd,
+        node_name: Some("tls-node".into()),
+        ..Config::default()
+    };
+    cfg.etcd.endpoints = etcd.endpoints();
+    cfg.etcd.timeout_ms = 3000;
+    cfg.etcd.ca_file = Some(d.join("ca.crt"));
+    cfg.etcd.cert_file = Some(d.join("client.crt"));
+    cfg.etcd.key_file = Some(d.join("client.key"));
+    let s = EtcdStore::connect(&cfg).unwrap();
+    s.status().unwrap();
+    assert_eq!(addr(&s, "a", "t", &[v4(&pods())]), "10.0.0.2/24");
+    s.confirm(&key("a")).unwrap();
+
+    // Without a client certificate the server refuses the connection.
+    let mut no_cert = cfg.clone();
+    no_cert.etcd.cert_file = None;
+    no_cert.etcd.key_file = None;
+    let refused = EtcdStore::connect(&no_cert).and_then(|s| s.status());
+    assert!(refused.is_err(), "connected without a client certificate");
+    // A CA that did not sign the server's certificate: refused as well.
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path());
+    let mut wrong_ca = cfg.clone();
+    wrong_ca.etcd.ca_file = Some(other.path().join("ca.crt"));
+    assert!(
+        EtcdStore::connect(&wrong_ca)
+            .and_then(|s| s.status())
+            .is_err()
+    );
+    // Half a client identity is a configuration error naming the keys.
+    let mut half = cfg.clone();
+    half.etcd.key_file = None;
+    let e = EtcdStore::connect(&half).unwrap_err().to_string();
+    assert!(
+        e.contains("etcd.cert_file") && e.contains("etcd.key_file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn authentication_with_a_user_and_password_file() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    // Set up users and roles as an operator would with etcdctl
+    // (user add, role add, grant, auth enable), through the client API.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        c.user_add("root", "root-pw", None).await.unwrap();
+        let _ = c.role_add("root").await;
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("tenet").await.unwrap();
+        c.role_grant_permission(
+            "tenet",
+            etcd_client::Permission::read_write("/tenet/").with_prefix(),
+        )
+        .await
+        .unwrap();
+        c.user_add("tenet", "s3cret", None).await.unwrap();
+        c.user_grant_role("tenet", "tenet").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let mut cfg = Config {
+        store: StoreKind::Etcd,
+        node_name: Some("auth-node".into()),
+        ..Config::default()
+    };
+    cfg.etcd.endpoints = etcd.endpoints();
+    cfg.etcd.timeout_ms = 3000;
+    cfg.etcd.username = Some("tenet".into());
+    cfg.etcd.password_file = Some(pw.clone());
+    let s = EtcdStore::connect(&cfg).unwrap();
+    s.status().unwrap();
+    assert_eq!(addr(&s, "a", "t", &[v4(&pods())]), "10.0.0.2/24");
+    s.confirm(&key("a")).unwrap();
+    assert_eq!(s.release(&key("a")).unwrap().len(), 1);
+
+    // A wrong password is refused at connect; no user is refused on use.
+    std::fs::write(&pw, "wrong").unwrap();
+    assert!(EtcdStore::connect(&cfg).is_err());
+    let mut anon = cfg.clone();
+    anon.etcd.username = None;
+    anon.etcd.password_file = None;
+    let e = EtcdStore::connect(&anon)
+        .and_then(|s| s.reserve(&key("b"), "t", &[v4(&pods())]))
+        .unwrap_err();
+    assert_ne!(e.cni_code(), 0, "{e}");
+    // The tenet user cannot write outside its prefix.
+    std::fs::write(&pw, "s3cret").unwrap();
+    let mut outside = cfg.clone();
+    outside.etcd.prefix = "/elsewhere".into();
+    assert!(
+        EtcdStore::connect(&outside)
+            .and_then(|s| s.reserve(&key("c"), "t", &[v4(&pods())]))
+            .is_err()
+    );
+    // A username without a password file names both keys.
+    let mut half = cfg.clone();
+    half.etcd.password_file = None;
+    let e = EtcdStore::connect(&half).unwrap_err().to_string();
+    assert!(e.contains("etcd.password_file"), "{e}");
+}
+
+#[test]
+fn store_records_match_between_instances() {
+    // Two store instances (two processes' worth) see one state: what one
+    // reserved the other lists, confirms and releases.
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let a = store(&etcd, "n");
+    let b = store(&etcd, "n");
+    let got = a.reserve(&key("x"), "t", &[v4(&pods())]).unwrap();
+    let listed: HashMap<String, String> = b
+        .list(Some(NET))
+        .unwrap()
+        .into_iter()
+        .map(|(k, a, _)| (k.container_id, a.address.to_string()))
+        .collect();
+    assert_eq!(listed["x"], got[0].address.to_string());
+    b.confirm(&key("x")).unwrap();
+    assert_eq!(b.release(&key("x")).unwrap(), got);
+    assert!(a.list(None).unwrap().is_empty());
+}
+
+#[test]
+fn cni_status_reports_an_unreachable_etcd_as_code_50() {
+    let Some(mut etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("empty.toml");
+    std::fs::write(&manifest, "description = \"no stages\"\n").unwrap();
+    let env = |endpoint: &str| -> Vec<(String, String)> {
+        let cfg = dir.path().join("tenet.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "store = \"etcd\"\nnode_name = \"st\"\npipeline = \"{}\"\ncache_dir = \"{}\"\n\
+                 [etcd]\nendpoints = [\"{endpoint}\"]\ntimeout_ms = 1000\n",
+                manifest.display(),
+                dir.path().join("cache").display()
+            ),
+        )
+        .unwrap();
+        [
+            ("CNI_COMMAND", "STATUS"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("TENET_CONFIG", cfg.to_str().unwrap()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let conf = br#"{"cniVersion":"1.1.0","name":"net1","type":"tenet"}"#;
+    let up = tenet::commands::run(&env(&etcd.endpoint(0)), conf);
+    assert_eq!(up.exit_code, 0, "{}", up.stdout);
+    etcd.kill(0);
+    let down = tenet::commands::run(&env(&etcd.endpoint(0)), conf);
+    assert_eq!(down.exit_code, 1);
+    let v: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
+    assert_eq!(v["code"], 50, "{}", down.stdout);
+}
+
+/// `tenetctl ipam ls|show|gc` against etcd, in process (the same code the
+/// binary runs).
+fn ctl(args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: tenet::ctl::ipam::IpamCmd,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("ipam").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tenet::ctl::ipam::run(&cli.cmd, &mut out).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn tenetctl_ipam_lists_shows_and_reconciles() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let eps = etcd.endpoints().join(",");
+    let s = store(&etcd, "ctl-node");
+    for c in ["keep", "gone"] {
+        s.reserve(&key(c), "red", &[v4(&pods())]).unwrap();
+        s.confirm(&key(c)).unwrap();
+    }
+    s.reserve(&key("inflight"), "red", &[v4(&pods())]).unwrap();
+    let st = ["--store", "etcd", "--endpoints", eps.as_str()];
+    let ls = ctl(&[&["ls"][..], &st].concat()).unwrap();
+    assert!(
+        ls.contains("keep") && ls.contains("10.0.0.2/24") && ls.contains("pending"),
+        "{ls}"
+    );
+    let show = ctl(&[&["show"][..], &st].concat()).unwrap();
+    assert!(
+        show.contains("10.0.0.0/24") && show.contains("ctl-node") && show.contains("10.0.0.0/26"),
+        "{show}"
+    );
+    assert!(show.contains("3 attachments (1 pending)"), "{show}");
+    let json = ctl(&[&["show", "--json"][..], &st].concat()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["blocks"][0]["used"], 2);
+    assert_eq!(v["blocks"][0]["pending"], 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let valid = dir.path().join("valid");
+    std::fs::write(&valid, "# live pods\nkeep eth0\n").unwrap();
+    let valid = valid.to_str().unwrap();
+    let gc = |extra: &[&str]| {
+        let mut a = vec![
+            "gc",
+            "--network",
+            NET,
+            "--valid",
+            valid,
+            "--node",
+            "ctl-node",
+        ];
+        a.extend(extra);
+        a.extend(st);
+        ctl(&a)
+    };
+    let dry = gc(&["--dry-run"]).unwrap();
+    assert!(dry.contains("would release net1/gone/eth0"), "{dry}");
+    assert_eq!(s.list(None).unwrap().len(), 3);
+    // Another node's reconciler does not touch these.
+    let mut other = vec![
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        valid,
+        "--node",
+        "elsewhere",
+    ];
+    other.extend(st);
+    assert!(ctl(&other).unwrap().contains("0 released"));
+    let out = gc(&["--grace", "1"]).unwrap();
+    assert!(
+        out.contains("released net1/gone/eth0") && out.contains("1 released, 1 pending kept"),
+        "{out}"
+    );
+    let mut left: Vec<String> = s
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0.container_id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["inflight", "keep"]);
+
+    // Errors name the flag at fault.
+    let e = ctl(&["ls", "--store", "zookeeper"]).unwrap_err();
+    assert!(e.contains("--store"), "{e}");
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        "/nonexistent/valid",
+        "--store",
+        "etcd",
+        "--endpoints",
+        eps.as_str(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("--valid"), "{e}");
+    std::fs::write(dir.path().join("bad"), "one two three\n").unwrap();
+    let bad = dir.path().join("bad");
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--valid",
+        bad.to_str().unwrap(),
+        "--store",
+        "etcd",
+        "--endpoints",
+        eps.as_str(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("--valid") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn tenetctl_ipam_works_on_the_local_store_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let local =
+        tenet::ipam::LocalStore::open(dir.path(), tenet::ipam::LocalOptions::default()).unwrap();
+    local.reserve(&key("a"), "t", &[v4(&pods())]).unwrap();
+    local.confirm(&key("a")).unwrap();
+    let sd = dir.path().to_str().unwrap();
+    let ls = ctl(&["ls", "--store", "local", "--state-dir", sd]).unwrap();
+    assert!(
+        ls.contains("10.0.0.2/24") && ls.contains("confirmed"),
+        "{ls}"
+    );
+    let show = ctl(&["show", "--store", "local", "--state-dir", sd]).unwrap();
+    assert!(show.contains("10.0.0.0/24"), "{show}");
+    let out = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--store",
+        "local",
+        "--state-dir",
+        sd,
+    ])
+    .unwrap();
+    assert!(out.contains("released net1/a/eth0"), "{out}");
+    assert!(local.list(None).unwrap().is_empty());
+    let e = ctl(&[
+        "gc",
+        "--network",
+        NET,
+        "--store",
+        "local",
+        "--state-dir",
+        sd,
+        "--node",
+        "x",
+    ])
+    .unwrap_err();
+    assert!(e.contains("--node"), "{e}");
+}
