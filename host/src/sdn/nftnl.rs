@@ -23,7 +23,7 @@ fn attr(buf: &mut Vec<u8>, kind: u16, value: &str) {
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(value.as_bytes());
     buf.push(0);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn request_is_well_formed() {
         let r = request("tenet", "fwd-tb-0123456789", 7);
-        assert_eq!(r.len() % 4, 0);
+        assert!(r.len().is_multiple_of(4));
         assert_eq!(
             u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,
             r.len()
