@@ -105,6 +105,8 @@ struct Pod {
     id: String,
     namespace: String,
     extra_args: String,
+    /// CNI_ARGS, built by `env`.
+    args: std::cell::OnceCell<String>,
 }
 
 impl Pod {
@@ -114,6 +116,7 @@ impl Pod {
             id: id.into(),
             namespace: namespace.into(),
             extra_args: String::new(),
+            args: std::cell::OnceCell::new(),
         }
     }
 
@@ -133,14 +136,12 @@ impl Pod {
     }
 
     fn args(&self) -> &str {
-        // Leaked once per pod: the env vector borrows it for the test's life.
-        Box::leak(
+        self.args.get_or_init(|| {
             format!(
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}{}",
                 self.namespace, self.id, self.extra_args
             )
-            .into_boxed_str(),
-        )
+        })
     }
 
     /// The pod's interfaces (name → IPv4 addresses with prefix).

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::etcd::{EtcdCluster, TlsFiles};
+use common::etcd::{EtcdCluster, TlsFiles, scan};
 use tenet::config::{Config, SdnKind, StoreKind};
 use tenet::ipam::{AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError};
 use tenet::plan::{AddressRequest, IpFamily, Pool};
@@ -83,31 +83,6 @@ fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressRequest]) -> String {
 fn code(r: Result<impl std::fmt::Debug, IpamError>) -> (u32, String) {
     let e = r.unwrap_err();
     (e.cni_code(), e.to_string())
-}
-
-/// Every key under the prefix, read with etcd-client directly (not through
-/// the store), on a private runtime.
-fn scan(endpoints: &[String], prefix: &str) -> Vec<(String, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
-        let r = c
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
-        r.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_owned(),
-                    kv.value_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    })
 }
 
 /// `<block>/p/<ordinal>`.

@@ -129,31 +129,12 @@ host_id = "{host}"
         self.tmp.path().join("state")
     }
 
+    /// Every etcd key under the test prefix.
     fn etcd_keys(&self) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect(self.etcd.endpoints(), None)
-                .await
-                .unwrap();
-            let r = c
-                .get(
-                    PREFIX,
-                    Some(
-                        etcd_client::GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only(),
-                    ),
-                )
-                .await
-                .unwrap();
-            r.kvs()
-                .iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                .collect()
-        })
+        common::etcd::scan(&self.etcd.endpoints(), PREFIX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
     }
 }
 

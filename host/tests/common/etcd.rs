@@ -345,3 +345,28 @@ impl Drop for EtcdCluster {
         // The TempDir removes the data dirs and logs after this.
     }
 }
+
+/// Every (key, value) under `prefix`, read with etcd-client directly (not
+/// through the code under test), on a private runtime.
+pub fn scan(endpoints: &[String], prefix: &str) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect()
+    })
+}
