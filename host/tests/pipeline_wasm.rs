@@ -50,6 +50,7 @@ fn env() -> Env {
         module_dirs: vec![common::modules_dir()],
         cache_dir: dir.join("cache"),
         builder: Builder::InProcess,
+        one_shot: false,
     };
     Env {
         _tmp: tmp,
@@ -63,9 +64,53 @@ fn load(e: &Env, text: &str) -> Result<Pipeline, PolicyError> {
     Pipeline::load(&m, &e.opts)
 }
 
+/// Runs the pipeline twice: from the stages' own artifacts (the first load,
+/// which also builds the pipeline bundle), then from the bundle (the second
+/// load), and checks both give the same answer: the same plan after every
+/// stage, the same fuel, the same error.
 fn run(e: &Env, text: &str) -> Result<tenet::policy::Outcome, PolicyError> {
     let r = request("team-a");
-    load(e, text)?.run(&r, initial(&r))
+    let mut first = load(e, text)?;
+    if let Some(bundle) = first.bundle_artifact().filter(|_| first.is_bundled()) {
+        // Built by an earlier run in this cache: run stage by stage again
+        // (the load builds it anew).
+        std::fs::remove_file(bundle).unwrap();
+        first = load(e, text)?;
+    }
+    assert!(!first.is_bundled());
+    let unbundled = first.run(&r, initial(&r));
+    let second = load(e, text)?;
+    let stages = second.stage_names().count();
+    assert_eq!(
+        second.is_bundled(),
+        stages > 1,
+        "the first load built the bundle of this {stages}-stage pipeline"
+    );
+    let bundled = second.run(&r, initial(&r));
+    assert_eq!(
+        summary(&bundled),
+        summary(&unbundled),
+        "bundled vs stage by stage"
+    );
+    bundled
+}
+
+/// What a run decided, stage by stage (times left out).
+fn summary(o: &Result<tenet::policy::Outcome, PolicyError>) -> String {
+    match o {
+        Err(e) => format!("error {e}"),
+        Ok(o) => o
+            .reports
+            .iter()
+            .map(|r| {
+                let run = match &r.run {
+                    StageRun::Ran { fuel, .. } => format!("ran, fuel {fuel}"),
+                    StageRun::Skipped(e) => format!("skipped: {e}"),
+                };
+                format!("{}: {run}: {:?}\n", r.stage, r.plan)
+            })
+            .collect(),
+    }
 }
 
 /// A pipeline that gets far enough for a later stage to matter.
@@ -398,4 +443,99 @@ fn cached_artifacts_are_private_files() {
         .mode();
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     let _ = Path::new("/");
+}
+
+#[test]
+fn rainbond_runs_from_one_bundle_artifact_with_the_same_plan() {
+    let e = env();
+    let m = Manifest::load(&common::rainbond()).unwrap();
+    let first = Pipeline::load(&m, &e.opts).unwrap();
+    let bundle = first
+        .bundle_artifact()
+        .expect("loading with a compiler builds the bundle");
+    let second = Pipeline::load(&m, &e.opts).unwrap();
+    assert!(second.is_bundled());
+    assert_eq!(second.bundle_artifact().as_deref(), Some(bundle.as_path()));
+    for ns in ["team-a", "team-b"] {
+        let r = request(ns);
+        let a = first.run(&r, initial(&r));
+        let b = second.run(&r, initial(&r));
+        assert_eq!(summary(&a), summary(&b), "{ns}");
+        assert_eq!(b.unwrap().plan.tenant, ns);
+    }
+    // Settings are call arguments, not part of the bundle: changing them
+    // keeps the bundle and changes the plan.
+    let text = std::fs::read_to_string(common::rainbond())
+        .unwrap()
+        .replace("10.96.0.10", "10.96.0.53");
+    let changed = Manifest::parse(&e.dir.join("p.toml"), &text).unwrap();
+    let third = Pipeline::load(&changed, &e.opts).unwrap();
+    assert!(third.is_bundled());
+    let r = request("team-a");
+    assert_eq!(
+        third.run(&r, initial(&r)).unwrap().plan.dns.nameservers,
+        ["10.96.0.53"]
+    );
+}
+
+#[test]
+fn a_trap_in_a_bundle_leaves_the_later_stages_running() {
+    // The trap poisons the bundle's store; the stages after it run from
+    // their own artifacts and still shape the plan.
+    let e = env();
+    let text = "[[stage]]\nname = \"boom\"\nmodule = \"hostile-trap\"\nfailure = \"ignore\"\n[[stage]]\nname = \"tenant\"\nmodule = \"tenant-map\"\n[[stage]]\nname = \"ipam\"\nmodule = \"ipam-policy\"\n[stage.settings]\npools = [{ name = \"pods-v4\", family = \"ipv4\", supernet = \"10.64.0.0/12\", subnetLen = 24 }]\n";
+    let out = run(&e, text).unwrap();
+    assert!(
+        matches!(&out.reports[0].run, StageRun::Skipped(e) if e.cni_code() == code::POLICY_TRAP)
+    );
+    assert_eq!(out.plan.tenant, "team-a");
+    assert!(matches!(out.reports[2].run, StageRun::Ran { .. }));
+}
+
+#[test]
+fn a_pinned_pipeline_runs_from_its_bundle_without_module_files() {
+    let e = env();
+    let mut text = String::new();
+    for (stage, module) in [("tenant", "tenant-map"), ("routes", "route-dns")] {
+        let wasm = e.dir.join(format!("{module}.wasm"));
+        std::fs::copy(common::modules_dir().join(format!("{module}.wasm")), &wasm).unwrap();
+        let digest = sha256_file(&wasm).unwrap();
+        text.push_str(&format!(
+            "[[stage]]\nname = \"{stage}\"\nmodule = \"{}\"\nsha256 = \"{digest}\"\n",
+            wasm.display()
+        ));
+    }
+    assert!(load(&e, &text).unwrap().bundle_artifact().is_some());
+    for module in ["tenant-map", "route-dns"] {
+        std::fs::remove_file(e.dir.join(format!("{module}.wasm"))).unwrap();
+    }
+    let p = load(&e, &text).expect("loads by the pins alone");
+    assert!(p.is_bundled());
+    let r = request("team-c");
+    let mut req = r.clone();
+    req.command = Command::Check;
+    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-c");
+}
+
+#[test]
+fn a_corrupt_bundle_is_ignored_and_the_stages_load_one_by_one() {
+    let e = env();
+    let bundle = load(&e, BASE).unwrap().bundle_artifact().unwrap();
+    std::fs::remove_file(&bundle).unwrap();
+    std::fs::write(&bundle, b"\x7fELF garbage").unwrap();
+    let p = load(&e, BASE).unwrap();
+    assert!(!p.is_bundled());
+    let r = request("team-a");
+    let mut req = r.clone();
+    req.command = Command::Check;
+    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-a");
+    // Without a compiler a missing bundle is not an error either.
+    let mut e2 = env();
+    load(&e2, BASE).unwrap();
+    std::fs::remove_file(load(&e2, BASE).unwrap().bundle_artifact().unwrap()).unwrap();
+    e2.opts.builder = Builder::Never;
+    let p = load(&e2, BASE).unwrap();
+    assert!(!p.is_bundled());
+    assert!(p.bundle_artifact().is_none());
+    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-a");
 }

@@ -97,6 +97,8 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
         module_dirs: cfg.module_search_path(),
         cache_dir: cfg.cache_dir.clone(),
         builder: Builder::default_for_build(cfg.compiler.as_deref()),
+        // One CNI operation per process.
+        one_shot: true,
     };
     Pipeline::load(&manifest, &opts).map_err(|e| e.to_cni())
 }

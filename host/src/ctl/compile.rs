@@ -54,6 +54,18 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         )
         .map_err(CtlError::msg)?;
     }
+    // Loading also composed the stages into one bundle artifact (one file
+    // to map per exec instead of one per stage).
+    match pipeline.bundle_artifact() {
+        Some(path) => writeln!(out, "{:<16} artifact={}", "(bundle)", path.display()),
+        None if manifest.stages.len() > 1 => writeln!(
+            out,
+            "{:<16} none: stages load one by one (see the log)",
+            "(bundle)"
+        ),
+        None => Ok(()),
+    }
+    .map_err(CtlError::msg)?;
     writeln!(
         out,
         "settings valid; {} stages ready",

@@ -61,6 +61,7 @@ impl ModuleArgs {
             module_dirs,
             cache_dir: self.cache_dir.clone().unwrap_or(cfg.cache_dir),
             builder: Builder::InProcess,
+            one_shot: false,
         })
     }
 }

@@ -1,12 +1,16 @@
 //! The policy pipeline: sandboxed Wasm components that turn a request into a
 //! plan.
 //!
-//! Each stage runs in its own `Store` with a fuel budget (CPU), a linear
-//! memory cap, and no imports but `tenet:policy/host.log`: no filesystem,
-//! network, clock or stdout. Modules are loaded precompiled from the artifact
-//! cache (`cache`); the plan is checked by `plan::validate` after every stage.
+//! Each stage runs in its own instance with its own linear memory, a fuel
+//! budget (CPU), a memory cap, and no imports but `tenet:policy/host.log`: no
+//! filesystem, network, clock or stdout. Modules are loaded precompiled from
+//! the artifact cache (`cache`), all stages of a pipeline at once from its
+//! bundle when there is one (`bundle`: one artifact and one store per exec,
+//! the limits still set per stage), else stage by stage, each in its own
+//! `Store`. The plan is checked by `plan::validate` after every stage.
 
 mod bindings;
+pub mod bundle;
 pub mod cache;
 mod convert;
 pub mod engine;

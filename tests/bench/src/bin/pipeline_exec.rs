@@ -1,19 +1,21 @@
 //! Whole-process cost of the policy pipeline.
 //!
-//! Runs the release `tenet` binary (runtime-only, as shipped) for CNI ADD
-//! with the rainbond pipeline (4 precompiled stages) and with an empty
-//! pipeline, **alternating** the two in one run so machine drift hits both
-//! equally, and reports medians and the difference. Both variants do the same
+//! Runs the release `tenet` binary (runtime-only, as shipped) for CNI ADD in
+//! three arms, **interleaved** in one run so machine drift hits all alike:
+//! the rainbond pipeline (4 stages) from its bundle artifact (what execs
+//! load after `tenetctl policy compile`), the same pipeline stage by stage
+//! (the cache without the bundle), and an empty pipeline. It reports medians
+//! and each pipeline arm's difference to the empty one. All arms do the same
 //! work apart from the pipeline: parse, configure, load, plan, validate, and
-//! answer (ADD stops after plan validation until the apply engine lands; the
-//! empty pipeline's final validation fails instead, at the same point).
+//! answer (`TENET_DRY_RUN`: ADD stops after plan validation; the empty
+//! pipeline's final validation fails instead, at the same point).
 //!
 //! `make bench` (or `cargo run --release -p tenet-bench --bin pipeline_exec`
-//! after `make build guests`). `BENCH_RUNS` sets the number of pairs
+//! after `make build guests`). `BENCH_RUNS` sets the number of rounds
 //! (default 400). Afterwards it prints a per-stage breakdown (artifact load,
-//! instantiate + evaluate) from tenet's own debug log over
-//! `BENCH_BREAKDOWN_RUNS` more execs (default 100; 0 skips it). Those execs
-//! log, so they are not part of the comparison above.
+//! instantiate + evaluate) of both pipeline arms from tenet's own debug log
+//! over `BENCH_BREAKDOWN_RUNS` more execs each (default 100; 0 skips it).
+//! Those execs log, so they are not part of the comparison above.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -157,15 +159,21 @@ fn breakdown(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path, runs: 
     for _ in 0..runs {
         let (_, _, log) = invoke_with(tenet, pipeline, modules, cache, Some("tenet=debug"));
         for line in log.lines() {
-            let Some(stage) = field(line, "stage=") else {
+            // The bundle (loaded and instantiated once for all stages) is
+            // reported as a pseudo-stage "(bundle)".
+            let bundled = line.contains("pipeline bundle");
+            let Some(stage) = field(line, "stage=").or(bundled.then_some("(bundle)")) else {
                 continue;
             };
-            if line.contains("stage loaded")
+            if !order.iter().any(|s| s == stage) {
+                order.push(stage.to_owned());
+            }
+            if bundled && let Some(us) = field(line, "instantiate_us=").and_then(|v| v.parse().ok())
+            {
+                run.entry(stage.to_owned()).or_default().push(us);
+            } else if (line.contains("stage loaded") || line.contains("pipeline bundle loaded"))
                 && let Some(us) = field(line, "load_us=").and_then(|v| v.parse().ok())
             {
-                if !order.iter().any(|s| s == stage) {
-                    order.push(stage.to_owned());
-                }
                 load.entry(stage.to_owned()).or_default().push(us);
             } else if line.contains("stage done")
                 && let Some(us) = field(line, "elapsed: ").and_then(parse_debug_duration)
@@ -178,14 +186,29 @@ fn breakdown(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path, runs: 
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    println!("  breakdown over {runs} execs (tenet's debug log; medians, us):");
+    println!(
+        "  {}:",
+        cache.file_name().unwrap_or_default().to_string_lossy()
+    );
     let (mut tl, mut tr) = (0.0, 0.0);
+    // "-": no such phase (a stage the bundle served has no load of its own).
+    let show = |v: f64| {
+        if v.is_nan() {
+            format!("{:>6}", "-")
+        } else {
+            format!("{v:6.0}")
+        }
+    };
     for stage in &order {
         let l = median(load.entry(stage.clone()).or_default());
         let r = median(run.entry(stage.clone()).or_default());
-        tl += l;
-        tr += r;
-        println!("    {stage:<8} load {l:6.0}  instantiate+evaluate {r:6.0}");
+        tl += if l.is_nan() { 0.0 } else { l };
+        tr += if r.is_nan() { 0.0 } else { r };
+        println!(
+            "    {stage:<8} load {}  instantiate+evaluate {}",
+            show(l),
+            show(r)
+        );
     }
     println!(
         "    total    load {tl:6.0}  instantiate+evaluate {tr:6.0}  (in-process sum {:.0})",
@@ -240,59 +263,104 @@ fn main() {
         "empty ADD did not reach validation: {out}"
     );
 
+    // The same pipeline without its bundle: a copy of the cache minus the
+    // bundle artifact, so the stages load one by one (what an exec does
+    // before `tenetctl policy compile` has built the bundle).
+    let unbundled = tmp.path().join("cache-unbundled");
+    copy_tree(&cache, &unbundled);
+    let bundle = bundle_artifact(&tenetctl, &rainbond, &modules, &cache);
+    std::fs::remove_file(unbundled.join(bundle.strip_prefix(&cache).unwrap())).unwrap();
+
+    let arms: [(&str, &Path, &Path); 3] = [
+        ("rainbond, bundled (4 stages)", &rainbond, &cache),
+        ("rainbond, stage by stage    ", &rainbond, &unbundled),
+        ("empty pipeline              ", &empty, &cache),
+    ];
     for _ in 0..20 {
-        invoke(&tenet, &rainbond, &modules, &cache);
-        invoke(&tenet, &empty, &modules, &cache);
-    }
-    let (mut with, mut without) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    let (mut with_cpu, mut without_cpu) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for i in 0..runs {
-        // Alternate, and alternate which goes first.
-        let one = |p: &Path, wall: &mut Vec<Duration>, cpu: &mut Vec<Duration>| {
-            wall.push(invoke(&tenet, p, &modules, &cache).0);
-            cpu.push(last_cpu());
-        };
-        if i % 2 == 0 {
-            one(&rainbond, &mut with, &mut with_cpu);
-            one(&empty, &mut without, &mut without_cpu);
-        } else {
-            one(&empty, &mut without, &mut without_cpu);
-            one(&rainbond, &mut with, &mut with_cpu);
+        for (_, p, c) in arms {
+            invoke(&tenet, p, &modules, c);
         }
     }
-    let (w50, w90, wmin) = stats(&mut with);
-    let (e50, e90, emin) = stats(&mut without);
-    let (wc50, wc90, wcmin) = stats(&mut with_cpu);
-    let (ec50, ec90, ecmin) = stats(&mut without_cpu);
-    println!("pipeline_exec: whole-process CNI ADD, {runs} alternating pairs");
+    let mut wall: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); arms.len()];
+    let mut cpu: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); arms.len()];
+    for i in 0..runs {
+        // Interleave the arms, rotating which goes first, so machine drift
+        // hits them all alike.
+        for k in 0..arms.len() {
+            let a = (i + k) % arms.len();
+            let (_, p, c) = arms[a];
+            wall[a].push(invoke(&tenet, p, &modules, c).0);
+            cpu[a].push(last_cpu());
+        }
+    }
     println!(
-        "  rainbond pipeline (4 stages): median {w50:8.0} us  p90 {w90:8.0} us  min {wmin:8.0} us"
+        "pipeline_exec: whole-process CNI ADD, {runs} interleaved rounds of {} arms",
+        arms.len()
     );
-    println!(
-        "  empty pipeline              : median {e50:8.0} us  p90 {e90:8.0} us  min {emin:8.0} us"
-    );
-    println!(
-        "  pipeline cost (median difference): {:.0} us  (budget 1000 us)  ratio {:.2}",
-        w50 - e50,
-        w50 / e50
-    );
-    println!("  CPU time of the process (user + system), same execs:");
-    println!(
-        "  rainbond pipeline (4 stages): median {wc50:8.0} us  p90 {wc90:8.0} us  min {wcmin:8.0} us"
-    );
-    println!(
-        "  empty pipeline              : median {ec50:8.0} us  p90 {ec90:8.0} us  min {ecmin:8.0} us"
-    );
-    println!(
-        "  pipeline CPU cost (median difference): {:.0} us  ratio {:.2}",
-        wc50 - ec50,
-        wc50 / ec50
-    );
+    for (title, samples) in [
+        ("wall time", &mut wall),
+        ("CPU time of the process (user + system)", &mut cpu),
+    ] {
+        println!("  {title}:");
+        let s: Vec<(f64, f64, f64)> = samples.iter_mut().map(|v| stats(v)).collect();
+        for ((name, _, _), (m, p90, min)) in arms.iter().zip(&s) {
+            println!("    {name}: median {m:8.0} us  p90 {p90:8.0} us  min {min:8.0} us");
+        }
+        let e = s[2].0;
+        println!(
+            "    pipeline cost, bundled       (median difference): {:5.0} us  ratio {:.2}  (budget 1000 us)",
+            s[0].0 - e,
+            s[0].0 / e
+        );
+        println!(
+            "    pipeline cost, stage by stage (median difference): {:5.0} us  ratio {:.2}",
+            s[1].0 - e,
+            s[1].0 / e
+        );
+    }
     let n: usize = std::env::var("BENCH_BREAKDOWN_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
     if n > 0 {
+        println!("  breakdown over {n} execs each (tenet's debug log; medians, us):");
         breakdown(&tenet, &rainbond, &modules, &cache, n);
+        breakdown(&tenet, &rainbond, &modules, &unbundled, n);
     }
+}
+
+/// Copies a directory tree (the artifact cache: regular files and
+/// directories), keeping modes.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// The bundle artifact `tenetctl policy compile` reported.
+fn bundle_artifact(tenetctl: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> PathBuf {
+    let out = Command::new(tenetctl)
+        .args(["policy", "compile", "--pipeline"])
+        .arg(pipeline)
+        .arg("--module-dir")
+        .arg(modules)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tenetctl policy compile failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("(bundle)"))
+        .unwrap_or_else(|| panic!("no bundle line in: {text}"));
+    PathBuf::from(field(line, "artifact=").unwrap_or_else(|| panic!("no bundle built: {line}")))
 }
