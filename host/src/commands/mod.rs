@@ -10,7 +10,7 @@ use crate::cni::result::CniResult;
 use crate::cni::{self, CniError, Command, Invocation, code};
 use crate::config::Config;
 use crate::ipam::AttachmentKey;
-use crate::policy::cache::Builder;
+use crate::policy::cache::{ArtifactCache, Builder};
 use crate::policy::{Manifest, Pipeline, PipelineOptions};
 
 /// What the process prints on stdout and exits with.
@@ -86,7 +86,8 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
             "set `pipeline` in /etc/tenet/tenet.toml, TENET_PIPELINE, or the network configuration",
         ));
     };
-    let manifest = Manifest::load(path).map_err(|e| {
+    let cache = ArtifactCache::new(&cfg.cache_dir);
+    let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
         CniError::new(
             code::INVALID_CONFIG,
             "invalid pipeline manifest",

@@ -95,6 +95,38 @@ impl ArtifactCache {
         (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then_some(d)
     }
 
+    /// Data derived from the file at `path` (`kind` names what, e.g. a
+    /// parsed manifest), recorded for this exact version of it: the path
+    /// and the file identity are the key, so any edit or replacement misses.
+    pub fn derived(&self, path: &Path, meta: &std::fs::Metadata, kind: &str) -> Option<Vec<u8>> {
+        let entry = self.dir.join("by-file").join(derived_key(path, meta, kind));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&entry)
+            .ok()?;
+        check_trusted_meta(&entry, &f.metadata().ok()?, false, self.euid).ok()?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// Records data derived from this exact version of the file at `path`.
+    pub fn remember_derived(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        kind: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        let dir = self.dir.join("by-file");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        publish(&dir, &derived_key(path, meta, kind), bytes)
+    }
+
     /// Records `sha256` as the digest of this exact module file.
     pub fn remember_digest(&self, wasm: &Path, sha256: &str) -> std::io::Result<()> {
         let key = file_key(&std::fs::metadata(wasm)?);
@@ -177,6 +209,20 @@ fn file_key(m: &std::fs::Metadata) -> String {
         m.ctime_nsec()
     );
     sha256_hex(id.as_bytes())
+}
+
+/// The key of data derived from one version of the file at `path`.
+fn derived_key(path: &Path, meta: &std::fs::Metadata, kind: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut id = file_key(meta).into_bytes();
+    id.push(0);
+    id.extend_from_slice(path.as_os_str().as_bytes());
+    format!("{}.{kind}", sha256_hex(&id))
+}
+
+/// Whether two metadata of a file describe the same version of it.
+pub fn same_file_version(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    file_key(a) == file_key(b)
 }
 
 /// Refuses paths that someone other than us could have written.

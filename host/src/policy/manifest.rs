@@ -15,7 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use super::cache::ArtifactCache;
 
 /// Default CPU budget per stage. A real policy call uses well under 1% of it;
 /// an endless loop burns it in a few milliseconds.
@@ -33,7 +35,7 @@ pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 
 /// What to do when a stage fails (trap, budget, missing artifact, invalid
 /// plan). A `denied` verdict is a decision, not a failure: it is never ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
     /// Fail the CNI command (the default: tenant and addressing must not be skipped).
@@ -71,7 +73,7 @@ struct RawManifest {
 }
 
 /// Where a stage's module comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModuleRef {
     /// A module name, looked up as `<dir>/<name>.wasm` in the module dirs.
     Named(String),
@@ -89,7 +91,7 @@ impl std::fmt::Display for ModuleRef {
 }
 
 /// A validated stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSpec {
     /// Unique stage name.
     pub name: String,
@@ -108,7 +110,7 @@ pub struct StageSpec {
 }
 
 /// A validated pipeline manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The file it was read from.
     pub path: PathBuf,
@@ -136,6 +138,34 @@ impl Manifest {
             message: format!("cannot read pipeline manifest: {e}"),
         })?;
         Self::parse(path, &text)
+    }
+
+    /// [`Self::load`] through a parsed copy kept in the artifact cache for
+    /// this exact file (its path and identity: device, inode, size, mtime,
+    /// ctime), so a pod's exec does not parse TOML: that cost ~150 µs per
+    /// exec on the reference VM, as much as a stage. The copy is the
+    /// validated result, written on the first load of each version of the
+    /// file (best effort) and read under the cache's trust rules.
+    pub fn load_cached(path: &Path, cache: &ArtifactCache) -> Result<Self, ManifestError> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Self::load(path);
+        };
+        if let Some(m) = cache
+            .derived(path, &meta, "manifest")
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+            .filter(|m| m.path == path)
+        {
+            return Ok(m);
+        }
+        let m = Self::load(path)?;
+        // Only if the file did not change while it was read.
+        if std::fs::metadata(path).is_ok_and(|now| super::cache::same_file_version(&now, &meta))
+            && let Ok(json) = serde_json::to_vec(&m)
+            && let Err(e) = cache.remember_derived(path, &meta, "manifest", &json)
+        {
+            tracing::debug!(error = %e, "parsed manifest not cached");
+        }
+        Ok(m)
     }
 
     /// Parses and validates manifest text; `path` is used for messages and to
@@ -277,6 +307,64 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("/etc/tenet/p.toml"), text)
+    }
+
+    #[test]
+    fn a_cached_parse_is_used_for_the_same_file_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(&tmp.path().join("cache"));
+        let path = tmp.path().join("p.toml");
+        let text = "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\n[stage.settings]\nx = 1\n";
+        std::fs::write(&path, text).unwrap();
+        let first = Manifest::load_cached(&path, &cache).unwrap();
+        assert_eq!(first, Manifest::load(&path).unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        let kept = cache
+            .derived(&path, &meta, "manifest")
+            .expect("parsed copy kept");
+        // The next load is the kept copy: prove it by doctoring the copy.
+        let mut doctored = first.clone();
+        doctored.description = Some("from the cache".into());
+        cache
+            .remember_derived(
+                &path,
+                &meta,
+                "manifest",
+                &serde_json::to_vec(&doctored).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(Manifest::load_cached(&path, &cache).unwrap(), doctored);
+        // Any edit of the file is a new version: parsed again.
+        std::fs::write(&path, text.replace("x = 1", "x = 2")).unwrap();
+        let edited = Manifest::load_cached(&path, &cache).unwrap();
+        assert_eq!(edited.stages[0].settings, r#"{"x":2}"#);
+        assert_eq!(edited.description, None);
+        // The same content at another path is another entry (relative
+        // module paths resolve against the manifest's directory).
+        let other = tmp.path().join("q.toml");
+        std::fs::copy(&path, &other).unwrap();
+        assert_eq!(Manifest::load_cached(&other, &cache).unwrap().path, other);
+        // A kept copy others could have written is ignored.
+        let meta = std::fs::metadata(&path).unwrap();
+        let entry = std::fs::read_dir(
+            tmp.path()
+                .join("cache")
+                .join(super::super::engine::profile_id())
+                .join("by-file"),
+        )
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                .is_some_and(|m| m.path == path && m.stages[0].settings == r#"{"x":2}"#)
+        })
+        .expect("entry of the edited file");
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(cache.derived(&path, &meta, "manifest").is_none());
+        assert!(!kept.is_empty());
     }
 
     #[test]
