@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Certificate, Client, Compare, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
@@ -130,6 +130,14 @@ pub(super) struct Etcd {
 /// The results of a read-only transaction, one list of pairs per op.
 pub(super) type Reads = Vec<Vec<KeyValue>>;
 
+/// The outcome of [`Etcd::write_or_read`].
+pub(super) enum Written {
+    /// Committed at this revision.
+    Done(i64),
+    /// A compare failed; nothing was written; the failure branch's reads.
+    Lost(Reads),
+}
+
 impl Etcd {
     fn err(&self, what: &str, e: etcd_client::Error) -> IpamError {
         map_err(&self.endpoints, what, e)
@@ -152,6 +160,40 @@ impl Etcd {
                 _ => Vec::new(),
             })
             .collect())
+    }
+
+    /// A write transaction (`compares` → `ops`) whose failure branch reads
+    /// `reads` like [`Etcd::read`]: a lost compare comes back with the fresh
+    /// values in the same round trip.
+    pub async fn write_or_read(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        reads: &[(String, bool)],
+    ) -> Result<Written, IpamError> {
+        let txn = Txn::new().when(compares).and_then(ops).or_else(
+            reads
+                .iter()
+                .map(|(k, prefix)| {
+                    TxnOp::get(k.as_str(), prefix.then(|| GetOptions::new().with_prefix()))
+                })
+                .collect::<Vec<_>>(),
+        );
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Written::Done(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
+        }
+        Ok(Written::Lost(
+            resp.op_responses()
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResponse::Get(mut g) => g.take_kvs(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ))
     }
 
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, IpamError> {
