@@ -1055,6 +1055,24 @@ fn hint_file(etcd: &EtcdCluster, node: &str) -> std::path::PathBuf {
     hint_dir(etcd, node).join(format!("%2Ftenet@{NET}.json"))
 }
 
+/// The JSON of a hint file (after its `tenet-hints <len> <fnv1a64>` line).
+fn read_hints(f: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(f).unwrap();
+    let (head, rest) = text.split_once('\n').unwrap();
+    let len: usize = head.split(' ').nth(1).unwrap().parse().unwrap();
+    serde_json::from_str(&rest[..len]).unwrap()
+}
+
+/// Writes `v` as a well-formed hint file (valid header and checksum), as
+/// tenet would have.
+fn write_hints(f: &Path, v: &serde_json::Value) {
+    let json = v.to_string();
+    let sum = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    std::fs::write(f, format!("tenet-hints {} {sum:016x}\n{json}", json.len())).unwrap();
+}
+
 /// One ADD's IPAM work as a new `tenet` process would do it (a new store:
 /// only the hint file carries over), with the round trips reserve and
 /// confirm took.
@@ -1147,13 +1165,13 @@ fn a_hint_whose_revision_matches_but_value_does_not_is_refused() {
     // What a hint from before an etcd restore could look like: the block's
     // revision number is current, its content is not (all free again).
     let f = hint_file(&etcd, "n");
-    let mut h: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    let mut h = read_hints(&f);
     let b = &mut h["tenants"][0]["blocks"][0];
     let mut rec: serde_json::Value = serde_json::from_str(b["value"].as_str().unwrap()).unwrap();
     rec["used"] = "0000000000000000".into();
     rec["cursor"] = 0.into();
     b["value"] = rec.to_string().into();
-    std::fs::write(&f, h.to_string()).unwrap();
+    write_hints(&f, &h);
     let (b, r, _) = add_in_new_process(&etcd, "n", "b", "t");
     assert_ne!(a, b, "the forged hint handed out {a} twice");
     assert_eq!(r, 2);
@@ -1167,15 +1185,26 @@ fn a_corrupt_torn_or_foreign_hint_file_is_ignored() {
     let (a, ..) = add_in_new_process(&etcd, "n", "a", "t");
     let f = hint_file(&etcd, "n");
     let good = std::fs::read_to_string(&f).unwrap();
+    let json = read_hints(&f);
     let mut seen: HashSet<String> = [a].into_iter().collect();
-    let other_node = good.replace("\"node\":\"n\"", "\"node\":\"m\"");
-    assert_ne!(other_node, good);
+    let mut other_node = json.clone();
+    other_node["node"] = "m".into();
+    let mut other_version = json.clone();
+    other_version["version"] = 99.into();
+    let well_formed = |v: &serde_json::Value| {
+        write_hints(&f, v);
+        std::fs::read_to_string(&f).unwrap()
+    };
+    let bad_sum = good.replacen(' ', " 1", 1);
     for (i, junk) in [
         "garbage".to_owned(),
         good[..good.len() / 2].to_owned(),
-        other_node,
+        bad_sum,
+        json.to_string(),
+        well_formed(&other_node),
+        well_formed(&other_version),
+        well_formed(&serde_json::json!({"version": 1})),
         String::new(),
-        "{\"version\":99}".to_owned(),
     ]
     .iter()
     .enumerate()

@@ -7,14 +7,28 @@
 //! value itself, so that a revision number reused after an etcd restore
 //! cannot pass), and a write that loses its compares returns fresh reads in
 //! its failure branch. A missing, unreadable, torn, foreign or corrupt file
-//! is simply not used. It is written with a temp file and a rename and
-//! never fsynced: losing it costs one read.
+//! is simply not used; losing it costs one read.
+//!
+//! # File format and concurrency
+//!
+//! `tenet-hints <length> <fnv1a64 hex>\n` then `<length>` bytes of JSON,
+//! then possibly leftover bytes of a longer earlier version (ignored). It is
+//! rewritten **in place**, from offset 0, with one `pwrite` and no fsync: a
+//! temp file and a rename per reserve cost more client CPU than the
+//! reserve's transaction itself (creating and then deleting an inode per
+//! write on ext4), and the checksum gives readers the same guarantee: they
+//! use a whole version or none. Concurrent `tenet` processes of one node
+//! share the file without locks. One write is one syscall, which local file
+//! systems serialise against other writes of the file, so the header always
+//! describes the bytes after it once writers are done; a reader that
+//! overlaps a write, or a writer killed half-way, sees a checksum mismatch
+//! and reads etcd instead. The last writer wins; a lost update only makes
+//! the next hint stale.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +46,33 @@ const MAX_TENANTS: usize = 64;
 pub(super) const MAX_BLOCKS: usize = 4;
 /// A file larger than this is not ours (or not sane): ignored.
 const MAX_FILE: u64 = 1 << 20;
+/// First word of the header line.
+const MAGIC: &str = "tenet-hints";
+
+/// FNV-1a, 64 bits: detects torn and mixed versions (not an adversary: the
+/// file is root's, and every hint is checked against etcd anyway).
+fn fnv64(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The JSON of a file's current version, if its header and checksum hold.
+fn body(bytes: &[u8]) -> Option<&[u8]> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+    let mut w = head.split(' ');
+    if w.next()? != MAGIC {
+        return None;
+    }
+    let len: usize = w.next()?.parse().ok()?;
+    let sum = u64::from_str_radix(w.next()?, 16).ok()?;
+    if w.next().is_some() {
+        return None;
+    }
+    let json = bytes.get(nl + 1..nl + 1 + len)?;
+    (fnv64(json) == sum).then_some(json)
+}
 
 /// A record as stored in etcd: its exact value and its mod revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +176,11 @@ impl Hints {
         if bytes.len() as u64 > MAX_FILE {
             return None;
         }
-        let mut h: Hints = match serde_json::from_slice(&bytes) {
+        let Some(json) = body(&bytes) else {
+            tracing::debug!(file = %file.display(), "ignoring a torn or foreign hint file");
+            return None;
+        };
+        let mut h: Hints = match serde_json::from_slice(json) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(file = %file.display(), error = %e, "ignoring a corrupt hint file");
@@ -154,8 +199,8 @@ impl Hints {
         Some(h)
     }
 
-    /// Replaces the file (temp file + rename: readers see the old or the new
-    /// one, whole). Failures are logged and otherwise ignored: it is a hint.
+    /// Rewrites the file in place (see the module docs). Failures are
+    /// logged and otherwise ignored: it is a hint.
     pub fn store(&self, file: &Path) {
         if let Err(e) = self.try_store(file) {
             tracing::debug!(file = %file.display(), error = %e, "could not write the hint file");
@@ -163,35 +208,40 @@ impl Hints {
     }
 
     fn try_store(&self, file: &Path) -> std::io::Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = file.parent().unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("hints");
-        // Unique per process and call: concurrent writers never share a
-        // temp file; the last rename wins.
-        let tmp = dir.join(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let bytes = serde_json::to_vec(self).expect("hints serialise");
-        let r = (|| {
-            let mut f = std::fs::OpenOptions::new()
+        let json = serde_json::to_vec(self).expect("hints serialise");
+        let mut bytes = format!("{MAGIC} {} {:016x}\n", json.len(), fnv64(&json)).into_bytes();
+        bytes.extend_from_slice(&json);
+        let open = || {
+            std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(false)
                 .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            drop(f);
-            std::fs::rename(&tmp, file)
-        })();
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+                .open(file)
+        };
+        let f = match open() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // First write on this node: the directory is made once.
+                let dir = file.parent().unwrap_or(Path::new("."));
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+                open()?
+            }
+            Err(e) => return Err(e),
+        };
+        // One syscall: serialised against the node's other writers.
+        f.write_all_at(&bytes, 0)?;
+        // Leftovers of a longer version are ignored by readers; only keep
+        // the file from staying much larger than its content.
+        let len = f.metadata()?.len();
+        let want = bytes.len() as u64;
+        if len > want.saturating_mul(2).max(64 << 10) {
+            f.set_len(want)?;
         }
-        r
+        Ok(())
     }
 
     /// The entry of (`pool`, `tenant`).
@@ -286,12 +336,33 @@ mod tests {
         for (prefix, net, node) in [("/other", "net", "n1"), ("/tenet", "net", "n2")] {
             assert!(Hints::load(&f, prefix, net, node, 0, 1000).is_none());
         }
-        for junk in [&b"{\"version\":1,"[..], b"", b"\x00\xff", b"[]"] {
+        let good = std::fs::read(&f).unwrap();
+        let mut flipped = good.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 1;
+        let json = body(&good).unwrap().to_vec();
+        for junk in [
+            &b"{\"version\":1,"[..],
+            b"",
+            b"\x00\xff",
+            b"[]",
+            &good[..good.len() - 1],
+            &flipped,
+            &json,
+        ] {
             std::fs::write(&f, junk).unwrap();
             assert!(Hints::load(&f, "/tenet", "net", "n1", 0, 1000).is_none());
         }
-        // No temp file is left behind.
+        // A shorter version over a longer one: the leftover tail is ignored.
+        let mut big = sample();
+        big.tenants[0].tenant = "t".repeat(500);
+        big.store(&f);
         h.store(&f);
+        assert!(std::fs::metadata(&f).unwrap().len() > good.len() as u64);
+        assert_eq!(
+            Hints::load(&f, "/tenet", "net", "n1", 0, u64::MAX).unwrap(),
+            h
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
     }

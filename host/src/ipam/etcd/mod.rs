@@ -28,9 +28,10 @@
 //! # Transactions
 //!
 //! Every change is one etcd transaction whose compares cover everything the
-//! decision read: the block's `mod_revision` (or `create_revision == 0` for
-//! a block, claim, subnet, carve or pool record being created), the pending
-//! key being taken (`create_revision == 0`), and the handle
+//! decision read: the block's `mod_revision` (`reserve` compares the block's,
+//! subnet's and pool's exact value instead: see "Hints"; `create_revision
+//! == 0` for a block, claim, subnet, carve or pool record being created),
+//! the pending key being taken (`create_revision == 0`), and the handle
 //! (`create_revision == 0` on reserve, its `mod_revision` afterwards). A
 //! failed compare means another writer won: re-plan from fresh data (at
 //! most 100 attempts, all within `etcd.timeout_ms`). A reserve's write
@@ -65,10 +66,12 @@
 //! A hint is never trusted:
 //!
 //! - A plan made from hints carries the same compares as one made from a
-//!   read (handle absent, pending key absent, block, subnet and pool at
-//!   their revisions) plus a compare of each record's **value**, so that a
-//!   revision number reused after an etcd restore from backup, or another
-//!   cluster behind the same prefix, cannot pass for the record hinted.
+//!   read: handle absent, pending key absent, and block, subnet and pool
+//!   records holding exactly the **value** the plan used. The plan depends
+//!   on their content only, so the value is the exact guard; unlike a
+//!   `mod_revision`, it cannot be fooled by a revision number reused after
+//!   an etcd restore from backup (or by another cluster behind the same
+//!   prefix), and it costs etcd one lookup per record.
 //! - The write's failure branch reads the handle, the pools, the subnet,
 //!   the hinted blocks with their pending keys and the lease: a stale hint
 //!   is re-planned from those fresh values, and that read stays as small as
@@ -82,11 +85,13 @@
 //! - Pending ordinals are only skipped, never relied on; entries older than
 //!   one claim TTL are dropped (their lease has expired or they were
 //!   confirmed, which rewrote the block).
-//! - The file is written to a temp file and renamed (readers see an old or
-//!   a new file, whole), without fsync. Concurrent `tenet` processes of one
-//!   node share it; the last rename wins, and a lost update only makes the
-//!   next hint stale. A missing, torn, corrupt, foreign (other prefix,
-//!   network, node or format) or unreadable file is ignored.
+//! - The file is rewritten in place with one `pwrite`, behind a header
+//!   with its length and checksum, without fsync (`hint.rs` says why not a
+//!   temp file and a rename). Concurrent `tenet` processes of one node share
+//!   it without locks; readers use a whole version or none, the last writer
+//!   wins, and a lost update only makes the next hint stale. A missing,
+//!   torn, corrupt, foreign (other prefix, network, node or format) or
+//!   unreadable file is ignored.
 //!
 //! # Two-phase claims and leases
 //!
