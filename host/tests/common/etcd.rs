@@ -328,6 +328,11 @@ impl EtcdCluster {
             .sum::<f64>() as u64
     }
 
+    /// The process id of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs member `i` (a crash) and reaps it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
