@@ -531,14 +531,8 @@ impl EtcdStore {
             return;
         };
         let o = &self.opts;
-        let Some(mut h) = hint::Hints::load(
-            &f,
-            &o.prefix,
-            network,
-            &o.node_name,
-            now_ms(),
-            self.ttl_ms(),
-        ) else {
+        let mut f = hint::HintFile::open(f);
+        let Some(mut h) = f.load(&o.prefix, network, &o.node_name, now_ms(), self.ttl_ms()) else {
             return;
         };
         let mut changed = false;
@@ -546,7 +540,7 @@ impl EtcdStore {
             changed |= h.block_written(k, v, rev, done);
         }
         if changed {
-            h.store(&f);
+            f.store(&h);
         }
     }
 

@@ -14,7 +14,7 @@ use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, TxnOp};
 use ipnet::IpNet;
 
 use super::conn::{Etcd, Reads, Written};
-use super::hint::{BlockHint, Hints, MAX_BLOCKS, TenantHint, Val};
+use super::hint::{BlockHint, HintFile, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
 use super::model::{BlockRec, HandleAlloc, HandleRec, PoolRec, SubnetRec};
 use super::{EtcdStore, decode, now_ms};
@@ -471,10 +471,11 @@ pub(super) async fn reserve(
     let k = &s.keys;
     let net = key.network.as_str();
     let ttl_ms = u64::try_from(s.opts.claim_ttl.as_millis()).unwrap_or(u64::MAX);
-    let hint_file = s.hint_file(net);
+    // Opened once: read now, rewritten through the same descriptor.
+    let mut hint_file = s.hint_file(net).map(HintFile::open);
     let hints = hint_file
-        .as_deref()
-        .and_then(|f| Hints::load(f, &s.opts.prefix, net, &s.opts.node_name, now_ms(), ttl_ms));
+        .as_mut()
+        .and_then(|f| f.load(&s.opts.prefix, net, &s.opts.node_name, now_ms(), ttl_ms));
     // A sticky owner's previous address is not hinted: read.
     let mut source = if hints.is_some() && owner.is_none() && !requests.is_empty() {
         Source::Hints
@@ -489,7 +490,9 @@ pub(super) async fn reserve(
     // Lost compares so far: what spreads and backs off the next plans (a
     // partial view that did not do is no race).
     let mut races = 0u32;
-    let full_set = read_set(s, key, tenant, &names, owner, None);
+    // Built only when used: the hinted path never reads everything.
+    let full = std::cell::OnceCell::new();
+    let full_set = || full.get_or_init(|| read_set(s, key, tenant, &names, owner, None));
     for attempt in 0..MAX_ATTEMPTS {
         // Phase 1: the view (one read at most; none from hints).
         let view = match std::mem::replace(&mut source, Source::Read) {
@@ -499,14 +502,14 @@ pub(super) async fn reserve(
             {
                 Some(v) => v,
                 None => {
-                    let r = etcd.read(full_set.ops.clone()).await?;
-                    parse_reads(s, key, tenant, &names, &r, &full_set)?
+                    let r = etcd.read(full_set().ops.clone()).await?;
+                    parse_reads(s, key, tenant, &names, &r, full_set())?
                 }
             },
             Source::Returned(r, set) => parse_reads(s, key, tenant, &names, &r, &set)?,
             Source::Read => {
-                let r = etcd.read(full_set.ops.clone()).await?;
-                parse_reads(s, key, tenant, &names, &r, &full_set)?
+                let r = etcd.read(full_set().ops.clone()).await?;
+                parse_reads(s, key, tenant, &names, &r, full_set())?
             }
         };
 
@@ -568,9 +571,9 @@ pub(super) async fn reserve(
                 );
             }
             publish(&mut w);
-            match etcd.write_or_read(w.compares, w.ops, &full_set.ops).await {
+            match etcd.write_or_read(w.compares, w.ops, &full_set().ops).await {
                 Ok(Written::Done(_)) => return Ok(h.allocations()),
-                Ok(Written::Lost(r)) => source = Source::Returned(r, full_set.clone()),
+                Ok(Written::Lost(r)) => source = Source::Returned(r, full_set().clone()),
                 Err(e) if is_lease_gone(&e) => {
                     distrust_shared = true;
                     granted = None;
@@ -681,7 +684,7 @@ pub(super) async fn reserve(
         // same (few) blocks after a partial one, so that a stale hint costs
         // neither an extra round trip nor a read that grows with the fill.
         let else_set = if complete {
-            full_set.clone()
+            full_set().clone()
         } else {
             let hinted: Vec<Vec<String>> = names.iter().map(|n| a.views[*n].own.clone()).collect();
             read_set(s, key, tenant, &names, owner, Some(&hinted))
@@ -702,10 +705,10 @@ pub(super) async fn reserve(
                             .collect(),
                     },
                 );
-                if let Some(f) = &hint_file {
+                if let Some(f) = &mut hint_file {
                     let prior = hints
                         .unwrap_or_else(|| Hints::empty(&s.opts.prefix, net, &s.opts.node_name));
-                    a.hints_after(prior, &parsed, r, lease).store(f);
+                    f.store(&a.hints_after(prior, &parsed, r, lease));
                 }
                 return Ok(rec.allocations());
             }
@@ -817,7 +820,12 @@ impl Attempt<'_> {
                 },
                 (None, None) => continue,
             };
-            let old = prior.tenant(&p.name, self.tenant).cloned();
+            // Taken out, not cloned: `put_tenant` replaces it below.
+            let old = prior
+                .tenants
+                .iter()
+                .position(|t| t.pool == p.name && t.tenant == self.tenant)
+                .map(|i| prior.tenants.remove(i));
             let mut own: Vec<(u128, &String)> = view
                 .own
                 .iter()
