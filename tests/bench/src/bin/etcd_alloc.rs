@@ -22,6 +22,10 @@
 //!    fill (each measured reservation is released again so the fill stays
 //!    put), with hints, and without (the read path, for reference).
 //!
+//! The rate phases run interleaved: each workload has its own threads, and
+//! they take turns in 0.5 s slices until each had `BENCH_SECS`, so that the
+//! ratios compare like with like on a machine whose other load changes.
+//!
 //! `make bench-etcd`, or `cargo run --profile ctl -p tenet-bench --bin
 //! etcd_alloc`. `BENCH_SECS` (default 5) sets each rate phase's length,
 //! `BENCH_SAMPLES` (default 500) the latency samples per fill,
@@ -31,8 +35,8 @@
 mod etcd;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tenet::ipam::{AttachmentKey, EtcdOptions, EtcdStore, IpStore};
@@ -118,50 +122,101 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// Runs `f(client, i)` on `CLIENTS` threads for `secs`; returns the rate.
-fn rate<F>(secs: u64, etcd_pid: u32, f: F) -> Rate
-where
-    F: Fn(usize, u64) + Send + Sync + 'static,
-{
+/// One workload: `f(client, i)` is client `client`'s `i`-th operation.
+type Work = Arc<dyn Fn(usize, u64) + Send + Sync>;
+
+/// Length of one measured slice.
+const SLICE: Duration = Duration::from_millis(500);
+
+/// Runs every workload on its own `CLIENTS` threads, **one workload at a
+/// time in alternating slices** (the others' threads wait), until each was
+/// measured for `secs`; returns their rates in order. Interleaving is what
+/// makes the ratios mean something on a machine shared with other work
+/// (the lead's builds): run one after the other, a change of background
+/// load between the raw phase and a reserve phase moved the ratio by ±20 %.
+fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
+    const IDLE: usize = usize::MAX;
+    let n = works.len();
+    let active = Arc::new(AtomicUsize::new(IDLE));
     let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let f = Arc::new(f);
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (stop, count, f) = (stop.clone(), count.clone(), f.clone());
-            std::thread::spawn(move || {
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let gate = Arc::new((Mutex::new(()), Condvar::new()));
+    let switch = |w: usize| {
+        let _g = gate.0.lock().unwrap();
+        active.store(w, Ordering::Relaxed);
+        gate.1.notify_all();
+    };
+    let mut threads = Vec::new();
+    for (w, f) in works.into_iter().enumerate() {
+        for c in 0..CLIENTS {
+            let (active, stop, counts, f) =
+                (active.clone(), stop.clone(), counts.clone(), f.clone());
+            let gate = gate.clone();
+            threads.push(std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if active.load(Ordering::Relaxed) != w {
+                        // Parked, not polling: waiting threads must not
+                        // cost the measured workload CPU.
+                        let g = gate.0.lock().unwrap();
+                        drop(gate.1.wait_while(g, |_| {
+                            active.load(Ordering::Relaxed) != w && !stop.load(Ordering::Relaxed)
+                        }));
+                        continue;
+                    }
                     f(c, i);
                     i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
+                    counts[w].fetch_add(1, Ordering::Relaxed);
                 }
-            })
-        })
-        .collect();
-    // Warm-up second not counted.
-    std::thread::sleep(Duration::from_secs(1));
+            }));
+        }
+    }
     let etcd = etcd_pid.to_string();
-    let (c0, e0) = (cpu_s("self"), cpu_s(&etcd));
-    let start_n = count.load(Ordering::Relaxed);
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    let n = count.load(Ordering::Relaxed) - start_n;
-    let el = start.elapsed();
-    let (c1, e1) = (cpu_s("self"), cpu_s(&etcd));
+    // Warm-up round, not counted.
+    for w in 0..n {
+        switch(w);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut ops = vec![0u64; n];
+    let mut el = vec![Duration::ZERO; n];
+    let mut cpu = vec![(0f64, 0f64); n];
+    let rounds = (secs * 1000).div_ceil(SLICE.as_millis() as u64);
+    for _ in 0..rounds {
+        for w in 0..n {
+            switch(w);
+            // Let the previous workload's last operations finish first.
+            std::thread::sleep(Duration::from_millis(20));
+            let (c0, e0, k0, t0) = (
+                cpu_s("self"),
+                cpu_s(&etcd),
+                counts[w].load(Ordering::Relaxed),
+                Instant::now(),
+            );
+            std::thread::sleep(SLICE);
+            ops[w] += counts[w].load(Ordering::Relaxed) - k0;
+            el[w] += t0.elapsed();
+            cpu[w].0 += cpu_s("self") - c0;
+            cpu[w].1 += cpu_s(&etcd) - e0;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
+    switch(IDLE);
     for t in threads {
         t.join().unwrap();
     }
-    let n = n.max(1) as f64;
-    Rate {
-        per_s: n / el.as_secs_f64(),
-        client_us: (c1 - c0) * 1e6 / n,
-        etcd_us: (e1 - e0) * 1e6 / n,
-    }
+    (0..n)
+        .map(|w| {
+            let k = ops[w].max(1) as f64;
+            Rate {
+                per_s: k / el[w].as_secs_f64(),
+                client_us: cpu[w].0 * 1e6 / k,
+                etcd_us: cpu[w].1 * 1e6 / k,
+            }
+        })
+        .collect()
 }
 
-fn raw_rate(endpoints: &[String], secs: u64, etcd_pid: u32) -> Rate {
+fn raw_work(endpoints: &[String]) -> Work {
     let endpoints = endpoints.to_vec();
     // Each client: its own runtime and connection, like each EtcdStore.
     let clients: Vec<_> = (0..CLIENTS)
@@ -177,7 +232,7 @@ fn raw_rate(endpoints: &[String], secs: u64, etcd_pid: u32) -> Rate {
         })
         .collect();
     let clients = Arc::new(clients);
-    rate(secs, etcd_pid, move |c, i| {
+    Arc::new(move |c, i| {
         let mut g = clients[c].lock().unwrap();
         let (rt, client, rev) = &mut *g;
         let key = format!("/bench/raw/{c}");
@@ -204,14 +259,7 @@ enum Mode {
     FreshStorePerAdd,
 }
 
-fn alloc_rate(
-    endpoints: &[String],
-    secs: u64,
-    etcd_pid: u32,
-    mode: Mode,
-    prefix: &str,
-    states: &Path,
-) -> Rate {
+fn alloc_work(endpoints: &[String], mode: Mode, prefix: &str, states: &Path) -> Work {
     let endpoints = endpoints.to_vec();
     let prefix = prefix.to_owned();
     let dirs: Vec<PathBuf> = (0..CLIENTS)
@@ -225,7 +273,7 @@ fn alloc_rate(
             .collect()
     });
     let req = request("10.0.0.0/8", 12);
-    rate(secs, etcd_pid, move |c, i| {
+    Arc::new(move |c, i| {
         let k = AttachmentKey::new("bench", format!("n{c}-{i}"), "eth0");
         let fresh;
         let s = if mode == Mode::FreshStorePerAdd {
@@ -296,7 +344,8 @@ fn main() {
     let eps = cluster.endpoints();
     println!(
         "etcd 3.4 single member on loopback, {CLIENTS} concurrent clients (one simulated node \
-         each, own node name and state dir), {secs} s per phase; load average {}",
+         each, own node name and state dir), {secs} s per phase in alternating 0.5 s slices; load \
+         average {}",
         loadavg()
     );
     println!(
@@ -310,38 +359,39 @@ fn main() {
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "raw,reserve,add,fresh,latency".into());
     let on = |p: &str| phases.split(',').any(|x| x == p);
     let pid = cluster.pid(0).expect("etcd runs");
-    let raw = on("raw").then(|| raw_rate(&eps, secs, pid));
+    let st = states.path();
+    let mut works: Vec<Work> = Vec::new();
+    let mut names = Vec::new();
+    for (name, mode, prefix, dir) in [
+        ("reserve", Mode::Reserve, "/bench-a", "a"),
+        ("add", Mode::ReserveConfirm, "/bench-b", "b"),
+        ("fresh", Mode::FreshStorePerAdd, "/bench-e", "e"),
+    ] {
+        if on(name) {
+            works.push(alloc_work(&eps, mode, prefix, &st.join(dir)));
+            names.push(name);
+        }
+    }
+    if on("raw") {
+        works.insert(0, raw_work(&eps));
+        names.insert(0, "raw");
+    }
+    let got = rates(secs, pid, works);
+    let of = |n: &str| names.iter().position(|x| *x == n).map(|i| got[i]);
+    let raw = of("raw");
     if let Some(raw) = raw {
         println!("raw single-key txn (compare mod_revision + put):         {raw}");
     }
     let ratio = |r: Rate| raw.map_or(String::new(), |raw| format!("{:.2}", r.per_s / raw.per_s));
-    let st = states.path();
-    if on("reserve") {
-        let res = alloc_rate(&eps, secs, pid, Mode::Reserve, "/bench-a", &st.join("a"));
+    if let Some(res) = of("reserve") {
         println!("allocations = reserve (the one txn taking the address):  {res}");
         println!("  = {} of raw (goal >= 0.50)", ratio(res));
     }
-    if on("add") {
-        let add = alloc_rate(
-            &eps,
-            secs,
-            pid,
-            Mode::ReserveConfirm,
-            "/bench-b",
-            &st.join("b"),
-        );
+    if let Some(add) = of("add") {
         println!("reserve + confirm (the whole two-phase claim):            {add}");
         println!("  = {} of raw", ratio(add));
     }
-    if on("fresh") {
-        let fresh = alloc_rate(
-            &eps,
-            secs,
-            pid,
-            Mode::FreshStorePerAdd,
-            "/bench-e",
-            &st.join("e"),
-        );
+    if let Some(fresh) = of("fresh") {
         println!("reserve + confirm, new EtcdStore per ADD (connect too):   {fresh}");
         println!("  = {} of raw", ratio(fresh));
     }
