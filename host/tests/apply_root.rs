@@ -11,211 +11,17 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
+use common::cni::{NETWORK, Node, Pod, STEPS, conf, first_ip};
 use serde_json::{Value, json};
-use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 
-const NETWORK: &str = "tenet-test";
-
-/// A scratch node: its own netns (entered by the test thread, inherited by
-/// every process the test runs), state dir and cache.
-struct Node {
-    _tmp: tempfile::TempDir,
-    state: PathBuf,
-}
-
-impl Node {
-    fn new() -> Option<Self> {
-        if !require_root("the apply root tests") {
-            return None;
-        }
-        enter_scratch_node().expect("scratch node netns");
-        // As on a real node, so that isolation is the rules' doing (this is
-        // the scratch namespace's own sysctl).
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        Some(Node {
-            state: tmp.path().join("state"),
-            _tmp: tmp,
-        })
-    }
-
-    fn run(&self, env: &[(&str, &str)], stdin: &str) -> Out {
-        let out = self.spawn(env, stdin).wait_with_output().unwrap();
-        Out {
-            code: out.status.code(),
-            signal: out.status.signal(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn spawn(&self, env: &[(&str, &str)], stdin: &str) -> std::process::Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenet"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TENET_CONFIG", "/dev/null")
-            .env("TENET_MODULE_DIRS", common::modules_dir())
-            .env("TENET_CACHE_DIR", common::shared_cache())
-            .env("TENET_STATE_DIR", &self.state)
-            .env("TENET_PIPELINE", common::rainbond())
-            .env("TENET_LOG_LEVEL", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child
-    }
-
-    fn add(&self, pod: &Pod) -> Out {
-        self.run(&pod.env("ADD"), &conf())
-    }
-
-    fn del(&self, pod: &Pod) -> Out {
-        self.run(&pod.env("DEL"), &conf())
-    }
-
-    /// Nothing of any attachment is left: no veth host ends or tenant
-    /// bridges, no tenant rules, no address-store records, no attachment
-    /// records.
-    fn assert_clean(&self) {
-        let left = tenet::apply::leftovers(&self.state).unwrap();
-        assert!(left.is_empty(), "left behind: {left:#?}");
-    }
-}
-
-/// A pod: a namespace and the CNI identity of its attachment.
-struct Pod {
-    ns: ScratchNetns,
-    id: String,
-    namespace: String,
-    extra_args: String,
-    /// CNI_ARGS, built by `env`.
-    args: std::cell::OnceCell<String>,
-}
-
-impl Pod {
-    fn new(id: &str, namespace: &str) -> Self {
-        Pod {
-            ns: ScratchNetns::new().unwrap(),
-            id: id.into(),
-            namespace: namespace.into(),
-            extra_args: String::new(),
-            args: std::cell::OnceCell::new(),
-        }
-    }
-
-    fn netns(&self) -> &str {
-        self.ns.path().to_str().unwrap()
-    }
-
-    fn env(&self, command: &'static str) -> Vec<(&'static str, &str)> {
-        vec![
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", self.id.as_str()),
-            ("CNI_NETNS", self.netns()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-            ("CNI_ARGS", self.args()),
-        ]
-    }
-
-    fn args(&self) -> &str {
-        self.args.get_or_init(|| {
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}{}",
-                self.namespace, self.id, self.extra_args
-            )
-        })
-    }
-
-    /// The pod's interfaces (name → IPv4 addresses with prefix).
-    fn addrs(&self) -> Vec<(String, Vec<String>)> {
-        let out = self.ns.cmd("ip", &["-j", "addr", "show"]).unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                let addrs = l["addr_info"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|a| a["family"] == "inet")
-                    .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-                    .collect();
-                (l["ifname"].as_str().unwrap().to_owned(), addrs)
-            })
-            .collect()
-    }
-
-    fn ping(&self, ip: &str) -> bool {
-        self.ns
-            .cmd("ping", &["-c", "1", "-W", "1", ip])
-            .unwrap()
-            .status
-            .success()
-    }
-}
-
-struct Out {
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn ok(&self) -> Value {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "stdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        if self.stdout.trim().is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_str(self.stdout.trim()).unwrap()
-    }
-
-    fn error(&self, code: u64) -> Value {
-        let j: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("{e}: {:?}\nstderr: {}", self.stdout, self.stderr));
-        assert_ne!(self.code, Some(0));
-        assert_eq!(j["code"], code, "{j}\nstderr: {}", self.stderr);
-        j
-    }
-}
-
-fn conf() -> String {
-    json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "tenet"}).to_string()
-}
-
-fn first_ip(result: &Value) -> String {
-    let a = result["ips"][0]["address"].as_str().unwrap();
-    a.split('/').next().unwrap().to_owned()
+fn node() -> Option<Node> {
+    Node::new("the apply root tests")
 }
 
 #[test]
 fn add_check_del_del_and_isolation() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let a1 = Pod::new("a1", "team-a");
     let a2 = Pod::new("a2", "team-a");
     let b1 = Pod::new("b1", "team-b");
@@ -271,7 +77,7 @@ fn add_check_del_del_and_isolation() {
 
 #[test]
 fn del_without_netns_and_after_the_pod_is_gone() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let p = Pod::new("gone1", "team-a");
     node.add(&p).ok();
     let id = p.id.clone();
@@ -291,7 +97,7 @@ fn del_without_netns_and_after_the_pod_is_gone() {
 
 #[test]
 fn an_existing_ifname_is_an_error_and_leaves_nothing() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let p = Pod::new("dup1", "team-a");
     let out =
         p.ns.cmd(
@@ -309,7 +115,7 @@ fn an_existing_ifname_is_an_error_and_leaves_nothing() {
 
 #[test]
 fn a_static_address_already_taken_is_refused() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let mut p1 = Pod::new("st1", "team-a");
     p1.extra_args = ";IP=10.64.1.50".into();
     let r = node.add(&p1).ok();
@@ -323,24 +129,9 @@ fn a_static_address_already_taken_is_refused() {
     node.assert_clean();
 }
 
-/// Every step ADD takes for a rainbond pod (eth0 SDN port, eth1 host link).
-const STEPS: [&str; 11] = [
-    "record",
-    "reserve",
-    "ensure-tenant",
-    "veth:eth0",
-    "veth:eth1",
-    "attach:eth0",
-    "host-side:eth1",
-    "configure:eth0",
-    "configure:eth1",
-    "confirm",
-    "ready",
-];
-
 #[test]
 fn a_failure_injected_after_each_step_rolls_back_everything() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     for step in STEPS {
         let p = Pod::new("rb1", "team-a");
         let fp = format!("{step}:error");
@@ -362,25 +153,15 @@ fn a_failure_injected_after_each_step_rolls_back_everything() {
 
 #[test]
 fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     for (n, step) in STEPS.iter().enumerate() {
         let p = Pod::new(&format!("kill{n}"), "team-a");
-        let fp = format!("{step}:kill");
-        let mut env = p.env("ADD");
-        env.push(("TENET_FAILPOINT", &fp));
-        let out = node.run(&env, &conf());
-        assert_eq!(out.signal, Some(9), "{step}: {}", out.stderr);
+        node.add_killed_at(&p, step);
         if n % 2 == 0 {
             node.del(&p).ok();
         } else {
             // GC with an empty valid list: the runtime forgot the pod.
-            let gc = json!({"cniVersion": "1.1.0", "name": NETWORK, "type": "tenet",
-                "cni.dev/valid-attachments": []});
-            node.run(
-                &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
-                &gc.to_string(),
-            )
-            .ok();
+            node.gc_all().ok();
         }
         node.assert_clean();
     }
@@ -388,7 +169,7 @@ fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
 
 #[test]
 fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let pods: Vec<Pod> = (0..50)
         .map(|i| {
             Pod::new(
@@ -435,7 +216,7 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
 
 #[test]
 fn status_reports_a_broken_store_as_not_ready() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = node() else { return };
     let st = [("CNI_COMMAND", "STATUS")];
     let conf11 = json!({"cniVersion": "1.1.0", "name": NETWORK, "type": "tenet"}).to_string();
     node.run(&st, &conf11).ok();

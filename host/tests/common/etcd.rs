@@ -17,6 +17,8 @@
 //!   healthy is a panic that prints the tail of its log.
 //! - `kill(i)` / `kill_leader()` SIGKILL a member (a crash, not a clean
 //!   stop); `restart(i)` starts it again on the same ports and data dir.
+//! - `grpc_calls(i, "Txn")` counts the calls of one kind a member answered
+//!   (from its metrics), so tests can assert round trips.
 //! - Drop kills every member and removes the directory.
 //! - `with_tls(TlsFiles)` serves clients over TLS (mutual when
 //!   `client_ca` is set); health is always checked over a separate plain
@@ -311,6 +313,24 @@ impl EtcdCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How many `method` calls (`Txn`, `Range`, `LeaseGrant`, …) member `i`
+    /// has answered, whatever their gRPC code: the sum of its
+    /// `grpc_server_handled_total` counters for that method.
+    pub fn grpc_calls(&self, i: usize, method: &str) -> u64 {
+        let m = &self.members[i];
+        let text = http_get(m.metrics_port, "/metrics").expect("etcd metrics");
+        let want = format!("grpc_method=\"{method}\"");
+        text.lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&want))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// The process id of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
     }
 
     /// SIGKILLs member `i` (a crash) and reaps it.

@@ -5,6 +5,7 @@
 //! artifact is a loud failure, never a skip.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod etcd;
 
 use std::path::{Path, PathBuf};

@@ -28,21 +28,70 @@
 //! # Transactions
 //!
 //! Every change is one etcd transaction whose compares cover everything the
-//! decision read: the block's `mod_revision` (or `create_revision == 0` for
-//! a block, claim, subnet, carve or pool record being created), the pending
-//! key being taken (`create_revision == 0`), and the handle
+//! decision read: the block's `mod_revision` (`reserve` compares the block's,
+//! subnet's and pool's exact value instead: see "Hints"; `create_revision
+//! == 0` for a block, claim, subnet, carve or pool record being created),
+//! the pending key being taken (`create_revision == 0`), and the handle
 //! (`create_revision == 0` on reserve, its `mod_revision` afterwards). A
-//! failed compare means another writer won: read again and re-plan (at most
-//! 100 attempts, all within `etcd.timeout_ms`). There is no lock anywhere,
-//! and nothing is cached between calls: `reserve` is one read transaction
-//! (the handle, the pools, the tenant's subnet record, this node's blocks
-//! with their pending keys and the node's claim lease, in one round trip)
-//! and one write transaction in the common case; `confirm` in the process
-//! that reserved is one write transaction (what the reserve wrote is kept
-//! in memory for it, and every use of it is guarded by compares). Each write puts the handle
-//! in the same transaction as the block change it belongs to, so no state
-//! exists in which one is written and the other is not (unlike
-//! goodrain/midonet-cni's two writes).
+//! failed compare means another writer won: re-plan from fresh data (at
+//! most 100 attempts, all within `etcd.timeout_ms`). A reserve's write
+//! transaction carries, as its failure branch, the reads the next attempt
+//! needs, so a lost compare costs no extra round trip. There is no lock
+//! anywhere. In the common case `reserve` is **one write transaction**,
+//! planned from the node's hint file (below); without usable hints it is
+//! one read transaction (the handle, the pools, the tenant's subnet
+//! record, this node's blocks with their pending keys and the node's claim
+//! lease, in one round trip) and one write. `confirm` in the process that
+//! reserved is one write transaction (what the reserve wrote is kept in
+//! memory for it, and every use of it is guarded by compares); in another
+//! process it reads first. Each write puts the handle in the same
+//! transaction as the block change it belongs to, so no state exists in
+//! which one is written and the other is not (unlike goodrain/midonet-cni's
+//! two writes).
+//!
+//! # Hints
+//!
+//! Every ADD is a new `tenet` process, so what a reserve would read is kept
+//! between them in a node-local **hint file**, one per (etcd prefix,
+//! network): `<state_dir>/etcd-hints/<prefix>@<network>.json`
+//! ([`EtcdOptions::hint_dir`]). It holds the network's pool records, and
+//! per (pool, tenant) the tenant's subnet record and this node's first four
+//! blocks that still have a free address (value, `mod_revision`, pending
+//! ordinals seen with when), and the node's claim lease (id, expiry); at
+//! most 64 (pool, tenant) entries, least recently used out. Full blocks are
+//! left out, so neither the file nor the planning grows with the fill.
+//! Every successful reserve rewrites it; confirm and release update the
+//! blocks they rewrote (and drop those without room).
+//!
+//! A hint is never trusted:
+//!
+//! - A plan made from hints carries the same compares as one made from a
+//!   read: handle absent, pending key absent, and block, subnet and pool
+//!   records holding exactly the **value** the plan used. The plan depends
+//!   on their content only, so the value is the exact guard; unlike a
+//!   `mod_revision`, it cannot be fooled by a revision number reused after
+//!   an etcd restore from backup (or by another cluster behind the same
+//!   prefix), and it costs etcd one lookup per record.
+//! - The write's failure branch reads the handle, the pools, the subnet,
+//!   the hinted blocks with their pending keys and the lease: a stale hint
+//!   is re-planned from those fresh values, and that read stays as small as
+//!   the hint (constant in the fill).
+//! - A hinted view is partial. It decides nothing but a success: when the
+//!   hinted blocks have no room, the subnet or pool is unknown or gone, a
+//!   static address looks taken, or anything else would be an error or
+//!   would need more than the view holds, the reserve reads everything as
+//!   without hints and decides from that. A sticky owner's reserve always
+//!   reads (its previous address is not hinted).
+//! - Pending ordinals are only skipped, never relied on; entries older than
+//!   one claim TTL are dropped (their lease has expired or they were
+//!   confirmed, which rewrote the block).
+//! - The file is rewritten in place with one `pwrite`, behind a header
+//!   with its length and checksum, without fsync (`hint.rs` says why not a
+//!   temp file and a rename). Concurrent `tenet` processes of one node share
+//!   it without locks; readers use a whole version or none, the last writer
+//!   wins, and a lost update only makes the next hint stale. A missing,
+//!   torn, corrupt, foreign (other prefix, network, node or format) or
+//!   unreadable file is ignored.
 //!
 //! # Two-phase claims and leases
 //!
@@ -117,20 +166,24 @@
 //! `EtcdStore::connect(&config)` when `config.store == StoreKind::Etcd`
 //! (connecting costs one round trip, plus one for authentication; nothing
 //! happens for the local store). The node name is `config.node_name` or the
-//! hostname. A SIGKILL at any step after reserve leaves a pending claim that
-//! expires within `claim_ttl_s`; after confirm, DEL or GC frees it. The
-//! journal's undo of the reserve step is `release` (idempotent), and its
-//! last step `confirm`; a confirm answered with `ClaimLost` (code 136) means
-//! the ADD overran half the TTL and must fail and undo.
+//! hostname; the hint file lives under `config.state_dir` (node-local, like
+//! the attachment records). A SIGKILL at any step after reserve leaves a
+//! pending claim that expires within `claim_ttl_s` (DEL or GC free it
+//! sooner); after confirm, DEL or GC frees it (`host/tests/etcd_crash_root.rs`
+//! kills the binary at each step). The journal's undo of the reserve step is
+//! `release` (idempotent), and its last step `confirm`; a confirm answered
+//! with `ClaimLost` (code 136) means the ADD overran half the TTL and must
+//! fail and undo.
 
 mod conn;
+mod hint;
 mod keys;
 mod model;
 mod reserve;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,6 +240,10 @@ pub struct EtcdOptions {
     pub user: Option<(String, String)>,
     /// TLS to etcd.
     pub tls: Option<EtcdTls>,
+    /// Where this node keeps its reserve hints (node-local; see "Hints" in
+    /// the module docs); `None` disables them (every reserve reads first).
+    /// From a configuration: `<state_dir>/etcd-hints`.
+    pub hint_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -202,6 +259,7 @@ impl std::fmt::Debug for EtcdOptions {
             .field("allow_tenant_overlap", &self.allow_tenant_overlap)
             .field("user", &self.user.as_ref().map(|u| &u.0))
             .field("tls", &self.tls.is_some())
+            .field("hint_dir", &self.hint_dir)
             .finish_non_exhaustive()
     }
 }
@@ -223,6 +281,7 @@ impl EtcdOptions {
             block_len_v6: d.block_len_v6,
             user: None,
             tls: None,
+            hint_dir: None,
         }
     }
 
@@ -298,6 +357,7 @@ impl EtcdOptions {
             block_len_v6: e.block_len_v6,
             user,
             tls,
+            hint_dir: Some(cfg.state_dir.join("etcd-hints")),
         })
     }
 
@@ -451,6 +511,39 @@ impl EtcdStore {
         u64::try_from(self.opts.cooldown.as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.opts.claim_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// This node's hint file for `network`, when hints are on.
+    fn hint_file(&self, network: &str) -> Option<PathBuf> {
+        self.opts
+            .hint_dir
+            .as_deref()
+            .map(|d| hint::path(d, &self.opts.prefix, network))
+    }
+
+    /// Tells the hint file that a transaction at `rev` rewrote these blocks:
+    /// `(key, value written, ordinals whose pending keys it deleted)`. Only
+    /// this node's blocks are in the file; others are ignored.
+    fn note_blocks(&self, network: &str, rev: i64, written: &[(String, Vec<u8>, Vec<u32>)]) {
+        let Some(f) = self.hint_file(network) else {
+            return;
+        };
+        let o = &self.opts;
+        let mut f = hint::HintFile::open(f);
+        let Some(mut h) = f.load(&o.prefix, network, &o.node_name, now_ms(), self.ttl_ms()) else {
+            return;
+        };
+        let mut changed = false;
+        for (k, v, done) in written {
+            changed |= h.block_written(k, v, rev, done);
+        }
+        if changed {
+            f.store(&h);
+        }
+    }
+
     /// Best-effort owner of a confirmed address, for error messages.
     async fn owner_of(&self, etcd: &Etcd, net: &str, p: &ParsedPool, ip: IpAddr) -> String {
         let Ok(kvs) = etcd.scan(&self.keys.handles(net), false).await else {
@@ -540,7 +633,15 @@ impl EtcdStore {
                         .filter(|a| self.block_key(&key.network, &r.handle, a) == bk)
                         .map(|a| (a.ordinal, (String::new(), r.revision)))
                         .collect();
-                    (bk.clone(), reserve::BlockView { rec, rev, pend })
+                    (
+                        bk.clone(),
+                        reserve::BlockView {
+                            rec,
+                            rev,
+                            val: Vec::new(),
+                            pend,
+                        },
+                    )
                 })
                 .collect();
             if self
@@ -564,7 +665,7 @@ impl EtcdStore {
     }
 
     /// The confirm transaction for a pending handle at `rev` and its blocks
-    /// as read; false when a compare failed.
+    /// as read; false when a compare failed. Tells the hint file.
     async fn confirm_txn(
         &self,
         etcd: &Etcd,
@@ -578,8 +679,10 @@ impl EtcdStore {
             let mut compares = vec![Compare::mod_revision(hk.as_str(), CompareOp::Equal, rev)];
             let mut ops = Vec::new();
             let now = now_ms();
+            let mut done: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for a in &h.allocations {
                 let bk = self.block_key(&key.network, &h, a);
+                done.entry(bk.clone()).or_default().push(a.ordinal);
                 let Some(b) = blocks.get_mut(&bk) else {
                     return Err(IpamError::ClaimLost { key: key.clone() });
                 };
@@ -596,15 +699,22 @@ impl EtcdStore {
                     b.rec.cursor = (a.ordinal + 1) % b.rec.size();
                 }
             }
+            let mut written = Vec::new();
             for (bk, b) in &mut blocks {
                 b.rec.prune(now, self.cooldown_ms());
                 compares.push(Compare::mod_revision(bk.as_str(), CompareOp::Equal, b.rev));
-                ops.push(TxnOp::put(bk.as_str(), encode(&b.rec), None));
+                let v = encode(&b.rec);
+                ops.push(TxnOp::put(bk.as_str(), v.clone(), None));
+                written.push((bk.clone(), v, done.remove(bk).unwrap_or_default()));
             }
             h.state = ClaimState::Confirmed;
             // No lease: a confirmed allocation never expires.
             ops.push(TxnOp::put(hk.as_str(), encode(&h), None));
             let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+                self.note_blocks(&key.network, rev, &written);
+            }
             Ok(resp.succeeded())
         }
     }
@@ -633,10 +743,12 @@ impl EtcdStore {
             let mut compares = vec![Compare::mod_revision(hk.as_str(), CompareOp::Equal, rev)];
             let mut ops = vec![TxnOp::delete(hk.as_str(), None)];
             let now = now_ms();
+            let mut done: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for a in &h.allocations {
                 let bk = self.block_key(&key.network, &h, a);
                 if h.state == ClaimState::Pending {
                     ops.push(TxnOp::delete(keys::Keys::pend(&bk, a.ordinal), None));
+                    done.entry(bk.clone()).or_default().push(a.ordinal);
                 }
                 if let Some(b) = blocks.get_mut(&bk) {
                     if h.state == ClaimState::Confirmed {
@@ -645,13 +757,18 @@ impl EtcdStore {
                     b.rec.released.insert(a.ordinal, now);
                 }
             }
+            let mut written = Vec::new();
             for (bk, b) in &mut blocks {
                 b.rec.prune(now, self.cooldown_ms());
                 compares.push(Compare::mod_revision(bk.as_str(), CompareOp::Equal, b.rev));
-                ops.push(TxnOp::put(bk.as_str(), encode(&b.rec), None));
+                let v = encode(&b.rec);
+                ops.push(TxnOp::put(bk.as_str(), v.clone(), None));
+                written.push((bk.clone(), v, done.remove(bk).unwrap_or_default()));
             }
             let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
             if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+                self.note_blocks(&key.network, rev, &written);
                 return Ok(Some(h.allocations()));
             }
         }

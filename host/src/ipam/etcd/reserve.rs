@@ -1,16 +1,20 @@
-//! `reserve`: read what the decision needs in one round trip, plan every
-//! request, and commit the whole reservation in one transaction whose
-//! compares cover everything the plan read. A failed compare means another
-//! writer got there first: read again and re-plan (bounded by the deadline).
+//! `reserve`: plan every request from a view of etcd, and commit the whole
+//! reservation in one transaction whose compares cover everything the plan
+//! used. The view comes from the node's hint file (no read at all), from the
+//! failure branch of the previous attempt's transaction (fresh reads that
+//! came back with the lost compare), or from one read transaction. A failed
+//! compare means another writer got there first: re-plan from the reads the
+//! failure returned (bounded by the deadline).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, TxnOp};
 use ipnet::IpNet;
 
-use super::conn::Etcd;
+use super::conn::{Etcd, Reads, Written};
+use super::hint::{BlockHint, HintFile, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
 use super::model::{BlockRec, HandleAlloc, HandleRec, PoolRec, SubnetRec};
 use super::{EtcdStore, decode, now_ms};
@@ -23,7 +27,7 @@ const MAX_ATTEMPTS: u32 = 100;
 
 /// `<prefix>/leases/<node>`: the lease this node's pending claims are
 /// written under, shared by its ADDs while it has at least half a TTL left.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct NodeLease {
     pub id: i64,
@@ -55,6 +59,10 @@ pub(super) struct BlockView {
     pub rec: BlockRec,
     /// Mod revision; 0 for a block this attempt claims.
     pub rev: i64,
+    /// The value as stored (empty for a block this attempt claims): a
+    /// reserve compares it too, so a hint whose revision number was reused
+    /// (etcd restored from a backup) cannot pass for the current block.
+    pub val: Vec<u8>,
     /// Pending ordinal → (holder "container/ifname", mod revision).
     pub pend: BTreeMap<u32, (String, i64)>,
 }
@@ -77,6 +85,7 @@ pub(super) fn collect_blocks(
                     BlockView {
                         rec,
                         rev: kv.mod_revision(),
+                        val: kv.value().to_vec(),
                         pend: BTreeMap::new(),
                     },
                 );
@@ -118,10 +127,18 @@ impl Writes {
                 .push(Compare::create_revision(key, CompareOp::Equal, 0));
         }
     }
-    fn unchanged(&mut self, key: &str, rev: i64) {
+    /// `key` still holds `val` as read, or, without a value, is still at
+    /// `rev`. The plan depends on the record's content only, so its value
+    /// is the exact guard: it cannot be fooled by a revision number reused
+    /// after an etcd restore (a hint from before it), and it costs etcd one
+    /// lookup where comparing both would cost two.
+    fn unchanged(&mut self, key: &str, rev: i64, val: &[u8]) {
         if self.compared.insert(key.to_owned()) {
-            self.compares
-                .push(Compare::mod_revision(key, CompareOp::Equal, rev));
+            self.compares.push(if val.is_empty() {
+                Compare::mod_revision(key, CompareOp::Equal, rev)
+            } else {
+                Compare::value(key, CompareOp::Equal, val.to_vec())
+            });
         }
     }
     fn put(&mut self, key: &str, value: Vec<u8>, lease: Option<i64>) {
@@ -135,15 +152,79 @@ impl Writes {
     }
 }
 
-/// What phase 1 read for one pool of the request.
+/// A record with its revision and stored value.
+type Versioned<T> = (T, i64, Vec<u8>);
+
+/// What the view holds for one pool of the request.
 struct PoolView {
-    subnet: Option<(SubnetRec, i64)>,
+    subnet: Option<Versioned<SubnetRec>>,
     sticky: Option<IpAddr>,
     /// Keys of this node's blocks, in address order.
     own: Vec<String>,
     /// Whether every block of the tenant (all nodes) and the claims were read.
     all_loaded: bool,
+    /// Whether the claims were read.
+    claims_loaded: bool,
     claimed: BTreeSet<IpNet>,
+}
+
+/// Why planning stopped.
+enum PlanError {
+    /// A real answer (made from a complete view).
+    Ipam(IpamError),
+    /// The view is partial (hints, or the hinted blocks re-read) and the
+    /// plan needs more than it holds: read everything and plan again.
+    Incomplete,
+}
+
+impl From<IpamError> for PlanError {
+    fn from(e: IpamError) -> Self {
+        PlanError::Ipam(e)
+    }
+}
+
+/// Which keys one read covers (phase 1, or the failure branch of a write),
+/// and where each answer sits in the responses.
+#[derive(Debug, Clone)]
+struct ReadSet {
+    /// `(key, is_prefix)`: the handle first, the pools second.
+    ops: Vec<(String, bool)>,
+    /// True when it covers all of this node's blocks; false when only the
+    /// hinted ones (the view is then partial).
+    full: bool,
+    /// Per pool of the request: the subnet get, the block gets, the sticky
+    /// get.
+    per_pool: Vec<(usize, Vec<usize>, Option<usize>)>,
+    lease: usize,
+}
+
+/// One attempt's view of etcd, from a read or from the hints.
+struct View {
+    /// `None` when it was not read (from hints: the write compares that it
+    /// is absent).
+    handle: Option<(HandleRec, i64)>,
+    pools: BTreeMap<String, Versioned<PoolRec>>,
+    /// Per pool of the request: subnet, this node's blocks, sticky address.
+    per_pool: Vec<PoolSnap>,
+    lease: Option<NodeLease>,
+    /// Whether all of this node's blocks are in it (else only some).
+    complete: bool,
+}
+
+struct PoolSnap {
+    subnet: Option<Versioned<SubnetRec>>,
+    blocks: BTreeMap<String, BlockView>,
+    sticky: Option<IpAddr>,
+}
+
+/// Where the next attempt's view comes from.
+enum Source {
+    /// The hint file: no read at all.
+    Hints,
+    /// The failure branch of the last write: fresh, no extra round trip.
+    Returned(Reads, ReadSet),
+    /// A read transaction of everything.
+    Read,
 }
 
 /// One reservation attempt's state.
@@ -156,12 +237,18 @@ struct Attempt<'a> {
     holder: String,
     now: u64,
     lease: i64,
-    attempt: u32,
-    pools: BTreeMap<String, (PoolRec, i64)>,
+    /// Compares this reserve lost so far (see `scan_block`).
+    races: u32,
+    /// Whether the view holds all of this node's blocks; a partial view may
+    /// only produce a plan within what it holds (see [`PlanError`]).
+    complete: bool,
+    pools: BTreeMap<String, Versioned<PoolRec>>,
     views: BTreeMap<String, PoolView>,
     blocks: BTreeMap<String, BlockView>,
-    /// Subnets carved in this attempt, by pool.
-    carved: BTreeMap<String, Geom>,
+    /// Subnets carved in this attempt, by pool, with the value written.
+    carved: BTreeMap<String, (Geom, Vec<u8>)>,
+    /// Each planned pool's tenant subnet.
+    geoms: BTreeMap<String, Geom>,
     /// Blocks claimed in this attempt.
     new_blocks: HashSet<String>,
     /// Addresses taken earlier in this same call, by pool.
@@ -172,6 +259,172 @@ struct Attempt<'a> {
 
 fn holder_of(key: &AttachmentKey) -> String {
     format!("{}/{}", key.container_id, key.ifname)
+}
+
+/// The keys a reserve of `names` reads (see [`ReadSet`]): with `hinted`,
+/// only those blocks (with their pending keys), else all of this node's.
+fn read_set(
+    s: &EtcdStore,
+    key: &AttachmentKey,
+    tenant: &str,
+    names: &[&str],
+    owner: Option<&str>,
+    hinted: Option<&[Vec<String>]>,
+) -> ReadSet {
+    let k = &s.keys;
+    let net = key.network.as_str();
+    let mut ops = vec![(k.handle(key), false), (k.pools(net), true)];
+    let mut per_pool = Vec::with_capacity(names.len());
+    for (j, n) in names.iter().enumerate() {
+        let subnet = ops.len();
+        ops.push((k.subnet(net, n, tenant), false));
+        let mut blocks = Vec::new();
+        match hinted {
+            Some(h) => {
+                for bk in &h[j] {
+                    blocks.push(ops.len());
+                    // The block and its `<block>/p/<ord>` keys.
+                    ops.push((bk.clone(), true));
+                }
+            }
+            None => {
+                blocks.push(ops.len());
+                ops.push((k.node_blocks(net, n, tenant, &s.opts.node_name), true));
+            }
+        }
+        let sticky = owner.map(|o| {
+            ops.push((k.sticky(net, n, tenant, o), false));
+            ops.len() - 1
+        });
+        per_pool.push((subnet, blocks, sticky));
+    }
+    let lease = ops.len();
+    ops.push((k.node_lease(&s.opts.node_name), false));
+    ReadSet {
+        ops,
+        full: hinted.is_none(),
+        per_pool,
+        lease,
+    }
+}
+
+/// The view a read returned.
+fn parse_reads(
+    s: &EtcdStore,
+    key: &AttachmentKey,
+    tenant: &str,
+    names: &[&str],
+    reads: &Reads,
+    set: &ReadSet,
+) -> Result<View, IpamError> {
+    let k = &s.keys;
+    let net = key.network.as_str();
+    let none = Vec::new();
+    let at = |i: usize| reads.get(i).unwrap_or(&none);
+    let handle = match at(0).first() {
+        Some(kv) => Some((decode(&k.handle(key), kv.value())?, kv.mod_revision())),
+        None => None,
+    };
+    let mut pools = BTreeMap::new();
+    for kv in at(1) {
+        let kk = String::from_utf8_lossy(kv.key()).into_owned();
+        let name = kk
+            .strip_prefix(&k.pools(net))
+            .and_then(unesc)
+            .unwrap_or_default();
+        pools.insert(
+            name,
+            (
+                decode(&kk, kv.value())?,
+                kv.mod_revision(),
+                kv.value().to_vec(),
+            ),
+        );
+    }
+    let mut per_pool = Vec::with_capacity(names.len());
+    for (n, (si, bis, sti)) in names.iter().zip(&set.per_pool) {
+        let subnet = match at(*si).first() {
+            Some(kv) => Some((
+                decode::<SubnetRec>(&k.subnet(net, n, tenant), kv.value())?,
+                kv.mod_revision(),
+                kv.value().to_vec(),
+            )),
+            None => None,
+        };
+        let prefix = k.blocks(net, n, tenant);
+        let mut blocks = BTreeMap::new();
+        for bi in bis {
+            blocks.extend(collect_blocks(&prefix, at(*bi))?);
+        }
+        // Only this node's blocks (a hinted key's prefix could also match
+        // a longer key).
+        let mine = k.node_blocks(net, n, tenant, &s.opts.node_name);
+        blocks.retain(|bk, _| bk.starts_with(&mine));
+        let sticky = sti.and_then(|i| {
+            at(i)
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
+        });
+        per_pool.push(PoolSnap {
+            subnet,
+            blocks,
+            sticky,
+        });
+    }
+    let lease = at(set.lease)
+        .first()
+        .and_then(|kv| serde_json::from_slice::<NodeLease>(kv.value()).ok());
+    Ok(View {
+        handle,
+        pools,
+        per_pool,
+        lease,
+        complete: set.full,
+    })
+}
+
+/// The view the hints give, or `None` when they do not cover every pool of
+/// the request (unknown pool, tenant without a subnet or without a hinted
+/// block) or do not decode.
+fn view_from_hints(h: &Hints, tenant: &str, names: &[&str]) -> Option<View> {
+    let mut pools = BTreeMap::new();
+    for (name, v) in &h.pools {
+        let rec: PoolRec = serde_json::from_str(&v.value).ok()?;
+        pools.insert(name.clone(), (rec, v.rev, v.value.clone().into_bytes()));
+    }
+    let mut per_pool = Vec::with_capacity(names.len());
+    for n in names {
+        let t = h.tenant(n, tenant)?;
+        if !pools.contains_key(*n) || t.blocks.is_empty() {
+            return None;
+        }
+        let subnet: SubnetRec = serde_json::from_str(&t.subnet.value).ok()?;
+        let mut blocks = BTreeMap::new();
+        for b in &t.blocks {
+            let rec: BlockRec = serde_json::from_str(&b.val.value).ok()?;
+            blocks.insert(
+                b.key.clone(),
+                BlockView {
+                    rec,
+                    rev: b.val.rev,
+                    val: b.val.value.clone().into_bytes(),
+                    pend: b.pend.keys().map(|o| (*o, (String::new(), 0))).collect(),
+                },
+            );
+        }
+        per_pool.push(PoolSnap {
+            subnet: Some((subnet, t.subnet.rev, t.subnet.value.clone().into_bytes())),
+            blocks,
+            sticky: None,
+        });
+    }
+    Some(View {
+        handle: None,
+        pools,
+        per_pool,
+        lease: h.lease,
+        complete: false,
+    })
 }
 
 pub(super) async fn reserve(
@@ -218,72 +471,88 @@ pub(super) async fn reserve(
     let k = &s.keys;
     let net = key.network.as_str();
     let ttl_ms = u64::try_from(s.opts.claim_ttl.as_millis()).unwrap_or(u64::MAX);
+    // Opened once: read now, rewritten through the same descriptor.
+    let mut hint_file = s.hint_file(net).map(HintFile::open);
+    let hints = hint_file
+        .as_mut()
+        .and_then(|f| f.load(&s.opts.prefix, net, &s.opts.node_name, now_ms(), ttl_ms));
+    // A sticky owner's previous address is not hinted: read.
+    let mut source = if hints.is_some() && owner.is_none() && !requests.is_empty() {
+        Source::Hints
+    } else {
+        Source::Read
+    };
     // A lease this call granted (id, expiry), and whether the node's shared
     // lease proved unusable (revoked or expired early).
     let mut granted: Option<(i64, u64)> = None;
     let mut distrust_shared = false;
     let mut rng = seed();
+    // Lost compares so far: what spreads and backs off the next plans (a
+    // partial view that did not do is no race).
+    let mut races = 0u32;
+    // Built only when used: the hinted path never reads everything.
+    let full = std::cell::OnceCell::new();
+    let full_set = || full.get_or_init(|| read_set(s, key, tenant, &names, owner, None));
     for attempt in 0..MAX_ATTEMPTS {
-        // Phase 1: one read.
-        let mut ops = vec![(k.handle(key), false), (k.pools(net), true)];
-        for n in &names {
-            ops.push((k.subnet(net, n, tenant), false));
-            ops.push((k.node_blocks(net, n, tenant, &s.opts.node_name), true));
-            if let Some(o) = owner {
-                ops.push((k.sticky(net, n, tenant, o), false));
+        // Phase 1: the view (one read at most; none from hints).
+        let view = match std::mem::replace(&mut source, Source::Read) {
+            Source::Hints => match hints
+                .as_ref()
+                .and_then(|h| view_from_hints(h, tenant, &names))
+            {
+                Some(v) => v,
+                None => {
+                    let r = etcd.read(full_set().ops.clone()).await?;
+                    parse_reads(s, key, tenant, &names, &r, full_set())?
+                }
+            },
+            Source::Returned(r, set) => parse_reads(s, key, tenant, &names, &r, &set)?,
+            Source::Read => {
+                let r = etcd.read(full_set().ops.clone()).await?;
+                parse_reads(s, key, tenant, &names, &r, full_set())?
             }
-        }
-        let lease_key = k.node_lease(&s.opts.node_name);
-        ops.push((lease_key.clone(), false));
-        let reads = etcd.read(ops).await?;
+        };
 
         // The claim's lease: the node's current one while it has at least
         // half a TTL left (no grant on the common path), else a new one,
         // published for the node's next ADDs in the same transaction.
         let now = now_ms();
         let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
-        let shared = reads
-            .last()
-            .and_then(|kvs| kvs.first())
-            .and_then(|kv| serde_json::from_slice::<NodeLease>(kv.value()).ok())
-            .filter(|l| !distrust_shared && usable(l));
-        let (lease_id, publish) = match (shared, granted) {
-            (Some(l), _) => (l.id, None),
+        let shared = view.lease.filter(|l| !distrust_shared && usable(l));
+        let (lease, publish) = match (shared, granted) {
+            (Some(l), _) => (l, None),
             (None, Some((id, exp)))
                 if usable(&NodeLease {
                     id,
                     expires_ms: exp,
                 }) =>
             {
-                (
+                let l = NodeLease {
                     id,
-                    Some(NodeLease {
-                        id,
-                        expires_ms: exp,
-                    }),
-                )
+                    expires_ms: exp,
+                };
+                (l, Some(l))
             }
             _ => {
                 let id = etcd.grant(s.opts.claim_ttl).await?;
                 let exp = now.saturating_add(ttl_ms);
                 granted = Some((id, exp));
-                (
+                let l = NodeLease {
                     id,
-                    Some(NodeLease {
-                        id,
-                        expires_ms: exp,
-                    }),
-                )
+                    expires_ms: exp,
+                };
+                (l, Some(l))
             }
         };
+        let lease_id = lease.id;
+        let lease_key = k.node_lease(&s.opts.node_name);
         let publish = |w: &mut Writes| {
             if let Some(l) = &publish {
                 w.put(&lease_key, super::encode(l), None);
             }
         };
 
-        if let Some(kv) = reads[0].first() {
-            let h: HandleRec = decode(&k.handle(key), kv.value())?;
+        if let Some((h, hrev)) = &view.handle {
             check_same_request(key, &h.as_record(), tenant, requests)?;
             if h.state == ClaimState::Confirmed {
                 return Ok(h.allocations());
@@ -291,8 +560,8 @@ pub(super) async fn reserve(
             // A retried ADD takes the pending claim over: same addresses,
             // re-leased so the new process has the whole TTL.
             let mut w = Writes::default();
-            w.unchanged(&k.handle(key), kv.mod_revision());
-            w.put(&k.handle(key), super::encode(&h), Some(lease_id));
+            w.unchanged(&k.handle(key), *hrev, &[]);
+            w.put(&k.handle(key), super::encode(h), Some(lease_id));
             for a in &h.allocations {
                 let bk = k.block(net, &a.allocation.pool, tenant, &a.block_node, a.block);
                 w.put(
@@ -302,9 +571,9 @@ pub(super) async fn reserve(
                 );
             }
             publish(&mut w);
-            match etcd.txn(Txn::new().when(w.compares).and_then(w.ops)).await {
-                Ok(r) if r.succeeded() => return Ok(h.allocations()),
-                Ok(_) => {}
+            match etcd.write_or_read(w.compares, w.ops, &full_set().ops).await {
+                Ok(Written::Done(_)) => return Ok(h.allocations()),
+                Ok(Written::Lost(r)) => source = Source::Returned(r, full_set().clone()),
                 Err(e) if is_lease_gone(&e) => {
                     distrust_shared = true;
                     granted = None;
@@ -317,6 +586,7 @@ pub(super) async fn reserve(
             return Ok(Vec::new());
         }
 
+        let complete = view.complete;
         let mut a = Attempt {
             s,
             etcd: &etcd,
@@ -326,69 +596,66 @@ pub(super) async fn reserve(
             holder: holder_of(key),
             now: now_ms(),
             lease: lease_id,
-            attempt,
-            pools: BTreeMap::new(),
+            races,
+            complete,
+            pools: view.pools,
             views: BTreeMap::new(),
             blocks: BTreeMap::new(),
             carved: BTreeMap::new(),
+            geoms: BTreeMap::new(),
             new_blocks: HashSet::new(),
             taken: BTreeMap::new(),
             w: Writes::default(),
             rng,
         };
-        for kv in &reads[1] {
-            let kk = String::from_utf8_lossy(kv.key()).into_owned();
-            let name = kk
-                .strip_prefix(&k.pools(net))
-                .and_then(unesc)
-                .unwrap_or_default();
-            a.pools
-                .insert(name, (decode(&kk, kv.value())?, kv.mod_revision()));
-        }
-        let per = if owner.is_some() { 3 } else { 2 };
-        for (j, n) in names.iter().enumerate() {
-            let base = 2 + per * j;
-            let subnet = match reads[base].first() {
-                Some(kv) => Some((
-                    decode::<SubnetRec>(&k.subnet(net, n, tenant), kv.value())?,
-                    kv.mod_revision(),
-                )),
-                None => None,
-            };
-            let prefix = k.blocks(net, n, tenant);
-            let own = collect_blocks(&prefix, &reads[base + 1])?;
-            let sticky = if owner.is_some() {
-                reads[base + 2]
-                    .first()
-                    .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
-            } else {
-                None
-            };
+        for (n, snap) in names.iter().zip(view.per_pool) {
             // Address order (the keys' string order is not).
-            let mut own_keys: Vec<(u128, String)> = own
+            let mut own_keys: Vec<(u128, String)> = snap
+                .blocks
                 .iter()
                 .map(|(k, b)| (to_u128(b.rec.cidr.network()), k.clone()))
                 .collect();
             own_keys.sort();
             let own_keys: Vec<String> = own_keys.into_iter().map(|(_, k)| k).collect();
-            a.blocks.extend(own);
+            a.blocks.extend(snap.blocks);
             a.views.insert(
                 n.to_string(),
                 PoolView {
-                    subnet,
-                    sticky,
+                    subnet: snap.subnet,
+                    sticky: snap.sticky,
                     own: own_keys,
                     all_loaded: false,
+                    claims_loaded: false,
                     claimed: BTreeSet::new(),
                 },
             );
         }
 
         let mut allocs = Vec::with_capacity(requests.len());
+        let mut incomplete = false;
         for (req, p) in requests.iter().zip(&parsed) {
-            allocs.push(a.plan_one(req, p).await?);
+            match a.plan_one(req, p).await {
+                Ok(x) => allocs.push(x),
+                // A partial view decides nothing but a success: anything
+                // else (no room in the hinted blocks, a static address
+                // that looks taken, …) is decided again from a full read.
+                Err(PlanError::Incomplete) => {
+                    incomplete = true;
+                    break;
+                }
+                Err(PlanError::Ipam(_)) if !complete => {
+                    incomplete = true;
+                    break;
+                }
+                Err(PlanError::Ipam(e)) => return Err(e),
+            }
         }
         rng = a.rng;
+        if incomplete {
+            tracing::debug!(%key, attempt, "the partial view does not do; reading");
+            source = Source::Read;
+            continue;
+        }
         let rec = HandleRec {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
@@ -413,29 +680,47 @@ pub(super) async fn reserve(
                 (bk, b.rec.clone(), rev)
             })
             .collect();
-        match etcd
-            .txn(Txn::new().when(a.w.compares).and_then(a.w.ops))
-            .await
-        {
-            Ok(resp) if resp.succeeded() => {
+        // What the failure branch reads: everything after a full view, the
+        // same (few) blocks after a partial one, so that a stale hint costs
+        // neither an extra round trip nor a read that grows with the fill.
+        let else_set = if complete {
+            full_set().clone()
+        } else {
+            let hinted: Vec<Vec<String>> = names.iter().map(|n| a.views[*n].own.clone()).collect();
+            read_set(s, key, tenant, &names, owner, Some(&hinted))
+        };
+        let w = std::mem::take(&mut a.w);
+        match etcd.write_or_read(w.compares, w.ops, &else_set.ops).await {
+            Ok(Written::Done(r)) => {
                 // Remember what confirm would otherwise read again; every
                 // use of it is guarded by compares on these revisions.
-                if let Some(r) = resp.header().map(|h| h.revision()) {
-                    s.remember(
-                        key,
-                        Recent {
-                            handle: rec.clone(),
-                            revision: r,
-                            blocks: touched
-                                .into_iter()
-                                .map(|(bk, b, rev)| (bk, b, rev.unwrap_or(r)))
-                                .collect(),
-                        },
-                    );
+                s.remember(
+                    key,
+                    Recent {
+                        handle: rec.clone(),
+                        revision: r,
+                        blocks: touched
+                            .into_iter()
+                            .map(|(bk, b, rev)| (bk, b, rev.unwrap_or(r)))
+                            .collect(),
+                    },
+                );
+                if let Some(f) = &mut hint_file {
+                    let prior = hints
+                        .unwrap_or_else(|| Hints::empty(&s.opts.prefix, net, &s.opts.node_name));
+                    f.store(&a.hints_after(prior, &parsed, r, lease));
                 }
                 return Ok(rec.allocations());
             }
-            Ok(_) => {}
+            Ok(Written::Lost(r)) => {
+                if !complete {
+                    tracing::debug!(%key, attempt, "stale hint; re-planning from the returned reads");
+                } else {
+                    tracing::debug!(%key, attempt, "reserve lost a race; re-planning");
+                }
+                source = Source::Returned(r, else_set);
+                races += 1;
+            }
             Err(e) if is_lease_gone(&e) => {
                 distrust_shared = true;
                 granted = None;
@@ -443,9 +728,8 @@ pub(super) async fn reserve(
             }
             Err(e) => return Err(e),
         }
-        tracing::debug!(%key, attempt, "reserve lost a race; re-reading");
-        if attempt >= 2 {
-            let ms = 1 + next_rand(&mut rng) % u64::from(attempt.min(20) * 2);
+        if races >= 2 {
+            let ms = 1 + next_rand(&mut rng) % u64::from(races.min(20) * 2);
             etcd.backoff(Duration::from_millis(ms)).await;
         }
     }
@@ -489,6 +773,109 @@ impl Attempt<'_> {
         }
     }
 
+    /// The hints after this attempt committed at revision `rev` under
+    /// `lease`: `prior` with the pools, and for each pool of the request the
+    /// tenant's subnet and this node's first [`MAX_BLOCKS`] blocks that still
+    /// have a free address (counting what this attempt took as pending).
+    fn hints_after(
+        &self,
+        mut prior: Hints,
+        parsed: &[ParsedPool],
+        rev: i64,
+        lease: NodeLease,
+    ) -> Hints {
+        let at = |r: i64| if r == 0 { rev } else { r };
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        prior.lease = Some(lease);
+        prior.pools = self
+            .pools
+            .iter()
+            .map(|(n, (_, r, v))| {
+                (
+                    n.clone(),
+                    Val {
+                        value: text(v),
+                        rev: at(*r),
+                    },
+                )
+            })
+            .collect();
+        let me = &self.s.opts.node_name;
+        let mut done = HashSet::new();
+        for p in parsed {
+            if !done.insert(p.name.as_str()) {
+                continue;
+            }
+            let (Some(g), Some(view)) = (self.geoms.get(&p.name), self.views.get(&p.name)) else {
+                continue;
+            };
+            let subnet = match (&view.subnet, self.carved.get(&p.name)) {
+                (Some((_, r, v)), _) => Val {
+                    value: text(v),
+                    rev: at(*r),
+                },
+                (None, Some((_, v))) => Val {
+                    value: text(v),
+                    rev,
+                },
+                (None, None) => continue,
+            };
+            // Taken out, not cloned: `put_tenant` replaces it below.
+            let old = prior
+                .tenants
+                .iter()
+                .position(|t| t.pool == p.name && t.tenant == self.tenant)
+                .map(|i| prior.tenants.remove(i));
+            let mut own: Vec<(u128, &String)> = view
+                .own
+                .iter()
+                .filter(|bk| self.blocks.get(*bk).is_some_and(|b| &b.rec.node == me))
+                .map(|bk| (to_u128(self.blocks[bk].rec.cidr.network()), bk))
+                .collect();
+            own.sort();
+            let mut blocks = Vec::new();
+            for (_, bk) in own {
+                let b = &self.blocks[bk];
+                let size = b.rec.size();
+                if b.rec.count_used() + b.pend.len() >= size as usize
+                    || !(0..size).any(|o| self.is_free(p, *g, b, o, true))
+                {
+                    continue;
+                }
+                let seen = |o: &u32| {
+                    old.as_ref()
+                        .and_then(|t| t.blocks.iter().find(|x| &x.key == bk))
+                        .and_then(|x| x.pend.get(o).copied())
+                        .unwrap_or(self.now)
+                };
+                let val = if self.new_blocks.contains(bk) {
+                    super::encode(&b.rec)
+                } else {
+                    b.val.clone()
+                };
+                blocks.push(BlockHint {
+                    key: bk.clone(),
+                    val: Val {
+                        value: text(&val),
+                        rev: at(b.rev),
+                    },
+                    pend: b.pend.keys().map(|o| (*o, seen(o))).collect(),
+                });
+                if blocks.len() >= MAX_BLOCKS {
+                    break;
+                }
+            }
+            prior.put_tenant(TenantHint {
+                pool: p.name.clone(),
+                tenant: self.tenant.to_owned(),
+                used_ms: self.now,
+                subnet,
+                blocks,
+            });
+        }
+        prior
+    }
+
     fn block_len(&self, p: &ParsedPool) -> u8 {
         let o = &self.s.opts;
         let b = if p.v4 { o.block_len_v4 } else { o.block_len_v6 };
@@ -506,7 +893,7 @@ impl Attempt<'_> {
         &mut self,
         req: &AddressRequest,
         p: &ParsedPool,
-    ) -> Result<HandleAlloc, IpamError> {
+    ) -> Result<HandleAlloc, PlanError> {
         let k = self.s.keys.clone();
         let net = self.key.network.clone();
         self.check_pool(p)?;
@@ -515,38 +902,48 @@ impl Attempt<'_> {
             None => None,
         };
         let geom = self.tenant_subnet(p, stat).await?;
+        self.geoms.insert(p.name.clone(), geom);
 
         let mut fixed = true;
         let (bk, ord, x) = if let Some(x) = stat {
             if !geom.contains(x) {
-                return Err(self.refuse(
-                    p,
-                    x,
-                    format!("it is outside the tenant's subnet {}", geom.subnet()),
-                ));
+                return Err(self
+                    .refuse(
+                        p,
+                        x,
+                        format!("it is outside the tenant's subnet {}", geom.subnet()),
+                    )
+                    .into());
             }
             if x < geom.first_host() || x > geom.last_host() {
-                return Err(self.refuse(
-                    p,
-                    x,
-                    format!(
-                        "it is reserved in {} (network, gateway or broadcast)",
-                        geom.subnet()
-                    ),
-                ));
+                return Err(self
+                    .refuse(
+                        p,
+                        x,
+                        format!(
+                            "it is reserved in {} (network, gateway or broadcast)",
+                            geom.subnet()
+                        ),
+                    )
+                    .into());
             }
             if p.excludes.covering(x).is_some() {
-                return Err(self.refuse(p, x, "the pool excludes it".into()));
+                return Err(self.refuse(p, x, "the pool excludes it".into()).into());
             }
             if self.taken.get(&p.name).is_some_and(|t| t.contains(&x)) {
                 return Err(IpamError::InvalidRequest {
                     reason: format!("{} is requested twice in pool {}", to_ip(x, p.v4), p.name),
-                });
+                }
+                .into());
             }
             let bk = self.block_for(p, x).await?;
             let b = &self.blocks[&bk];
             let ord = b.rec.ordinal(to_ip(x, p.v4));
             if b.rec.is_used(ord) || b.pend.contains_key(&ord) {
+                if !self.complete {
+                    // Possibly stale: decided again from a full read.
+                    return Err(PlanError::Incomplete);
+                }
                 let owner = match b.pend.get(&ord) {
                     Some((h, _)) => h.clone(),
                     None => self.s.owner_of(self.etcd, &net, p, to_ip(x, p.v4)).await,
@@ -556,7 +953,8 @@ impl Attempt<'_> {
                     pool: p.name.clone(),
                     tenant: self.tenant.to_owned(),
                     owner,
-                });
+                }
+                .into());
             }
             (bk, ord, x)
         } else if let Some(found) = self.sticky(p, geom).await? {
@@ -576,7 +974,7 @@ impl Attempt<'_> {
                 .put(&claim, self.s.opts.node_name.clone().into_bytes(), None);
             self.w.put(&bk, super::encode(&b.rec), None);
         } else {
-            self.w.unchanged(&bk, b.rev);
+            self.w.unchanged(&bk, b.rev, &b.val);
         }
         let pend = Keys::pend(&bk, ord);
         self.w.absent(&pend);
@@ -608,10 +1006,10 @@ impl Attempt<'_> {
 
     /// The pool record: its geometry may not change while it is recorded,
     /// and it may not overlap another pool of the network.
-    fn check_pool(&mut self, p: &ParsedPool) -> Result<(), IpamError> {
+    fn check_pool(&mut self, p: &ParsedPool) -> Result<(), PlanError> {
         let pk = self.s.keys.pool(&self.key.network, &p.name);
         match self.pools.get(&p.name) {
-            Some((rec, rev)) => {
+            Some((rec, rev, val)) => {
                 if rec.supernet != p.supernet || rec.subnet_len != p.subnet_len {
                     return Err(IpamError::PoolConflict {
                         pool: p.name.clone(),
@@ -620,12 +1018,16 @@ impl Attempt<'_> {
                              release its tenants' addresses first",
                             rec.supernet, rec.subnet_len, p.supernet, p.subnet_len
                         ),
-                    });
+                    }
+                    .into());
                 }
-                self.w.unchanged(&pk, *rev);
+                self.w.unchanged(&pk, *rev, val);
             }
+            // A new pool is checked against every other pool: only a full
+            // view is known to hold them all.
+            None if !self.complete => return Err(PlanError::Incomplete),
             None => {
-                for (name, (rec, _)) in &self.pools {
+                for (name, (rec, _, _)) in &self.pools {
                     if rec.supernet.contains(&p.supernet) || p.supernet.contains(&rec.supernet) {
                         return Err(IpamError::PoolConflict {
                             pool: p.name.clone(),
@@ -633,7 +1035,8 @@ impl Attempt<'_> {
                                 "supernet {} overlaps pool {name} ({})",
                                 p.supernet, rec.supernet
                             ),
-                        });
+                        }
+                        .into());
                     }
                 }
                 self.w.absent(&pk);
@@ -642,7 +1045,11 @@ impl Attempt<'_> {
                     subnet_len: p.subnet_len,
                     exclude: p.exclude_src.clone(),
                 };
-                self.w.put(&pk, super::encode(&rec), None);
+                let val = super::encode(&rec);
+                self.w.put(&pk, val.clone(), None);
+                // Rev 0: written by this transaction (later requests of the
+                // same pool find it; its compare is already there).
+                self.pools.insert(p.name.clone(), (rec, 0, val));
             }
         }
         Ok(())
@@ -654,16 +1061,21 @@ impl Attempt<'_> {
         &mut self,
         p: &ParsedPool,
         stat: Option<u128>,
-    ) -> Result<Geom, IpamError> {
+    ) -> Result<Geom, PlanError> {
         let k = self.s.keys.clone();
         let net = self.key.network.clone();
         let sk = k.subnet(&net, &p.name, self.tenant);
-        if let Some((rec, rev)) = &self.views[&p.name].subnet {
-            self.w.unchanged(&sk, *rev);
+        if let Some((rec, rev, val)) = &self.views[&p.name].subnet {
+            self.w.unchanged(&sk, *rev, val);
             return Ok(Geom::of(rec.subnet));
         }
-        if let Some(g) = self.carved.get(&p.name) {
+        if let Some((g, _)) = self.carved.get(&p.name) {
             return Ok(*g);
+        }
+        if !self.complete {
+            // Carving reads other tenants' subnets; a partial view that
+            // finds no subnet (reclaimed since the hint) reads everything.
+            return Err(PlanError::Incomplete);
         }
         let size = p.subnet_size();
         let base = to_u128(p.supernet.network());
@@ -694,7 +1106,9 @@ impl Attempt<'_> {
         let g = if let Some(x) = stat {
             let n = base + (x - base) / size * size;
             if taken.contains(&n) {
-                return Err(self.refuse(p, x, "it lies in another tenant's subnet".into()));
+                return Err(self
+                    .refuse(p, x, "it lies in another tenant's subnet".into())
+                    .into());
             }
             geom(n)
         } else {
@@ -707,7 +1121,7 @@ impl Attempt<'_> {
                     subnet_len: p.subnet_len,
                 };
                 let Some(last) = cand.checked_add(size - 1).filter(|l| *l <= end) else {
-                    return Err(exhausted());
+                    return Err(exhausted().into());
                 };
                 if !taken.contains(&cand) && !p.excludes.covers_all(cand, last) {
                     break geom(cand);
@@ -720,22 +1134,26 @@ impl Attempt<'_> {
             subnet: g.subnet(),
             created_ms: self.now,
         };
-        self.w.put(&sk, super::encode(&rec), None);
+        let val = super::encode(&rec);
+        self.w.put(&sk, val.clone(), None);
         if !overlap {
             let ck = k.carve(&net, &p.name, g.subnet());
             self.w.absent(&ck);
             self.w.put(&ck, self.tenant.as_bytes().to_vec(), None);
         }
-        self.carved.insert(p.name.clone(), g);
+        self.carved.insert(p.name.clone(), (g, val));
         Ok(g)
     }
 
     /// The block holding address `x`: loaded, read now (another node's), or
     /// claimed by this node in this transaction.
-    async fn block_for(&mut self, p: &ParsedPool, x: u128) -> Result<String, IpamError> {
+    async fn block_for(&mut self, p: &ParsedPool, x: u128) -> Result<String, PlanError> {
         let cidr = self.block_of(p, x);
         if let Some((bk, _)) = self.blocks.iter().find(|(_, b)| b.rec.cidr == cidr) {
             return Ok(bk.clone());
+        }
+        if !self.complete {
+            return Err(PlanError::Incomplete);
         }
         let k = self.s.keys.clone();
         let net = self.key.network.clone();
@@ -752,7 +1170,8 @@ impl Attempt<'_> {
                     return Err(IpamError::Corrupt {
                         path: claim,
                         detail: format!("block {cidr} is claimed by {node} but has no record"),
-                    });
+                    }
+                    .into());
                 };
                 self.blocks.insert(bk.clone(), b.clone());
                 Ok(bk)
@@ -772,6 +1191,7 @@ impl Attempt<'_> {
             BlockView {
                 rec: BlockRec::new(&node, cidr),
                 rev: 0,
+                val: Vec::new(),
                 pend: BTreeMap::new(),
             },
         );
@@ -806,10 +1226,10 @@ impl Attempt<'_> {
         if b.rec.count_used() + b.pend.len() >= size as usize {
             return None;
         }
-        let skip = if self.attempt == 0 {
+        let skip = if self.races == 0 {
             0
         } else {
-            next_rand(&mut self.rng) % u64::from((4 * self.attempt).min(32))
+            next_rand(&mut self.rng) % u64::from((4 * self.races).min(32))
         };
         let start = b.rec.cursor % size;
         let mut found = None;
@@ -833,7 +1253,7 @@ impl Attempt<'_> {
         &mut self,
         p: &ParsedPool,
         g: Geom,
-    ) -> Result<Option<(String, u32, u128)>, IpamError> {
+    ) -> Result<Option<(String, u32, u128)>, PlanError> {
         let Some(ip) = self.views[&p.name].sticky else {
             return Ok(None);
         };
@@ -849,7 +1269,7 @@ impl Attempt<'_> {
 
     /// A dynamic address: this node's blocks first, then a new block for
     /// this node, then borrowing from other nodes' blocks.
-    async fn dynamic(&mut self, p: &ParsedPool, g: Geom) -> Result<(String, u32, u128), IpamError> {
+    async fn dynamic(&mut self, p: &ParsedPool, g: Geom) -> Result<(String, u32, u128), PlanError> {
         let own = self.views[&p.name].own.clone();
         for bk in &own {
             if let Some(ord) = self.scan_block(p, g, bk) {
@@ -857,9 +1277,10 @@ impl Attempt<'_> {
                 return Ok((bk.clone(), ord, x));
             }
         }
-        // Rare path: this node's blocks are full. Read every block and claim
-        // of the tenant subnet.
-        self.load_all(p).await?;
+        // Rare path: this node's blocks are full. Claim a new block: which
+        // ones are claimed is in the claim keys alone (a keys-only read, one
+        // short key per block), not in the blocks' values.
+        self.load_claims(p).await?;
         let bl = self.block_len(p);
         let bsize = 1u128 << ((if p.v4 { 32 } else { 128 }) - u32::from(bl));
         let mut c = g.net;
@@ -882,8 +1303,10 @@ impl Attempt<'_> {
                 None => break,
             }
         }
-        // Borrow: other nodes' blocks, starting at a node-specific place so
-        // nodes that all ran out do not pile onto the same block.
+        // Rarest path: no block left to claim. Borrow from other nodes'
+        // blocks (read now), starting at a node-specific place so nodes that
+        // all ran out do not pile onto the same block.
+        self.load_all(p).await?;
         let me = self.s.opts.node_name.clone();
         let prefix = self.s.keys.blocks(&self.key.network, &p.name, self.tenant);
         let foreign: Vec<String> = self
@@ -906,12 +1329,44 @@ impl Attempt<'_> {
             pool: p.name.clone(),
             tenant: self.tenant.to_owned(),
             subnet: g.subnet(),
-        })
+        }
+        .into())
     }
 
-    async fn load_all(&mut self, p: &ParsedPool) -> Result<(), IpamError> {
+    /// Which blocks of the tenant subnet are claimed (by any node).
+    async fn load_claims(&mut self, p: &ParsedPool) -> Result<(), PlanError> {
+        if self.views[&p.name].claims_loaded {
+            return Ok(());
+        }
+        if !self.complete {
+            // This node's hinted blocks are full: the rare path, from a
+            // full view.
+            return Err(PlanError::Incomplete);
+        }
+        let cprefix = self.s.keys.claims(&self.key.network, &p.name, self.tenant);
+        let claimed: BTreeSet<IpNet> = self
+            .etcd
+            .scan(&cprefix, true)
+            .await?
+            .iter()
+            .filter_map(|kv| {
+                let kk = String::from_utf8_lossy(kv.key()).into_owned();
+                unesc(kk.strip_prefix(&cprefix)?)?.parse().ok()
+            })
+            .collect();
+        let v = self.views.get_mut(&p.name).expect("view");
+        v.claimed.extend(claimed);
+        v.claims_loaded = true;
+        Ok(())
+    }
+
+    /// Every block of the tenant subnet (all nodes) and the claims.
+    async fn load_all(&mut self, p: &ParsedPool) -> Result<(), PlanError> {
         if self.views[&p.name].all_loaded {
             return Ok(());
+        }
+        if !self.complete {
+            return Err(PlanError::Incomplete);
         }
         let k = self.s.keys.clone();
         let net = self.key.network.clone();
@@ -934,6 +1389,7 @@ impl Attempt<'_> {
         let v = self.views.get_mut(&p.name).expect("view");
         v.claimed.extend(claimed);
         v.all_loaded = true;
+        v.claims_loaded = true;
         Ok(())
     }
 }
