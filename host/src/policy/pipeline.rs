@@ -306,11 +306,13 @@ impl Pipeline {
                     .clone()
                     .and_then(|c| self.run_stage(&stage.spec, &c, &wit_request, &plan)),
             };
-            if result.is_err() {
+            if result.is_err()
+                && let Some(b) = bundled.take()
+            {
                 // A trap leaves the store unusable for every stage in it:
                 // the rest run from their own components, in their own
                 // stores, as without a bundle.
-                bundled = None;
+                self.dispose(b);
             }
             let run = match result {
                 Ok((next, fuel, elapsed)) => {
