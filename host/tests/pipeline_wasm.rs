@@ -37,6 +37,14 @@ fn initial(r: &Request) -> Plan {
     Plan::initial(&r.ifname, None, Dns::default())
 }
 
+/// Runs a CHECK (no final completeness check) for a pod of namespace `ns`.
+fn check(p: &Pipeline, ns: &str) -> Result<tenet::policy::Outcome, PolicyError> {
+    let r = request(ns);
+    let mut req = r.clone();
+    req.command = Command::Check;
+    p.run(&req, initial(&r))
+}
+
 struct Env {
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
@@ -277,10 +285,7 @@ fn module_importing_what_is_not_allowed_is_refused_at_load() {
         "[[stage]]\nname = \"snoop\"\nmodule = \"hostile-import\"\nfailure = \"ignore\"\n",
     )
     .unwrap();
-    let r = request("team-a");
-    let mut req = r.clone();
-    req.command = Command::Check;
-    let out = p.run(&req, initial(&r)).unwrap();
+    let out = check(&p, "team-a").unwrap();
     assert!(matches!(out.reports[0].run, StageRun::Skipped(_)));
 }
 
@@ -316,10 +321,7 @@ fn pinned_module_runs_from_cache_without_its_wasm_file() {
     assert!(artifact.is_file(), "the miss was compiled into the cache");
     std::fs::remove_file(&wasm).unwrap();
     let p = load(&e, &text).expect("loads from the cache by its pin alone");
-    let r = request("team-b");
-    let mut req = r.clone();
-    req.command = Command::Check;
-    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-b");
+    assert_eq!(check(&p, "team-b").unwrap().plan.tenant, "team-b");
 }
 
 #[test]
@@ -363,10 +365,7 @@ fn missing_artifact_without_compiler_is_unavailable_and_ignorable() {
         "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\nfailure = \"ignore\"\n",
     )
     .unwrap();
-    let r = request("team-a");
-    let mut req = r.clone();
-    req.command = Command::Check;
-    let out = p.run(&req, initial(&r)).unwrap();
+    let out = check(&p, "team-a").unwrap();
     assert!(
         matches!(&out.reports[0].run, StageRun::Skipped(e) if e.cni_code() == code::TRY_AGAIN_LATER)
     );
@@ -511,10 +510,7 @@ fn a_pinned_pipeline_runs_from_its_bundle_without_module_files() {
     }
     let p = load(&e, &text).expect("loads by the pins alone");
     assert!(p.is_bundled());
-    let r = request("team-c");
-    let mut req = r.clone();
-    req.command = Command::Check;
-    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-c");
+    assert_eq!(check(&p, "team-c").unwrap().plan.tenant, "team-c");
 }
 
 #[test]
@@ -525,17 +521,13 @@ fn a_corrupt_bundle_is_ignored_and_the_stages_load_one_by_one() {
     std::fs::write(&bundle, b"\x7fELF garbage").unwrap();
     let p = load(&e, BASE).unwrap();
     assert!(!p.is_bundled());
-    let r = request("team-a");
-    let mut req = r.clone();
-    req.command = Command::Check;
-    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-a");
+    assert_eq!(check(&p, "team-a").unwrap().plan.tenant, "team-a");
     // Without a compiler a missing bundle is not an error either.
     let mut e2 = env();
-    load(&e2, BASE).unwrap();
     std::fs::remove_file(load(&e2, BASE).unwrap().bundle_artifact().unwrap()).unwrap();
     e2.opts.builder = Builder::Never;
     let p = load(&e2, BASE).unwrap();
     assert!(!p.is_bundled());
     assert!(p.bundle_artifact().is_none());
-    assert_eq!(p.run(&req, initial(&r)).unwrap().plan.tenant, "team-a");
+    assert_eq!(check(&p, "team-a").unwrap().plan.tenant, "team-a");
 }

@@ -81,17 +81,7 @@ impl ArtifactCache {
     /// [`Self::known_digest`] for a module file whose metadata the caller
     /// already has (saves a `stat`).
     pub fn known_digest_of(&self, wasm: &std::fs::Metadata) -> Option<String> {
-        let entry = self.dir.join("by-file").join(file_key(wasm));
-        // Open without following links, then check the opened file itself:
-        // one path lookup instead of two, and no window between check and read.
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&entry)
-            .ok()?;
-        check_trusted_meta(&entry, &f.metadata().ok()?, false, self.euid).ok()?;
-        let mut d = String::with_capacity(64);
-        f.read_to_string(&mut d).ok()?;
+        let d = String::from_utf8(self.read_by_file(&file_key(wasm))?).ok()?;
         (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then_some(d)
     }
 
@@ -99,7 +89,26 @@ impl ArtifactCache {
     /// parsed manifest), recorded for this exact version of it: the path
     /// and the file identity are the key, so any edit or replacement misses.
     pub fn derived(&self, path: &Path, meta: &std::fs::Metadata, kind: &str) -> Option<Vec<u8>> {
-        let entry = self.dir.join("by-file").join(derived_key(path, meta, kind));
+        self.read_by_file(&derived_key(path, meta, kind))
+    }
+
+    /// Records data derived from this exact version of the file at `path`.
+    pub fn remember_derived(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        kind: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        self.publish_by_file(&derived_key(path, meta, kind), bytes)
+    }
+
+    /// Reads the entry `name` of the per-file index (`by-file/`), if it is
+    /// ours and private.
+    fn read_by_file(&self, name: &str) -> Option<Vec<u8>> {
+        let entry = self.dir.join("by-file").join(name);
+        // Open without following links, then check the opened file itself:
+        // one path lookup instead of two, and no window between check and read.
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -111,29 +120,20 @@ impl ArtifactCache {
         Some(bytes)
     }
 
-    /// Records data derived from this exact version of the file at `path`.
-    pub fn remember_derived(
-        &self,
-        path: &Path,
-        meta: &std::fs::Metadata,
-        kind: &str,
-        bytes: &[u8],
-    ) -> std::io::Result<()> {
+    /// Publishes the entry `name` of the per-file index, creating the
+    /// cache's private directories as needed.
+    fn publish_by_file(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let dir = self.dir.join("by-file");
         std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        publish(&dir, &derived_key(path, meta, kind), bytes)
+        for d in [&self.root, &self.dir, &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        }
+        publish(&dir, name, bytes)
     }
 
     /// Records `sha256` as the digest of this exact module file.
     pub fn remember_digest(&self, wasm: &Path, sha256: &str) -> std::io::Result<()> {
-        let key = file_key(&std::fs::metadata(wasm)?);
-        let dir = self.dir.join("by-file");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        publish(&dir, &key, sha256.as_bytes())
+        self.publish_by_file(&file_key(&std::fs::metadata(wasm)?), sha256.as_bytes())
     }
 
     /// Loads a precompiled component, or says why it cannot (a miss).

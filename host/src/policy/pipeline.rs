@@ -705,9 +705,8 @@ fn resolve_module_meta(
 /// The imports and exports a loaded component must have.
 fn check_component(engine: &Engine, component: &Component) -> Result<(), String> {
     check_imports(engine, component)?;
-    let ty = component.component_type();
-    for export in ["validate-settings", "evaluate"] {
-        if ty.get_export(engine, export).is_none() {
+    for export in STAGE_EXPORTS {
+        if component.get_export_index(None, export).is_none() {
             return Err(format!(
                 "does not export {export:?}: not a tenet:policy/stage@0.1.0 component"
             ));
@@ -720,17 +719,19 @@ fn check_component(engine: &Engine, component: &Component) -> Result<(), String>
 /// import allowlist, and both functions of every stage.
 fn check_bundle(engine: &Engine, component: &Component, stages: usize) -> Result<(), String> {
     check_imports(engine, component)?;
-    let ty = component.component_type();
     for i in 0..stages {
-        for func in ["validate-settings", "evaluate"] {
+        for func in STAGE_EXPORTS {
             let export = bundle::export_name(i, func);
-            if ty.get_export(engine, &export).is_none() {
+            if component.get_export_index(None, export.as_str()).is_none() {
                 return Err(format!("the pipeline bundle does not export {export:?}"));
             }
         }
     }
     Ok(())
 }
+
+/// The functions of the `stage` world.
+const STAGE_EXPORTS: [&str; 2] = ["validate-settings", "evaluate"];
 
 fn check_imports(engine: &Engine, component: &Component) -> Result<(), String> {
     let bad: Vec<String> = component

@@ -1344,16 +1344,7 @@ impl Attempt<'_> {
             return Err(PlanError::Incomplete);
         }
         let cprefix = self.s.keys.claims(&self.key.network, &p.name, self.tenant);
-        let claimed: BTreeSet<IpNet> = self
-            .etcd
-            .scan(&cprefix, true)
-            .await?
-            .iter()
-            .filter_map(|kv| {
-                let kk = String::from_utf8_lossy(kv.key()).into_owned();
-                unesc(kk.strip_prefix(&cprefix)?)?.parse().ok()
-            })
-            .collect();
+        let claimed = claimed_blocks(&cprefix, &self.etcd.scan(&cprefix, true).await?);
         let v = self.views.get_mut(&p.name).expect("view");
         v.claimed.extend(claimed);
         v.claims_loaded = true;
@@ -1379,17 +1370,21 @@ impl Attempt<'_> {
         for (bk, b) in collect_blocks(&bprefix, &r[0])? {
             self.blocks.entry(bk).or_insert(b);
         }
-        let claimed: BTreeSet<IpNet> = r[1]
-            .iter()
-            .filter_map(|kv| {
-                let kk = String::from_utf8_lossy(kv.key()).into_owned();
-                unesc(kk.strip_prefix(&cprefix)?)?.parse().ok()
-            })
-            .collect();
+        let claimed = claimed_blocks(&cprefix, &r[1]);
         let v = self.views.get_mut(&p.name).expect("view");
         v.claimed.extend(claimed);
         v.all_loaded = true;
         v.claims_loaded = true;
         Ok(())
     }
+}
+
+/// The blocks named by claim keys under `cprefix` (`claim/<pool>/<tenant>/`).
+fn claimed_blocks(cprefix: &str, kvs: &[KeyValue]) -> BTreeSet<IpNet> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let kk = String::from_utf8_lossy(kv.key()).into_owned();
+            unesc(kk.strip_prefix(cprefix)?)?.parse().ok()
+        })
+        .collect()
 }

@@ -161,6 +161,10 @@ fn breakdown(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path, runs: 
         for line in log.lines() {
             // The bundle (loaded and instantiated once for all stages) is
             // reported as a pseudo-stage "(bundle)".
+            if line.contains("tenet::guest") {
+                // The stages' own log lines (stage="…" quoted).
+                continue;
+            }
             let bundled = line.contains("pipeline bundle");
             let Some(stage) = field(line, "stage=").or(bundled.then_some("(bundle)")) else {
                 continue;
@@ -239,17 +243,7 @@ fn main() {
     std::fs::write(&empty, "description = \"no stages\"\n").unwrap();
 
     // Precompile off the hot path, as an installer or node agent does.
-    let st = Command::new(&tenetctl)
-        .args(["policy", "compile", "--pipeline"])
-        .arg(&rainbond)
-        .arg("--module-dir")
-        .arg(&modules)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "tenetctl policy compile failed");
+    let bundle = compile(&tenetctl, &rainbond, &modules, &cache);
 
     // Sanity: both variants reach the end of planning.
     let (_, out) = invoke(&tenet, &rainbond, &modules, &cache);
@@ -268,7 +262,6 @@ fn main() {
     // before `tenetctl policy compile` has built the bundle).
     let unbundled = tmp.path().join("cache-unbundled");
     copy_tree(&cache, &unbundled);
-    let bundle = bundle_artifact(&tenetctl, &rainbond, &modules, &cache);
     std::fs::remove_file(unbundled.join(bundle.strip_prefix(&cache).unwrap())).unwrap();
 
     let arms: [(&str, &Path, &Path); 3] = [
@@ -345,8 +338,9 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The bundle artifact `tenetctl policy compile` reported.
-fn bundle_artifact(tenetctl: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> PathBuf {
+/// Runs `tenetctl policy compile` into `cache`; returns the bundle artifact
+/// it reported.
+fn compile(tenetctl: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> PathBuf {
     let out = Command::new(tenetctl)
         .args(["policy", "compile", "--pipeline"])
         .arg(pipeline)
