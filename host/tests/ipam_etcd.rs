@@ -1178,6 +1178,42 @@ fn a_hint_whose_revision_matches_but_value_does_not_is_refused() {
 }
 
 #[test]
+fn a_hint_whose_subnet_does_not_hold_its_blocks_is_ignored() {
+    let Some(etcd) = EtcdCluster::single() else {
+        return;
+    };
+    let (a, ..) = add_in_new_process(&etcd, "n", "a", "t");
+    assert_eq!(a, "10.0.0.2/24");
+    // A hinted reserve compares only the block it takes an address in and
+    // trusts the subnet record that block implies; a hint whose subnet
+    // cannot hold its block (here: another /24 of the pool) is not used.
+    let f = hint_file(&etcd, "n");
+    let good = read_hints(&f);
+    let mut h = good.clone();
+    let sub = &mut h["tenants"][0]["subnet"];
+    let mut rec: serde_json::Value = serde_json::from_str(sub["value"].as_str().unwrap()).unwrap();
+    rec["subnet"] = "10.0.9.0/24".into();
+    sub["value"] = rec.to_string().into();
+    write_hints(&f, &h);
+    let t0 = txns(&etcd);
+    let (b, ..) = add_in_new_process(&etcd, "n", "b", "t");
+    assert_eq!(b, "10.0.0.3/24", "the answer comes from etcd, not the hint");
+    assert!(txns(&etcd) - t0 >= 3, "the reserve read before writing");
+    // Nor one whose subnet is not of the pool's subnet length.
+    let mut h = read_hints(&f);
+    let sub = &mut h["tenants"][0]["subnet"];
+    let mut rec: serde_json::Value = serde_json::from_str(sub["value"].as_str().unwrap()).unwrap();
+    rec["subnet"] = "10.0.0.0/16".into();
+    sub["value"] = rec.to_string().into();
+    write_hints(&f, &h);
+    let (c, ..) = add_in_new_process(&etcd, "n", "c", "t");
+    assert_eq!(c, "10.0.0.4/24");
+    // The file was rewritten from etcd: hinted again, one transaction.
+    let (d, r, _) = add_in_new_process(&etcd, "n", "d", "t");
+    assert_eq!((d.as_str(), r), ("10.0.0.5/24", 1));
+}
+
+#[test]
 fn a_corrupt_torn_or_foreign_hint_file_is_ignored() {
     let Some(etcd) = EtcdCluster::single() else {
         return;

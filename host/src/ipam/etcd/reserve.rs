@@ -141,6 +141,23 @@ impl Writes {
             });
         }
     }
+    /// Compares a pool or subnet record the plan used, when the view is
+    /// complete (read from etcd). A plan from a partial view (hints) leaves
+    /// them out: it only ever takes an address in a hinted block that
+    /// exists, and that block's exact-value compare implies them. A block
+    /// is created only by a transaction that compares its subnet record; a
+    /// subnet record is deleted only when no key is left under its blocks
+    /// (compared in the same transaction) and never rewritten; a pool
+    /// record is never rewritten nor deleted. So while the block exists,
+    /// its tenant's subnet record does too, and the pool's geometry, hence
+    /// the subnet's CIDR (the aligned subnet holding the block), is the
+    /// hinted one. Two fewer lookups in etcd and ~200 fewer bytes in
+    /// the transaction on every hinted reserve.
+    fn record_used(&mut self, complete: bool, key: &str, rev: i64, val: &[u8]) {
+        if complete {
+            self.unchanged(key, rev, val);
+        }
+    }
     fn put(&mut self, key: &str, value: Vec<u8>, lease: Option<i64>) {
         if self.written.insert(key.to_owned()) {
             self.ops.push(TxnOp::put(
@@ -185,17 +202,26 @@ impl From<IpamError> for PlanError {
 
 /// Which keys one read covers (phase 1, or the failure branch of a write),
 /// and where each answer sits in the responses.
+///
+/// A full set reads everything a plan can use. A partial one (the failure
+/// branch of a write planned from hints) reads only what can have made
+/// that write fail: the handle and the hinted blocks with their pending
+/// keys; the pools, the subnets and the lease stay as hinted (see
+/// [`Writes::record_used`]).
 #[derive(Debug, Clone)]
 struct ReadSet {
-    /// `(key, is_prefix)`: the handle first, the pools second.
+    /// `(key, is_prefix)`: the handle first.
     ops: Vec<(String, bool)>,
     /// True when it covers all of this node's blocks; false when only the
     /// hinted ones (the view is then partial).
     full: bool,
-    /// Per pool of the request: the subnet get, the block gets, the sticky
-    /// get.
-    per_pool: Vec<(usize, Vec<usize>, Option<usize>)>,
-    lease: usize,
+    /// The pools' prefix get (full sets only).
+    pools: Option<usize>,
+    /// Per pool of the request: the subnet get (full sets only), the block
+    /// gets, the sticky get.
+    per_pool: Vec<(Option<usize>, Vec<usize>, Option<usize>)>,
+    /// The node lease get (full sets only).
+    lease: Option<usize>,
 }
 
 /// One attempt's view of etcd, from a read or from the hints.
@@ -209,6 +235,18 @@ struct View {
     lease: Option<NodeLease>,
     /// Whether all of this node's blocks are in it (else only some).
     complete: bool,
+}
+
+impl View {
+    /// Takes the pools, subnets and lease of `hinted` (what a partial
+    /// failure branch does not read).
+    fn keep_hinted_records(&mut self, hinted: View) {
+        self.pools = hinted.pools;
+        self.lease = hinted.lease;
+        for (p, h) in self.per_pool.iter_mut().zip(hinted.per_pool) {
+            p.subnet = h.subnet;
+        }
+    }
 }
 
 struct PoolSnap {
@@ -273,11 +311,18 @@ fn read_set(
 ) -> ReadSet {
     let k = &s.keys;
     let net = key.network.as_str();
-    let mut ops = vec![(k.handle(key), false), (k.pools(net), true)];
+    let full = hinted.is_none();
+    let mut ops = vec![(k.handle(key), false)];
+    let pools = full.then(|| {
+        ops.push((k.pools(net), true));
+        ops.len() - 1
+    });
     let mut per_pool = Vec::with_capacity(names.len());
     for (j, n) in names.iter().enumerate() {
-        let subnet = ops.len();
-        ops.push((k.subnet(net, n, tenant), false));
+        let subnet = full.then(|| {
+            ops.push((k.subnet(net, n, tenant), false));
+            ops.len() - 1
+        });
         let mut blocks = Vec::new();
         match hinted {
             Some(h) => {
@@ -298,11 +343,14 @@ fn read_set(
         });
         per_pool.push((subnet, blocks, sticky));
     }
-    let lease = ops.len();
-    ops.push((k.node_lease(&s.opts.node_name), false));
+    let lease = full.then(|| {
+        ops.push((k.node_lease(&s.opts.node_name), false));
+        ops.len() - 1
+    });
     ReadSet {
         ops,
-        full: hinted.is_none(),
+        full,
+        pools,
         per_pool,
         lease,
     }
@@ -326,7 +374,7 @@ fn parse_reads(
         None => None,
     };
     let mut pools = BTreeMap::new();
-    for kv in at(1) {
+    for kv in set.pools.map_or(&none, at) {
         let kk = String::from_utf8_lossy(kv.key()).into_owned();
         let name = kk
             .strip_prefix(&k.pools(net))
@@ -343,7 +391,7 @@ fn parse_reads(
     }
     let mut per_pool = Vec::with_capacity(names.len());
     for (n, (si, bis, sti)) in names.iter().zip(&set.per_pool) {
-        let subnet = match at(*si).first() {
+        let subnet = match si.and_then(|i| at(i).first()) {
             Some(kv) => Some((
                 decode::<SubnetRec>(&k.subnet(net, n, tenant), kv.value())?,
                 kv.mod_revision(),
@@ -371,8 +419,9 @@ fn parse_reads(
             sticky,
         });
     }
-    let lease = at(set.lease)
-        .first()
+    let lease = set
+        .lease
+        .and_then(|i| at(i).first())
         .and_then(|kv| serde_json::from_slice::<NodeLease>(kv.value()).ok());
     Ok(View {
         handle,
@@ -385,7 +434,11 @@ fn parse_reads(
 
 /// The view the hints give, or `None` when they do not cover every pool of
 /// the request (unknown pool, tenant without a subnet or without a hinted
-/// block) or do not decode.
+/// block), do not decode, or do not hold together: a plan from hints
+/// compares only the block it takes an address in and relies on the pool
+/// and subnet records that block implies (see [`Writes::record_used`]), so
+/// the hinted subnet must be one of the pool's subnets and hold every
+/// hinted block.
 fn view_from_hints(h: &Hints, tenant: &str, names: &[&str]) -> Option<View> {
     let mut pools = BTreeMap::new();
     for (name, v) in &h.pools {
@@ -399,9 +452,17 @@ fn view_from_hints(h: &Hints, tenant: &str, names: &[&str]) -> Option<View> {
             return None;
         }
         let subnet: SubnetRec = serde_json::from_str(&t.subnet.value).ok()?;
+        let pool = &pools[*n].0;
+        if subnet.subnet.prefix_len() != pool.subnet_len || !pool.supernet.contains(&subnet.subnet)
+        {
+            return None;
+        }
         let mut blocks = BTreeMap::new();
         for b in &t.blocks {
             let rec: BlockRec = serde_json::from_str(&b.val.value).ok()?;
+            if !subnet.subnet.contains(&rec.cidr) {
+                return None;
+            }
             blocks.insert(
                 b.key.clone(),
                 BlockView {
@@ -506,7 +567,24 @@ pub(super) async fn reserve(
                     parse_reads(s, key, tenant, &names, &r, full_set())?
                 }
             },
-            Source::Returned(r, set) => parse_reads(s, key, tenant, &names, &r, &set)?,
+            Source::Returned(r, set) => {
+                let mut v = parse_reads(s, key, tenant, &names, &r, &set)?;
+                if !set.full {
+                    // The partial failure branch read the handle and the
+                    // blocks; the rest is as hinted.
+                    match hints
+                        .as_ref()
+                        .and_then(|h| view_from_hints(h, tenant, &names))
+                    {
+                        Some(h) => v.keep_hinted_records(h),
+                        None => {
+                            source = Source::Read;
+                            continue;
+                        }
+                    }
+                }
+                v
+            }
             Source::Read => {
                 let r = etcd.read(full_set().ops.clone()).await?;
                 parse_reads(s, key, tenant, &names, &r, full_set())?
@@ -1021,7 +1099,7 @@ impl Attempt<'_> {
                     }
                     .into());
                 }
-                self.w.unchanged(&pk, *rev, val);
+                self.w.record_used(self.complete, &pk, *rev, val);
             }
             // A new pool is checked against every other pool: only a full
             // view is known to hold them all.
@@ -1066,7 +1144,7 @@ impl Attempt<'_> {
         let net = self.key.network.clone();
         let sk = k.subnet(&net, &p.name, self.tenant);
         if let Some((rec, rev, val)) = &self.views[&p.name].subnet {
-            self.w.unchanged(&sk, *rev, val);
+            self.w.record_used(self.complete, &sk, *rev, val);
             return Ok(Geom::of(rec.subnet));
         }
         if let Some((g, _)) = self.carved.get(&p.name) {

@@ -16,11 +16,15 @@
 //!    but nothing of the reserve is kept in memory between calls: every
 //!    reserve reads the node's hint file and rewrites it, as a new `tenet`
 //!    process does (only confirm uses what its own reserve kept, as in one
-//!    ADD).
+//!    ADD). The reserve-only workload's claims are confirmed after each of
+//!    its slices, off the clock: a claim is pending only while its ADD
+//!    runs, and left pending for the whole run they would pile up in the
+//!    blocks by the thousand, which no real node sees.
 //! 3. **Latency vs fill**: one node, a tenant /20 (4094 addresses, 64
-//!    blocks) filled to 1 % and to 90 %; p50 and p99 of `reserve` at each
-//!    fill (each measured reservation is released again so the fill stays
-//!    put), with hints, and without (the read path, for reference).
+//!    blocks) filled to 1 % and to 90 % (two prefixes); p50 and p99 of
+//!    `reserve` at each fill, the probes of the two fills interleaved (each
+//!    measured reservation is released again so the fill stays put), with
+//!    hints, and without (the read path, for reference).
 //!
 //! The rate phases run interleaved: each workload has its own threads, and
 //! they take turns in 0.5 s slices until each had `BENCH_SECS`, so that the
@@ -28,7 +32,7 @@
 //!
 //! `make bench-etcd`, or `cargo run --profile ctl -p tenet-bench --bin
 //! etcd_alloc`. `BENCH_SECS` (default 5) sets each rate phase's length,
-//! `BENCH_SAMPLES` (default 500) the latency samples per fill,
+//! `BENCH_SAMPLES` (default 3000) the latency samples per fill,
 //! `BENCH_PHASES` (default `raw,reserve,add,fresh,latency`) which phases run.
 
 #[path = "../../../../host/tests/common/etcd.rs"]
@@ -122,8 +126,13 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// One workload: `f(client, i)` is client `client`'s `i`-th operation.
-type Work = Arc<dyn Fn(usize, u64) + Send + Sync>;
+/// One workload: `op(client, i)` is client `client`'s `i`-th operation;
+/// `settle(client)`, when there is one, runs after each of the workload's
+/// slices, off the clock, while its threads are parked.
+struct Work {
+    op: Arc<dyn Fn(usize, u64) + Send + Sync>,
+    settle: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+}
 
 /// Length of one measured slice.
 const SLICE: Duration = Duration::from_millis(500);
@@ -140,22 +149,34 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
     let active = Arc::new(AtomicUsize::new(IDLE));
     let stop = Arc::new(AtomicBool::new(false));
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    // Threads inside an operation, per workload: a slice ends when they are
+    // all parked again.
+    let busy: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
     let gate = Arc::new((Mutex::new(()), Condvar::new()));
     let switch = |w: usize| {
         let _g = gate.0.lock().unwrap();
-        active.store(w, Ordering::Relaxed);
+        active.store(w, Ordering::SeqCst);
         gate.1.notify_all();
     };
     let mut threads = Vec::new();
-    for (w, f) in works.into_iter().enumerate() {
+    let mut settles = Vec::with_capacity(n);
+    for (w, work) in works.into_iter().enumerate() {
+        settles.push(work.settle);
         for c in 0..CLIENTS {
-            let (active, stop, counts, f) =
-                (active.clone(), stop.clone(), counts.clone(), f.clone());
+            let (active, stop, counts, busy, f) = (
+                active.clone(),
+                stop.clone(),
+                counts.clone(),
+                busy.clone(),
+                work.op.clone(),
+            );
             let gate = gate.clone();
             threads.push(std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if active.load(Ordering::Relaxed) != w {
+                    busy[w].fetch_add(1, Ordering::SeqCst);
+                    if active.load(Ordering::SeqCst) != w {
+                        busy[w].fetch_sub(1, Ordering::SeqCst);
                         // Parked, not polling: waiting threads must not
                         // cost the measured workload CPU.
                         let g = gate.0.lock().unwrap();
@@ -167,15 +188,40 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
                     f(c, i);
                     i += 1;
                     counts[w].fetch_add(1, Ordering::Relaxed);
+                    busy[w].fetch_sub(1, Ordering::SeqCst);
                 }
             }));
         }
     }
+    // Parks every workload and waits until no thread is inside an
+    // operation, so that nothing of one slice runs into the next.
+    let park = || {
+        switch(IDLE);
+        while busy.iter().any(|b| b.load(Ordering::SeqCst) != 0) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // Ends workload `w`'s slice: parks it, runs its settle step for every
+    // client in parallel (off the clock), then leaves etcd idle for a
+    // moment, so that nothing of one slice (etcd commits its backend every
+    // 100 ms, connections close) lands in the next one's measurement.
+    let end_slice = |w: usize| {
+        park();
+        if let Some(f) = &settles[w] {
+            std::thread::scope(|sc| {
+                for c in 0..CLIENTS {
+                    sc.spawn(move || f(c));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let etcd = etcd_pid.to_string();
     // Warm-up round, not counted.
     for w in 0..n {
         switch(w);
         std::thread::sleep(Duration::from_secs(1));
+        end_slice(w);
     }
     let mut ops = vec![0u64; n];
     let mut el = vec![Duration::ZERO; n];
@@ -184,8 +230,6 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
     for _ in 0..rounds {
         for w in 0..n {
             switch(w);
-            // Let the previous workload's last operations finish first.
-            std::thread::sleep(Duration::from_millis(20));
             let (c0, e0, k0, t0) = (
                 cpu_s("self"),
                 cpu_s(&etcd),
@@ -197,6 +241,7 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
             el[w] += t0.elapsed();
             cpu[w].0 += cpu_s("self") - c0;
             cpu[w].1 += cpu_s(&etcd) - e0;
+            end_slice(w);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -232,7 +277,7 @@ fn raw_work(endpoints: &[String]) -> Work {
         })
         .collect();
     let clients = Arc::new(clients);
-    Arc::new(move |c, i| {
+    let op = Arc::new(move |c: usize, i: u64| {
         let mut g = clients[c].lock().unwrap();
         let (rt, client, rev) = &mut *g;
         let key = format!("/bench/raw/{c}");
@@ -246,7 +291,8 @@ fn raw_work(endpoints: &[String]) -> Work {
         let r = rt.block_on(client.txn(txn)).unwrap();
         assert!(r.succeeded(), "raw txn lost its compare");
         *rev = r.header().unwrap().revision();
-    })
+    });
+    Work { op, settle: None }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -273,7 +319,11 @@ fn alloc_work(endpoints: &[String], mode: Mode, prefix: &str, states: &Path) -> 
             .collect()
     });
     let req = request("10.0.0.0/8", 12);
-    Arc::new(move |c, i| {
+    // Reserve only: the claims each client made, confirmed after the slice.
+    let made: Arc<Vec<Mutex<Vec<AttachmentKey>>>> =
+        Arc::new((0..CLIENTS).map(|_| Mutex::new(Vec::new())).collect());
+    let (stores2, made2) = (stores.clone(), made.clone());
+    let op = Arc::new(move |c: usize, i: u64| {
         let k = AttachmentKey::new("bench", format!("n{c}-{i}"), "eth0");
         let fresh;
         let s = if mode == Mode::FreshStorePerAdd {
@@ -283,10 +333,27 @@ fn alloc_work(endpoints: &[String], mode: Mode, prefix: &str, states: &Path) -> 
             &stores[c]
         };
         s.reserve(&k, "t", &req).unwrap();
-        if mode != Mode::Reserve {
+        if mode == Mode::Reserve {
+            made[c].lock().unwrap().push(k);
+        } else {
             s.confirm(&k).unwrap();
         }
-    })
+    });
+    // A claim is pending only while its ADD runs (milliseconds); left
+    // pending for the whole run, the reserve-only workload's claims would
+    // pile up in its blocks (thousands per node, every one read back when a
+    // node's hinted blocks are full), which no real node sees. So its
+    // claims are confirmed after each slice, off the clock, as the rest of
+    // their ADDs would.
+    let settle = (mode == Mode::Reserve).then(|| {
+        Arc::new(move |c: usize| {
+            let keys = std::mem::take(&mut *made2[c].lock().unwrap());
+            for k in keys {
+                stores2[c].confirm(&k).unwrap();
+            }
+        }) as Arc<dyn Fn(usize) + Send + Sync>
+    });
+    Work { op, settle }
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
@@ -295,15 +362,9 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v[i].as_secs_f64() * 1e3
 }
 
-/// Reserve latency of one node at `fill` of a tenant /20: (p50, p99) with
-/// hints, (p50, p99) without, and how many addresses are held.
-fn latency_at(
-    endpoints: &[String],
-    fill: f64,
-    samples: u64,
-    prefix: &str,
-    state: &Path,
-) -> ((f64, f64), (f64, f64), usize) {
+/// A tenant /20 (4094 addresses) filled to `fill` by one node, under its
+/// own prefix; returns the node's store and how many addresses it holds.
+fn filled(endpoints: &[String], fill: f64, prefix: &str, state: &Path) -> (EtcdStore, usize) {
     let s = store(endpoints, "lat", prefix, Some(state));
     let req = request("10.0.0.0/16", 20);
     let n = (4094.0 * fill) as usize;
@@ -312,21 +373,27 @@ fn latency_at(
         s.reserve(&k, "t", &req).unwrap();
         s.confirm(&k).unwrap();
     }
-    let probe = |s: &EtcdStore, tag: &str| {
-        let mut v = Vec::with_capacity(samples as usize);
-        for i in 0..samples {
+    (s, n)
+}
+
+/// Reserve latency in each of `stores` (p50, p99 in ms), **interleaved**:
+/// one reserve in each store in turn (the order alternating), so that the
+/// machine's changing background load hits every fill alike. Each measured
+/// reservation is released again, so the fill stays put.
+fn latencies(stores: &[&EtcdStore], samples: u64, tag: &str) -> Vec<(f64, f64)> {
+    let req = request("10.0.0.0/16", 20);
+    let mut v: Vec<Vec<Duration>> = stores.iter().map(|_| Vec::new()).collect();
+    for i in 0..samples {
+        for j in 0..stores.len() {
+            let j = if i % 2 == 0 { j } else { stores.len() - 1 - j };
             let k = AttachmentKey::new("lat", format!("{tag}-{i}"), "eth0");
             let t = Instant::now();
-            s.reserve(&k, "t", &req).unwrap();
-            v.push(t.elapsed());
-            s.release(&k).unwrap();
+            stores[j].reserve(&k, "t", &req).unwrap();
+            v[j].push(t.elapsed());
+            stores[j].release(&k).unwrap();
         }
-        (pct(&mut v, 0.5), pct(&mut v, 0.99))
-    };
-    let hinted = probe(&s, "probe");
-    let blind = store(endpoints, "lat", prefix, None);
-    let read_path = probe(&blind, "read");
-    (hinted, read_path, n)
+    }
+    v.iter_mut().map(|v| (pct(v, 0.5), pct(v, 0.99))).collect()
 }
 
 fn delta(a: f64, b: f64) -> String {
@@ -335,7 +402,7 @@ fn delta(a: f64, b: f64) -> String {
 
 fn main() {
     let secs = env("BENCH_SECS", 5);
-    let samples = env("BENCH_SAMPLES", 500);
+    let samples = env("BENCH_SAMPLES", 3000);
     let states = tempfile::Builder::new()
         .prefix("tenet-bench-state-")
         .tempdir()
@@ -400,9 +467,17 @@ fn main() {
         return;
     }
 
-    let (ha, ra, na) = latency_at(&eps, 0.01, samples, "/bench-c", &st.join("c"));
-    let (hb, rb, nb) = latency_at(&eps, 0.90, samples, "/bench-d", &st.join("d"));
-    for (what, a, b) in [("with hints", ha, hb), ("read path (no hints)", ra, rb)] {
+    let (low, na) = filled(&eps, 0.01, "/bench-c", &st.join("c"));
+    let (high, nb) = filled(&eps, 0.90, "/bench-d", &st.join("d"));
+    let hinted = latencies(&[&low, &high], samples, "probe");
+    // The same nodes without hint files: every reserve reads first.
+    let (blind_low, blind_high) = (
+        store(&eps, "lat", "/bench-c", None),
+        store(&eps, "lat", "/bench-d", None),
+    );
+    let read_path = latencies(&[&blind_low, &blind_high], samples, "read");
+    for (what, r) in [("with hints", hinted), ("read path (no hints)", read_path)] {
+        let (a, b) = (r[0], r[1]);
         println!("reserve latency, {what}:");
         println!(
             "  tenant /20 at  1% ({na:4} held): p50 {:6.2} ms  p99 {:6.2} ms",
