@@ -19,7 +19,12 @@
 //!   stop); `restart(i)` starts it again on the same ports and data dir.
 //! - `grpc_calls(i, "Txn")` counts the calls of one kind a member answered
 //!   (from its metrics), so tests can assert round trips.
-//! - Drop kills every member and removes the directory.
+//! - Drop kills every member and removes the directory. A member also gets
+//!   SIGKILL from the kernel when the thread that started it ends
+//!   (`PR_SET_PDEATHSIG`), so a process that aborts (the benches are built
+//!   with `panic = "abort"`, which skips Drop) or is killed leaves no etcd
+//!   behind. Start and restart members from the thread that owns the
+//!   cluster.
 //! - `with_tls(TlsFiles)` serves clients over TLS (mutual when
 //!   `client_ca` is set); health is always checked over a separate plain
 //!   HTTP metrics listener, so the harness needs no TLS client.
@@ -27,9 +32,18 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// prctl(2), declared here so that this file needs the standard library only
+// (libc is linked into every Rust program on Linux).
+unsafe extern "C" {
+    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+}
+const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
+const SIGKILL: std::ffi::c_ulong = 9;
 
 /// The etcd binary from Debian's `etcd-server` package.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -227,6 +241,17 @@ impl EtcdCluster {
                     .arg("--trusted-ca-file")
                     .arg(ca);
             }
+        }
+        // SAFETY: the closure runs in the forked child before exec and
+        // only makes one async-signal-safe syscall.
+        unsafe {
+            cmd.pre_exec(|| {
+                if prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
         }
         m.child = Some(cmd.spawn().expect("spawn /usr/bin/etcd"));
     }
