@@ -12,8 +12,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::cni::{NETWORK, Node, Pod, STEPS, conf, first_ip};
+use common::cni::{NETWORK, Node, Pod, conf, first_ip};
+// Every step ADD takes for a rainbond pod: the names `TENET_FAILPOINT` takes.
 use serde_json::{Value, json};
+use tenet::apply::failpoint::STEPS_WITH_HOST_LINK as STEPS;
 
 fn node() -> Option<Node> {
     Node::new("the apply root tests")
@@ -154,17 +156,7 @@ fn a_failure_injected_after_each_step_rolls_back_everything() {
 #[test]
 fn sigkill_at_each_step_then_del_or_gc_leaves_nothing() {
     let Some(node) = node() else { return };
-    for (n, step) in STEPS.iter().enumerate() {
-        let p = Pod::new(&format!("kill{n}"), "team-a");
-        node.add_killed_at(&p, step);
-        if n % 2 == 0 {
-            node.del(&p).ok();
-        } else {
-            // GC with an empty valid list: the runtime forgot the pod.
-            node.gc_all().ok();
-        }
-        node.assert_clean();
-    }
+    node.kill_at_each_step_then_del_or_gc(&STEPS, "team-a", |_, _| node.assert_clean());
 }
 
 #[test]

@@ -13,8 +13,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::cni::{Node, Pod, STEPS, first_ip};
+use common::cni::{Node, Pod, first_ip};
+// Every step ADD takes for a rainbond pod: the names `TENET_FAILPOINT` takes.
 use common::etcd::{EtcdCluster, scan};
+use tenet::apply::failpoint::STEPS_WITH_HOST_LINK as STEPS;
 
 const PREFIX: &str = "/tenet-crash";
 /// Short, so that expiry happens inside the test; long enough that the ADDs
@@ -103,14 +105,7 @@ fn wait_for_expiry(etcd: &EtcdCluster) -> Duration {
 fn sigkill_at_each_step_then_del_or_gc_leaves_nothing_in_etcd_or_on_the_node() {
     let Some((node, etcd)) = setup() else { return };
     let mut addresses = HashSet::new();
-    for (n, step) in STEPS.iter().enumerate() {
-        let p = Pod::new(&format!("kill{n}"), "team-a");
-        node.add_killed_at(&p, step);
-        if n % 2 == 0 {
-            node.del(&p).ok();
-        } else {
-            node.gc_all().ok();
-        }
+    node.kill_at_each_step_then_del_or_gc(&STEPS, "team-a", |n, step| {
         // DEL and GC free pending claims themselves: no waiting for leases.
         let left = etcd_leftovers(&etcd);
         assert!(left.is_empty(), "{step}: left in etcd: {left:#?}");
@@ -122,7 +117,7 @@ fn sigkill_at_each_step_then_del_or_gc_leaves_nothing_in_etcd_or_on_the_node() {
         node.del(&q).ok();
         assert!(etcd_leftovers(&etcd).is_empty(), "{step}");
         node.assert_clean();
-    }
+    });
     // Cooldown 0 and next-fit: freed addresses come back, so the whole run
     // stays within a few addresses.
     assert!(addresses.len() <= STEPS.len(), "{addresses:?}");

@@ -1073,6 +1073,17 @@ fn write_hints(f: &Path, v: &serde_json::Value) {
     std::fs::write(f, format!("tenet-hints {} {sum:016x}\n{json}", json.len())).unwrap();
 }
 
+/// Rewrites the etcd record hinted at JSON `pointer` in hint file `f` (its
+/// `value` is the record's JSON, byte for byte) with `edit`.
+fn edit_hinted_record(f: &Path, pointer: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut h = read_hints(f);
+    let v = h.pointer_mut(pointer).expect("hinted record");
+    let mut rec: serde_json::Value = serde_json::from_str(v["value"].as_str().unwrap()).unwrap();
+    edit(&mut rec);
+    v["value"] = rec.to_string().into();
+    write_hints(f, &h);
+}
+
 /// One ADD's IPAM work as a new `tenet` process would do it (a new store:
 /// only the hint file carries over), with the round trips reserve and
 /// confirm took.
@@ -1164,14 +1175,10 @@ fn a_hint_whose_revision_matches_but_value_does_not_is_refused() {
     let (a, ..) = add_in_new_process(&etcd, "n", "a", "t");
     // What a hint from before an etcd restore could look like: the block's
     // revision number is current, its content is not (all free again).
-    let f = hint_file(&etcd, "n");
-    let mut h = read_hints(&f);
-    let b = &mut h["tenants"][0]["blocks"][0];
-    let mut rec: serde_json::Value = serde_json::from_str(b["value"].as_str().unwrap()).unwrap();
-    rec["used"] = "0000000000000000".into();
-    rec["cursor"] = 0.into();
-    b["value"] = rec.to_string().into();
-    write_hints(&f, &h);
+    edit_hinted_record(&hint_file(&etcd, "n"), "/tenants/0/blocks/0", |rec| {
+        rec["used"] = "0000000000000000".into();
+        rec["cursor"] = 0.into();
+    });
     let (b, r, _) = add_in_new_process(&etcd, "n", "b", "t");
     assert_ne!(a, b, "the forged hint handed out {a} twice");
     assert_eq!(r, 2);
@@ -1188,24 +1195,19 @@ fn a_hint_whose_subnet_does_not_hold_its_blocks_is_ignored() {
     // trusts the subnet record that block implies; a hint whose subnet
     // cannot hold its block (here: another /24 of the pool) is not used.
     let f = hint_file(&etcd, "n");
-    let good = read_hints(&f);
-    let mut h = good.clone();
-    let sub = &mut h["tenants"][0]["subnet"];
-    let mut rec: serde_json::Value = serde_json::from_str(sub["value"].as_str().unwrap()).unwrap();
-    rec["subnet"] = "10.0.9.0/24".into();
-    sub["value"] = rec.to_string().into();
-    write_hints(&f, &h);
+    edit_hinted_record(&f, "/tenants/0/subnet", |rec| {
+        rec["subnet"] = "10.0.9.0/24".into();
+    });
     let t0 = txns(&etcd);
     let (b, ..) = add_in_new_process(&etcd, "n", "b", "t");
     assert_eq!(b, "10.0.0.3/24", "the answer comes from etcd, not the hint");
     assert!(txns(&etcd) - t0 >= 3, "the reserve read before writing");
-    // Nor one whose subnet is not of the pool's subnet length.
-    let mut h = read_hints(&f);
-    let sub = &mut h["tenants"][0]["subnet"];
-    let mut rec: serde_json::Value = serde_json::from_str(sub["value"].as_str().unwrap()).unwrap();
-    rec["subnet"] = "10.0.0.0/16".into();
-    sub["value"] = rec.to_string().into();
-    write_hints(&f, &h);
+    // Nor one whose subnet holds the block but is not of the pool's subnet
+    // length (only the consistency check of the hints catches this one: the
+    // block's compare passes).
+    edit_hinted_record(&f, "/tenants/0/subnet", |rec| {
+        rec["subnet"] = "10.0.0.0/16".into();
+    });
     let (c, ..) = add_in_new_process(&etcd, "n", "c", "t");
     assert_eq!(c, "10.0.0.4/24");
     // The file was rewritten from etcd: hinted again, one transaction.

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::etcd::EtcdCluster;
 use midonet_emulator::{Emulator, EmulatorOptions, HostSpec};
@@ -94,20 +93,8 @@ host_id = "{host}"
                     pod.namespace, pod.id
                 ),
             );
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         let conf = json!({"cniVersion": "1.0.0", "name": "rainbond", "type": "tenet"});
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = common::run_with_stdin(&mut cmd, &conf.to_string());
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -75,26 +75,16 @@ fn run_installed_tenet(l: &Layout, command: &str, version: &str) -> (i32, String
     let mut conf = list["plugins"][0].clone();
     conf["cniVersion"] = version.into();
     conf["name"] = list["name"].clone();
-    let mut child = Command::new(l.p("bin/tenet"))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", l.p("bin"))
-        // For `nft`; no tenetctl lives on this PATH.
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("TENET_CONFIG", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = common::run_with_stdin(
+        Command::new(l.p("bin/tenet"))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", l.p("bin"))
+            // For `nft`; no tenetctl lives on this PATH.
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("TENET_CONFIG", "/dev/null"),
+        &conf.to_string(),
+    );
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),

@@ -12,6 +12,23 @@
 //! binary is built without (`--no-default-features`): production never
 //! reads the variable.
 
+/// Every step ADD takes, in order, for a pod with an SDN port `eth0` and a
+/// host link `eth1` (the rainbond pipeline's pods): what the rollback and
+/// crash tests walk, in the unit tests and through the binary.
+pub const STEPS_WITH_HOST_LINK: [&str; 11] = [
+    "record",
+    "reserve",
+    "ensure-tenant",
+    "veth:eth0",
+    "veth:eth1",
+    "attach:eth0",
+    "host-side:eth1",
+    "configure:eth0",
+    "configure:eth1",
+    "confirm",
+    "ready",
+];
+
 /// The configured failpoint, if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Failpoints {

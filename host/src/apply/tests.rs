@@ -170,20 +170,7 @@ fn check_names_what_changed() {
 
 #[test]
 fn a_failure_after_every_step_rolls_everything_back() {
-    let steps = [
-        "record",
-        "reserve",
-        "ensure-tenant",
-        "veth:eth0",
-        "veth:eth1",
-        "attach:eth0",
-        "host-side:eth1",
-        "configure:eth0",
-        "configure:eth1",
-        "confirm",
-        "ready",
-    ];
-    for step in steps {
+    for step in super::failpoint::STEPS_WITH_HOST_LINK {
         let r = Rig::new();
         let e = r
             .engine()

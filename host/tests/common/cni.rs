@@ -8,32 +8,15 @@
 //! interfaces, routes or firewall.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 
 /// The CNI network name of every test conf.
 pub const NETWORK: &str = "tenet-test";
-
-/// Every step ADD takes for a rainbond pod (eth0 SDN port, eth1 host link),
-/// in order: the names `TENET_FAILPOINT=<step>:<action>` takes.
-pub const STEPS: [&str; 11] = [
-    "record",
-    "reserve",
-    "ensure-tenant",
-    "veth:eth0",
-    "veth:eth1",
-    "attach:eth0",
-    "host-side:eth1",
-    "configure:eth0",
-    "configure:eth1",
-    "confirm",
-    "ready",
-];
 
 /// A scratch node: its own netns (entered by the test thread, inherited by
 /// every process the test runs, etcd included when started after it), state
@@ -98,19 +81,7 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child
+        super::spawn_with_stdin(&mut cmd, stdin)
     }
 
     /// ADD of `pod` with the test conf.
@@ -126,6 +97,28 @@ impl Node {
         let out = self.run(&env, &conf());
         assert_eq!(out.signal, Some(9), "{step}: {}", out.stderr);
         out
+    }
+
+    /// For each step of `steps` in turn: an ADD of a new pod of `tenant`
+    /// SIGKILLed right after that step, then its DEL (even turns) or a GC
+    /// with an empty valid list (odd turns: the runtime forgot the pod);
+    /// then `check(turn, step)`.
+    pub fn kill_at_each_step_then_del_or_gc(
+        &self,
+        steps: &[&str],
+        tenant: &str,
+        mut check: impl FnMut(usize, &str),
+    ) {
+        for (n, step) in steps.iter().enumerate() {
+            let p = Pod::new(&format!("kill{n}"), tenant);
+            self.add_killed_at(&p, step);
+            if n % 2 == 0 {
+                self.del(&p).ok();
+            } else {
+                self.gc_all().ok();
+            }
+            check(n, step);
+        }
     }
 
     /// DEL of `pod` with the test conf.

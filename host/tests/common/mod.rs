@@ -71,3 +71,28 @@ pub fn rainbond() -> PathBuf {
 pub fn shared_cache() -> PathBuf {
     root().join("target/test-cache")
 }
+
+/// Starts `cmd` with stdin, stdout and stderr piped, writes `stdin` and
+/// closes it (as a CNI runtime feeds a plugin its configuration).
+pub fn spawn_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::process::Child {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child
+}
+
+/// [`spawn_with_stdin`], then waits for the output.
+pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::process::Output {
+    spawn_with_stdin(cmd, stdin).wait_with_output().unwrap()
+}
