@@ -101,7 +101,7 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
         // One CNI operation per process.
         one_shot: true,
     };
-    Pipeline::load(&manifest, &opts).map_err(|e| e.to_cni())
+    Pipeline::load_from(&manifest, &opts, cache).map_err(|e| e.to_cni())
 }
 
 /// The attachment an invocation is about: (network, container id, ifname).

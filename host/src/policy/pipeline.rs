@@ -120,12 +120,22 @@ impl Pipeline {
     /// artifact replaces the stages' own; with a compiler at hand (tenetctl)
     /// a missing bundle is built for the next execs.
     pub fn load(manifest: &Manifest, opts: &PipelineOptions) -> Result<Self, PolicyError> {
+        Self::load_from(manifest, opts, ArtifactCache::new(&opts.cache_dir))
+    }
+
+    /// [`Pipeline::load`] with the artifact cache of `opts.cache_dir` the
+    /// caller already opened (`tenet` reads the manifest through it first:
+    /// one cache, one trust check of its directory, per exec).
+    pub fn load_from(
+        manifest: &Manifest,
+        opts: &PipelineOptions,
+        cache: ArtifactCache,
+    ) -> Result<Self, PolicyError> {
         let engine = engine::new_engine()
             .map_err(|e| PolicyError::new("engine", Failure::Internal(e.to_string())))?;
         let mut linker = Linker::new(&engine);
         Stage::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PolicyError::new("engine", Failure::Internal(e.to_string())))?;
-        let cache = ArtifactCache::new(&opts.cache_dir);
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
             let resolved = resolve_stage(&cache, opts, spec);
