@@ -48,10 +48,45 @@ pub struct Config {
     pub sdn: SdnKind,
     /// Linux SDN: masquerade traffic that leaves the node from tenant subnets.
     pub masquerade: bool,
+    /// Linux SDN: tenant isolation settings (`[isolation]`).
+    pub isolation: IsolationConfig,
     /// The etcd cluster (when `store = "etcd"`).
     pub etcd: EtcdConfig,
     /// The MidoNet API (when `sdn = "midonet"`).
     pub midonet: MidonetConfig,
+}
+
+/// Which service endpoints a pod may reach (traffic the node DNATed, as
+/// kube-proxy does). See docs/isolation.md.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceTenants {
+    /// Endpoints in any tenant: the service layer and NetworkPolicy decide.
+    #[default]
+    Any,
+    /// Endpoints of the client's own tenant and of `shared_tenants` only.
+    Same,
+}
+
+/// `[isolation]`: how the Linux SDN keeps tenants apart where the service
+/// path crosses them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// `"any"` (default) or `"same"`.
+    pub service_tenants: ServiceTenants,
+    /// Tenants every pod reaches through services even with `"same"`
+    /// (cluster DNS lives in `kube-system`).
+    pub shared_tenants: Vec<String>,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        Self {
+            service_tenants: ServiceTenants::Any,
+            shared_tenants: vec!["kube-system".into()],
+        }
+    }
 }
 
 /// The address store backend.
@@ -183,6 +218,7 @@ impl Default for Config {
             store: StoreKind::Local,
             sdn: SdnKind::Linux,
             masquerade: false,
+            isolation: IsolationConfig::default(),
             etcd: EtcdConfig::default(),
             midonet: MidonetConfig::default(),
         }

@@ -59,6 +59,7 @@ fn spec(pod: &ScratchNetns, cid: &str, ifname: &str) -> VethSpec {
         netns: pod.path().to_owned(),
         mtu: None,
         mac: None,
+        link_local: None,
     }
 }
 
@@ -226,6 +227,7 @@ fn unusable_and_node_namespaces_are_refused() {
                 netns: PathBuf::new(),
                 mtu: None,
                 mac: None,
+                link_local: None,
             }
         };
         let e = n.create_veth(&s).unwrap_err();

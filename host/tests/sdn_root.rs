@@ -139,6 +139,7 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
         netns: ns.path().to_owned(),
         mtu: None,
         mac: None,
+        link_local: None,
     };
     n.create_veth(&spec).unwrap();
     sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
@@ -372,6 +373,7 @@ fn masquerade_is_per_option_and_hides_tenant_addresses() {
         netns: out.path().to_owned(),
         mtu: None,
         mac: None,
+        link_local: None,
     })
     .unwrap();
     n.configure(
@@ -500,6 +502,7 @@ fn attach_and_detach_are_idempotent() {
         netns: pod.path().to_owned(),
         mtu: None,
         mac: None,
+        link_local: None,
     })
     .unwrap();
     let e = sdn.attach(t.id, &port(&host)).unwrap_err();
@@ -568,6 +571,7 @@ fn a_pod_host_link_cannot_reach_tenants() {
         netns: h.path().to_owned(),
         mtu: None,
         mac: None,
+        link_local: None,
     })
     .unwrap();
     let gw: IpAddr = "169.254.128.1".parse().unwrap();

@@ -4,7 +4,7 @@ use crate::cni::CniError;
 use crate::config::{Config, SdnKind, StoreKind};
 use crate::ipam::{IpStore, LocalOptions, LocalStore};
 use crate::netns::{Netns, RtNetns};
-use crate::sdn::{LinuxSdn, Sdn, SdnOptions};
+use crate::sdn::{LinuxSdn, Sdn, SdnOptions, ServiceScope};
 
 /// The backends of one invocation, owned.
 pub struct Backends {
@@ -60,6 +60,12 @@ impl Backends {
                 LinuxSdn::new(SdnOptions {
                     masquerade: cfg.masquerade,
                     nft: find_program("nft"),
+                    lock_dir: cfg.state_dir.join("locks"),
+                    services: match cfg.isolation.service_tenants {
+                        crate::config::ServiceTenants::Any => ServiceScope::Any,
+                        crate::config::ServiceTenants::Same => ServiceScope::SameTenant,
+                    },
+                    shared_tenants: cfg.isolation.shared_tenants.clone(),
                 })
                 .map_err(|e| {
                     CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())

@@ -4,9 +4,13 @@
 //! the engine act right after `<step>` completes: `error` fails the step
 //! (ADD then rolls back), `kill` sends SIGKILL to the process (nothing runs
 //! after it: the crash tests then check that DEL or GC cleans up). Step names
-//! are those of [`super::Step`] (`record`, `reserve`, `ensure-tenant`,
-//! `veth:eth0`, `attach:eth0`, `host-side:eth1`, `configure:eth0`, `confirm`,
-//! `ready`).
+//! are those of [`STEPS_WITH_HOST_LINK`] (`record`, `reserve`,
+//! `ensure-tenant`, `veth:eth0`, `guard:eth0`, `attach:eth0`,
+//! `host-side:eth1`, `configure:eth0`, `confirm`, `ready`), and three points
+//! inside `ensure-tenant` that the SDN backend fires
+//! ([`crate::sdn::Sdn::set_failpoints`]): `ensure-tenant:bridge` (the bridge
+//! exists), `ensure-tenant:rules` (its rules are installed) and
+//! `ensure-tenant:gateway` (just before its gateway addresses).
 //!
 //! Compiled in only with the `failpoints` feature, which the release `tenet`
 //! binary is built without (`--no-default-features`): production never
@@ -15,12 +19,17 @@
 /// Every step ADD takes, in order, for a pod with an SDN port `eth0` and a
 /// host link `eth1` (the rainbond pipeline's pods): what the rollback and
 /// crash tests walk, in the unit tests and through the binary.
-pub const STEPS_WITH_HOST_LINK: [&str; 11] = [
+pub const STEPS_WITH_HOST_LINK: [&str; 16] = [
     "record",
     "reserve",
+    "ensure-tenant:bridge",
+    "ensure-tenant:rules",
+    "ensure-tenant:gateway",
     "ensure-tenant",
     "veth:eth0",
     "veth:eth1",
+    "guard:eth0",
+    "guard:eth1",
     "attach:eth0",
     "host-side:eth1",
     "configure:eth0",

@@ -4,8 +4,10 @@
 //! # ADD
 //!
 //! Planning is finished before the first side effect ([`layout`] is pure).
-//! Then, in order, each step registering its undo as soon as it has had an
-//! effect:
+//! Then, in order, each step registering its undo before its first side
+//! effect when the undo is safe on nothing (removing a tenant network that
+//! has no port, deleting guard elements keyed by this attachment's host
+//! end), else as soon as it has had an effect:
 //!
 //! | step | does | undo |
 //! |---|---|---|
@@ -13,6 +15,7 @@
 //! | `reserve` | pending claims in the tenant store and, for host links, the node-local store | release |
 //! | `ensure-tenant` | the tenant's network (bridge + rules, or MidoNet topology), under the tenant lock | remove it if no port is left |
 //! | `veth:<if>` | each interface's veth pair | delete it |
+//! | `guard:<if>` | each port's source guard: it may send only from its own MAC and addresses ([`crate::sdn::PortGuard`]) | delete the guard's elements |
 //! | `attach:<if>` | each SDN port onto the tenant network (tenant lock still held) | detach |
 //! | `host-side:<if>` | each host link's node side (gateway, host routes) | (goes with the veth) |
 //! | `configure:<if>` | addresses, routes, sysctls inside the pod | (goes with the veth) |
@@ -56,7 +59,7 @@ use crate::cni::{CniError, code};
 use crate::ipam::{AttachmentKey, ClaimState, IpStore, ProcessIdentity};
 use crate::netns::{Netns, VethSpec};
 use crate::plan::{InterfaceKind, Plan};
-use crate::sdn::{PortSpec, Sdn};
+use crate::sdn::{PortGuard, PortSpec, Sdn};
 
 pub use backends::Backends;
 pub use failpoint::Failpoints;
@@ -128,7 +131,38 @@ enum Undo {
     Reserve { link: bool },
     Tenant,
     Veth { ifname: String, host_ifname: String },
+    Guard { host_ifname: String },
     Attach { host_ifname: String },
+}
+
+/// The source guard of one interface: its MAC, its addresses and, when it
+/// has IPv6, the link-local address tenet gives it.
+fn port_guard(
+    kind: InterfaceKind,
+    host_ifname: &str,
+    mac: crate::netns::MacAddr,
+    addrs: &[IpNet],
+    bridge: Option<&str>,
+) -> PortGuard {
+    let mut ips: Vec<std::net::IpAddr> = addrs.iter().map(IpNet::addr).collect();
+    if let Some(ll) = link_local_of(mac, addrs) {
+        ips.push(ll.into());
+    }
+    PortGuard {
+        host_ifname: host_ifname.to_owned(),
+        bridged: kind == InterfaceKind::SdnPort,
+        mac,
+        addrs: ips,
+        tenant_bridge: bridge.map(str::to_owned),
+    }
+}
+
+/// The link-local address of an interface with IPv6 addresses.
+fn link_local_of(mac: crate::netns::MacAddr, addrs: &[IpNet]) -> Option<std::net::Ipv6Addr> {
+    addrs
+        .iter()
+        .any(|a| a.addr().is_ipv6())
+        .then(|| crate::sdn::link_local(mac))
 }
 
 /// What GC did.
@@ -163,6 +197,8 @@ impl<'a> Engine<'a> {
         netns: &'a dyn Netns,
         state_dir: &Path,
     ) -> Self {
+        // The backend's failpoints are the engine's: none until set.
+        sdn.set_failpoints(&Failpoints::none());
         Self {
             store,
             link_store,
@@ -174,8 +210,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The same engine with failpoints set.
+    /// The same engine with failpoints set (the SDN backend gets them too,
+    /// for the points inside `ensure-tenant`).
     pub fn with_failpoints(mut self, f: Failpoints) -> Self {
+        self.sdn.set_failpoints(&f);
         self.failpoints = f;
         self
     }
@@ -254,9 +292,11 @@ impl<'a> Engine<'a> {
                     mac: None,
                     addrs: Vec::new(),
                     routes: Vec::new(),
+                    host_gateways: Vec::new(),
                 })
                 .collect(),
             subnets: Vec::new(),
+            bridge: None,
             result: None,
         };
         let mut done = Vec::new();
@@ -314,6 +354,11 @@ impl<'a> Engine<'a> {
             ri.mac = Some(li.mac.to_string());
             ri.addrs = li.addrs.clone();
             ri.routes = li.routes.iter().map(|r| (r.dst, r.gateway)).collect();
+            ri.host_gateways = li
+                .host_side
+                .as_ref()
+                .map(|h| h.gateways.clone())
+                .unwrap_or_default();
         }
 
         let has_ports = layout
@@ -330,10 +375,20 @@ impl<'a> Engine<'a> {
                 None
             };
             if has_ports {
-                self.sdn
-                    .ensure_tenant(&plan.tenant, &layout.tenant_subnets)
-                    .map_err(|e| ApplyError::new(e.cni_code(), "ensure-tenant", e.to_string()))?;
+                // Undo first: removing a tenant network with no port is safe
+                // when nothing was made, and covers a half-made one.
                 done.push(Undo::Tenant);
+                let net = self
+                    .sdn
+                    .ensure_tenant(&plan.tenant, &layout.tenant_subnets)
+                    .map_err(|e| match e {
+                        // A point inside the step names itself.
+                        crate::sdn::SdnError::Failpoint { step, msg } => {
+                            ApplyError::new(codes::INJECTED, step, msg)
+                        }
+                        e => ApplyError::new(e.cni_code(), "ensure-tenant", e.to_string()),
+                    })?;
+                rec.bridge = Some(net.bridge);
                 self.point("ensure-tenant")?;
             }
             for i in &layout.interfaces {
@@ -347,6 +402,7 @@ impl<'a> Engine<'a> {
                         netns: netns_path.to_owned(),
                         mtu: i.mtu,
                         mac: Some(i.mac),
+                        link_local: link_local_of(i.mac, &i.addrs),
                     })
                     .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
                 done.push(Undo::Veth {
@@ -354,6 +410,24 @@ impl<'a> Engine<'a> {
                     host_ifname: i.host_ifname.clone(),
                 });
                 host_macs.push(info.host_mac);
+                self.point(&step)?;
+            }
+            // The guards before the ports join anything: a `tn*` port
+            // without its guard sends nothing, so the order fails closed.
+            for i in &layout.interfaces {
+                let step = format!("guard:{}", i.name);
+                done.push(Undo::Guard {
+                    host_ifname: i.host_ifname.clone(),
+                });
+                self.sdn
+                    .guard_port(&port_guard(
+                        i.kind,
+                        &i.host_ifname,
+                        i.mac,
+                        &i.addrs,
+                        rec.bridge.as_deref(),
+                    ))
+                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
                 self.point(&step)?;
             }
             for i in layout
@@ -433,6 +507,12 @@ impl<'a> Engine<'a> {
                         .detach(&rec.tenant, key, &host_ifname)
                         .map_err(|e| e.to_string()),
                 ),
+                Undo::Guard { host_ifname } => note(
+                    "unguard",
+                    self.sdn
+                        .unguard_port(&host_ifname)
+                        .map_err(|e| e.to_string()),
+                ),
                 Undo::Veth {
                     ifname,
                     host_ifname,
@@ -464,13 +544,18 @@ impl<'a> Engine<'a> {
     }
 
     fn remove_tenant(&self, tenant: &str) -> Result<(), String> {
-        let _lock = self
+        let lock = self
             .tenant_lock(tenant, "remove-tenant")
             .map_err(|e| e.details)?;
-        self.sdn
+        let removed = self
+            .sdn
             .remove_tenant_if_unused(tenant)
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if removed && let Err(e) = lock.remove() {
+            // A lock file left behind is harmless: the next ADD reuses it.
+            tracing::warn!(%tenant, error = %e, "could not remove the tenant's lock file");
+        }
+        Ok(())
     }
 
     /// Removes the veths and ports a record names, and the tenant network if
@@ -490,6 +575,11 @@ impl<'a> Engine<'a> {
         for i in &ports {
             if let Err(e) = self.sdn.detach(&rec.tenant, &rec.key, &i.host_ifname) {
                 errors.push((e.cni_code(), format!("detach {}: {e}", i.host_ifname)));
+            }
+        }
+        for i in &rec.interfaces {
+            if let Err(e) = self.sdn.unguard_port(&i.host_ifname) {
+                errors.push((e.cni_code(), format!("unguard {}: {e}", i.host_ifname)));
             }
         }
         if !ports.is_empty()
@@ -533,6 +623,9 @@ impl<'a> Engine<'a> {
                 self.netns
                     .delete(netns, &key.ifname, &host)
                     .map_err(|e| ApplyError::new(e.cni_code(), "delete veth", e.to_string()))?;
+                self.sdn
+                    .unguard_port(&host)
+                    .map_err(|e| ApplyError::new(e.cni_code(), "unguard", e.to_string()))?;
                 self.release_claims(key)
             }
         }
@@ -625,6 +718,23 @@ impl<'a> Engine<'a> {
                     i.host_ifname, i.name
                 )));
             }
+            if i.kind == InterfaceKind::HostLink {
+                self.check_host_side(i).map_err(fail)?;
+            }
+            let mac = i
+                .mac
+                .as_deref()
+                .and_then(|m| m.parse().ok())
+                .ok_or_else(|| fail(format!("the record has no MAC for {}", i.name)))?;
+            self.sdn
+                .check_guard(&port_guard(
+                    i.kind,
+                    &i.host_ifname,
+                    mac,
+                    &i.addrs,
+                    rec.bridge.as_deref(),
+                ))
+                .map_err(|e| fail(e.to_string()))?;
         }
         let ports: Vec<_> = rec
             .interfaces
@@ -679,6 +789,38 @@ impl<'a> Engine<'a> {
                 if !prev.ips.iter().any(|p| p.address == ip.address) {
                     return Err(fail(format!("prevResult lacks address {}", ip.address)));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A host link's node side: the gateway addresses on the host end and a
+    /// host route to each pod address through it.
+    fn check_host_side(&self, i: &RecordIface) -> Result<(), String> {
+        let state = self
+            .netns
+            .inspect_host_side(&i.host_ifname)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("host end {} of {} is missing", i.host_ifname, i.name))?;
+        for g in &i.host_gateways {
+            if !state.addrs.contains(g) {
+                return Err(format!(
+                    "gateway address {g} is missing on host end {} of {}",
+                    i.host_ifname, i.name
+                ));
+            }
+        }
+        for a in &i.addrs {
+            let host = IpNet::from(a.addr());
+            if !state
+                .routes
+                .iter()
+                .any(|r| r.dst == host && r.gateway.is_none())
+            {
+                return Err(format!(
+                    "node route to {host} through host end {} of {} is missing",
+                    i.host_ifname, i.name
+                ));
             }
         }
         Ok(())

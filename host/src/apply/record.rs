@@ -65,6 +65,9 @@ pub struct RecordIface {
     /// Routes through it inside the pod (destination, gateway), for CHECK.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<(IpNet, Option<std::net::IpAddr>)>,
+    /// Host links: the gateway addresses on the host end, for CHECK.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_gateways: Vec<IpNet>,
 }
 
 /// The record of one attachment.
@@ -91,6 +94,9 @@ pub struct Record {
     /// Tenant subnets with their gateways, once allocated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<(IpNet, std::net::IpAddr)>,
+    /// The tenant's bridge (or SDN network) name, once ensured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     /// The ADD result in CNI 1.1.0 form, once ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -278,8 +284,10 @@ mod tests {
                 mac: None,
                 addrs: vec![],
                 routes: vec![],
+                host_gateways: vec![],
             }],
             subnets: vec![],
+            bridge: None,
             result: None,
         }
     }

@@ -43,6 +43,7 @@ impl Rig {
         assert!(self.store.list(None).unwrap().is_empty(), "tenant store");
         assert!(self.link.list(None).unwrap().is_empty(), "link store");
         assert!(self.sdn.tenants().is_empty(), "tenant networks");
+        assert!(self.sdn.guarded().is_empty(), "port guards");
         assert!(
             self.netns.pod_link(Path::new(NETNS), "eth0").is_none(),
             "eth0"
@@ -187,18 +188,21 @@ fn a_failure_after_every_step_rolls_everything_back() {
 
 #[test]
 fn backend_failures_roll_back_too() {
-    // Fail each SDN call in turn (ensure, attach) and each netns call.
-    for n in 1..=2 {
+    // Fail each SDN call in turn (ensure, guard ×2, attach) and each netns
+    // call.
+    for (n, step) in [
+        (1, "ensure-tenant"),
+        (2, "guard:eth0"),
+        (3, "guard:eth1"),
+        (4, "attach:eth0"),
+    ] {
         let r = Rig::new();
         r.sdn.fail_call(n);
         let err = r
             .engine()
             .add(&key("c1"), NETNS, &plan("acme"))
             .unwrap_err();
-        assert!(
-            err.step == "ensure-tenant" || err.step == "attach:eth0",
-            "{err:?}"
-        );
+        assert_eq!(err.step, step, "{err:?}");
         r.assert_empty();
     }
     // create_veth ×2, host_side, configure ×2.

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use ipnet::IpNet;
 
 use super::{
-    HostLinkSpec, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo, VethSpec,
-    derive_mac,
+    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo,
+    VethSpec, derive_mac,
 };
 
 /// One recorded call, with its arguments.
@@ -76,6 +76,8 @@ struct Inner {
     pods: BTreeMap<(PathBuf, String), LinkState>,
     /// host_ifname -> (netns, ifname) of its peer.
     hosts: BTreeMap<String, (PathBuf, String)>,
+    /// host_ifname -> its node side, once given one.
+    host_sides: BTreeMap<String, HostSideState>,
 }
 
 /// The recording fake. Cheap to build; share it by reference.
@@ -203,14 +205,39 @@ impl Netns for FakeNetns {
     }
 
     fn host_side(&self, spec: &HostLinkSpec) -> Result<(), NetnsError> {
-        let g = self.record(NetnsCall::HostSide(spec.clone()))?;
+        let mut g = self.record(NetnsCall::HostSide(spec.clone()))?;
         if !g.hosts.contains_key(&spec.host_ifname) {
             return Err(NetnsError::LinkNotFound {
                 ifname: spec.host_ifname.clone(),
                 netns: "the node".into(),
             });
         }
+        g.host_sides.insert(
+            spec.host_ifname.clone(),
+            HostSideState {
+                addrs: spec.gateways.clone(),
+                routes: spec
+                    .pod_addrs
+                    .iter()
+                    .map(|a| ResolvedRoute::link(IpNet::from(*a)))
+                    .collect(),
+            },
+        );
         Ok(())
+    }
+
+    /// Not recorded (it changes nothing).
+    fn inspect_host_side(&self, host_ifname: &str) -> Result<Option<HostSideState>, NetnsError> {
+        let g = self.lock();
+        if !g.hosts.contains_key(host_ifname) {
+            return Ok(None);
+        }
+        Ok(Some(g.host_sides.get(host_ifname).cloned().unwrap_or(
+            HostSideState {
+                addrs: Vec::new(),
+                routes: Vec::new(),
+            },
+        )))
     }
 
     fn delete(
@@ -233,6 +260,8 @@ impl Netns for FakeNetns {
         if let Some(key) = g.hosts.remove(host_ifname) {
             g.pods.remove(&key);
         }
+        let live: Vec<String> = g.hosts.keys().cloned().collect();
+        g.host_sides.retain(|h, _| live.contains(h));
         Ok(())
     }
 
@@ -274,6 +303,7 @@ mod tests {
             netns: "/run/netns/p1".into(),
             mtu: Some(1450),
             mac: None,
+            link_local: None,
         }
     }
 

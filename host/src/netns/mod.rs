@@ -33,7 +33,17 @@
 //!
 //! **IPv6.** Addresses tenet adds carry `IFA_F_NODAD`: tenet owns the
 //! addresses (the store allocated them), so duplicate detection only delays
-//! the pod's first packets by a second or more.
+//! the pod's first packets by a second or more. The pod end's link-local
+//! address is tenet's too: the kernel's generation is turned off on it
+//! (`addr_gen_mode` none) and tenet adds `fe80::` + the MAC's EUI-64 when
+//! the interface has IPv6 ([`VethSpec::link_local`]), so the source guard
+//! of the port (see [`crate::sdn`]) knows every address it may send from.
+//!
+//! **Routes** are added, never replaced (`NLM_F_EXCL`): a route that is
+//! there already is success only when it is the same route through the same
+//! interface (a retried ADD); anything else is [`NetnsError::RouteConflict`],
+//! so one attachment never takes over another's route (a second network's
+//! default route needs a metric of its own).
 //!
 //! **Host links** (Rainbond's `eth1`). The pod end gets its addresses as
 //! host routes (`/32`, `/128`); the host end gets the link's gateway address
@@ -141,6 +151,12 @@ pub struct VethSpec {
     pub mtu: Option<u32>,
     /// MAC of the pod end; [`derive_mac`] when unset.
     pub mac: Option<MacAddr>,
+    /// The pod end's IPv6 link-local address. The kernel's own address
+    /// generation is turned off on the pod end (`addr_gen_mode` none), so
+    /// the pod end has this link-local address (set by tenet) or, when
+    /// `None`, no IPv6 address at all until configured: the source guard
+    /// then knows every address the port may send from.
+    pub link_local: Option<std::net::Ipv6Addr>,
 }
 
 /// What [`Netns::create_veth`] built.
@@ -205,6 +221,15 @@ pub struct HostLinkSpec {
     pub gateways: Vec<IpNet>,
     /// The pod end's addresses: each gets a host route via the host end.
     pub pod_addrs: Vec<IpAddr>,
+}
+
+/// The node side of a host link as the kernel reports it (for CHECK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSideState {
+    /// Addresses on the host end.
+    pub addrs: Vec<IpNet>,
+    /// Main-table routes through the host end, kernel-made ones excluded.
+    pub routes: Vec<ResolvedRoute>,
 }
 
 /// A pod interface as the kernel reports it (for CHECK).
@@ -290,6 +315,17 @@ pub enum NetnsError {
     /// A failure injected by [`FakeNetns`].
     #[error("injected failure in {0}")]
     Injected(String),
+    /// A route tenet is to add exists already through another interface or
+    /// with another next hop (another attachment's): never replaced.
+    #[error("route to {dst} on {ifname} conflicts with an existing route to {dst} ({existing}); give one of them a metric")]
+    RouteConflict {
+        /// The destination.
+        dst: IpNet,
+        /// The interface tenet was adding it to.
+        ifname: String,
+        /// The route that is there.
+        existing: String,
+    },
 }
 
 impl NetnsError {
@@ -301,6 +337,7 @@ impl NetnsError {
             NetnsError::InvalidInput(_) => 7,
             NetnsError::Netlink { .. }
             | NetnsError::LinkNotFound { .. }
+            | NetnsError::RouteConflict { .. }
             | NetnsError::Injected(_) => 120,
             NetnsError::Sysctl { .. } => 121,
             NetnsError::Namespace { .. } => 122,
@@ -358,6 +395,10 @@ pub trait Netns {
 
     /// True when `host_ifname` exists in the node namespace.
     fn host_link_exists(&self, host_ifname: &str) -> Result<bool, NetnsError>;
+
+    /// Reads a host link's node side back (its host end's addresses and
+    /// routes); `None` when the host end does not exist.
+    fn inspect_host_side(&self, host_ifname: &str) -> Result<Option<HostSideState>, NetnsError>;
 
     /// Checks, changing nothing, that `netns` is a network namespace and not
     /// the node's own: ADD calls it before its first side effect.

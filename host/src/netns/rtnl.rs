@@ -10,7 +10,8 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -20,8 +21,8 @@ use tracing::{debug, warn};
 
 use super::guard::{NetnsFile, run_in};
 use super::{
-    HostLinkSpec, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo, VethSpec,
-    check_ifname, derive_mac, sysctl,
+    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo,
+    VethSpec, check_ifname, derive_mac, sysctl,
 };
 
 /// The errno of a netlink error, if the kernel sent one.
@@ -272,9 +273,40 @@ pub(crate) fn route_message(index: u32, r: &ResolvedRoute) -> Result<RouteMessag
     Ok(msg)
 }
 
-/// Adds or replaces a route (replace makes a retried ADD converge).
-pub(crate) async fn add_route(h: &Handle, msg: RouteMessage) -> Result<(), rtnetlink::Error> {
-    h.route().add(msg).replace().execute().await
+/// Adds route `r` (built as `msg`) through link `index` (named `ifname`),
+/// never replacing one: an identical route through the same link is
+/// success (a retried ADD), any other route to the destination a
+/// [`NetnsError::RouteConflict`].
+pub(crate) async fn add_route(
+    h: &Handle,
+    index: u32,
+    ifname: &str,
+    r: &ResolvedRoute,
+    msg: RouteMessage,
+) -> Result<(), NetnsError> {
+    match h.route().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            let mine = routes_via(h, index)
+                .await
+                .map_err(|e| NetnsError::netlink(format!("list routes of {ifname}"), e))?;
+            if mine
+                .iter()
+                .any(|x| x.dst == r.dst.trunc() && x.gateway == r.gateway)
+            {
+                return Ok(());
+            }
+            Err(NetnsError::RouteConflict {
+                dst: r.dst.trunc(),
+                ifname: ifname.to_owned(),
+                existing: "through another interface or next hop".into(),
+            })
+        }
+        Err(e) => Err(NetnsError::netlink(
+            format!("add route {} via {ifname}", r.dst),
+            e,
+        )),
+    }
 }
 
 /// Main-table routes through link `index`, kernel-made ones excluded.
@@ -427,6 +459,29 @@ impl RtNetns {
                 ifname: spec.host_ifname.clone(),
                 netns: "the node".into(),
             })?;
+        // Before the pod end comes up: no kernel-made IPv6 address, only
+        // the link-local one tenet chose (see the module docs).
+        let gen_none = LinkUnspec::new_with_index(pod_link.header.index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+            ])]))
+            .build();
+        match pod.link().set(gen_none).execute().await {
+            Ok(()) => {}
+            // A kernel without IPv6: there is no IPv6 to guard.
+            Err(e)
+                if spec.link_local.is_none()
+                    && matches!(errno(&e), Some(libc::EAFNOSUPPORT | libc::EOPNOTSUPP)) =>
+            {
+                debug!(ifname = %spec.ifname, "no IPv6 in the pod");
+            }
+            Err(e) => return Err(NetnsError::netlink("turn off IPv6 address generation", e)),
+        }
+        if let Some(ll) = spec.link_local {
+            add_addr(pod, pod_link.header.index, IpNet::new(ll.into(), 64).expect("/64"))
+                .await
+                .map_err(nl("add the link-local address"))?;
+        }
         set_up(pod, pod_link.header.index)
             .await
             .map_err(nl("set pod link up"))?;
@@ -543,9 +598,7 @@ impl Netns for RtNetns {
             }
             for (r, m) in msgs {
                 debug!(%ifname, dst = %r.dst, gw = ?r.gateway, onlink = r.onlink, "pod route");
-                add_route(&pod, m).await.map_err(|e| {
-                    NetnsError::netlink(format!("add route {} via {ifname}", r.dst), e)
-                })?;
+                add_route(&pod, index, ifname, r, m).await?;
             }
             Ok(())
         })
@@ -569,10 +622,9 @@ impl Netns for RtNetns {
                 })?;
             }
             for ip in &spec.pod_addrs {
-                let msg = route_message(index, &ResolvedRoute::link(IpNet::from(*ip)))?;
-                add_route(node, msg).await.map_err(|e| {
-                    NetnsError::netlink(format!("add host route {ip} via {}", spec.host_ifname), e)
-                })?;
+                let r = ResolvedRoute::link(IpNet::from(*ip));
+                let msg = route_message(index, &r)?;
+                add_route(node, index, &spec.host_ifname, &r, msg).await?;
             }
             Ok(())
         })
@@ -659,6 +711,31 @@ impl Netns for RtNetns {
                 addrs,
                 routes,
             }))
+        })
+    }
+
+    fn inspect_host_side(&self, host_ifname: &str) -> Result<Option<HostSideState>, NetnsError> {
+        check_ifname(host_ifname)?;
+        let node = self.rtnl.node();
+        self.rtnl.block_on(async {
+            let nl = |op: &'static str| move |e| NetnsError::netlink(op, e);
+            let Some(l) = link_by_name(node, host_ifname)
+                .await
+                .map_err(nl("get host link"))?
+            else {
+                return Ok(None);
+            };
+            let index = l.header.index;
+            let addrs = link_addrs(node, index)
+                .await
+                .map_err(nl("list host-end addresses"))?
+                .into_iter()
+                .filter(|a| !matches!(a, IpNet::V6(n) if n.addr().is_unicast_link_local()))
+                .collect();
+            let routes = routes_via(node, index)
+                .await
+                .map_err(nl("list host-end routes"))?;
+            Ok(Some(HostSideState { addrs, routes }))
         })
     }
 

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use super::{PortSpec, Sdn, SdnError, TenantNet, bridge_name, check_tenant_id, gateways};
+use super::{
+    PortGuard, PortSpec, Sdn, SdnError, TenantNet, bridge_name, check_tenant_id, gateways,
+};
 use crate::ipam::AttachmentKey;
 
 /// One recorded call, with its arguments.
@@ -38,6 +40,12 @@ pub enum SdnCall {
     CheckTenant(String),
     /// [`Sdn::status`].
     Status,
+    /// [`Sdn::guard_port`] (the host end).
+    Guard(String),
+    /// [`Sdn::unguard_port`] (the host end).
+    Unguard(String),
+    /// [`Sdn::check_guard`] (the host end).
+    CheckGuard(String),
 }
 
 impl SdnCall {
@@ -51,6 +59,9 @@ impl SdnCall {
             SdnCall::RemoveTenantIfUnused(_) => "remove_tenant_if_unused",
             SdnCall::CheckTenant(_) => "check_tenant",
             SdnCall::Status => "status",
+            SdnCall::Guard(_) => "guard_port",
+            SdnCall::Unguard(_) => "unguard_port",
+            SdnCall::CheckGuard(_) => "check_guard",
         }
     }
 }
@@ -63,12 +74,15 @@ struct Inner {
     tenants: BTreeMap<String, BTreeSet<IpNet>>,
     /// host_ifname -> tenant.
     ports: BTreeMap<String, String>,
+    /// host_ifname -> its guard.
+    guards: BTreeMap<String, PortGuard>,
 }
 
 /// The recording fake.
 #[derive(Default)]
 pub struct FakeSdn {
     inner: Mutex<Inner>,
+    failpoints: Mutex<crate::apply::Failpoints>,
 }
 
 impl FakeSdn {
@@ -109,6 +123,11 @@ impl FakeSdn {
             .collect()
     }
 
+    /// Ports that have a guard.
+    pub fn guarded(&self) -> Vec<String> {
+        self.lock().guards.keys().cloned().collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -136,6 +155,19 @@ impl Sdn for FakeSdn {
         })?;
         check_tenant_id(tenant)?;
         let gws = gateways(subnets)?;
+        // The same points as the Linux backend's, in the same order.
+        let fp = self
+            .failpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        g.tenants.entry(tenant.to_owned()).or_default();
+        for point in ["ensure-tenant:bridge", "ensure-tenant:rules", "ensure-tenant:gateway"] {
+            fp.after(point).map_err(|msg| SdnError::Failpoint {
+                step: point.to_owned(),
+                msg,
+            })?;
+        }
         g.tenants
             .entry(tenant.to_owned())
             .or_default()
@@ -213,6 +245,32 @@ impl Sdn for FakeSdn {
 
     fn status(&self) -> Result<(), SdnError> {
         self.record(SdnCall::Status).map(drop)
+    }
+
+    fn guard_port(&self, guard: &PortGuard) -> Result<(), SdnError> {
+        let mut g = self.record(SdnCall::Guard(guard.host_ifname.clone()))?;
+        g.guards.insert(guard.host_ifname.clone(), guard.clone());
+        Ok(())
+    }
+
+    fn unguard_port(&self, host_ifname: &str) -> Result<(), SdnError> {
+        let mut g = self.record(SdnCall::Unguard(host_ifname.to_owned()))?;
+        g.guards.remove(host_ifname);
+        Ok(())
+    }
+
+    fn set_failpoints(&self, failpoints: &crate::apply::Failpoints) {
+        *self.failpoints.lock().unwrap_or_else(|e| e.into_inner()) = failpoints.clone();
+    }
+
+    fn check_guard(&self, guard: &PortGuard) -> Result<(), SdnError> {
+        let g = self.record(SdnCall::CheckGuard(guard.host_ifname.clone()))?;
+        if g.guards.get(&guard.host_ifname) != Some(guard) {
+            return Err(SdnError::Missing {
+                resource: format!("the guard of {}", guard.host_ifname),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -1,40 +1,68 @@
-//! The embedded SDN: a Linux bridge per tenant and nftables isolation.
+//! The embedded SDN: a Linux bridge per tenant, nftables isolation and
+//! per-port source guards.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use ipnet::IpNet;
-use rtnetlink::packet_route::link::InfoKind;
+use rtnetlink::packet_route::link::{InfoKind, LinkMessage};
 use rtnetlink::{LinkBridge, LinkUnspec};
 use tracing::{debug, info, warn};
 
 use sha2::Digest;
 
-use super::nft::{self, gw_chain, nat_chain};
+use super::guard::{self, GUARD_SETS, PortGuard};
+use super::nft::{self, TenantRules, fwd_chain, gw_chain, nat_chain};
 use super::nftnl;
 use super::{
-    PortSpec, Sdn, SdnError, SdnOptions, TenantNet, bridge_mac, bridge_name, check_tenant_id,
-    gateways,
+    PortSpec, Sdn, SdnError, SdnOptions, TenantNet, alias_ident, bridge_alias, bridge_candidates,
+    bridge_mac, check_tenant_id, gateways, tenant_ident,
 };
+use crate::apply::Failpoints;
+use crate::apply::lock::{FileLock, LockError};
 use crate::ipam::AttachmentKey;
+use crate::netns::NetnsError;
 use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
 };
 
 /// The bridge's ifalias, if set.
-fn link_alias(l: &rtnetlink::packet_route::link::LinkMessage) -> Option<&str> {
+fn link_alias(l: &LinkMessage) -> Option<&str> {
     l.attributes.iter().find_map(|a| match a {
         rtnetlink::packet_route::link::LinkAttribute::IfAlias(s) => Some(s.as_str()),
         _ => None,
     })
 }
 
+fn is_bridge(l: &LinkMessage) -> bool {
+    matches!(link_kind(l), Some(InfoKind::Bridge))
+}
+
+/// How long ensure waits for a bridge name another ADD is claiming.
+const NAME_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The node-namespace sysctls of a tenant bridge: the node answers ARP on
+/// it only for the addresses it holds (its tenant's gateways), and sources
+/// its own ARP requests from them.
+const BRIDGE_SYSCTLS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
+
 /// The Linux bridge + nftables backend. The node namespace is the one of the
 /// thread that constructs it (netlink socket) and of the threads that call it
-/// (`nft` runs as a child of the calling thread).
+/// (`nft` runs as a child of the calling thread, `/proc/sys/net` is read in
+/// the caller's namespace).
 pub struct LinuxSdn {
     rtnl: Rtnl,
     opts: SdnOptions,
+    failpoints: Mutex<Failpoints>,
+}
+
+fn nl_io(op: &str, e: std::io::Error) -> SdnError {
+    SdnError::Nft {
+        op: op.to_owned(),
+        stderr: e.to_string(),
+    }
 }
 
 impl LinuxSdn {
@@ -44,25 +72,198 @@ impl LinuxSdn {
         Ok(Self {
             rtnl: Rtnl::new()?,
             opts,
+            failpoints: Mutex::new(Failpoints::none()),
         })
     }
 
-    /// The bridge of `tenant`, checked to be a bridge.
-    async fn bridge(
-        &self,
-        bridge: &str,
-    ) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>, SdnError> {
-        let l = link_by_name(self.rtnl.node(), bridge)
+    fn point(&self, step: &str) -> Result<(), SdnError> {
+        let f = self
+            .failpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        f.after(step).map_err(|msg| SdnError::Failpoint {
+            step: step.to_owned(),
+            msg,
+        })
+    }
+
+    fn name_lock(&self, bridge: &str) -> Result<FileLock, SdnError> {
+        let path = self.opts.lock_dir.join(format!("name-{bridge}.lock"));
+        FileLock::acquire(&path, bridge, NAME_LOCK_TIMEOUT).map_err(|e| match e {
+            LockError::Timeout { .. } => SdnError::Busy(e.to_string()),
+            LockError::Io { .. } => SdnError::Conflict(e.to_string()),
+        })
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>, SdnError> {
+        link_by_name(self.rtnl.node(), name)
             .await
-            .map_err(|e| SdnError::netlink(format!("get {bridge}"), e))?;
-        if let Some(l) = &l
-            && !matches!(link_kind(l), Some(InfoKind::Bridge))
-        {
-            return Err(SdnError::Conflict(format!(
-                "{bridge} exists and is not a bridge"
-            )));
+            .map_err(|e| SdnError::netlink(format!("get {name}"), e))
+    }
+
+    /// `tenant`'s bridge: the first of its candidate names that is a bridge
+    /// recording `tenant` in its alias. Other tenants' bridges and foreign
+    /// interfaces under a candidate name are passed over.
+    async fn find_bridge(&self, tenant: &str) -> Result<Option<LinkMessage>, SdnError> {
+        let ident = tenant_ident(tenant);
+        for name in bridge_candidates(tenant) {
+            if let Some(l) = self.link(&name).await?
+                && is_bridge(&l)
+                && link_alias(&l).and_then(alias_ident) == Some(ident.as_str())
+            {
+                return Ok(Some(l));
+            }
         }
-        Ok(l)
+        Ok(None)
+    }
+
+    /// Creates `tenant`'s bridge under the first free candidate name, with
+    /// its MAC and its tenant recorded, each name claimed under its lock so
+    /// two tenants never take one bridge. Returns the bridge and whether it
+    /// is new.
+    async fn claim_bridge(&self, tenant: &str) -> Result<(LinkMessage, bool), SdnError> {
+        let ident = tenant_ident(tenant);
+        let node = self.rtnl.node();
+        for name in bridge_candidates(tenant) {
+            let _lock = self.name_lock(&name)?;
+            if let Some(l) = self.link(&name).await? {
+                let owner = link_alias(&l).and_then(alias_ident);
+                if is_bridge(&l) && owner == Some(ident.as_str()) {
+                    // Created by a concurrent ADD of the same tenant.
+                    return Ok((l, false));
+                }
+                let ports = self.ports(l.header.index).await?;
+                if is_bridge(&l) && owner.is_none() && ports == 0 {
+                    // Under the name lock a bridge with no tenant recorded
+                    // is what an ADD killed between creating and recording
+                    // left: nobody uses it.
+                    warn!(%name, "removing a tenant bridge that records no tenant");
+                    del_link(node, l.header.index)
+                        .await
+                        .map_err(|e| SdnError::netlink(format!("delete {name}"), e))?;
+                } else {
+                    warn!(%tenant, %name, owner = ?owner, "bridge name taken; trying the next");
+                    continue;
+                }
+            }
+            let msg = LinkBridge::new(&name)
+                .address(bridge_mac(tenant).0.to_vec())
+                .build();
+            node.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| SdnError::netlink(format!("create {name}"), e))?;
+            let l = self.link(&name).await?.ok_or_else(|| SdnError::Missing {
+                resource: format!("bridge {name} (deleted while being created)"),
+            })?;
+            node.link()
+                .set(
+                    LinkUnspec::new_with_index(l.header.index)
+                        .alias(bridge_alias(tenant, None))
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| SdnError::netlink(format!("record the tenant on {name}"), e))?;
+            info!(%tenant, bridge = %name, "created tenant bridge");
+            return Ok((l, true));
+        }
+        Err(SdnError::Conflict(format!(
+            "every bridge name of tenant {tenant:?} is taken by other tenants or interfaces"
+        )))
+    }
+
+    async fn ports(&self, bridge_index: u32) -> Result<usize, SdnError> {
+        Ok(all_links(self.rtnl.node())
+            .await
+            .map_err(|e| SdnError::netlink("list links", e))?
+            .iter()
+            .filter(|l| link_controller(l) == Some(bridge_index))
+            .count())
+    }
+
+    fn bridge_name_of(l: &LinkMessage) -> String {
+        l.attributes
+            .iter()
+            .find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    fn the_bridge(&self, tenant: &str) -> Result<(String, LinkMessage), SdnError> {
+        self.rtnl
+            .block_on(self.find_bridge(tenant))?
+            .map(|l| (Self::bridge_name_of(&l), l))
+            .ok_or_else(|| SdnError::Missing {
+                resource: format!("the bridge of tenant {tenant:?}"),
+            })
+    }
+
+    /// Removes `bridge`'s chains and map elements, if any.
+    fn remove_rules(&self, bridge: &str) -> Result<(), SdnError> {
+        let listing = nft::list(&self.opts.nft)?;
+        if let Some(script) = nft::remove_script(&listing, bridge) {
+            nft::run(
+                &self.opts.nft,
+                &["-f", "-"],
+                Some(&script),
+                "remove tenant rules",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn sysctl_path(bridge: &str, key: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/{key}"))
+    }
+
+    fn set_bridge_sysctls(bridge: &str) -> Result<(), SdnError> {
+        for (k, v) in BRIDGE_SYSCTLS {
+            let p = Self::sysctl_path(bridge, k);
+            std::fs::write(&p, v).map_err(|source| {
+                SdnError::Runtime(NetnsError::Sysctl {
+                    key: p.display().to_string(),
+                    source,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    fn rules(&self, tenant: &str, bridge: &str, gws: &[IpNet], subnets: &[(IpNet, IpAddr)]) -> String {
+        nft::ensure_script(&TenantRules {
+            bridge,
+            gateways: &gws.iter().map(IpNet::addr).collect::<Vec<_>>(),
+            subnets: &subnets.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            masquerade: self.opts.masquerade,
+            services: self.opts.services,
+            shared: self.opts.shared_tenants.iter().any(|t| t == tenant),
+        })
+    }
+
+    /// Every guard element of `host_ifname` now in the kernel, per set.
+    fn guard_elems_of(&self, host_ifname: &str) -> Result<Vec<nftnl::Elem>, SdnError> {
+        let mut out = Vec::new();
+        for (family, set) in GUARD_SETS {
+            for key in nftnl::dump_elems(family, nft::TABLE, set)
+                .map_err(|e| nl_io(&format!("list set {set}"), e))?
+            {
+                if nftnl::key_ifname_of(&key) == Some(host_ifname) {
+                    out.push(nftnl::Elem {
+                        family,
+                        table: nft::TABLE.to_owned(),
+                        set: set.to_owned(),
+                        key,
+                        jump: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -74,35 +275,33 @@ impl Sdn for LinuxSdn {
     ) -> Result<TenantNet, SdnError> {
         check_tenant_id(tenant)?;
         let gws = gateways(subnets)?;
-        let bridge = bridge_name(tenant);
-        debug!(%tenant, %bridge, "ensure tenant");
-        // Rules before addresses: from the moment the node answers on a
-        // gateway, the isolation rules are in place.
-        let script = nft::ensure_script(
-            &bridge,
-            &gws.iter().map(IpNet::addr).collect::<Vec<_>>(),
-            &subnets.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            self.opts.masquerade,
-        );
-        // The bridge carries a stamp of the script that last installed its
-        // rules (its ifalias). When the stamp matches and the tenant's chain
+        debug!(%tenant, "ensure tenant");
+        // The bridge first (its name depends on which names are free), then
+        // its rules, then its gateway addresses: from the moment the node
+        // answers on a gateway, the isolation rules are in place.
+        let (link, fresh) = self.rtnl.block_on(async {
+            match self.find_bridge(tenant).await? {
+                Some(l) => Ok((l, false)),
+                None => self.claim_bridge(tenant).await,
+            }
+        })?;
+        let bridge = Self::bridge_name_of(&link);
+        let index = link.header.index;
+        self.point("ensure-tenant:bridge")?;
+        let script = self.rules(tenant, &bridge, &gws, subnets);
+        // The bridge's alias carries a stamp of the script that last
+        // installed its rules. When the stamp matches and the tenant's chain
         // is in the kernel, the rules are in place and the `nft` fork+exec
         // (milliseconds, the most expensive step of a later pod's ADD) is
         // skipped. Anything else, a new tenant, other gateways, another
-        // masquerade setting, a flushed table, takes the full path. Damage
-        // inside a surviving chain (a deleted map element) is what CHECK
-        // reports; changing the bridge's alias forces a reinstall.
-        let stamp = format!(
-            "tenet:{}",
-            &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..24]
-        );
-        let current = self.rtnl.block_on(async {
-            let Ok(Some(l)) = self.bridge(&bridge).await else {
-                return false;
-            };
-            link_alias(&l) == Some(stamp.as_str())
-        }) && nftnl::chain_exists(nft::TABLE, &nft::fwd_chain(&bridge))
-            .unwrap_or(false);
+        // setting, a flushed table, takes the full path. Damage inside a
+        // surviving chain (a deleted map element) is what CHECK reports;
+        // changing the bridge's alias forces a reinstall.
+        let stamp = hex::encode(sha2::Sha256::digest(script.as_bytes()))[..24].to_owned();
+        let alias = bridge_alias(tenant, Some(&stamp));
+        let current = !fresh
+            && link_alias(&link) == Some(alias.as_str())
+            && nftnl::chain_exists(nft::TABLE, &fwd_chain(&bridge)).unwrap_or(false);
         if current {
             debug!(%bridge, "tenant rules current; nft skipped");
         } else {
@@ -112,32 +311,15 @@ impl Sdn for LinuxSdn {
                 Some(&script),
                 "ensure tenant rules",
             )?;
+            Self::set_bridge_sysctls(&bridge)?;
         }
+        self.point("ensure-tenant:rules")?;
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
-            let link = match self.bridge(&bridge).await? {
-                Some(l) => l,
-                None => {
-                    let msg = LinkBridge::new(&bridge)
-                        .address(bridge_mac(tenant).0.to_vec())
-                        .build();
-                    match node.link().add(msg).execute().await {
-                        Ok(()) => info!(%tenant, %bridge, "created tenant bridge"),
-                        // A concurrent ADD of the same tenant made it first.
-                        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                        Err(e) => return Err(SdnError::netlink(format!("create {bridge}"), e)),
-                    }
-                    self.bridge(&bridge)
-                        .await?
-                        .ok_or_else(|| SdnError::Missing {
-                            resource: format!("bridge {bridge} (deleted while being created)"),
-                        })?
-                }
-            };
-            let index = link.header.index;
             set_up(node, index)
                 .await
                 .map_err(|e| SdnError::netlink(format!("set {bridge} up"), e))?;
+            self.point("ensure-tenant:gateway")?;
             for g in &gws {
                 add_addr(node, index, *g)
                     .await
@@ -145,11 +327,7 @@ impl Sdn for LinuxSdn {
             }
             if !current {
                 node.link()
-                    .set(
-                        LinkUnspec::new_with_index(index)
-                            .alias(stamp.clone())
-                            .build(),
-                    )
+                    .set(LinkUnspec::new_with_index(index).alias(alias.clone()).build())
                     .execute()
                     .await
                     .map_err(|e| SdnError::netlink(format!("stamp {bridge}"), e))?;
@@ -165,15 +343,9 @@ impl Sdn for LinuxSdn {
     fn attach(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
         let host_ifname = port.host_ifname.as_str();
-        let bridge = bridge_name(tenant);
+        let (bridge, b) = self.the_bridge(tenant)?;
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
-            let b = self
-                .bridge(&bridge)
-                .await?
-                .ok_or_else(|| SdnError::Missing {
-                    resource: format!("bridge {bridge} of tenant {tenant:?}"),
-                })?;
             let port = link_by_name(node, host_ifname)
                 .await
                 .map_err(|e| SdnError::netlink(format!("get {host_ifname}"), e))?
@@ -241,41 +413,44 @@ impl Sdn for LinuxSdn {
 
     fn remove_tenant_if_unused(&self, tenant: &str) -> Result<bool, SdnError> {
         check_tenant_id(tenant)?;
-        let bridge = bridge_name(tenant);
         let node = self.rtnl.node();
-        let removed: bool = self.rtnl.block_on(async {
-            let Some(b) = self.bridge(&bridge).await? else {
-                return Ok(true);
-            };
-            let idx = b.header.index;
-            let ports = all_links(node)
-                .await
-                .map_err(|e| SdnError::netlink("list links", e))?
-                .iter()
-                .filter(|l| link_controller(l) == Some(idx))
-                .count();
+        let found = self.rtnl.block_on(self.find_bridge(tenant))?;
+        if let Some(b) = found {
+            let bridge = Self::bridge_name_of(&b);
+            let ports = self.rtnl.block_on(self.ports(b.header.index))?;
             if ports > 0 {
                 debug!(%tenant, %bridge, ports, "tenant still in use");
                 return Ok(false);
             }
-            del_link(node, idx)
-                .await
-                .map_err(|e| SdnError::netlink(format!("delete {bridge}"), e))?;
+            self.rtnl.block_on(async {
+                del_link(node, b.header.index)
+                    .await
+                    .map_err(|e| SdnError::netlink(format!("delete {bridge}"), e))
+            })?;
             info!(%tenant, %bridge, "deleted tenant bridge");
-            Ok::<bool, SdnError>(true)
-        })?;
-        if !removed {
-            return Ok(false);
+            // Rules after the bridge: a bridge never exists without them.
+            self.remove_rules(&bridge)?;
+            if let Err(e) = self.name_lock(&bridge)?.remove() {
+                warn!(%bridge, error = %e, "could not remove the bridge name's lock file");
+            }
+            return Ok(true);
         }
-        // Rules after the bridge: a bridge never exists without them.
-        let listing = nft::list(&self.opts.nft)?;
-        if let Some(script) = nft::remove_script(&listing, &bridge) {
-            nft::run(
-                &self.opts.nft,
-                &["-f", "-"],
-                Some(&script),
-                "remove tenant rules",
-            )?;
+        // No bridge: rules a removal killed between the bridge and its rules
+        // left, under a name of this tenant whose bridge is gone. Checked
+        // under the name lock, so a tenant creating that bridge right now
+        // is not robbed of the rules it is about to install.
+        for name in bridge_candidates(tenant) {
+            if !nftnl::chain_exists(nft::TABLE, &fwd_chain(&name)).unwrap_or(true) {
+                continue;
+            }
+            let lock = self.name_lock(&name)?;
+            if self.rtnl.block_on(self.link(&name))?.is_none() {
+                info!(%tenant, bridge = %name, "removing the rules of a bridge that is gone");
+                self.remove_rules(&name)?;
+                if let Err(e) = lock.remove() {
+                    warn!(bridge = %name, error = %e, "could not remove the bridge name's lock file");
+                }
+            }
         }
         Ok(true)
     }
@@ -283,44 +458,45 @@ impl Sdn for LinuxSdn {
     fn check_tenant(&self, tenant: &str, subnets: &[(IpNet, IpAddr)]) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
         let gws = gateways(subnets)?;
-        let bridge = bridge_name(tenant);
         let missing = |resource: String| SdnError::Missing { resource };
-        self.rtnl.block_on(async {
-            let b = self
-                .bridge(&bridge)
-                .await?
-                .ok_or_else(|| missing(format!("bridge {bridge} of tenant {tenant:?}")))?;
-            if !link_is_up(&b) {
-                return Err(SdnError::Missing {
-                    resource: format!("bridge {bridge} is down; the bridge up state"),
-                });
-            }
-            let have = link_addrs(self.rtnl.node(), b.header.index)
+        let (bridge, b) = self.the_bridge(tenant)?;
+        if !link_is_up(&b) {
+            return Err(SdnError::Missing {
+                resource: format!("bridge {bridge} is down; the bridge up state"),
+            });
+        }
+        let have = self.rtnl.block_on(async {
+            link_addrs(self.rtnl.node(), b.header.index)
                 .await
-                .map_err(|e| SdnError::netlink(format!("list addresses of {bridge}"), e))?;
-            for g in &gws {
-                if !have.contains(g) {
-                    return Err(missing(format!("gateway address {g} on bridge {bridge}")));
-                }
-            }
-            Ok(())
+                .map_err(|e| SdnError::netlink(format!("list addresses of {bridge}"), e))
         })?;
+        for g in &gws {
+            if !have.contains(g) {
+                return Err(missing(format!("gateway address {g} on bridge {bridge}")));
+            }
+        }
+        for (k, v) in BRIDGE_SYSCTLS {
+            let p = Self::sysctl_path(&bridge, k);
+            let now = std::fs::read_to_string(&p).unwrap_or_default();
+            if now.trim() != v {
+                return Err(missing(format!(
+                    "{k} = {v} on bridge {bridge} (it is {:?})",
+                    now.trim()
+                )));
+            }
+        }
         let l = nft::list(&self.opts.nft)?;
-        for c in [
-            nft::fwd_chain(&bridge),
-            gw_chain(&bridge),
-            nat_chain(&bridge),
-        ] {
+        for c in nft::tenant_chains(&bridge) {
             if !l.chains.contains(&c) {
                 return Err(missing(format!("nft chain inet {} {c}", nft::TABLE)));
             }
         }
-        if !l.has_elem(
-            "fwd_from",
-            &format!("\"{bridge}\""),
-            &nft::fwd_chain(&bridge),
-        ) {
+        if !l.has_elem("fwd_from", &format!("\"{bridge}\""), &fwd_chain(&bridge)) {
             return Err(missing(format!("nft element fwd_from[{bridge}]")));
+        }
+        let shared = self.opts.shared_tenants.iter().any(|t| t == tenant);
+        if shared && !l.has_key(nft::SVC_SHARED, &format!("\"{bridge}\"")) {
+            return Err(missing(format!("nft element {}[{bridge}]", nft::SVC_SHARED)));
         }
         for g in &gws {
             let map = if g.addr().is_ipv4() { "gw4" } else { "gw6" };
@@ -349,15 +525,9 @@ impl Sdn for LinuxSdn {
 
     fn check_port(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
-        let bridge = bridge_name(tenant);
         let host_ifname = port.host_ifname.as_str();
+        let (bridge, b) = self.the_bridge(tenant)?;
         self.rtnl.block_on(async {
-            let b = self
-                .bridge(&bridge)
-                .await?
-                .ok_or_else(|| SdnError::Missing {
-                    resource: format!("bridge {bridge} of tenant {tenant:?}"),
-                })?;
             let l = link_by_name(self.rtnl.node(), host_ifname)
                 .await
                 .map_err(|e| SdnError::netlink(format!("get {host_ifname}"), e))?
@@ -384,7 +554,7 @@ impl Sdn for LinuxSdn {
         nft::run(
             &self.opts.nft,
             &["-c", "-f", "-"],
-            Some(&nft::base_script()),
+            Some(&nft::base_script(self.opts.services)),
             "check",
         )
         .map(drop)
@@ -392,5 +562,74 @@ impl Sdn for LinuxSdn {
             SdnError::Nft { stderr, .. } => SdnError::NftUnavailable(stderr),
             e => e,
         })
+    }
+
+    fn guard_port(&self, g: &PortGuard) -> Result<(), SdnError> {
+        let elems = guard::elems(g);
+        debug!(port = %g.host_ifname, n = elems.len(), "guard port");
+        match nftnl::apply_elems(&elems, true) {
+            // A node whose tables do not exist yet (its first pod has only
+            // a host link): install the base ruleset, then the elements.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                nft::run(
+                    &self.opts.nft,
+                    &["-f", "-"],
+                    Some(&nft::base_script(self.opts.services)),
+                    "install the base rules",
+                )?;
+                nftnl::apply_elems(&elems, true).map_err(|e| nl_io("add guard elements", e))
+            }
+            r => r.map_err(|e| nl_io("add guard elements", e)),
+        }
+    }
+
+    fn unguard_port(&self, host_ifname: &str) -> Result<(), SdnError> {
+        let elems = self.guard_elems_of(host_ifname)?;
+        if !elems.is_empty() {
+            debug!(port = %host_ifname, n = elems.len(), "unguard port");
+        }
+        nftnl::delete_elems(&elems).map_err(|e| nl_io("delete guard elements", e))
+    }
+
+    fn check_guard(&self, g: &PortGuard) -> Result<(), SdnError> {
+        let have = self.guard_elems_of(&g.host_ifname)?;
+        let want = guard::elems(g);
+        let describe = |e: &nftnl::Elem| {
+            format!(
+                "guard element {} {} {} of {}",
+                match e.family {
+                    nftnl::Family::Inet => "inet",
+                    nftnl::Family::Bridge => "bridge",
+                },
+                e.table,
+                e.set,
+                g.host_ifname
+            )
+        };
+        for w in &want {
+            if !have
+                .iter()
+                .any(|h| h.family == w.family && h.set == w.set && h.key == w.key)
+            {
+                return Err(SdnError::Missing {
+                    resource: describe(w),
+                });
+            }
+        }
+        if let Some(extra) = have.iter().find(|h| {
+            !want
+                .iter()
+                .any(|w| h.family == w.family && h.set == w.set && h.key == w.key)
+        }) {
+            return Err(SdnError::Conflict(format!(
+                "an extra {} lets the port send from a source its attachment does not own",
+                describe(extra)
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_failpoints(&self, failpoints: &Failpoints) {
+        *self.failpoints.lock().unwrap_or_else(|e| e.into_inner()) = failpoints.clone();
     }
 }

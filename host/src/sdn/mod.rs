@@ -76,6 +76,7 @@
 //! server error 134; a corrupt topology record 135; no link network left 136.
 
 pub mod fake;
+mod guard;
 mod linux;
 pub mod midonet;
 mod nft;
@@ -90,9 +91,10 @@ use crate::ipam::AttachmentKey;
 use crate::netns::{MacAddr, NetnsError};
 
 pub use fake::{FakeSdn, SdnCall};
+pub use guard::{PortGuard, link_local};
 pub use linux::LinuxSdn;
 pub use midonet::MidonetSdn;
-pub use nft::TABLE;
+pub use nft::{ServiceScope, TABLE};
 
 /// Options of the Linux backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,14 @@ pub struct SdnOptions {
     pub masquerade: bool,
     /// The `nft` binary.
     pub nft: std::path::PathBuf,
+    /// Where the per-bridge-name locks live (the apply engine's
+    /// `<state_dir>/locks`).
+    pub lock_dir: std::path::PathBuf,
+    /// Which tenants' pods a pod may reach through a service.
+    pub services: ServiceScope,
+    /// Tenants every pod may reach through a service whatever `services`
+    /// says (cluster DNS: `kube-system`).
+    pub shared_tenants: Vec<String>,
 }
 
 impl Default for SdnOptions {
@@ -109,6 +119,9 @@ impl Default for SdnOptions {
         Self {
             masquerade: false,
             nft: "nft".into(),
+            lock_dir: "/run/tenet/locks".into(),
+            services: ServiceScope::Any,
+            shared_tenants: vec!["kube-system".into()],
         }
     }
 }
@@ -180,6 +193,15 @@ pub enum SdnError {
     /// A failure injected by [`FakeSdn`].
     #[error("injected failure in {0}")]
     Injected(String),
+    /// A failure injected by a failpoint (`TENET_FAILPOINT`, test builds;
+    /// code 149 like the apply engine's).
+    #[error("{msg}")]
+    Failpoint {
+        /// The point (`ensure-tenant:bridge`, …).
+        step: String,
+        /// What it says.
+        msg: String,
+    },
     /// A MidoNet REST call failed (code 11 when unreachable, 133 rejected,
     /// 134 server error).
     #[error(transparent)]
@@ -205,6 +227,7 @@ impl SdnError {
             SdnError::Netlink { .. } => 120,
             SdnError::NftUnavailable(_) => 50,
             SdnError::Nft { .. } | SdnError::Injected(_) => 130,
+            SdnError::Failpoint { .. } => 149,
             SdnError::Missing { .. } => 131,
             SdnError::Conflict(_) => 132,
             SdnError::Runtime(e) => e.cni_code(),
@@ -263,12 +286,91 @@ pub trait Sdn {
 
     /// For STATUS: can the backend serve ADD? (`nft` present and usable.)
     fn status(&self) -> Result<(), SdnError>;
+
+    /// Lets the pod port `guard.host_ifname` send from its own MAC and
+    /// addresses only (see [`PortGuard`]). A `tn*` port without a guard
+    /// sends nothing. Idempotent. Backends without a node dataplane of
+    /// their own (MidoNet) do nothing.
+    fn guard_port(&self, guard: &PortGuard) -> Result<(), SdnError> {
+        let _ = guard;
+        Ok(())
+    }
+
+    /// Removes every guard element of `host_ifname`; none left is success.
+    fn unguard_port(&self, host_ifname: &str) -> Result<(), SdnError> {
+        let _ = host_ifname;
+        Ok(())
+    }
+
+    /// For CHECK: the port's guard is exactly `guard`. Errors name what is
+    /// missing or extra.
+    fn check_guard(&self, guard: &PortGuard) -> Result<(), SdnError> {
+        let _ = guard;
+        Ok(())
+    }
+
+    /// Hands the backend the invocation's failpoints (test builds): the
+    /// Linux backend fails or dies inside `ensure_tenant` at
+    /// `ensure-tenant:bridge`, `ensure-tenant:rules` and
+    /// `ensure-tenant:gateway`.
+    fn set_failpoints(&self, failpoints: &crate::apply::Failpoints) {
+        let _ = failpoints;
+    }
 }
 
-/// The bridge of `tenant`: `tb-` + 10 hex digits of `sha256(tenant)`.
+/// How many names a tenant's bridge may take ([`bridge_candidates`]).
+pub const BRIDGE_CANDIDATES: usize = 8;
+
+/// The first-choice bridge of `tenant`: `tb-` + 12 hex digits of
+/// `sha256(tenant)` (15 bytes, the kernel's limit). The tenant lock is
+/// named after it.
 pub fn bridge_name(tenant: &str) -> String {
     let d = Sha256::digest(tenant.as_bytes());
-    format!("tb-{}", &hex::encode(&d[..5]))
+    format!("tb-{}", &hex::encode(&d[..6]))
+}
+
+/// Every name `tenant`'s bridge may have, in the order they are tried:
+/// [`bridge_name`], then `tb-` + 12 hex digits of `sha256(tenant + "#" + n)`
+/// for n = 1, 2, …. A name whose bridge records another tenant is skipped,
+/// so a hash collision never merges two tenants (see [`LinuxSdn`]).
+pub fn bridge_candidates(tenant: &str) -> Vec<String> {
+    let mut out = vec![bridge_name(tenant)];
+    for n in 1..BRIDGE_CANDIDATES {
+        let d = Sha256::digest(format!("{tenant}#{n}").as_bytes());
+        out.push(format!("tb-{}", &hex::encode(&d[..6])));
+    }
+    out
+}
+
+/// How a bridge records its tenant in its ifalias: the tenant id itself
+/// when it is short and plain, else `sha256:` + its full digest (an alias
+/// is at most 255 bytes and tenant ids are arbitrary strings).
+pub fn tenant_ident(tenant: &str) -> String {
+    let plain = !tenant.is_empty()
+        && tenant.len() <= 200
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        tenant.to_owned()
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(tenant.as_bytes())))
+    }
+}
+
+/// A tenant bridge's ifalias: `tenet:<stamp>:<tenant ident>`, where the
+/// stamp names the rules last installed for it (`-` before the first).
+pub fn bridge_alias(tenant: &str, stamp: Option<&str>) -> String {
+    format!("tenet:{}:{}", stamp.unwrap_or("-"), tenant_ident(tenant))
+}
+
+/// The tenant ident an alias records, if it is one of tenet's.
+pub fn alias_ident(alias: &str) -> Option<&str> {
+    let mut it = alias.splitn(3, ':');
+    match (it.next(), it.next(), it.next()) {
+        (Some("tenet"), Some(_stamp), Some(ident)) if !ident.is_empty() => Some(ident),
+        _ => None,
+    }
 }
 
 /// The fixed MAC of the tenant's bridge (locally administered, unicast).
@@ -313,7 +415,7 @@ mod tests {
     fn bridge_names_are_short_stable_and_distinct() {
         let a = bridge_name("acme");
         assert_eq!(a, bridge_name("acme"));
-        assert_eq!(a.len(), 13);
+        assert_eq!(a.len(), 15);
         assert!(a.starts_with("tb-"));
         assert!(a[3..].bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, bridge_name("acme2"));
@@ -327,11 +429,43 @@ mod tests {
             "tb-*\"; flush ruleset",
         ] {
             let b = bridge_name(t);
-            assert_eq!(b.len(), 13);
+            assert_eq!(b.len(), 15);
             assert!(b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
         }
         let d = Sha256::digest(b"acme");
-        assert_eq!(a, format!("tb-{}", &hex::encode(d)[..10]));
+        assert_eq!(a, format!("tb-{}", &hex::encode(d)[..12]));
+        // The pair the issue found colliding in 40 bits is apart in 48.
+        assert_ne!(bridge_name("t210179"), bridge_name("t1692729"));
+    }
+
+    #[test]
+    fn candidates_start_with_the_name_and_are_distinct() {
+        let c = bridge_candidates("acme");
+        assert_eq!(c.len(), BRIDGE_CANDIDATES);
+        assert_eq!(c[0], bridge_name("acme"));
+        let d = Sha256::digest(b"acme#1");
+        assert_eq!(c[1], format!("tb-{}", &hex::encode(d)[..12]));
+        let set: std::collections::BTreeSet<_> = c.iter().collect();
+        assert_eq!(set.len(), c.len());
+        assert!(c.iter().all(|n| n.len() == 15));
+    }
+
+    #[test]
+    fn aliases_record_the_tenant() {
+        assert_eq!(bridge_alias("team-a", None), "tenet:-:team-a");
+        let a = bridge_alias("team-a", Some("0123abcd"));
+        assert_eq!(a, "tenet:0123abcd:team-a");
+        assert_eq!(alias_ident(&a), Some("team-a"));
+        // Odd tenant ids are recorded by digest, never verbatim.
+        let odd = bridge_alias("a:b c", None);
+        assert!(odd.starts_with("tenet:-:sha256:"), "{odd}");
+        assert_eq!(alias_ident(&odd), Some(&odd[8..]));
+        assert!(bridge_alias(&"x".repeat(300), Some("s")).len() < 100);
+        assert_ne!(tenant_ident("a:b c"), tenant_ident("a:b d"));
+        // The old stamp-only alias and foreign aliases record no tenant.
+        assert_eq!(alias_ident("tenet:0123abcd"), None);
+        assert_eq!(alias_ident("uplink"), None);
+        assert_eq!(alias_ident(""), None);
     }
 
     #[test]
