@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tenet::ipam::AttachmentKey;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
-use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, host_ifname};
-use tenet::sdn::{LinuxSdn, PortSpec, Sdn, SdnError, SdnOptions, bridge_name};
+use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, derive_mac, host_ifname};
+use tenet::sdn::{LinuxSdn, PortGuard, PortSpec, Sdn, SdnError, SdnOptions, bridge_name, link_local};
 
 /// The port of a host end, keyed by the host end's own name (the tests
 /// drive the backend directly, without the apply engine).
@@ -127,11 +127,12 @@ struct Pod {
     _listener: TcpListener,
 }
 
-/// What the apply engine does for one pod: veth, tenant, attach, addresses
-/// and default routes via the tenant's gateways. A TCP listener in the pod
-/// (dual stack) answers reachability probes without accept().
+/// What the apply engine does for one pod: veth, tenant, guard, attach,
+/// addresses and default routes via the tenant's gateways. A TCP listener in
+/// the pod (dual stack) answers reachability probes without accept().
 fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod {
     let ns = ScratchNetns::new().unwrap();
+    let mac = derive_mac(cid, "eth0");
     let spec = VethSpec {
         container_id: cid.into(),
         ifname: "eth0".into(),
@@ -139,13 +140,22 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
         netns: ns.path().to_owned(),
         mtu: None,
         mac: None,
-        link_local: None,
+        link_local: Some(link_local(mac)),
     };
     n.create_veth(&spec).unwrap();
-    sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
+    let net = sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
+    let (v4, v6) = (t.addr4(host), t.addr6(host));
+    let guard = PortGuard {
+        host_ifname: spec.host_ifname.clone(),
+        bridged: true,
+        mac,
+        addrs: vec![v4, v6, link_local(mac).into()],
+        tenant_bridge: Some(net.bridge),
+    };
+    sdn.guard_port(&guard).unwrap();
+    sdn.check_guard(&guard).unwrap();
     sdn.attach(t.id, &port(&spec.host_ifname)).unwrap();
     sdn.check_port(t.id, &port(&spec.host_ifname)).unwrap();
-    let (v4, v6) = (t.addr4(host), t.addr6(host));
     n.configure(
         ns.path(),
         "eth0",
@@ -173,6 +183,7 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
 fn remove_pod(n: &RtNetns, sdn: &LinuxSdn, p: &Pod) {
     sdn.detach("", &port(&p.host).key, &p.host).unwrap();
     n.delete(Some(p.ns.path()), "eth0", &p.host).unwrap();
+    sdn.unguard_port(&p.host).unwrap();
 }
 
 /// A TCP handshake from `from` to `ip:port`. Dropped SYNs time out.
@@ -331,7 +342,7 @@ fn ensure_tenant_concurrently_converges() {
         .iter()
         .filter(|i| i["rule"]["chain"] == "forward")
         .count();
-    assert_eq!(forward_rules, 3, "base rules duplicated");
+    assert_eq!(forward_rules, 6, "base rules duplicated");
     let chains = items
         .iter()
         .filter(|i| {
@@ -340,7 +351,7 @@ fn ensure_tenant_concurrently_converges() {
                 .is_some_and(|c| c.ends_with(&br))
         })
         .count();
-    assert_eq!(chains, 3);
+    assert_eq!(chains, 4);
     let fwd_from = items
         .iter()
         .find(|i| i["map"]["name"] == "fwd_from")
@@ -582,6 +593,14 @@ fn a_pod_host_link_cannot_reach_tenants() {
         &tenet::netns::host_link_pod_routes(gw, &["10.41.0.0/16".parse().unwrap()]),
         &[],
     )
+    .unwrap();
+    sdn.guard_port(&PortGuard {
+        host_ifname: hhost.clone(),
+        bridged: false,
+        mac: derive_mac("hl-h", "eth1"),
+        addrs: vec!["172.20.0.5".parse().unwrap()],
+        tenant_bridge: None,
+    })
     .unwrap();
     n.host_side(&tenet::netns::HostLinkSpec {
         host_ifname: hhost,

@@ -8,9 +8,10 @@ use std::process::Command;
 use crate::ipam::{IpStore, LocalOptions, LocalStore};
 
 /// Every tenet object still present: veth host ends (`tn…`) and tenant
-/// bridges (`tb-…`) in this network namespace, tenant chains and map
-/// elements in the `inet tenet` table, address records in the local store
-/// under `state_dir`, and attachment records. Empty means clean.
+/// bridges (`tb-…`) in this network namespace, tenant chains, map elements
+/// and port guard elements in the `inet tenet` and `bridge tenet` tables,
+/// address records in the local store under `state_dir`, attachment
+/// records and lock files. Empty means clean.
 pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let links = run("ip", &["-j", "link", "show"])?;
@@ -23,15 +24,20 @@ pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
             out.push(format!("link {n}"));
         }
     }
-    // The base chains match `tb-*`; a tenant's own chains and map elements
-    // name its bridge: `tb-` and hex digits.
-    let rules = run("nft", &["list", "table", "inet", crate::sdn::TABLE]).unwrap_or_default();
-    for line in rules.lines() {
-        if line
-            .match_indices("tb-")
-            .any(|(i, _)| line[i + 3..].starts_with(|c: char| c.is_ascii_hexdigit()))
-        {
-            out.push(format!("nft: {}", line.trim()));
+    // The base chains match `tb-*` and `tn*`; a tenant's own chains and map
+    // elements name its bridge (`tb-` and hex digits), a port's guard
+    // elements its host end (`tn` and hex digits).
+    for family in ["inet", "bridge"] {
+        let rules = run("nft", &["list", "table", family, crate::sdn::TABLE]).unwrap_or_default();
+        for line in rules.lines() {
+            let names = |p: &str| {
+                line.match_indices(p).any(|(i, _)| {
+                    line[i + p.len()..].starts_with(|c: char| c.is_ascii_hexdigit())
+                })
+            };
+            if names("tb-") || names("\"tn") {
+                out.push(format!("nft {family}: {}", line.trim()));
+            }
         }
     }
     if state_dir.is_dir() {
@@ -45,6 +51,12 @@ pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
             .map_err(|e| e.to_string())?
         {
             out.push(format!("attachment record {}", r.key));
+        }
+        // Tenant and bridge-name locks go with their tenant's network.
+        if let Ok(rd) = std::fs::read_dir(state_dir.join("locks")) {
+            for e in rd.flatten() {
+                out.push(format!("lock file {}", e.path().display()));
+            }
         }
     }
     Ok(out)

@@ -199,7 +199,10 @@ impl LinuxSdn {
             .block_on(self.find_bridge(tenant))?
             .map(|l| (Self::bridge_name_of(&l), l))
             .ok_or_else(|| SdnError::Missing {
-                resource: format!("the bridge of tenant {tenant:?}"),
+                resource: format!(
+                    "bridge {} (or a fallback name) of tenant {tenant:?}",
+                    super::bridge_name(tenant)
+                ),
             })
     }
 
