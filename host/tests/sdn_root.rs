@@ -18,7 +18,9 @@ use serde_json::Value;
 use tenet::ipam::AttachmentKey;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 use tenet::netns::{Netns, ResolvedRoute, RtNetns, VethSpec, derive_mac, host_ifname};
-use tenet::sdn::{LinuxSdn, PortGuard, PortSpec, Sdn, SdnError, SdnOptions, bridge_name, link_local};
+use tenet::sdn::{
+    LinuxSdn, PortGuard, PortSpec, Sdn, SdnError, SdnOptions, bridge_name, link_local,
+};
 
 /// The port of a host end, keyed by the host end's own name (the tests
 /// drive the backend directly, without the apply engine).

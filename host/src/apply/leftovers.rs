@@ -31,9 +31,8 @@ pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
         let rules = run("nft", &["list", "table", family, crate::sdn::TABLE]).unwrap_or_default();
         for line in rules.lines() {
             let names = |p: &str| {
-                line.match_indices(p).any(|(i, _)| {
-                    line[i + p.len()..].starts_with(|c: char| c.is_ascii_hexdigit())
-                })
+                line.match_indices(p)
+                    .any(|(i, _)| line[i + p.len()..].starts_with(|c: char| c.is_ascii_hexdigit()))
             };
             if names("tb-") || names("\"tn") {
                 out.push(format!("nft {family}: {}", line.trim()));

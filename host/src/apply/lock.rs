@@ -174,7 +174,9 @@ mod tests {
         let dir = d.path().to_owned();
         let waiter = std::thread::spawn(move || {
             let l = TenantLock::acquire(&dir, "acme", TENANT_LOCK_TIMEOUT).unwrap();
-            let ino = std::fs::metadata(TenantLock::path(&dir, "acme")).unwrap().ino();
+            let ino = std::fs::metadata(TenantLock::path(&dir, "acme"))
+                .unwrap()
+                .ino();
             (l, ino)
         });
         std::thread::sleep(Duration::from_millis(50));

@@ -317,7 +317,9 @@ pub enum NetnsError {
     Injected(String),
     /// A route tenet is to add exists already through another interface or
     /// with another next hop (another attachment's): never replaced.
-    #[error("route to {dst} on {ifname} conflicts with an existing route to {dst} ({existing}); give one of them a metric")]
+    #[error(
+        "route to {dst} on {ifname} conflicts with an existing route to {dst} ({existing}); give one of them a metric"
+    )]
     RouteConflict {
         /// The destination.
         dst: IpNet,

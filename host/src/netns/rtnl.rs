@@ -462,9 +462,9 @@ impl RtNetns {
         // Before the pod end comes up: no kernel-made IPv6 address, only
         // the link-local one tenet chose (see the module docs).
         let gen_none = LinkUnspec::new_with_index(pod_link.header.index)
-            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
-                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
-            ])]))
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
             .build();
         match pod.link().set(gen_none).execute().await {
             Ok(()) => {}
@@ -478,9 +478,13 @@ impl RtNetns {
             Err(e) => return Err(NetnsError::netlink("turn off IPv6 address generation", e)),
         }
         if let Some(ll) = spec.link_local {
-            add_addr(pod, pod_link.header.index, IpNet::new(ll.into(), 64).expect("/64"))
-                .await
-                .map_err(nl("add the link-local address"))?;
+            add_addr(
+                pod,
+                pod_link.header.index,
+                IpNet::new(ll.into(), 64).expect("/64"),
+            )
+            .await
+            .map_err(nl("add the link-local address"))?;
         }
         set_up(pod, pod_link.header.index)
             .await

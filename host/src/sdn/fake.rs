@@ -162,7 +162,11 @@ impl Sdn for FakeSdn {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         g.tenants.entry(tenant.to_owned()).or_default();
-        for point in ["ensure-tenant:bridge", "ensure-tenant:rules", "ensure-tenant:gateway"] {
+        for point in [
+            "ensure-tenant:bridge",
+            "ensure-tenant:rules",
+            "ensure-tenant:gateway",
+        ] {
             fp.after(point).map_err(|msg| SdnError::Failpoint {
                 step: point.to_owned(),
                 msg,

@@ -40,6 +40,20 @@ fn is_bridge(l: &LinkMessage) -> bool {
     matches!(link_kind(l), Some(InfoKind::Bridge))
 }
 
+/// A held bridge-name lock whose file is removed on release (safe against
+/// waiters, see [`FileLock`]), so no lock file outlives its use.
+struct NameLock(Option<FileLock>);
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take()
+            && let Err(e) = l.remove()
+        {
+            warn!(error = %e, "could not remove a bridge name's lock file");
+        }
+    }
+}
+
 /// How long ensure waits for a bridge name another ADD is claiming.
 const NAME_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -88,12 +102,16 @@ impl LinuxSdn {
         })
     }
 
-    fn name_lock(&self, bridge: &str) -> Result<FileLock, SdnError> {
+    /// The lock of one bridge name, held while the name is claimed or its
+    /// leftovers are removed; its file goes when it is released.
+    fn name_lock(&self, bridge: &str) -> Result<NameLock, SdnError> {
         let path = self.opts.lock_dir.join(format!("name-{bridge}.lock"));
-        FileLock::acquire(&path, bridge, NAME_LOCK_TIMEOUT).map_err(|e| match e {
-            LockError::Timeout { .. } => SdnError::Busy(e.to_string()),
-            LockError::Io { .. } => SdnError::Conflict(e.to_string()),
-        })
+        FileLock::acquire(&path, bridge, NAME_LOCK_TIMEOUT)
+            .map(|l| NameLock(Some(l)))
+            .map_err(|e| match e {
+                LockError::Timeout { .. } => SdnError::Busy(e.to_string()),
+                LockError::Io { .. } => SdnError::Conflict(e.to_string()),
+            })
     }
 
     async fn link(&self, name: &str) -> Result<Option<LinkMessage>, SdnError> {
@@ -237,7 +255,13 @@ impl LinuxSdn {
         Ok(())
     }
 
-    fn rules(&self, tenant: &str, bridge: &str, gws: &[IpNet], subnets: &[(IpNet, IpAddr)]) -> String {
+    fn rules(
+        &self,
+        tenant: &str,
+        bridge: &str,
+        gws: &[IpNet],
+        subnets: &[(IpNet, IpAddr)],
+    ) -> String {
         nft::ensure_script(&TenantRules {
             bridge,
             gateways: &gws.iter().map(IpNet::addr).collect::<Vec<_>>(),
@@ -330,7 +354,11 @@ impl Sdn for LinuxSdn {
             }
             if !current {
                 node.link()
-                    .set(LinkUnspec::new_with_index(index).alias(alias.clone()).build())
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .alias(alias.clone())
+                            .build(),
+                    )
                     .execute()
                     .await
                     .map_err(|e| SdnError::netlink(format!("stamp {bridge}"), e))?;
@@ -433,9 +461,6 @@ impl Sdn for LinuxSdn {
             info!(%tenant, %bridge, "deleted tenant bridge");
             // Rules after the bridge: a bridge never exists without them.
             self.remove_rules(&bridge)?;
-            if let Err(e) = self.name_lock(&bridge)?.remove() {
-                warn!(%bridge, error = %e, "could not remove the bridge name's lock file");
-            }
             return Ok(true);
         }
         // No bridge: rules a removal killed between the bridge and its rules
@@ -446,13 +471,10 @@ impl Sdn for LinuxSdn {
             if !nftnl::chain_exists(nft::TABLE, &fwd_chain(&name)).unwrap_or(true) {
                 continue;
             }
-            let lock = self.name_lock(&name)?;
+            let _lock = self.name_lock(&name)?;
             if self.rtnl.block_on(self.link(&name))?.is_none() {
                 info!(%tenant, bridge = %name, "removing the rules of a bridge that is gone");
                 self.remove_rules(&name)?;
-                if let Err(e) = lock.remove() {
-                    warn!(bridge = %name, error = %e, "could not remove the bridge name's lock file");
-                }
             }
         }
         Ok(true)
@@ -499,7 +521,10 @@ impl Sdn for LinuxSdn {
         }
         let shared = self.opts.shared_tenants.iter().any(|t| t == tenant);
         if shared && !l.has_key(nft::SVC_SHARED, &format!("\"{bridge}\"")) {
-            return Err(missing(format!("nft element {}[{bridge}]", nft::SVC_SHARED)));
+            return Err(missing(format!(
+                "nft element {}[{bridge}]",
+                nft::SVC_SHARED
+            )));
         }
         for g in &gws {
             let map = if g.addr().is_ipv4() { "gw4" } else { "gw6" };

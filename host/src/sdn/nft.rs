@@ -346,7 +346,10 @@ pub(crate) fn parse_listing(json: &str) -> Result<Listing, SdnError> {
         } else if let Some(m) = item.get("map").or_else(|| item.get("set")) {
             // Only the inet table's maps and sets: the bridge table's guard
             // sets are read over netlink (see `nftnl`).
-            if m.get("family").and_then(Value::as_str).is_some_and(|f| f != "inet") {
+            if m.get("family")
+                .and_then(Value::as_str)
+                .is_some_and(|f| f != "inet")
+            {
                 continue;
             }
             let Some(name) = m.get("name").and_then(Value::as_str) else {
@@ -504,23 +507,23 @@ mod tests {
         );
         assert!(s.contains("masquerade"));
         // The isolation rules.
-        assert!(s.contains(
-            "add rule inet tenet fwd-tb-0123456789 oifname { \"tb-*\", \"tn*\" } drop"
-        ));
+        assert!(
+            s.contains("add rule inet tenet fwd-tb-0123456789 oifname { \"tb-*\", \"tn*\" } drop")
+        );
         assert!(
             s.contains("add rule inet tenet gw-tb-0123456789 iifname \"tb-0123456789\" accept")
         );
         assert!(s.contains("forward iifname \"tb-*\" drop"));
         // Host links: no forwarding between them, into bridges only DNATed.
-        assert!(s.contains(
-            "forward iifname \"tn*\" oifname { \"tb-*\", \"tn*\" } drop"
-        ));
+        assert!(s.contains("forward iifname \"tn*\" oifname { \"tb-*\", \"tn*\" } drop"));
         assert!(s.contains("ct status dnat ct direction original accept"));
         assert!(s.contains(
             "add rule inet tenet fwd-tb-0123456789 oifname { \"tb-*\", \"tn*\" } ct status dnat ct direction reply accept"
         ));
         // The guards.
-        assert!(s.contains("add rule bridge tenet port_guard iifname . ether saddr != @port_mac drop"));
+        assert!(
+            s.contains("add rule bridge tenet port_guard iifname . ether saddr != @port_mac drop")
+        );
         assert!(s.contains("add rule inet tenet prerouting iifname \"tn*\" jump port_guard"));
         assert!(!s.contains("svc_shared { \"tb-0123456789\" }"));
         let nets = ["10.1.0.0/24".parse().unwrap()];

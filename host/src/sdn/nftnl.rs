@@ -477,7 +477,10 @@ mod tests {
         assert_eq!(k6.len(), 32);
         assert_eq!(k6[16], 0xfe);
         assert_eq!(key_ifname_of(&k6), Some("tn1"));
-        assert_eq!(key_ifname_of(&key_ifname("tn0123456789ab")), Some("tn0123456789ab"));
+        assert_eq!(
+            key_ifname_of(&key_ifname("tn0123456789ab")),
+            Some("tn0123456789ab")
+        );
         assert_eq!(key_ifname_of(&[1, 2]), None);
     }
 
@@ -491,8 +494,16 @@ mod tests {
             jump: jump.map(str::to_owned),
         };
         let elems = [
-            e("port_v4", key_ifname_ip("tn1", "10.0.0.1".parse().unwrap()), None),
-            e("port_v4", key_ifname_ip("tn1", "10.0.0.2".parse().unwrap()), None),
+            e(
+                "port_v4",
+                key_ifname_ip("tn1", "10.0.0.1".parse().unwrap()),
+                None,
+            ),
+            e(
+                "port_v4",
+                key_ifname_ip("tn1", "10.0.0.2".parse().unwrap()),
+                None,
+            ),
             e("svc_from", key_ifname("tn1"), Some("svc-tb-x")),
         ];
         let (b, acks) = batch(&elems, true, 100);
