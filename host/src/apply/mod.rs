@@ -562,6 +562,13 @@ impl<'a> Engine<'a> {
     /// it has no port left; keeps claims and the record.
     fn teardown_dataplane(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
         let mut errors = Vec::new();
+        // Guards first, so a tenant with no port left has no guard pointing
+        // at its chains.
+        for i in &rec.interfaces {
+            if let Err(e) = self.sdn.unguard_port(&i.host_ifname) {
+                errors.push((e.cni_code(), format!("unguard {}: {e}", i.host_ifname)));
+            }
+        }
         for i in rec.interfaces.iter().rev() {
             if let Err(e) = self.netns.delete(netns, &i.name, &i.host_ifname) {
                 errors.push((e.cni_code(), format!("delete veth {}: {e}", i.host_ifname)));
@@ -575,11 +582,6 @@ impl<'a> Engine<'a> {
         for i in &ports {
             if let Err(e) = self.sdn.detach(&rec.tenant, &rec.key, &i.host_ifname) {
                 errors.push((e.cni_code(), format!("detach {}: {e}", i.host_ifname)));
-            }
-        }
-        for i in &rec.interfaces {
-            if let Err(e) = self.sdn.unguard_port(&i.host_ifname) {
-                errors.push((e.cni_code(), format!("unguard {}: {e}", i.host_ifname)));
             }
         }
         if !ports.is_empty()

@@ -227,6 +227,19 @@ impl LinuxSdn {
     /// Removes `bridge`'s chains and map elements, if any.
     fn remove_rules(&self, bridge: &str) -> Result<(), SdnError> {
         let listing = nft::list(&self.opts.nft)?;
+        // Host links still pointing at the tenant's service chain (pods whose
+        // DEL is under way), tolerating their own DEL deleting them first.
+        let svc: Vec<nftnl::Elem> = nft::svc_from_hosts(&listing, bridge)
+            .iter()
+            .map(|h| nftnl::Elem {
+                family: nftnl::Family::Inet,
+                table: nft::TABLE.to_owned(),
+                set: nft::SVC_FROM.to_owned(),
+                key: nftnl::key_ifname(h),
+                jump: None,
+            })
+            .collect();
+        nftnl::delete_elems(&svc).map_err(|e| nl_io("delete service elements", e))?;
         if let Some(script) = nft::remove_script(&listing, bridge) {
             nft::run(
                 &self.opts.nft,

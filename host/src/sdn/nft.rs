@@ -397,8 +397,16 @@ pub(crate) fn parse_listing(json: &str) -> Result<Listing, SdnError> {
 
 /// One transaction removing `bridge`'s elements and chains, or `None` when
 /// nothing of it is left.
+///
+/// Host links' `svc_from` elements are left out: their pods' DELs delete them
+/// concurrently (not under the tenant lock), so the caller deletes them
+/// first, tolerating those already gone (see [`svc_from_hosts`]).
 pub(crate) fn remove_script(listing: &Listing, bridge: &str) -> Option<String> {
-    let elems = listing.tenant_elems(bridge);
+    let elems: Vec<&Elem> = listing
+        .tenant_elems(bridge)
+        .into_iter()
+        .filter(|e| e.map != SVC_FROM)
+        .collect();
     let chains = listing.tenant_chains(bridge);
     if elems.is_empty() && chains.is_empty() {
         return None;
@@ -412,6 +420,18 @@ pub(crate) fn remove_script(listing: &Listing, bridge: &str) -> Option<String> {
         let _ = writeln!(s, "delete chain inet {TABLE} {c}");
     }
     Some(s)
+}
+
+/// The host links whose `svc_from` element jumps to `bridge`'s service
+/// chain (their names, unquoted).
+pub(crate) fn svc_from_hosts(listing: &Listing, bridge: &str) -> Vec<String> {
+    let chain = svc_chain(bridge);
+    listing
+        .elems
+        .iter()
+        .filter(|e| e.map == SVC_FROM && e.target.as_deref() == Some(chain.as_str()))
+        .map(|e| e.key.trim_matches('"').to_owned())
+        .collect()
 }
 
 /// Runs `nft` with `args`, feeding `stdin`; returns stdout.
@@ -580,12 +600,13 @@ mod tests {
              delete element inet tenet gw4 { 10.1.0.1 }\n\
              delete element inet tenet masq4 { 10.1.0.0/24 }\n\
              delete element inet tenet svc_shared { \"tb-0123456789\" }\n\
-             delete element inet tenet svc_from { \"tn0123456789ab\" }\n\
              delete chain inet tenet fwd-tb-0123456789\n\
              delete chain inet tenet gw-tb-0123456789\n\
              delete chain inet tenet nat-tb-0123456789\n\
              delete chain inet tenet svc-tb-0123456789\n"
         );
+        assert_eq!(svc_from_hosts(&l, B), ["tn0123456789ab"]);
+        assert!(svc_from_hosts(&l, "tb-aaaaaaaaaa").is_empty());
         // The other tenant's objects are untouched.
         assert!(!s.contains("aaaaaaaaaa"));
         assert!(remove_script(&l, "tb-ffffffffff").is_none());
