@@ -94,15 +94,15 @@ fn pin_mismatches(found: &[Found], cache: &ArtifactCache) -> Vec<String> {
         // A cached artifact must record the module it is stored for (one
         // without a readable record is rebuilt by the load below).
         if cache.path_for(want).is_file()
-            && let Ok(recorded) = cache.recorded_digests(want)
-            && recorded != [want.clone()]
+            && let Ok(recorded) = cache.recorded(want)
+            && recorded.check(want, &[want]).is_err()
         {
             problems.push(format!(
                 "stage {:?}: {} sha256 {want}, but its cached artifact {} records sha256 {}",
                 f.stage,
                 if f.pin.is_some() { "pinned" } else { "module" },
                 cache.path_for(want).display(),
-                recorded.join(", ")
+                recorded.digests.join(", ")
             ));
         }
     }
@@ -145,14 +145,10 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
             _ => continue,
         };
         // What runs is what the artifact records: check it once more.
-        let recorded = cache.recorded_digests(&digest).map_err(CtlError)?;
-        if recorded != [digest.clone()] {
-            return Err(CtlError(format!(
-                "stage {:?}: the artifact for sha256 {digest} records {}",
-                spec.name,
-                recorded.join(", ")
-            )));
-        }
+        cache
+            .recorded(&digest)
+            .and_then(|t| t.check(&digest, &[&digest]))
+            .map_err(|m| CtlError(format!("stage {:?}: {m}", spec.name)))?;
         writeln!(
             out,
             "{:<16} sha256={digest} artifact={}{}",

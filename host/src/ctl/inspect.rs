@@ -108,11 +108,11 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     let status = if !cached.exists() {
         "absent: run tenetctl policy compile".to_string()
     } else {
-        match cache.recorded_digests(&digest) {
-            Ok(d) if d == [digest.clone()] => "present, records this module".into(),
-            Ok(d) => {
-                mismatch = Some(d.join(", "));
-                format!("MISMATCH: records sha256 {}", d.join(", "))
+        match cache.recorded(&digest) {
+            Ok(t) if t.check(&digest, &[&digest]).is_ok() => "present, records this module".into(),
+            Ok(t) => {
+                mismatch = Some(t.digests.join(", "));
+                format!("MISMATCH: records sha256 {}", t.digests.join(", "))
             }
             Err(m) => format!("unusable, will be rebuilt: {m}"),
         }

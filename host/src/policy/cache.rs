@@ -197,9 +197,10 @@ impl ArtifactCache {
             .map_err(|e| LoadError::Miss(format!("{}: {}", path.display(), e.root_cause())))
     }
 
-    /// The digests recorded in the artifact stored under `key`, if it has a
-    /// readable trailer (for `tenetctl policy compile` and `inspect`).
-    pub fn recorded_digests(&self, key: &str) -> Result<Vec<String>, String> {
+    /// What the artifact stored under `key` records, if it has a readable
+    /// trailer (for `tenetctl policy compile` and `inspect`). It is the
+    /// right one when `key` and the digests are what the caller expects.
+    pub fn recorded(&self, key: &str) -> Result<Trailer, String> {
         let path = self.path_for(key);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -210,15 +211,7 @@ impl ArtifactCache {
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
-        let t = Trailer::read(&file, len).map_err(|m| format!("{}: {m}", path.display()))?;
-        if t.key != key {
-            return Err(format!(
-                "{}: stored under {key} but records key {}",
-                path.display(),
-                t.key
-            ));
-        }
-        Ok(t.digests)
+        Trailer::read(&file, len).map_err(|m| format!("{}: {m}", path.display()))
     }
 
     /// Publishes an artifact atomically (temp file, fsync, rename, fsync
@@ -323,7 +316,7 @@ impl Trailer {
 
     /// Whether this artifact is the one stored under `key` and compiled
     /// from exactly `digests`.
-    fn check(&self, key: &str, digests: &[&str]) -> Result<(), String> {
+    pub fn check(&self, key: &str, digests: &[&str]) -> Result<(), String> {
         if self.key != key
             || self
                 .digests
@@ -683,7 +676,8 @@ mod tests {
         cache
             .load(&engine, &a, &[&a])
             .expect("loads with its trailer");
-        assert_eq!(cache.recorded_digests(&a).unwrap(), vec![a.clone()]);
+        let t = cache.recorded(&a).unwrap();
+        assert_eq!((t.key, t.digests), (a.clone(), vec![a.clone()]));
         // Another module's artifact copied under a's name is refused.
         cache.store(&b, &cwasm, &[&b]).unwrap();
         std::fs::rename(cache.path_for(&b), cache.path_for(&a)).unwrap();
