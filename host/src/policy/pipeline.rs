@@ -916,7 +916,7 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<(), String> {
         .imports(engine)
         .map(|(name, _)| name)
         .filter(|n| !ALLOWED_IMPORTS.contains(n))
-        .map(|n| clip_module_text(n))
+        .map(clip_module_text)
         .collect();
     if !bad.is_empty() {
         return Err(format!(

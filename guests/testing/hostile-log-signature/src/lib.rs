@@ -1,7 +1,9 @@
 //! Hostile: imports `tenet:policy/host@0.1.0` whose `log` takes
 //! `list<u8>` instead of `string` (no UTF-8 check, another lifting path).
 //! tenet must refuse it when loading the pipeline (code 103).
-#![no_std]
+// no_std on wasm32 (no WASI imports); natively an ordinary crate, so the
+// workspace builds and lints on the host.
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
 
