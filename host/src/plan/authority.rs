@@ -247,8 +247,9 @@ impl AddressAuthority {
     }
 
     /// Replaces every host-link address request of a validated plan by the
-    /// node's host-link pool of its family: the plan asks for a host link,
-    /// the node decides where its address comes from. Requests whose family
+    /// node's host-link pool of its family (keeping the pool's name, if the
+    /// plan named one): the plan asks for a host link, the node decides
+    /// where its address comes from. Requests whose family
     /// has no range were refused by validation already.
     pub fn assign_host_links(&self, plan: &mut super::Plan) {
         for ifc in plan
@@ -257,7 +258,17 @@ impl AddressAuthority {
             .filter(|i| i.kind == super::InterfaceKind::HostLink)
         {
             for a in &mut ifc.addresses {
-                a.pool = self.host_link_pool(a.family);
+                // The pool's name is kept when the plan gave one (a
+                // validated name): a node whose link store already holds
+                // the range under that name keeps working after an upgrade.
+                // Only the range, its geometry and exclusions are the node's.
+                let name = a.pool.take().map(|p| p.name);
+                a.pool = self.host_link_pool(a.family).map(|mut p| {
+                    if let Some(n) = name {
+                        p.name = n;
+                    }
+                    p
+                });
                 a.static_address = None;
             }
         }
