@@ -8,6 +8,8 @@ CARGO ?= cargo
 # Debian packages the build, tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hyperfine \
 	etcd-server protobuf-compiler libprotobuf-dev openssl
+# /usr/bin/time -v: wall time and peak RSS of whole execs (docs/security.md).
+APT_PACKAGES += time
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modules=(tenant-map ipam-policy route-dns rainbond-egress
-         hostile-loop hostile-memory hostile-trap hostile-plan hostile-import)
+         hostile-loop hostile-memory hostile-trap hostile-plan hostile-import
+         hostile-boundary hostile-host-extra hostile-log-signature)
 args=()
 for m in "${modules[@]}"; do args+=(-p "$m"); done
 cargo build --quiet --profile guest --target wasm32-wasip2 "${args[@]}"
@@ -14,5 +15,5 @@ for m in "${modules[@]}"; do
   # Publish by rename so a running test never sees a half-copied module.
   cp "$src" "target/modules/.$m.wasm.tmp"
   mv -f "target/modules/.$m.wasm.tmp" "target/modules/$m.wasm"
-  printf '%-18s %7d bytes\n' "$m" "$(stat -c %s "target/modules/$m.wasm")"
+  printf '%-22s %7d bytes\n' "$m" "$(stat -c %s "target/modules/$m.wasm")"
 done

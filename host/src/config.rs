@@ -54,6 +54,62 @@ pub struct Config {
     pub etcd: EtcdConfig,
     /// The MidoNet API (when `sdn = "midonet"`).
     pub midonet: MidonetConfig,
+    /// Which addresses pipelines may hand out (the operator's authority).
+    pub addresses: AddressesConfig,
+}
+
+/// `[addresses]`: the ranges policy modules may hand out on this node. Only
+/// the operator sets them (this file, not the network configuration on
+/// stdin); a plan outside them is refused with code 104. Whatever is set
+/// here, loopback, multicast, unspecified, reserved, IPv4-mapped and
+/// link-local ranges (except inside the host-link range) are refused
+/// (`plan::authority`), and so, at ADD time, is anything overlapping the
+/// node's own addresses and routes (`plan::node`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AddressesConfig {
+    /// Supernets pod pools and static addresses may come from, both
+    /// families in one list (default: 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16, fd00::/8). Narrow it to the pools your pipelines use.
+    pub pools: Vec<ipnet::IpNet>,
+    /// The range host links (Rainbond's `eth1`) get their addresses from,
+    /// at most one per family (default: 169.254.128.0/17; `[]` for none).
+    pub host_links: Vec<ipnet::IpNet>,
+    /// Addresses in the host-link range never handed out (default: the
+    /// cloud metadata services, 169.254.169.0/24 and 169.254.170.0/24).
+    pub host_link_exclude: Vec<ipnet::IpNet>,
+}
+
+impl Default for AddressesConfig {
+    fn default() -> Self {
+        use crate::plan::authority::{
+            DEFAULT_HOST_LINK_EXCLUDE, DEFAULT_HOST_LINKS, DEFAULT_POOLS,
+        };
+        let parse = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.parse().expect("valid constant"))
+                .collect()
+        };
+        Self {
+            pools: parse(DEFAULT_POOLS),
+            host_links: parse(DEFAULT_HOST_LINKS),
+            host_link_exclude: parse(DEFAULT_HOST_LINK_EXCLUDE),
+        }
+    }
+}
+
+impl AddressesConfig {
+    /// The checked authority (an error names the key at fault). Checked
+    /// where plans are made (ADD, STATUS, tenetctl), not on every load, so
+    /// that a bad range never stops a DEL.
+    pub fn authority(&self) -> Result<crate::plan::AddressAuthority, ConfigError> {
+        crate::plan::AddressAuthority::new(
+            self.pools.clone(),
+            self.host_links.clone(),
+            self.host_link_exclude.clone(),
+        )
+        .map_err(|e| ConfigError(format!("tenet configuration: {e}")))
+    }
 }
 
 /// Which service endpoints a pod may reach (traffic the node DNATed, as
@@ -221,6 +277,7 @@ impl Default for Config {
             isolation: IsolationConfig::default(),
             etcd: EtcdConfig::default(),
             midonet: MidonetConfig::default(),
+            addresses: AddressesConfig::default(),
         }
     }
 }
@@ -390,6 +447,53 @@ mod tests {
         .unwrap();
         assert_eq!(c.pipeline.as_deref(), Some(Path::new("/net.toml")));
         assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn the_address_authority_defaults_narrows_and_refuses_special_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenet.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None)
+        };
+        let d = load("").unwrap().addresses;
+        assert_eq!(d, AddressesConfig::default());
+        assert_eq!(d.pools.len(), 4);
+        let c = load(
+            "[addresses]\npools = [\"10.64.0.0/12\"]\nhost_links = []\nhost_link_exclude = []\n",
+        )
+        .unwrap();
+        let a = c.addresses.authority().unwrap();
+        assert!(
+            a.check_tenant_range("10.88.0.0/16".parse().unwrap())
+                .is_err()
+        );
+        assert!(a.host_link(crate::plan::IpFamily::Ipv4).is_none());
+        for (text, key) in [
+            (
+                "[addresses]\npools = [\"127.0.0.0/8\"]\n",
+                "addresses.pools[0]",
+            ),
+            (
+                "[addresses]\npools = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\n",
+                "addresses.pools[1]",
+            ),
+            ("[addresses]\npools = [\"not a cidr\"]\n", "pools"),
+            (
+                "[addresses]\nhost_links = [\"10.0.0.0/24\"]\n",
+                "addresses.host_links[0]",
+            ),
+            ("[addresses]\npool = []\n", "pool"),
+        ] {
+            // Checked where plans are made (ADD, tenetctl), so that a bad
+            // range never stops a DEL.
+            let e = load(text)
+                .and_then(|c| c.addresses.authority().map(drop))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -400,11 +400,14 @@ const BASE: &str = "[[stage]]\nname = \"tenant\"\nmodule = \"tenant-map\"\n[[sta
 #[test]
 fn policy_error_codes_name_the_stage() {
     let node = Node::new();
-    let cases: [(&str, String, u64); 6] = [
+    let cases: [(&str, String, u64); 8] = [
         ("denied", "[[stage]]\nname = \"who\"\nmodule = \"tenant-map\"\n[stage.settings]\nfromNamespace = false\ndenyUnknown = true\n".into(), 100),
         ("trap", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-trap\"\n"), 101),
         ("fuel", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-loop\"\nfuel = 1000000\n"), 102),
         ("import", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-import\"\n"), 103),
+        // Refusals are never skipped, whatever `failure` says.
+        ("import-ignored", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-import\"\nfailure = \"ignore\"\n"), 103),
+        ("host-extra", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-host-extra\"\nfailure = \"ignore\"\n"), 103),
         ("plan", format!("{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-plan\"\n"), 104),
         ("settings", "[[stage]]\nname = \"who\"\nmodule = \"tenant-map\"\n[stage.settings]\nnope = 1\n".into(), 105),
     ];

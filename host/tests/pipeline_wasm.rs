@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 
 use tenet::cni::code;
-use tenet::plan::{Command, Dns, InterfaceKind, IpFamily, Kv, NextHop, Plan, Request};
+use tenet::plan::{
+    AddressAuthority, Command, Dns, InterfaceKind, IpFamily, Kv, NextHop, Plan, Request,
+};
 use tenet::policy::cache::{ArtifactCache, Builder, sha256_file};
 use tenet::policy::{Budget, Failure, Manifest, Pipeline, PipelineOptions, PolicyError, StageRun};
 
@@ -59,6 +61,7 @@ fn env() -> Env {
         cache_dir: dir.join("cache"),
         builder: Builder::InProcess,
         one_shot: false,
+        authority: AddressAuthority::default(),
     };
     Env {
         _tmp: tmp,
@@ -269,24 +272,39 @@ fn every_invalid_plan_is_refused_and_blamed_on_its_stage() {
 #[test]
 fn module_importing_what_is_not_allowed_is_refused_at_load() {
     let e = env();
+    // WASI by name; an extra function under the allowed `host` interface;
+    // `log` with another signature. Each refused at load (103), also with
+    // failure = "ignore": a refusal is never skipped.
+    for (module, needle) in [
+        ("hostile-import", "wasi:"),
+        ("hostile-host-extra", "exec"),
+        ("hostile-log-signature", "log"),
+    ] {
+        for failure in ["fail", "ignore"] {
+            let err = load(
+                &e,
+                &format!(
+                    "[[stage]]\nname = \"snoop\"\nmodule = \"{module}\"\nfailure = \"{failure}\"\n"
+                ),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{module} ({failure}) was loaded"));
+            match expect(err, "snoop", code::POLICY_MODULE_REFUSED) {
+                Failure::ModuleRefused(m) => assert!(m.contains(needle), "{module}: {m}"),
+                other => panic!("{module}: {other:?}"),
+            }
+        }
+    }
+    // Behind a good stage, in a pipeline that would be bundled, the same.
     let err = load(
         &e,
-        "[[stage]]\nname = \"snoop\"\nmodule = \"hostile-import\"\n",
+        &format!(
+            "{BASE}[[stage]]\nname = \"x\"\nmodule = \"hostile-host-extra\"\nfailure = \"ignore\"\n"
+        ),
     )
     .err()
     .expect("refused");
-    match expect(err, "snoop", code::POLICY_MODULE_REFUSED) {
-        Failure::ModuleRefused(m) => assert!(m.contains("wasi:"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    // Even with failure = "ignore" it never runs.
-    let p = load(
-        &e,
-        "[[stage]]\nname = \"snoop\"\nmodule = \"hostile-import\"\nfailure = \"ignore\"\n",
-    )
-    .unwrap();
-    let out = check(&p, "team-a").unwrap();
-    assert!(matches!(out.reports[0].run, StageRun::Skipped(_)));
+    expect(err, "x", code::POLICY_MODULE_REFUSED);
 }
 
 #[test]
@@ -530,4 +548,402 @@ fn a_corrupt_bundle_is_ignored_and_the_stages_load_one_by_one() {
     assert!(!p.is_bundled());
     assert!(p.bundle_artifact().is_none());
     assert_eq!(check(&p, "team-a").unwrap().plan.tenant, "team-a");
+}
+
+// ---- the host boundary (issue 12) ---------------------------------------
+
+/// A one-stage pipeline of `hostile-boundary` with these settings (TOML
+/// key = value lines) and extra stage keys.
+fn evil(settings: &str, keys: &str) -> String {
+    format!(
+        "[[stage]]\nname = \"evil\"\nmodule = \"hostile-boundary\"\n{keys}\n[stage.settings]\n{settings}\n"
+    )
+}
+
+fn invalid_plan(err: PolicyError) -> tenet::plan::PlanError {
+    match expect(err, "evil", code::POLICY_INVALID_PLAN) {
+        Failure::InvalidPlan(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn pools_outside_the_operators_ranges_and_special_ranges_are_refused() {
+    let e = env();
+    for (pool, len, why) in [
+        ("192.0.2.0/24", 24, "outside the pools"), // the node's uplink here
+        ("169.254.169.0/24", 28, "link-local"),    // the metadata service
+        ("8.0.0.0/7", 24, "outside the pools"),    // 8.8.8.8 into a tenant
+        ("127.0.0.0/8", 24, "loopback"),
+        ("0.0.0.0/0", 24, "unspecified"),
+        ("0.0.0.0/1", 24, "unspecified"),
+        ("128.0.0.0/1", 24, "link-local"),
+        ("224.0.0.0/4", 24, "multicast"),
+        ("240.0.0.0/4", 24, "reserved"),
+        ("169.254.128.0/17", 24, "link-local"), // the host-link range
+    ] {
+        let err = run(
+            &e,
+            &evil(
+                &format!("mode = \"pool\"\nvalue = \"{pool}\"\nlen = {len}"),
+                "",
+            ),
+        )
+        .unwrap_err();
+        let p = invalid_plan(err);
+        assert_eq!(
+            p.field, "interfaces[0].addresses[0].pool.supernet",
+            "{pool}: {p}"
+        );
+        assert!(p.message.contains(why), "{pool}: {p}");
+    }
+    // The message names the allowed ranges.
+    let p = invalid_plan(run(&e, &evil("mode = \"pool\"\nvalue = \"8.0.0.0/7\"", "")).unwrap_err());
+    assert!(
+        p.message
+            .contains("10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16"),
+        "{p}"
+    );
+    // Static addresses are held to the same ranges.
+    for addr in [
+        "192.0.2.2/24",
+        "127.0.0.1/8",
+        "169.254.169.254/16",
+        "8.8.8.8/24",
+    ] {
+        let p = invalid_plan(
+            run(
+                &e,
+                &evil(&format!("mode = \"static\"\nvalue = \"{addr}\""), ""),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(
+            p.field, "interfaces[0].addresses[0].staticAddress",
+            "{addr}: {p}"
+        );
+    }
+    // Inside them, the plan passes (the node is checked at ADD).
+    let ok = run(&e, &evil("mode = \"pool\"\nvalue = \"10.64.0.0/12\"", "")).unwrap();
+    assert_eq!(ok.plan.tenant, "evil");
+}
+
+#[test]
+fn an_operator_authority_narrows_what_plans_may_use() {
+    let mut e = env();
+    e.opts.authority =
+        AddressAuthority::new(vec!["10.64.0.0/12".parse().unwrap()], vec![], vec![]).unwrap();
+    let p =
+        invalid_plan(run(&e, &evil("mode = \"pool\"\nvalue = \"10.88.0.0/16\"", "")).unwrap_err());
+    assert!(p.message.contains("10.64.0.0/12"), "{p}");
+    run(&e, &evil("mode = \"pool\"\nvalue = \"10.64.0.0/16\"", "")).unwrap();
+    // No host-link range: no host link at all, not even rainbond's.
+    let m = Manifest::load(&common::rainbond()).unwrap();
+    let r = request("team-a");
+    let err = Pipeline::load(&m, &e.opts)
+        .unwrap()
+        .run(&r, initial(&r))
+        .unwrap_err();
+    assert_eq!(err.stage, "egress");
+    assert_eq!(err.cni_code(), code::POLICY_INVALID_PLAN);
+}
+
+#[test]
+fn a_host_link_address_is_the_nodes_to_choose() {
+    let e = env();
+    // Any static address: the node's, another pod's, a public one, a
+    // metadata service, one inside the range.
+    for addr in [
+        "169.254.128.1/17",
+        "10.64.1.5/24",
+        "8.8.8.8/32",
+        "169.254.169.254/17",
+        "169.254.128.77/17",
+    ] {
+        let p = invalid_plan(
+            run(
+                &e,
+                &evil(&format!("mode = \"host-link\"\nvalue = \"{addr}\""), ""),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(
+            p.field, "interfaces[1].addresses[0].staticAddress",
+            "{addr}: {p}"
+        );
+        assert!(p.message.contains("cannot choose"), "{p}");
+    }
+    for pool in ["10.96.0.0/12", "169.254.0.0/16", "192.0.2.0/24"] {
+        let p = invalid_plan(
+            run(
+                &e,
+                &evil(
+                    &format!("mode = \"host-link\"\npool = \"{pool}\"\nlen = 24"),
+                    "",
+                ),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(
+            p.field, "interfaces[1].addresses[0].pool.supernet",
+            "{pool}: {p}"
+        );
+        assert!(p.message.contains("169.254.128.0/17"), "{p}");
+    }
+    // A pool inside the range is accepted, and replaced by the node's own
+    // host-link pool, which never hands out the metadata services.
+    let out = run(
+        &e,
+        &evil(
+            "mode = \"host-link\"\npool = \"169.254.200.0/24\"\nlen = 28",
+            "",
+        ),
+    )
+    .unwrap();
+    let eth1 = out.plan.interface("eth1").unwrap();
+    let pool = eth1.addresses[0].pool.as_ref().unwrap();
+    assert_eq!(
+        (pool.name.as_str(), pool.supernet.as_str(), pool.subnet_len),
+        ("host-link-v4", "169.254.128.0/17", 17)
+    );
+    assert_eq!(pool.exclude, ["169.254.169.0/24", "169.254.170.0/24"]);
+    assert_eq!(eth1.addresses[0].static_address, None);
+}
+
+#[test]
+fn a_log_bomb_is_charged_and_stopped_with_its_fuel() {
+    let e = env();
+    // 5000 calls of 8 MiB each: the issue's 9-second ADD.
+    let text = evil(
+        "mode = \"log-bomb\"\nbytes = 8388608\ncalls = 5000",
+        "memory_mib = 32",
+    );
+    let started = std::time::Instant::now();
+    let err = run(&e, &text).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        expect(err, "evil", code::POLICY_BUDGET_EXCEEDED),
+        Failure::BudgetExceeded(Budget::Fuel)
+    );
+    // 1M empty calls: stopped by the per-call charge long before.
+    let err = run(
+        &e,
+        &evil("mode = \"log-bomb\"\nbytes = 0\ncalls = 1000000", ""),
+    )
+    .unwrap_err();
+    assert_eq!(
+        expect(err, "evil", code::POLICY_BUDGET_EXCEEDED),
+        Failure::BudgetExceeded(Budget::Fuel)
+    );
+    eprintln!("log bomb (8 MiB x 5000, both runs of `run`, compile included): {took:?}");
+    // Within budget, lines are kept up to the caps and the stage runs: 64
+    // lines of 1 KiB charge about 64 * (10 000 + 1 024) fuel.
+    let out = run(
+        &e,
+        &evil("mode = \"log-bomb\"\nbytes = 1024\ncalls = 64", ""),
+    )
+    .unwrap();
+    match out.reports[0].run {
+        StageRun::Ran { fuel, .. } => {
+            let floor = 64 * (tenet::policy::log_limits::CALL_FUEL + 1024);
+            assert!(fuel >= floor, "charged {fuel}, at least {floor}");
+        }
+        ref other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_huge_denial_is_clipped_and_escaped() {
+    let e = env();
+    let err = run(
+        &e,
+        &evil(
+            "mode = \"deny\"\nbytes = 50000000",
+            "memory_mib = 128\nfuel = 2000000000\ntimeout_ms = 10000",
+        ),
+    )
+    .unwrap_err();
+    let cni = err.to_cni();
+    match expect(err, "evil", code::POLICY_DENIED) {
+        Failure::Denied(m) => {
+            assert!(
+                m.len() <= tenet::policy::MODULE_TEXT_BYTES + 64,
+                "{} bytes",
+                m.len()
+            );
+            assert!(m.starts_with("forged\\nlog line\\u{1b}[31m"), "{m:.80}");
+            assert!(!m.contains('\n') && !m.contains('\u{1b}'));
+            assert!(m.ends_with("bytes in all)"), "{}", &m[m.len() - 60..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(cni.to_json("1.0.0").len() < 2048);
+}
+
+#[test]
+fn padded_and_oversize_strings_are_refused_without_being_copied() {
+    let e = env();
+    // 64 excludes padded to 1 MiB each (64 MiB in the guest).
+    let p = invalid_plan(
+        run(
+            &e,
+            &evil(
+                "mode = \"pad\"\nbytes = 1048576",
+                "memory_mib = 160\nfuel = 2000000000\ntimeout_ms = 10000",
+            ),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(p.field, "interfaces[0].addresses[0].pool.exclude[0]", "{p}");
+    assert!(p.message.contains("16384 bytes"), "{p}");
+    // Padded a little: read, then refused as stored (not trimmed).
+    let p = invalid_plan(run(&e, &evil("mode = \"pad\"\nbytes = 40", "")).unwrap_err());
+    assert_eq!(p.field, "interfaces[0].addresses[0].pool.exclude[0]", "{p}");
+    let p = invalid_plan(run(&e, &evil("mode = \"pad\"\nbytes = 200", "")).unwrap_err());
+    assert!(p.message.contains("at most 96"), "{p}");
+    // Annotations of 1 MiB: refused at the first, nothing copied.
+    let p = invalid_plan(
+        run(
+            &e,
+            &evil(
+                "mode = \"huge-annotation\"\nbytes = 1048576\nn = 64",
+                "memory_mib = 96\nfuel = 2000000000\ntimeout_ms = 10000",
+            ),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(p.field, "annotations[0]", "{p}");
+    // 64 of 4 KiB: each within its limit, together over the plan's.
+    let p = invalid_plan(
+        run(
+            &e,
+            &evil("mode = \"huge-annotation\"\nbytes = 4096\nn = 64", ""),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(p.field, "plan", "{p}");
+}
+
+#[test]
+fn wall_clock_deadlines_stop_a_stage_and_the_pipeline() {
+    let e = env();
+    // Fuel for seconds; the deadline stops it.
+    let err = run(
+        &e,
+        &format!("{BASE}[[stage]]\nname = \"spin\"\nmodule = \"hostile-loop\"\nfuel = 2000000000\ntimeout_ms = 40\n"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        expect(err, "spin", code::POLICY_BUDGET_EXCEEDED),
+        Failure::BudgetExceeded(Budget::Time(40))
+    );
+    // The pipeline's deadline bounds every stage, whatever its own.
+    let started = std::time::Instant::now();
+    let err = run(
+        &e,
+        &format!("timeout_ms = 60\n{BASE}[[stage]]\nname = \"spin\"\nmodule = \"hostile-loop\"\nfuel = 2000000000\ntimeout_ms = 10000\n"),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        expect(err, "spin", code::POLICY_BUDGET_EXCEEDED),
+        Failure::BudgetExceeded(Budget::Time(ms)) if ms <= 60
+    ));
+    // Two loads and runs of a 60 ms pipeline, far below the stage's 10 s.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn ignore_lets_pod_input_bypass_a_denying_stage_as_documented() {
+    // docs/security.md: `failure = "ignore"` skips a trap; a stage that
+    // denies but can be made to trap by the pod is bypassed.
+    let e = env();
+    let text = format!(
+        "{BASE}[[stage]]\nname = \"gate\"\nmodule = \"hostile-boundary\"\nfailure = \"ignore\"\n[stage.settings]\nmode = \"deny-or-trap\"\n"
+    );
+    let p = load(&e, &text).unwrap();
+    let mut r = request("team-a");
+    assert_eq!(
+        p.run(&r, initial(&r)).unwrap_err().cni_code(),
+        code::POLICY_DENIED
+    );
+    r.labels.push(Kv::new("bypass", "1"));
+    let out = p.run(&r, initial(&r)).unwrap();
+    assert!(
+        matches!(&out.reports[2].run, StageRun::Skipped(e) if e.cni_code() == code::POLICY_TRAP)
+    );
+    // With failure = "fail" (the default), the trap fails the pod.
+    let p = load(&e, &text.replace("failure = \"ignore\"\n", "")).unwrap();
+    assert_eq!(
+        p.run(&r, initial(&r)).unwrap_err().cni_code(),
+        code::POLICY_TRAP
+    );
+}
+
+/// Copies `module` to `dir` and returns its path and digest.
+fn copy_module(dir: &Path, module: &str) -> (std::path::PathBuf, String) {
+    let wasm = dir.join(format!("{module}.wasm"));
+    std::fs::copy(common::modules_dir().join(format!("{module}.wasm")), &wasm).unwrap();
+    let digest = sha256_file(&wasm).unwrap();
+    (wasm, digest)
+}
+
+#[test]
+fn a_swapped_artifact_never_runs_under_a_pin_even_with_ignore() {
+    let e = env();
+    let (tm, tm_digest) = copy_module(&e.dir, "tenant-map");
+    let (_, rd_digest) = copy_module(&e.dir, "route-dns");
+    let pinned = |failure: &str| {
+        format!(
+            "[[stage]]\nname = \"t\"\nmodule = \"{}\"\nsha256 = \"{tm_digest}\"\nfailure = \"{failure}\"\n",
+            tm.display()
+        )
+    };
+    load(&e, &pinned("fail")).unwrap();
+    // Compile route-dns too, then put its artifact under tenant-map's name.
+    load(&e, "[[stage]]\nname = \"r\"\nmodule = \"route-dns\"\n").unwrap();
+    let cache = ArtifactCache::new(&e.opts.cache_dir);
+    std::fs::rename(cache.path_for(&rd_digest), cache.path_for(&tm_digest)).unwrap();
+    for failure in ["fail", "ignore"] {
+        let err = load(&e, &pinned(failure)).err().expect("refused");
+        match expect(err, "t", code::POLICY_MODULE_REFUSED) {
+            Failure::ModuleRefused(m) => {
+                assert!(m.contains(&rd_digest) && m.contains(&tm_digest), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Unpinned, the artifact found for the file's digest is checked too.
+    let unpinned = format!("[[stage]]\nname = \"t\"\nmodule = \"{}\"\n", tm.display());
+    expect(
+        load(&e, &unpinned).err().expect("refused"),
+        "t",
+        code::POLICY_MODULE_REFUSED,
+    );
+    // With no artifact and no module file left, a pin has nothing to run:
+    // refused, not skipped.
+    std::fs::remove_file(cache.path_for(&tm_digest)).unwrap();
+    std::fs::remove_file(&tm).unwrap();
+    for failure in ["fail", "ignore"] {
+        let err = load(&e, &pinned(failure)).err().expect("refused");
+        expect(err, "t", code::POLICY_MODULE_REFUSED);
+    }
+}
+
+#[test]
+fn a_swapped_bundle_is_refused() {
+    let e = env();
+    let first = load(&e, BASE).unwrap();
+    let bundle = first.bundle_artifact().expect("bundle built");
+    drop(first);
+    // Another two-stage pipeline's bundle under this one's name.
+    let other = "[[stage]]\nname = \"t\"\nmodule = \"tenant-map\"\n[[stage]]\nname = \"r\"\nmodule = \"route-dns\"\n";
+    let theirs = load(&e, other).unwrap().bundle_artifact().unwrap();
+    std::fs::rename(&theirs, &bundle).unwrap();
+    let err = load(&e, BASE).err().expect("refused");
+    assert_eq!(err.stage, "bundle");
+    assert_eq!(err.cni_code(), code::POLICY_MODULE_REFUSED);
 }

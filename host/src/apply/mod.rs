@@ -251,6 +251,10 @@ impl<'a> Engine<'a> {
         self.netns
             .check_pod_netns(Path::new(netns))
             .map_err(|e| ApplyError::new(e.cni_code(), "netns", e.to_string()))?;
+        // Nor may the plan hand out the node's own addresses or routed
+        // ranges (read-only: one address and one route dump).
+        crate::plan::node::check(plan, self.netns)
+            .map_err(|e| ApplyError::new(e.cni_code(), "node-check", e.to_string()))?;
         if let Some(old) = self.records.load(key).map_err(rec_err("record"))? {
             match old.phase {
                 Phase::Ready => {

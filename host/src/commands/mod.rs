@@ -86,6 +86,13 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
             "set `pipeline` in /etc/tenet/tenet.toml, TENET_PIPELINE, or the network configuration",
         ));
     };
+    let authority = cfg.addresses.authority().map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid tenet configuration",
+            e.to_string(),
+        )
+    })?;
     let cache = ArtifactCache::new(&cfg.cache_dir);
     let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
         CniError::new(
@@ -100,6 +107,7 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
         builder: Builder::default_for_build(cfg.compiler.as_deref()),
         // One CNI operation per process.
         one_shot: true,
+        authority,
     };
     Pipeline::load_from(&manifest, &opts, cache).map_err(|e| e.to_cni())
 }

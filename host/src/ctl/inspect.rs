@@ -103,15 +103,35 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     }
     let cache = ArtifactCache::new(&opts.cache_dir);
     let cached = cache.path_for(&digest);
-    w(format!(
-        "artifact {} ({})",
-        cached.display(),
-        if cached.exists() {
-            "present"
-        } else {
-            "absent: run tenetctl policy compile"
+    // The artifact runs only if it records this module (cache.rs).
+    let mut mismatch = None;
+    let status = if !cached.exists() {
+        "absent: run tenetctl policy compile".to_string()
+    } else {
+        match cache.recorded(&digest) {
+            Ok(t) if t.check(&digest, &[&digest]).is_ok() => "present, records this module".into(),
+            Ok(t) => {
+                mismatch = Some(t.digests.join(", "));
+                format!("MISMATCH: records sha256 {}", t.digests.join(", "))
+            }
+            Err(m) => format!("unusable, will be rebuilt: {m}"),
         }
-    ))?;
+    };
+    w(format!("artifact {} ({status})", cached.display()))?;
+    if let Some(d) = mismatch {
+        w(format!(
+            "verdict  REFUSED: the cached artifact for this module records sha256 {d}"
+        ))?;
+        return Ok(1);
+    }
+    // Named imports refused are reported below; otherwise the imports must
+    // also type-check against what tenet provides.
+    if refused.is_empty()
+        && let Err(m) = crate::policy::check_module(&eng, &component)
+    {
+        w(format!("verdict  REFUSED: {m}"))?;
+        return Ok(1);
+    }
     if refused.is_empty() {
         w(format!(
             "verdict  acceptable (world tenet:policy/stage@0.1.0, engine profile {})",

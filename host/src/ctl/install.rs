@@ -250,6 +250,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     }
     let compile_args = compile::CompileArgs {
         pipeline: manifest_dest.clone(),
+        pin: false,
         modules: ModuleArgs {
             module_dirs: vec![module_dest.clone()],
             cache_dir: Some(cache_dir.clone()),

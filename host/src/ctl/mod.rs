@@ -57,11 +57,13 @@ impl ModuleArgs {
         let cfg = Config::load(&process_env(), None).map_err(CtlError::msg)?;
         let mut module_dirs = self.module_dirs.clone();
         module_dirs.extend(cfg.module_search_path());
+        let authority = cfg.addresses.authority().map_err(CtlError::msg)?;
         Ok(PipelineOptions {
             module_dirs,
             cache_dir: self.cache_dir.clone().unwrap_or(cfg.cache_dir),
             builder: Builder::InProcess,
             one_shot: false,
+            authority,
         })
     }
 }

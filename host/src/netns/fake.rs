@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use ipnet::IpNet;
 
 use super::{
-    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo,
-    VethSpec, derive_mac,
+    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, NodeEntry, ResolvedRoute,
+    VethInfo, VethSpec, derive_mac, is_tenet_link,
 };
 
 /// One recorded call, with its arguments.
@@ -78,6 +78,8 @@ struct Inner {
     hosts: BTreeMap<String, (PathBuf, String)>,
     /// host_ifname -> its node side, once given one.
     host_sides: BTreeMap<String, HostSideState>,
+    /// The node's own addresses and routes (see `set_node_entries`).
+    node: Vec<NodeEntry>,
 }
 
 /// The recording fake. Cheap to build; share it by reference.
@@ -107,6 +109,12 @@ impl FakeNetns {
     /// The names of the calls so far.
     pub fn call_names(&self) -> Vec<&'static str> {
         self.lock().calls.iter().map(NetnsCall::name).collect()
+    }
+
+    /// Sets the node's own addresses and routes that
+    /// [`Netns::node_overlaps`] reports from.
+    pub fn set_node_entries(&self, entries: Vec<NodeEntry>) {
+        self.lock().node = entries;
     }
 
     /// The modelled pod end, if it exists.
@@ -276,6 +284,24 @@ impl Netns for FakeNetns {
     fn host_link_exists(&self, host_ifname: &str) -> Result<bool, NetnsError> {
         let g = self.record(NetnsCall::HostLinkExists(host_ifname.to_owned()))?;
         Ok(g.hosts.contains_key(host_ifname))
+    }
+
+    /// Not recorded (it changes nothing, and the failure-injection tests
+    /// count the calls that do): what `set_node_entries` gave, filtered as
+    /// the real backend filters.
+    fn node_overlaps(&self, ranges: &[IpNet]) -> Result<Vec<NodeEntry>, NetnsError> {
+        Ok(self
+            .lock()
+            .node
+            .iter()
+            .filter(|e| e.device.as_deref().is_none_or(|d| !is_tenet_link(d)))
+            .filter(|e| {
+                ranges
+                    .iter()
+                    .any(|r| crate::plan::authority::overlaps(*r, e.range()))
+            })
+            .cloned()
+            .collect())
     }
 
     /// Not recorded (it changes nothing): refuses only an empty path.

@@ -67,6 +67,14 @@
 //!
 //! DEL never reports the first two: a missing or foreign netns means there is
 //! nothing left in it to delete.
+//!
+//! **The node's own addressing** ([`Netns::node_overlaps`]): before its first
+//! side effect ADD asks which of the node's addresses and routes overlap the
+//! ranges a plan would hand out (`plan::node`), so that no pod is given the
+//! node's address, its gateway's, or a destination the node routes elsewhere.
+//! It is one address dump and one route dump per family over the node's
+//! existing netlink socket; what sits on tenet's own links
+//! ([`is_tenet_link`]) is left out.
 
 pub mod fake;
 pub mod guard;
@@ -230,6 +238,63 @@ pub struct HostSideState {
     pub addrs: Vec<IpNet>,
     /// Main-table routes through the host end, kernel-made ones excluded.
     pub routes: Vec<ResolvedRoute>,
+}
+
+/// One of the node's own addresses or routes, as [`Netns::node_overlaps`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The address with its prefix (`192.0.2.2/24`), or the route's
+    /// destination.
+    pub net: IpNet,
+    /// An address of the node, or a route.
+    pub kind: NodeEntryKind,
+    /// The interface it is on (the route's output device), when it has one.
+    pub device: Option<String>,
+}
+
+/// What a [`NodeEntry`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEntryKind {
+    /// An address the node holds.
+    Address,
+    /// A route of the node (any table; default routes are not reported).
+    Route,
+}
+
+impl NodeEntry {
+    /// The range it claims: the address's subnet, or the route's
+    /// destination.
+    pub fn range(&self) -> IpNet {
+        self.net.trunc()
+    }
+}
+
+impl fmt::Display for NodeEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            NodeEntryKind::Address => "address",
+            NodeEntryKind::Route => "route",
+        };
+        write!(f, "the node's {what} {}", self.net)?;
+        if let Some(d) = &self.device {
+            write!(f, " on {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is one of tenet's own links in the node namespace: a
+/// tenant bridge (`tb-` + 12 hex digits, `sdn::bridge_name`; 10 on nodes
+/// set up by earlier releases) or a pod's host
+/// end (`tn` + 12 hex digits, [`host_ifname`]). Their addresses and routes
+/// are tenet's (tenant gateways, host-link gateways and host routes), which
+/// the address stores already keep apart.
+pub fn is_tenet_link(name: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name.strip_prefix("tb-")
+        .is_some_and(|h| hex(h, 12) || hex(h, 10))
+        || name.strip_prefix("tn").is_some_and(|h| hex(h, 12))
 }
 
 /// A pod interface as the kernel reports it (for CHECK).
@@ -405,6 +470,12 @@ pub trait Netns {
     /// Checks, changing nothing, that `netns` is a network namespace and not
     /// the node's own: ADD calls it before its first side effect.
     fn check_pod_netns(&self, netns: &Path) -> Result<(), NetnsError>;
+
+    /// The node's own addresses, and its routes other than default routes
+    /// (in any table), that overlap any of `ranges`; those on tenet's own
+    /// links ([`is_tenet_link`]) are left out. Changes nothing: ADD calls it
+    /// before its first side effect (`plan::node`).
+    fn node_overlaps(&self, ranges: &[IpNet]) -> Result<Vec<NodeEntry>, NetnsError>;
 }
 
 fn digest(container_id: &str, ifname: &str) -> [u8; 32] {
@@ -564,6 +635,23 @@ mod tests {
             120
         );
         assert_eq!(NetnsError::Injected("x".into()).cni_code(), 120);
+    }
+
+    #[test]
+    fn tenet_links_are_recognised_by_their_exact_names() {
+        assert!(is_tenet_link(&host_ifname("c1", "eth0")));
+        assert!(is_tenet_link(&crate::sdn::bridge_name("acme")));
+        for other in [
+            "eth0",
+            "tb-",
+            "tb-0123456789a",
+            "tn0123",
+            "tunl0",
+            "tb-zzzzzzzzzz",
+            "docker0",
+        ] {
+            assert!(!is_tenet_link(other), "{other}");
+        }
     }
 
     #[test]

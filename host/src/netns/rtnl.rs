@@ -21,8 +21,8 @@ use tracing::{debug, warn};
 
 use super::guard::{NetnsFile, run_in};
 use super::{
-    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, ResolvedRoute, VethInfo,
-    VethSpec, check_ifname, derive_mac, sysctl,
+    HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, NodeEntry, NodeEntryKind,
+    ResolvedRoute, VethInfo, VethSpec, check_ifname, derive_mac, is_tenet_link, sysctl,
 };
 
 /// The errno of a netlink error, if the kernel sent one.
@@ -383,6 +383,137 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+// ---- the node's own addressing -------------------------------------------
+
+/// [`Netns::node_overlaps`] over the node's socket: one address dump and one
+/// route dump per family the ranges have. Interface names are only looked
+/// up for what overlaps: from the IPv4 addresses' labels (which carry the
+/// device name) when possible, else one link query per interface.
+async fn node_overlaps(h: &Handle, ranges: &[IpNet]) -> Result<Vec<NodeEntry>, rtnetlink::Error> {
+    use rtnetlink::packet_route::AddressFamily;
+    use std::collections::BTreeMap;
+    let hits = |n: IpNet| {
+        ranges
+            .iter()
+            .any(|r| crate::plan::authority::overlaps(*r, n))
+    };
+    let v4 = ranges.iter().any(|r| r.addr().is_ipv4());
+    let v6 = ranges.iter().any(|r| r.addr().is_ipv6());
+    // (entry, ifindex)
+    let mut found: Vec<(NodeEntry, Option<u32>)> = Vec::new();
+    let mut labels: BTreeMap<u32, String> = BTreeMap::new();
+
+    let mut req = h.address().get();
+    req.message_mut().header.family = match (v4, v6) {
+        (true, false) => AddressFamily::Inet,
+        (false, true) => AddressFamily::Inet6,
+        _ => AddressFamily::Unspec,
+    };
+    let addrs: Vec<_> = req.execute().try_collect().await?;
+    for m in &addrs {
+        let index = m.header.index;
+        let mut local = None;
+        let mut addr = None;
+        for a in &m.attributes {
+            match a {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => addr = Some(*ip),
+                // "eth0" or an alias "eth0:1": the device is before the colon.
+                AddressAttribute::Label(l) => {
+                    let dev = l.split(':').next().unwrap_or(l);
+                    labels.entry(index).or_insert_with(|| dev.to_owned());
+                }
+                _ => {}
+            }
+        }
+        let Some(ip) = local.or(addr) else { continue };
+        let Ok(net) = IpNet::new(ip, m.header.prefix_len) else {
+            continue;
+        };
+        if hits(net.trunc()) {
+            found.push((
+                NodeEntry {
+                    net,
+                    kind: NodeEntryKind::Address,
+                    device: None,
+                },
+                Some(index),
+            ));
+        }
+    }
+
+    let mut probes = Vec::new();
+    if v4 {
+        probes.push(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build());
+    }
+    if v6 {
+        probes.push(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build());
+    }
+    for probe in probes {
+        // No table in the request: the dump covers every table.
+        let routes: Vec<RouteMessage> = h.route().get(probe).execute().try_collect().await?;
+        for m in routes {
+            let len = m.header.destination_prefix_length;
+            if len == 0 {
+                continue; // a default route: not a claim on any range
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => dst = route_ip(d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let Some(Ok(net)) = dst.map(|d| IpNet::new(d, len)) else {
+                continue;
+            };
+            if hits(net.trunc()) {
+                found.push((
+                    NodeEntry {
+                        net,
+                        kind: NodeEntryKind::Route,
+                        device: None,
+                    },
+                    oif,
+                ));
+            }
+        }
+    }
+
+    let mut out = Vec::with_capacity(found.len());
+    for (mut entry, index) in found {
+        if let Some(i) = index {
+            let name = match labels.get(&i) {
+                Some(n) => Some(n.clone()),
+                None => {
+                    let mut s = h.link().get().match_index(i).execute();
+                    match s.try_next().await {
+                        Ok(Some(l)) => l.attributes.iter().find_map(|a| match a {
+                            LinkAttribute::IfName(n) => Some(n.clone()),
+                            _ => None,
+                        }),
+                        // Gone since the dump: so is what it carried.
+                        Ok(None) => continue,
+                        Err(e) if errno(&e) == Some(libc::ENODEV) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            if let Some(n) = &name {
+                labels.insert(i, n.clone());
+                if is_tenet_link(n) {
+                    continue;
+                }
+            }
+            entry.device = name;
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
 // ---- RtNetns ------------------------------------------------------------
 
 /// The real [`Netns`]: rtnetlink in the node namespace (the constructing
@@ -741,6 +872,17 @@ impl Netns for RtNetns {
                 .map_err(nl("list host-end routes"))?;
             Ok(Some(HostSideState { addrs, routes }))
         })
+    }
+
+    fn node_overlaps(&self, ranges: &[IpNet]) -> Result<Vec<NodeEntry>, NetnsError> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nl = |op: &'static str| move |e| NetnsError::netlink(op, e);
+        let node = self.rtnl.node();
+        self.rtnl
+            .block_on(node_overlaps(node, ranges))
+            .map_err(nl("read the node's addresses and routes"))
     }
 
     fn host_link_exists(&self, host_ifname: &str) -> Result<bool, NetnsError> {

@@ -3,12 +3,17 @@
 //! backend consumes them directly and `tenetctl plan` prints them as JSON.
 //!
 //! They mirror the `tenet:policy/types` WIT records one to one; the
-//! conversions live in `policy::convert`.
+//! conversions live in `policy::convert`. What a plan may contain is decided
+//! by `validate` (shape and bounds), `authority` (the operator's address
+//! ranges) and `node` (the node's own addresses and routes, at ADD time).
 
+pub mod authority;
+pub mod node;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
+pub use authority::AddressAuthority;
 pub use validate::{PlanError, validate};
 
 /// A key/value pair (labels, annotations, sysctls, CNI_ARGS).

@@ -5,6 +5,14 @@
 //! requires what apply needs (a tenant, the primary interface, addresses).
 //! A module can never get past these: apply only ever sees a plan that
 //! passed both.
+//!
+//! Every check reads the strings exactly as they will be stored and used:
+//! nothing is trimmed or normalised first, so what passed is what the
+//! stores and backends get. Every string has a length limit and the whole
+//! plan a size limit ([`limits`]), so nothing a plan carries can grow a
+//! store beyond a bound. Addresses are checked against the operator's
+//! [`AddressAuthority`]; the node's own addresses and routes are checked at
+//! ADD time ([`super::node`]).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -12,7 +20,8 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use super::{AddressRequest, IpFamily, NextHop, Plan, Pool, Request};
+use super::authority::AddressAuthority;
+use super::{AddressRequest, InterfaceKind, IpFamily, NextHop, Plan, Pool, Request};
 
 /// Size limits that keep a plan (and the work it causes) bounded.
 pub mod limits {
@@ -32,6 +41,13 @@ pub mod limits {
     pub const EXCLUDES: usize = 64;
     /// Length of any free-form string in a plan.
     pub const STRING_BYTES: usize = 4096;
+    /// Length of an address, a CIDR or an `a-b` range as text (the longest
+    /// IPv6 range is 79 bytes).
+    pub const ADDRESS_TEXT_BYTES: usize = 96;
+    /// All the strings of a plan together. A plan at every other limit
+    /// stays well under it; it bounds what one attachment can put in a
+    /// store or record, and what the host reads out of a stage at all.
+    pub const PLAN_BYTES: usize = 64 * 1024;
 }
 
 /// A plan that breaks an invariant; `field` is a path such as `routes[2].dst`.
@@ -52,14 +68,57 @@ fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Pl
 }
 
 /// Both checks: [`structure`], then [`complete`].
-pub fn validate(plan: &Plan, request: &Request) -> Result<(), PlanError> {
-    structure(plan)?;
+pub fn validate(
+    plan: &Plan,
+    request: &Request,
+    authority: &AddressAuthority,
+) -> Result<(), PlanError> {
+    structure(plan, authority)?;
     complete(plan, request)
 }
 
-/// Checks that everything present is well-formed and bounded. An incomplete
-/// plan (no tenant yet, no addresses yet) passes.
-pub fn structure(plan: &Plan) -> Result<(), PlanError> {
+/// The bytes of every string in a plan together (what [`limits::PLAN_BYTES`]
+/// bounds).
+pub fn text_bytes(plan: &Plan) -> usize {
+    let kv = |v: &[super::Kv]| v.iter().map(|k| k.key.len() + k.value.len()).sum::<usize>();
+    let strs = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+    let mut n = plan.tenant.len();
+    for i in &plan.interfaces {
+        n += i.name.len() + i.mac.as_ref().map_or(0, String::len);
+        for a in &i.addresses {
+            n += a.static_address.as_ref().map_or(0, String::len);
+            if let Some(p) = &a.pool {
+                n += p.name.len() + p.supernet.len() + strs(&p.exclude);
+            }
+        }
+    }
+    for r in &plan.routes {
+        n += r.dst.len() + r.interface.len();
+        if let NextHop::Address(a) = &r.via {
+            n += a.len();
+        }
+    }
+    n += strs(&plan.dns.nameservers)
+        + plan.dns.domain.as_ref().map_or(0, String::len)
+        + strs(&plan.dns.search)
+        + strs(&plan.dns.options);
+    n + kv(&plan.sysctls) + kv(&plan.annotations)
+}
+
+/// Checks that everything present is well-formed and bounded, and that every
+/// address lies where the operator allows it. An incomplete plan (no tenant
+/// yet, no addresses yet) passes.
+pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanError> {
+    let bytes = text_bytes(plan);
+    if bytes > limits::PLAN_BYTES {
+        return fail(
+            "plan",
+            format!(
+                "{bytes} bytes of text, at most {} allowed",
+                limits::PLAN_BYTES
+            ),
+        );
+    }
     if !plan.tenant.is_empty() && !valid_tenant(&plan.tenant) {
         return fail(
             "tenant",
@@ -98,7 +157,12 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         }
         check_len(&at("addresses"), ifc.addresses.len(), limits::ADDRESSES)?;
         for (j, a) in ifc.addresses.iter().enumerate() {
-            check_address(&format!("interfaces[{i}].addresses[{j}]"), a)?;
+            check_address(
+                &format!("interfaces[{i}].addresses[{j}]"),
+                ifc.kind,
+                a,
+                authority,
+            )?;
         }
     }
 
@@ -201,11 +265,16 @@ pub fn structure(plan: &Plan) -> Result<(), PlanError> {
         })?;
     }
     for (i, a) in plan.annotations.iter().enumerate() {
-        if a.key.is_empty() || a.key.len() > 253 || a.value.len() > limits::STRING_BYTES {
+        if a.key.is_empty()
+            || a.key.len() > 253
+            || !a.key.bytes().all(|b| b.is_ascii_graphic())
+            || a.value.len() > limits::STRING_BYTES
+            || a.value.chars().any(char::is_control)
+        {
             return fail(
                 format!("annotations[{i}]"),
                 format!(
-                    "key must be 1-253 bytes and value at most {} bytes",
+                    "key must be 1-253 printable ASCII bytes and value at most {} bytes without control characters",
                     limits::STRING_BYTES
                 ),
             );
@@ -249,7 +318,12 @@ pub fn complete(plan: &Plan, request: &Request) -> Result<(), PlanError> {
             );
         }
         for (j, a) in ifc.addresses.iter().enumerate() {
-            if a.pool.is_none() && a.static_address.as_deref().is_none_or(|s| !s.contains('/')) {
+            // A host link's address always comes from the node's host-link
+            // pool (`AddressAuthority::assign_host_links`).
+            if ifc.kind == InterfaceKind::SdnPort
+                && a.pool.is_none()
+                && a.static_address.as_deref().is_none_or(|s| !s.contains('/'))
+            {
                 return fail(
                     format!("interfaces[{i}].addresses[{j}]"),
                     "needs a pool, or a static address with a prefix length",
@@ -323,6 +397,7 @@ fn valid_domain(d: &str) -> bool {
 /// Canonical CIDR: parses, and has no host bits set (the kernel refuses
 /// routes like 10.0.0.1/8).
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    check_address_text(s)?;
     let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not a CIDR", clip(s)))?;
     if n.trunc() != n {
         return Err(format!(
@@ -354,8 +429,23 @@ fn family_name(f: IpFamily) -> &'static str {
     }
 }
 
+/// Addresses, CIDRs and ranges are short; a longer one (padding, say) is
+/// refused before it is parsed.
+fn check_address_text(s: &str) -> Result<(), String> {
+    if s.len() > limits::ADDRESS_TEXT_BYTES {
+        return Err(format!(
+            "{:?} is {} bytes, at most {} for an address",
+            clip(s),
+            s.len(),
+            limits::ADDRESS_TEXT_BYTES
+        ));
+    }
+    Ok(())
+}
+
 /// Parses "10.1.2.3" or "10.1.2.3/24".
 fn parse_static(s: &str) -> Result<(IpAddr, Option<IpNet>), String> {
+    check_address_text(s)?;
     if s.contains('/') {
         let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not an address", clip(s)))?;
         Ok((n.addr(), Some(n.trunc())))
@@ -381,10 +471,42 @@ fn connected_subnets(addrs: &[AddressRequest]) -> Vec<IpNet> {
     out
 }
 
-fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
+fn check_address(
+    at: &str,
+    kind: InterfaceKind,
+    a: &AddressRequest,
+    authority: &AddressAuthority,
+) -> Result<(), PlanError> {
     let mut pool_net = None;
     if let Some(p) = &a.pool {
-        pool_net = Some(check_pool(&format!("{at}.pool"), a.family, p)?);
+        let net = check_pool(&format!("{at}.pool"), a.family, p)?;
+        let allowed = match kind {
+            InterfaceKind::SdnPort => authority.check_tenant_range(net),
+            InterfaceKind::HostLink => authority.check_host_link_range(net),
+        };
+        allowed.map_err(|m| PlanError {
+            field: format!("{at}.pool.supernet"),
+            message: m,
+        })?;
+        pool_net = Some(net);
+    }
+    if kind == InterfaceKind::HostLink {
+        if a.static_address.is_some() {
+            return fail(
+                format!("{at}.staticAddress"),
+                "a host link's address is allocated by the node from its host-link range; a plan cannot choose it",
+            );
+        }
+        if a.pool.is_none() && authority.host_link(a.family).is_none() {
+            return fail(
+                format!("{at}.family"),
+                format!(
+                    "no {} host-link range is configured on this node (tenet.toml [addresses] host_links)",
+                    family_name(a.family)
+                ),
+            );
+        }
+        return Ok(());
     }
     if let Some(s) = &a.static_address {
         let (ip, net) = parse_static(s).map_err(|m| PlanError {
@@ -397,6 +519,12 @@ fn check_address(at: &str, a: &AddressRequest) -> Result<(), PlanError> {
                 format!("{s} is not {}", family_name(a.family)),
             );
         }
+        authority
+            .check_tenant_range(net.unwrap_or(IpNet::from(ip)))
+            .map_err(|m| PlanError {
+                field: format!("{at}.staticAddress"),
+                message: m,
+            })?;
         if let (Some(p), Some(pn)) = (&a.pool, pool_net) {
             if !pn.contains(&ip) {
                 return fail(
@@ -468,6 +596,9 @@ fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> 
     }
     check_len(&format!("{at}.exclude"), p.exclude.len(), limits::EXCLUDES)?;
     for (k, x) in p.exclude.iter().enumerate() {
+        if let Err(m) = check_address_text(x) {
+            return fail(format!("{at}.exclude[{k}]"), m);
+        }
         if parse_range(x)
             .is_none_or(|(lo, hi)| family_of_ip(lo) != family || family_of_ip(hi) != family)
         {
@@ -484,13 +615,11 @@ fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> 
     Ok(net)
 }
 
-/// Parses an exclusion: a CIDR or an inclusive "a-b" range.
-fn parse_range(s: &str) -> Option<(IpAddr, IpAddr)> {
+/// Parses an exclusion: a CIDR or an inclusive "a-b" range, exactly as
+/// written (no spaces: what is stored is what was checked).
+pub(crate) fn parse_range(s: &str) -> Option<(IpAddr, IpAddr)> {
     if let Some((a, b)) = s.split_once('-') {
-        let (a, b) = (
-            IpAddr::from_str(a.trim()).ok()?,
-            IpAddr::from_str(b.trim()).ok()?,
-        );
+        let (a, b) = (IpAddr::from_str(a).ok()?, IpAddr::from_str(b).ok()?);
         return (family_of_ip(a) == family_of_ip(b) && a <= b).then_some((a, b));
     }
     let n = IpNet::from_str(s).ok()?;
@@ -562,7 +691,15 @@ fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Command, Dns, Interface, InterfaceKind, Kv, Route};
+    use crate::plan::{Command, Dns, Interface, Kv, Route};
+
+    fn validate(p: &Plan, r: &Request) -> Result<(), PlanError> {
+        super::validate(p, r, &AddressAuthority::default())
+    }
+
+    fn structure(p: &Plan) -> Result<(), PlanError> {
+        super::structure(p, &AddressAuthority::default())
+    }
 
     fn request() -> Request {
         Request {
@@ -609,8 +746,13 @@ mod tests {
             kind: InterfaceKind::HostLink,
             addresses: vec![AddressRequest {
                 family: IpFamily::Ipv4,
-                pool: None,
-                static_address: Some("169.254.128.2/17".into()),
+                pool: Some(Pool {
+                    name: "host-link-v4".into(),
+                    supernet: "169.254.128.0/17".into(),
+                    subnet_len: 17,
+                    exclude: vec![],
+                }),
+                static_address: None,
             }],
             mac: Some("02:00:00:00:00:01".into()),
             mtu: Some(1450),
@@ -850,12 +992,128 @@ mod tests {
             |p| p.interfaces[0].kind = InterfaceKind::HostLink,
             "interfaces",
         );
+        // A host link needs no pool: the node assigns it.
+        let mut p = good();
+        p.interfaces[1].addresses[0].pool = None;
+        p.routes[1].via = NextHop::OnLink;
+        validate(&p, &request()).unwrap();
         rejects(
             |p| {
-                p.interfaces[1].addresses[0].static_address = Some("169.254.128.2".into());
-                p.routes[1].via = NextHop::OnLink;
+                p.interfaces[0].addresses[0].pool = None;
+                p.interfaces[0].addresses[0].static_address = Some("10.64.1.2".into());
             },
-            "interfaces[1].addresses[0]",
+            "interfaces[0].addresses[0]",
+        );
+    }
+
+    #[test]
+    fn addresses_outside_the_operators_ranges_are_refused() {
+        let sup = |p: &mut Plan, net: &str| {
+            p.interfaces[0].addresses[0].pool.as_mut().unwrap().supernet = net.into();
+            p.interfaces[0].addresses[0]
+                .pool
+                .as_mut()
+                .unwrap()
+                .exclude
+                .clear();
+        };
+        for (net, len) in [
+            ("192.0.2.0/24", 24),
+            ("169.254.169.0/24", 24),
+            ("8.0.0.0/7", 24),
+            ("127.0.0.0/8", 24),
+            ("0.0.0.0/0", 24),
+            ("0.0.0.0/1", 24),
+            ("224.0.0.0/4", 24),
+            ("169.254.128.0/17", 24),
+        ] {
+            let mut p = good();
+            sup(&mut p, net);
+            p.interfaces[0].addresses[0]
+                .pool
+                .as_mut()
+                .unwrap()
+                .subnet_len = len;
+            let e = validate(&p, &request()).unwrap_err();
+            assert_eq!(
+                e.field, "interfaces[0].addresses[0].pool.supernet",
+                "{net}: {e}"
+            );
+        }
+        // Static addresses too, with or without a prefix.
+        for s in ["192.0.2.2", "127.0.0.1", "169.254.169.254", "8.8.8.8/24"] {
+            let mut p = good();
+            p.interfaces[0].addresses[0].pool = None;
+            p.interfaces[0].addresses[0].static_address = Some(s.into());
+            let e = validate(&p, &request()).unwrap_err();
+            assert_eq!(
+                e.field, "interfaces[0].addresses[0].staticAddress",
+                "{s}: {e}"
+            );
+        }
+        // A host link may not pick its address, nor a pool outside the range.
+        for s in ["169.254.128.9/17", "10.64.1.7/24", "169.254.169.254/17"] {
+            rejects(
+                |p| p.interfaces[1].addresses[0].static_address = Some(s.into()),
+                "interfaces[1].addresses[0].staticAddress",
+            );
+        }
+        rejects(
+            |p| {
+                p.interfaces[1].addresses[0].pool.as_mut().unwrap().supernet = "10.96.0.0/12".into()
+            },
+            "interfaces[1].addresses[0].pool.supernet",
+        );
+        rejects(
+            |p| {
+                let a = &mut p.interfaces[1].addresses[0];
+                a.family = IpFamily::Ipv6;
+                a.pool = None;
+                p.routes.truncate(1);
+            },
+            "interfaces[1].addresses[0].family",
+        );
+        // A narrower authority narrows the plans.
+        let narrow =
+            AddressAuthority::new(vec!["10.64.0.0/16".parse().unwrap()], vec![], vec![]).unwrap();
+        let e = super::validate(&good(), &request(), &narrow).unwrap_err();
+        assert_eq!(e.field, "interfaces[0].addresses[0].pool.supernet", "{e}");
+    }
+
+    #[test]
+    fn strings_are_checked_as_stored_and_the_plan_is_bounded() {
+        // Padding is not trimmed away: it is refused.
+        for x in [" 10.64.0.0/24", "10.65.0.10 - 10.65.0.20", "10.64.0.0/24 "] {
+            rejects(
+                |p| p.interfaces[0].addresses[0].pool.as_mut().unwrap().exclude[0] = x.into(),
+                "interfaces[0].addresses[0].pool.exclude[0]",
+            );
+        }
+        let padded = format!("10.64.0.0/24{}", " ".repeat(1 << 20));
+        let mut p = good();
+        p.interfaces[0].addresses[0].pool.as_mut().unwrap().exclude[0] = padded;
+        let e = validate(&p, &request()).unwrap_err();
+        assert_eq!(e.field, "plan", "{e}");
+        let mut p = good();
+        p.interfaces[0].addresses[0].pool.as_mut().unwrap().exclude[0] =
+            format!("10.64.0.0/24{}", " ".repeat(200));
+        let e = validate(&p, &request()).unwrap_err();
+        assert_eq!(e.field, "interfaces[0].addresses[0].pool.exclude[0]", "{e}");
+        assert!(e.message.len() < 200, "{e}");
+        // 64 annotations of 4 KiB are each fine, together too much.
+        let mut p = good();
+        p.annotations = (0..64)
+            .map(|i| Kv::new(format!("k{i}"), "v".repeat(limits::STRING_BYTES)))
+            .collect();
+        assert!(text_bytes(&p) > limits::PLAN_BYTES);
+        assert_eq!(validate(&p, &request()).unwrap_err().field, "plan");
+        rejects(
+            |p| p.annotations.push(Kv::new("k", "line\nforged")),
+            "annotations[0]",
+        );
+        rejects(
+            |p| p.annotations.push(Kv::new("k y", "v")),
+            "annotations[0]",
         );
     }
 }

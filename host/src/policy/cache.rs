@@ -17,9 +17,26 @@
 //! later execs then load. Pod creation pays that once per module and upgrade;
 //! if it fails, the stage fails with "artifact unavailable" (CNI code 11, try
 //! again later) or is skipped when its failure policy is `ignore`.
+//!
+//! **What an artifact was compiled from.** Every artifact ends with a small
+//! trailer that tenet writes after wasmtime's bytes ([`Trailer`]): the key
+//! it is stored under and the sha256 of each module it was compiled from
+//! (one for a stage, every stage's in order for a bundle). The loader opens
+//! the file once (no symlinks), checks its owner and mode on the open file,
+//! reads the trailer with one `pread`, and hands that same open file to
+//! wasmtime (through `/proc/self/fd`, so the mmap path is kept and no other
+//! file can be swapped in between). An artifact whose trailer records other
+//! digests than the ones asked for is refused ([`LoadError::Mismatch`],
+//! code 103): it is a wrong or swapped file, never a miss to paper over. A
+//! file without a readable trailer is a miss (corrupt, truncated, or written
+//! by something else) and is rebuilt. The threat is a wrong file in the
+//! cache (an operator's copy, a stale tool, a bug), not a forger with root:
+//! anyone who can write the cache can also write the trailer, which is why
+//! the cache must stay root-owned and private.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -136,31 +153,185 @@ impl ArtifactCache {
         self.publish_by_file(&file_key(&std::fs::metadata(wasm)?), sha256.as_bytes())
     }
 
-    /// Loads a precompiled component, or says why it cannot (a miss).
-    pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Component, String> {
-        let path = self.path_for(sha256);
+    /// Loads the precompiled component stored under `key`, which must have
+    /// been compiled from modules with exactly these `digests` (one for a
+    /// stage, each stage's in order for a bundle).
+    pub fn load(
+        &self,
+        engine: &Engine,
+        key: &str,
+        digests: &[&str],
+    ) -> Result<Component, LoadError> {
+        let path = self.path_for(key);
         if self.dir_trusted.get().is_none() {
-            check_trusted(&self.dir, true, self.euid)?;
+            check_trusted(&self.dir, true, self.euid).map_err(LoadError::Miss)?;
             let _ = self.dir_trusted.set(());
         }
-        check_trusted(&path, false, self.euid)?;
+        // One open, without following links; every check below is on this
+        // open file, and wasmtime maps this same file.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| LoadError::Miss(format!("{}: {e}", path.display())))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| LoadError::Miss(format!("{}: {e}", path.display())))?;
+        check_trusted_meta(&path, &meta, false, self.euid).map_err(LoadError::Miss)?;
+        let trailer = Trailer::read(&file, meta.len())
+            .map_err(|m| LoadError::Miss(format!("{}: {m}", path.display())))?;
+        trailer.check(key, digests).map_err(|m| {
+            LoadError::Mismatch(format!(
+                "{}: {m}; refusing to run it (remove the file and run `tenetctl policy compile`)",
+                path.display()
+            ))
+        })?;
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         // SAFETY: the file was written by `store` (our profile, our uid, not
         // writable by others, published by rename and never modified in
         // place), which is what `deserialize_file` requires; wasmtime still
         // checks the version, flags and target in the header and refuses a
-        // mismatch, which we treat as a miss.
-        unsafe { Component::deserialize_file(engine, &path) }
-            .map_err(|e| format!("{}: {}", path.display(), e.root_cause()))
+        // mismatch, which we treat as a miss. The trailer after its bytes
+        // is not part of any section wasmtime reads.
+        unsafe { Component::deserialize_file(engine, &fd_path) }
+            .map_err(|e| LoadError::Miss(format!("{}: {}", path.display(), e.root_cause())))
     }
 
-    /// Publishes an artifact atomically: temp file, fsync, rename, fsync dir.
-    pub fn store(&self, sha256: &str, cwasm: &[u8]) -> std::io::Result<PathBuf> {
+    /// What the artifact stored under `key` records, if it has a readable
+    /// trailer (for `tenetctl policy compile` and `inspect`). It is the
+    /// right one when `key` and the digests are what the caller expects.
+    pub fn recorded(&self, key: &str) -> Result<Trailer, String> {
+        let path = self.path_for(key);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        Trailer::read(&file, len).map_err(|m| format!("{}: {m}", path.display()))
+    }
+
+    /// Publishes an artifact atomically (temp file, fsync, rename, fsync
+    /// dir), with the trailer recording `key` and the module `digests` it
+    /// was compiled from.
+    pub fn store(&self, key: &str, cwasm: &[u8], digests: &[&str]) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        let name = format!("{sha256}.cwasm");
-        publish(&self.dir, &name, cwasm)?;
+        let name = format!("{key}.cwasm");
+        let mut bytes = Vec::with_capacity(cwasm.len() + 256);
+        bytes.extend_from_slice(cwasm);
+        Trailer::encode(key, digests, &mut bytes);
+        publish(&self.dir, &name, &bytes)?;
         Ok(self.dir.join(name))
+    }
+}
+
+/// Why an artifact was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// Missing, untrusted, corrupt, without a trailer, or from another
+    /// engine: rebuild it.
+    Miss(String),
+    /// Its trailer records other modules than the ones asked for: a wrong
+    /// or swapped file. Refused, never rebuilt over silently.
+    Mismatch(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Miss(m) | LoadError::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The record tenet appends to every artifact: the key it is stored under
+/// and the sha256 of each module it was compiled from.
+///
+/// Layout, at the very end of the file: the payload (ASCII:
+/// `tenet-artifact-1`, the key, then one digest per line), its length as a
+/// little-endian `u32`, and the 8-byte [`TRAILER_MAGIC`]. It is read with
+/// one `pread` of the file's last bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    /// The cache key (a module digest, or a bundle key).
+    pub key: String,
+    /// The modules' digests, in order.
+    pub digests: Vec<String>,
+}
+
+/// Ends every artifact tenet writes.
+pub const TRAILER_MAGIC: &[u8; 8] = b"TNTDGST1";
+const TRAILER_HEADER: &str = "tenet-artifact-1";
+/// Enough for a bundle of the largest pipeline (32 stages).
+const TRAILER_MAX: usize = 4096;
+
+impl Trailer {
+    fn encode(key: &str, digests: &[&str], out: &mut Vec<u8>) {
+        let mut payload = format!("{TRAILER_HEADER}\n{key}\n");
+        for d in digests {
+            payload.push_str(d);
+            payload.push('\n');
+        }
+        out.extend_from_slice(payload.as_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(TRAILER_MAGIC);
+    }
+
+    /// Reads the trailer of an open artifact of `len` bytes.
+    fn read(file: &std::fs::File, len: u64) -> Result<Trailer, String> {
+        let tail = (TRAILER_MAX as u64 + 12).min(len) as usize;
+        let mut buf = vec![0u8; tail];
+        file.read_exact_at(&mut buf, len - tail as u64)
+            .map_err(|e| format!("reading its trailer: {e}"))?;
+        Self::parse(&buf)
+    }
+
+    /// Parses the trailer at the end of `tail` (the file's last bytes).
+    fn parse(tail: &[u8]) -> Result<Trailer, String> {
+        let none = || "no tenet trailer (not written by this tenet, or truncated)".to_string();
+        let magic_at = tail.len().checked_sub(8).ok_or_else(none)?;
+        if &tail[magic_at..] != TRAILER_MAGIC {
+            return Err(none());
+        }
+        let len_at = magic_at.checked_sub(4).ok_or_else(none)?;
+        let n = u32::from_le_bytes(tail[len_at..magic_at].try_into().expect("4 bytes")) as usize;
+        let start = len_at.checked_sub(n).ok_or_else(none)?;
+        let text = std::str::from_utf8(&tail[start..len_at]).map_err(|_| none())?;
+        let mut lines = text.split_terminator('\n');
+        if lines.next() != Some(TRAILER_HEADER) {
+            return Err(none());
+        }
+        let key = lines.next().ok_or_else(none)?.to_owned();
+        let digests: Vec<String> = lines.map(str::to_owned).collect();
+        if digests.is_empty() {
+            return Err(none());
+        }
+        Ok(Trailer { key, digests })
+    }
+
+    /// Whether this artifact is the one stored under `key` and compiled
+    /// from exactly `digests`.
+    pub fn check(&self, key: &str, digests: &[&str]) -> Result<(), String> {
+        if self.key != key
+            || self
+                .digests
+                .iter()
+                .map(String::as_str)
+                .ne(digests.iter().copied())
+        {
+            return Err(format!(
+                "it records module sha256 {} (key {}), but {} was expected",
+                self.digests.join(", "),
+                self.key,
+                digests.join(", ")
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -323,10 +494,12 @@ impl Builder {
                 let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
                 let cwasm = super::engine::precompile(engine, &bytes)
                     .map_err(|e| format!("compiling {}: {}", wasm.display(), e.root_cause()))?;
-                match cache.store(sha256, &cwasm) {
+                match cache.store(sha256, &cwasm, &[sha256]) {
                     Ok(_) => {
                         let _ = cache.remember_digest(wasm, sha256);
-                        cache.load(engine, sha256)
+                        cache
+                            .load(engine, sha256, &[sha256])
+                            .map_err(|e| e.to_string())
                     }
                     Err(e) => {
                         // A read-only cache (an unprivileged `tenetctl plan`)
@@ -341,7 +514,9 @@ impl Builder {
             Builder::External(program) => {
                 run_compiler(program, cache, wasm, sha256)?;
                 let _ = cache.remember_digest(wasm, sha256);
-                cache.load(engine, sha256)
+                cache
+                    .load(engine, sha256, &[sha256])
+                    .map_err(|e| e.to_string())
             }
             Builder::Never => Err("no compiler available to rebuild it".into()),
         }
@@ -436,8 +611,14 @@ mod tests {
     fn store_publishes_atomically_and_untrusted_files_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = ArtifactCache::new(&tmp.path().join("c"));
-        let p = cache.store("ab", b"not really native code").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"not really native code");
+        let p = cache
+            .store("ab", b"not really native code", &["ab"])
+            .unwrap();
+        assert!(
+            std::fs::read(&p)
+                .unwrap()
+                .starts_with(b"not really native code")
+        );
         // No temp files left behind.
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
             .unwrap()
@@ -453,6 +634,11 @@ mod tests {
                 .unwrap_err()
                 .contains("writable by group or others")
         );
+        let engine = super::super::engine::new_engine().unwrap();
+        assert!(matches!(
+            cache.load(&engine, "ab", &["ab"]),
+            Err(LoadError::Miss(m)) if m.contains("writable by group or others")
+        ));
         let link = p.with_extension("link");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(
@@ -462,8 +648,72 @@ mod tests {
         );
         // A corrupt artifact is a miss with a reason, not a crash.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            cache.load(&engine, "ab", &["ab"]),
+            Err(LoadError::Miss(_))
+        ));
+        assert!(
+            cache
+                .load(&engine, "cd", &["cd"])
+                .unwrap_err()
+                .to_string()
+                .contains("cd.cwasm")
+        );
+    }
+
+    /// The smallest component there is: `(component)`.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    #[test]
+    fn artifacts_record_their_modules_and_a_swapped_one_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(&tmp.path().join("c"));
         let engine = super::super::engine::new_engine().unwrap();
-        assert!(cache.load(&engine, "ab").is_err());
-        assert!(cache.load(&engine, "cd").unwrap_err().contains("cd.cwasm"));
+        let cwasm = super::super::engine::precompile(&engine, EMPTY_COMPONENT).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        // wasmtime maps the file with the trailer after its bytes.
+        cache.store(&a, &cwasm, &[&a]).unwrap();
+        cache
+            .load(&engine, &a, &[&a])
+            .expect("loads with its trailer");
+        let t = cache.recorded(&a).unwrap();
+        assert_eq!((t.key, t.digests), (a.clone(), vec![a.clone()]));
+        // Another module's artifact copied under a's name is refused.
+        cache.store(&b, &cwasm, &[&b]).unwrap();
+        std::fs::rename(cache.path_for(&b), cache.path_for(&a)).unwrap();
+        match cache.load(&engine, &a, &[&a]) {
+            Err(LoadError::Mismatch(m)) => assert!(m.contains(&b) && m.contains(&a), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A bundle records every stage, in order.
+        cache.store("k", &cwasm, &[&a, &b]).unwrap();
+        cache.load(&engine, "k", &[&a, &b]).unwrap();
+        assert!(matches!(
+            cache.load(&engine, "k", &[&b, &a]),
+            Err(LoadError::Mismatch(_))
+        ));
+        // Without a trailer (wasmtime's bytes alone) it is a miss: rebuilt.
+        publish(&cache.dir, &format!("{a}.cwasm"), &cwasm).unwrap();
+        assert!(matches!(
+            cache.load(&engine, &a, &[&a]),
+            Err(LoadError::Miss(m)) if m.contains("no tenet trailer")
+        ));
+    }
+
+    #[test]
+    fn trailers_parse_only_when_whole() {
+        let mut v = b"elf bytes".to_vec();
+        Trailer::encode("k", &["d1", "d2"], &mut v);
+        let t = Trailer::parse(&v).unwrap();
+        assert_eq!((t.key.as_str(), t.digests.len()), ("k", 2));
+        for cut in 1..v.len() - 9 {
+            assert!(Trailer::parse(&v[..v.len() - cut]).is_err(), "cut {cut}");
+        }
+        assert!(Trailer::parse(b"").is_err());
+        assert!(Trailer::parse(TRAILER_MAGIC).is_err());
+        let mut lying = b"x".to_vec();
+        lying.extend_from_slice(&u32::MAX.to_le_bytes());
+        lying.extend_from_slice(TRAILER_MAGIC);
+        assert!(Trailer::parse(&lying).is_err());
     }
 }

@@ -6,11 +6,16 @@
 //! built runtime-only (no Cranelift) and cannot compute
 //! `precompile_compatibility_hash`, so the profile id is a build-time constant
 //! that names all three; bump [`PROFILE_REV`] whenever [`config`] changes.
+//!
+//! Rev 3 adds epoch interruption (the wall-clock deadline per stage and per
+//! pipeline) and the artifact trailer that records the module digests an
+//! artifact was compiled from (`cache.rs`): artifacts of rev 2 are neither,
+//! so they live in another directory and are never looked at.
 
 use wasmtime::{Config, Engine};
 
 /// Revision of [`config`]; part of the cache directory name.
-pub const PROFILE_REV: u32 = 2;
+pub const PROFILE_REV: u32 = 3;
 
 /// The wasmtime release tenet is built against (pinned in Cargo.toml).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -19,7 +24,7 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// so an upgrade of tenet never loads stale artifacts: it misses instead.
 pub fn profile_id() -> String {
     format!(
-        "wasmtime-{WASMTIME_VERSION}-fuel-{}-r{PROFILE_REV}",
+        "wasmtime-{WASMTIME_VERSION}-fuel-epoch-{}-r{PROFILE_REV}",
         std::env::consts::ARCH
     )
 }
@@ -30,6 +35,11 @@ pub fn config() -> Config {
     // Deterministic CPU budget per stage; no watchdog thread needed, and the
     // same input always burns the same fuel, so `policy test` can report it.
     c.consume_fuel(true);
+    // A wall-clock backstop on top of fuel (rev 3): host calls and lifting
+    // are charged in fuel, but a deadline per stage and per pipeline is what
+    // an operator can reason about. One ticker thread per exec increments
+    // the epoch (`pipeline.rs`); each call sets its deadline in ticks.
+    c.epoch_interruption(true);
     c.wasm_component_model(true);
     // Keep guests free of proposals we do not audit (threads are not even
     // compiled into this wasmtime build).

@@ -9,6 +9,7 @@
 //! failure = "fail"           # or "ignore": skip this stage when it fails
 //! fuel = 10_000_000          # CPU budget (wasm instructions, roughly)
 //! memory_mib = 16            # linear memory cap
+//! timeout_ms = 100           # wall-clock deadline of one call
 //! [stage.settings]           # the module's own settings, handed over as JSON
 //! fromNamespace = true
 //! ```
@@ -32,6 +33,15 @@ pub const MAX_MEMORY_MIB: u32 = 256;
 pub const MAX_STAGES: usize = 32;
 /// Upper bound on a stage's settings, as JSON.
 pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+/// Default wall-clock deadline of one stage call. A real stage answers in
+/// tens of microseconds; this only bounds what fuel does not measure.
+pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 100;
+/// Default wall-clock deadline of the whole pipeline (top-level
+/// `timeout_ms`): no stage runs past it, whatever its own deadline.
+pub const DEFAULT_PIPELINE_TIMEOUT_MS: u64 = 1000;
+/// Upper bound for either deadline (a CNI runtime gives up on a plugin
+/// long before).
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// What to do when a stage fails (trap, budget, missing artifact, invalid
 /// plan). A `denied` verdict is a decision, not a failure: it is never ignored.
@@ -60,6 +70,8 @@ struct RawStage {
     #[serde(default)]
     memory_mib: Option<u32>,
     #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
     settings: Option<toml::Table>,
 }
 
@@ -68,6 +80,8 @@ struct RawStage {
 struct RawManifest {
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
     #[serde(default)]
     stage: Vec<RawStage>,
 }
@@ -105,6 +119,8 @@ pub struct StageSpec {
     pub fuel: u64,
     /// Linear memory cap in bytes.
     pub memory_bytes: usize,
+    /// Wall-clock deadline of one call, in milliseconds.
+    pub timeout_ms: u64,
     /// Settings as a JSON document ("" when none).
     pub settings: String,
 }
@@ -116,6 +132,8 @@ pub struct Manifest {
     pub path: PathBuf,
     /// Free-form description.
     pub description: Option<String>,
+    /// Wall-clock deadline of a whole run, in milliseconds.
+    pub timeout_ms: u64,
     /// Stages in order.
     pub stages: Vec<StageSpec>,
 }
@@ -231,6 +249,14 @@ impl Manifest {
                     s.name
                 )));
             }
+            let timeout_ms = s.timeout_ms.unwrap_or(DEFAULT_STAGE_TIMEOUT_MS);
+            if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+                return Err(err(format!(
+                    "{} ({}): {timeout_ms} is outside 1..={MAX_TIMEOUT_MS}",
+                    at("timeout_ms"),
+                    s.name
+                )));
+            }
             let settings = match s.settings {
                 Some(t) => serde_json::to_string(&t)
                     .map_err(|e| err(format!("{} ({}): {e}", at("settings"), s.name)))?,
@@ -251,12 +277,20 @@ impl Manifest {
                 failure: s.failure,
                 fuel,
                 memory_bytes: memory_mib as usize * 1024 * 1024,
+                timeout_ms,
                 settings,
             });
+        }
+        let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_PIPELINE_TIMEOUT_MS);
+        if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+            return Err(err(format!(
+                "timeout_ms: {timeout_ms} is outside 1..={MAX_TIMEOUT_MS}"
+            )));
         }
         Ok(Manifest {
             path: path.to_owned(),
             description: raw.description,
+            timeout_ms,
             stages,
         })
     }
@@ -379,6 +413,7 @@ mod tests {
             failure = "ignore"
             fuel = 5000
             memory_mib = 8
+            timeout_ms = 20
             [stage.settings]
             denyUnknown = true
             map = { "team-a" = "acme" }
@@ -393,7 +428,8 @@ mod tests {
         assert_eq!(t.module, ModuleRef::Named("tenant-map".into()));
         assert_eq!(t.sha256.as_deref().unwrap()[..4], *"ab00");
         assert_eq!(t.failure, FailurePolicy::Ignore);
-        assert_eq!((t.fuel, t.memory_bytes), (5000, 8 << 20));
+        assert_eq!((t.fuel, t.memory_bytes, t.timeout_ms), (5000, 8 << 20, 20));
+        assert_eq!(m.timeout_ms, DEFAULT_PIPELINE_TIMEOUT_MS);
         let v: serde_json::Value = serde_json::from_str(&t.settings).unwrap();
         assert_eq!(v["map"]["team-a"], "acme");
         assert_eq!(v["denyUnknown"], true);
@@ -403,8 +439,13 @@ mod tests {
             ModuleRef::Path(PathBuf::from("/etc/tenet/../modules/ipam.wasm"))
         );
         assert_eq!(
-            (i.fuel, i.failure, i.settings.as_str()),
-            (DEFAULT_FUEL, FailurePolicy::Fail, "")
+            (i.fuel, i.failure, i.settings.as_str(), i.timeout_ms),
+            (
+                DEFAULT_FUEL,
+                FailurePolicy::Fail,
+                "",
+                DEFAULT_STAGE_TIMEOUT_MS
+            )
         );
     }
 
@@ -443,6 +484,11 @@ mod tests {
                 "[[stage]]\nname = \"a\"\nmodule = \"m\"\nfailure = \"maybe\"\n",
                 "maybe",
             ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"m\"\ntimeout_ms = 0\n",
+                "stage[0].timeout_ms",
+            ),
+            ("timeout_ms = 600000\n", "timeout_ms"),
         ];
         for (text, field) in cases {
             let e = parse(text).unwrap_err().to_string();

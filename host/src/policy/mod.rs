@@ -8,18 +8,29 @@
 //! bundle when there is one (`bundle`: one artifact and one store per exec,
 //! the limits still set per stage), else stage by stage, each in its own
 //! `Store`. The plan is checked by `plan::validate` after every stage.
+//!
+//! The host boundary (docs/security.md): what a stage returns is read
+//! lazily from its memory and bounded before it is copied (`convert`); every
+//! string a module wrote is clipped before it reaches stdout, logs or
+//! records ([`clip_module_text`]); `host.log` is charged in fuel per call and
+//! per byte and capped per call and per stage; every stage and the whole
+//! pipeline have a wall-clock deadline (epoch interruption); and a module
+//! that is refused (imports, digest, artifact) is never skipped, whatever
+//! its failure policy.
 
 mod bindings;
 pub mod bundle;
 pub mod cache;
 mod convert;
 pub mod engine;
+mod host;
 pub mod manifest;
 mod pipeline;
 
+pub use host::log_limits;
 pub use manifest::{FailurePolicy, Manifest, ManifestError, ModuleRef, StageSpec};
 pub use pipeline::{
-    Outcome, Pipeline, PipelineOptions, StageReport, StageRun, input_limits,
+    Outcome, Pipeline, PipelineOptions, StageReport, StageRun, check_module, input_limits,
     resolve_module as resolve_module_path,
 };
 
@@ -33,10 +44,47 @@ pub const ALLOWED_IMPORTS: &[&str] = &["tenet:policy/host@0.1.0", "tenet:policy/
 /// Which budget a stage exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
-    /// The fuel (CPU) budget.
+    /// The fuel (CPU) budget; `host.log` is charged in it too.
     Fuel,
     /// The linear memory cap.
     Memory,
+    /// The wall-clock deadline of the stage, or what was left of the
+    /// pipeline's (milliseconds).
+    Time(u64),
+    /// More data than the host copies out of a stage in one call (its
+    /// answer, or a log line beyond the stage's memory).
+    Output,
+}
+
+/// Bytes kept of any text a module wrote (denial and error messages, log
+/// lines, settings errors) before it reaches stdout, logs or records.
+pub const MODULE_TEXT_BYTES: usize = 1024;
+
+/// Module text made safe to print: at most [`MODULE_TEXT_BYTES`] bytes
+/// (cut at a character boundary, with a marker saying how long it was), and
+/// control characters escaped so a message cannot forge log lines. Costs
+/// O(kept bytes), not O(input).
+pub fn clip_module_text(s: &str) -> String {
+    clip_text(s, MODULE_TEXT_BYTES)
+}
+
+/// [`clip_module_text`] with an explicit limit.
+pub fn clip_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 40);
+    for c in s.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push_str(&format!("… (clipped: {} bytes in all)", s.len()));
+            return out;
+        }
+    }
+    out
 }
 
 /// What went wrong in a stage.
@@ -100,10 +148,29 @@ impl Failure {
             | Failure::Trap(m)
             | Failure::ArtifactUnavailable(m)
             | Failure::ModuleRefused(m) => m.clone(),
-            Failure::BudgetExceeded(Budget::Fuel) => "fuel exhausted (CPU budget)".into(),
+            Failure::BudgetExceeded(Budget::Fuel) => {
+                "fuel exhausted (CPU budget, host.log included)".into()
+            }
             Failure::BudgetExceeded(Budget::Memory) => "memory cap reached".into(),
+            Failure::BudgetExceeded(Budget::Time(ms)) => {
+                format!("wall-clock deadline of {ms} ms exceeded")
+            }
+            Failure::BudgetExceeded(Budget::Output) => {
+                "the stage handed the host more data than it copies in one call".into()
+            }
             Failure::InvalidPlan(e) => e.to_string(),
         }
+    }
+}
+
+impl Failure {
+    /// Whether `failure = "ignore"` may skip it. A denial is a decision and
+    /// a refusal (forbidden imports, a digest or artifact that does not
+    /// match the pin) is the operator's integrity check: neither is ever
+    /// skipped. Everything else (traps, budgets, an unavailable artifact,
+    /// an invalid plan, the module's own errors) may be.
+    pub fn is_ignorable(&self) -> bool {
+        !matches!(self, Failure::Denied(_) | Failure::ModuleRefused(_))
     }
 }
 

@@ -1,19 +1,34 @@
 //! Loading a manifest into runnable stages, and running them in order.
+//!
+//! Loading refuses what must never run (code 103, whatever the stage's
+//! failure policy): a module whose file differs from its pin, an artifact
+//! that records other modules than the one asked for (`cache.rs`), imports
+//! beyond the allowlist, and imports the host's linker does not satisfy
+//! exactly (an extra function under `tenet:policy/host`, `log` with another
+//! signature), checked once with `instantiate_pre`.
+//!
+//! Running sets each stage's budgets on its store before the call: fuel,
+//! memory cap, the hostcall fuel that bounds what the host lifts out of it,
+//! and an epoch deadline (the stage's `timeout_ms`, or what is left of the
+//! pipeline's, whichever is sooner). The answer is read out of the guest's
+//! memory under the plan limits (`convert.rs`) and validated.
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Func, HasSelf, Instance, Linker};
-use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime::component::{Component, Func, Instance, InstancePre, Linker, WasmStr};
+use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{self, Level, Stage};
+use super::bindings;
 #[cfg(feature = "compiler")]
 use super::cache::sha256_hex;
-use super::cache::{ArtifactCache, Builder, sha256_file};
+use super::cache::{ArtifactCache, Builder, LoadError, sha256_file};
+use super::convert::{self, RawAnswer, StageError};
+use super::host::{self, HostState, Ticker};
 use super::manifest::{FailurePolicy, Manifest, ModuleRef, StageSpec};
-use super::{ALLOWED_IMPORTS, Budget, Failure, PolicyError, bundle, convert, engine};
-use crate::plan::{self, Command, Plan, Request};
+use super::{ALLOWED_IMPORTS, Budget, Failure, PolicyError, bundle, clip_module_text, engine};
+use crate::plan::{self, AddressAuthority, Command, Plan, Request};
 
 /// Caps on what the host lowers into a guest, checked before any stage runs.
 pub mod input_limits {
@@ -26,11 +41,6 @@ pub mod input_limits {
     /// Everything in the request together.
     pub const TOTAL_BYTES: usize = 512 * 1024;
 }
-
-/// Log lines one stage may write per call; more are dropped.
-const MAX_LOG_LINES: u32 = 64;
-/// Bytes kept of one log line.
-const MAX_LOG_BYTES: usize = 1024;
 
 /// Where modules and artifacts are found.
 #[derive(Debug, Clone)]
@@ -46,6 +56,8 @@ pub struct PipelineOptions {
     /// exit instead of being unmapped and unregistered one by one, which
     /// only delays the answer to the runtime.
     pub one_shot: bool,
+    /// The ranges plans may use (tenet.toml `[addresses]`).
+    pub authority: AddressAuthority,
 }
 
 /// A stage ready to run, or the reason it cannot (only kept for `ignore`).
@@ -53,9 +65,10 @@ struct LoadedStage {
     spec: StageSpec,
     /// How the module was identified (`None` when it could not be).
     resolved: Option<Resolved>,
-    /// The stage's own component: loaded at once without a bundle; with
-    /// one, only if the bundle cannot serve this stage (see `run`).
-    component: OnceCell<Result<Component, PolicyError>>,
+    /// The stage's own component, its imports resolved: loaded at once
+    /// without a bundle; with one, only if the bundle cannot serve this
+    /// stage (see `run`).
+    component: OnceCell<Result<InstancePre<HostState>, PolicyError>>,
 }
 
 /// A loaded pipeline.
@@ -64,9 +77,13 @@ pub struct Pipeline {
     linker: Linker<HostState>,
     stages: Vec<LoadedStage>,
     /// Every stage in one component (`bundle.rs`), when the cache has it.
-    bundle: Option<Component>,
+    bundle: Option<InstancePre<HostState>>,
     cache: ArtifactCache,
     opts: PipelineOptions,
+    /// The whole run's deadline (the manifest's `timeout_ms`).
+    timeout: Duration,
+    /// Advances the epoch while the pipeline lives (started on first use).
+    ticker: OnceCell<Result<Ticker, String>>,
 }
 
 /// How one stage went.
@@ -110,11 +127,16 @@ struct BundleRun {
     instance: Instance,
 }
 
+/// What a stage call gave back: the plan, the fuel used, the wall time.
+type StageOk = (Plan, u64, Duration);
+
 impl Pipeline {
     /// Loads every stage: resolves the module, finds (or rebuilds) its
-    /// precompiled artifact, and refuses modules that differ from their pin or
-    /// import anything but `tenet:policy/host`. A stage whose failure policy
-    /// is `ignore` does not stop the load; it is skipped when run.
+    /// precompiled artifact, and refuses modules that differ from their pin,
+    /// artifacts that record another module, and modules whose imports are
+    /// not exactly what the host provides. A stage whose failure policy is
+    /// `ignore` does not stop the load when its artifact is unavailable (it
+    /// is skipped when run); a refusal always does.
     ///
     /// When the cache holds the pipeline's bundle (`bundle.rs`), that one
     /// artifact replaces the stages' own; with a compiler at hand (tenetctl)
@@ -131,16 +153,15 @@ impl Pipeline {
         opts: &PipelineOptions,
         cache: ArtifactCache,
     ) -> Result<Self, PolicyError> {
-        let engine = engine::new_engine()
-            .map_err(|e| PolicyError::new("engine", Failure::Internal(e.to_string())))?;
-        let mut linker = Linker::new(&engine);
-        Stage::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PolicyError::new("engine", Failure::Internal(e.to_string())))?;
+        let internal =
+            |e: wasmtime::Error| PolicyError::new("engine", Failure::Internal(e.to_string()));
+        let engine = engine::new_engine().map_err(internal)?;
+        let linker = host::linker(&engine).map_err(internal)?;
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
             let resolved = resolve_stage(&cache, opts, spec);
             if let Err(e) = &resolved
-                && spec.failure == FailurePolicy::Fail
+                && (spec.failure == FailurePolicy::Fail || !e.failure.is_ignorable())
             {
                 return Err(e.clone());
             }
@@ -165,12 +186,19 @@ impl Pipeline {
             bundle: None,
             cache,
             opts: opts.clone(),
+            timeout: Duration::from_millis(manifest.timeout_ms),
+            ticker: OnceCell::new(),
         };
-        pipeline.bundle = pipeline.load_bundle();
+        if !pipeline.stages.is_empty() {
+            // Started now, its thread comes up while the artifacts load (an
+            // error is reported by the first run).
+            let _ = pipeline.ticker();
+        }
+        pipeline.bundle = pipeline.load_bundle()?;
         if pipeline.bundle.is_none() {
             for stage in &pipeline.stages {
                 if let Err(e) = pipeline.component(stage)
-                    && stage.spec.failure == FailurePolicy::Fail
+                    && (stage.spec.failure == FailurePolicy::Fail || !e.failure.is_ignorable())
                 {
                     return Err(e.clone());
                 }
@@ -181,9 +209,33 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The ticker thread, started once.
+    fn ticker(&self) -> Result<(), PolicyError> {
+        match self
+            .ticker
+            .get_or_init(|| Ticker::start(&self.engine).map_err(|e| e.to_string()))
+        {
+            Ok(_) => Ok(()),
+            // Without it no deadline holds: fail closed.
+            Err(e) => Err(PolicyError::new(
+                "engine",
+                Failure::Internal(format!("cannot start the deadline ticker: {e}")),
+            )),
+        }
+    }
+
     /// Whether the stages run from one bundle artifact.
     pub fn is_bundled(&self) -> bool {
         self.bundle.is_some()
+    }
+
+    /// The module digests of every stage, in order, when all were
+    /// identified.
+    fn stage_digests(&self) -> Option<Vec<&str>> {
+        self.stages
+            .iter()
+            .map(|s| s.resolved.as_ref().map(|r| r.digest.as_str()))
+            .collect()
     }
 
     /// The bundle key of this pipeline, when every stage's module was
@@ -192,29 +244,36 @@ impl Pipeline {
         if self.stages.len() < 2 {
             return None;
         }
-        let digests: Option<Vec<&str>> = self
-            .stages
-            .iter()
-            .map(|s| s.resolved.as_ref().map(|r| r.digest.as_str()))
-            .collect();
-        Some(bundle::key(digests?))
+        Some(bundle::key(self.stage_digests()?))
     }
 
-    fn load_bundle(&self) -> Option<Component> {
-        let key = self.bundle_key()?;
+    /// The bundle, if the cache has one for exactly these stages. A bundle
+    /// recording other modules is refused (103); any other problem only
+    /// means loading stage by stage.
+    fn load_bundle(&self) -> Result<Option<InstancePre<HostState>>, PolicyError> {
+        let Some(key) = self.bundle_key() else {
+            return Ok(None);
+        };
+        let digests = self.stage_digests().unwrap_or_default();
         let started = Instant::now();
-        let loaded = self.cache.load(&self.engine, &key).and_then(|c| {
-            check_bundle(&self.engine, &c, self.stages.len())?;
-            Ok(c)
-        });
+        let loaded = match self.cache.load(&self.engine, &key, &digests) {
+            Ok(c) => check_bundle(&self.engine, &self.linker, &c, self.stages.len()),
+            Err(LoadError::Mismatch(m)) => {
+                return Err(PolicyError::new(
+                    "bundle",
+                    Failure::ModuleRefused(format!("the pipeline bundle {m}")),
+                ));
+            }
+            Err(LoadError::Miss(m)) => Err(m),
+        };
         match loaded {
-            Ok(c) => {
+            Ok(pre) => {
                 tracing::debug!(bundle = %key, load_us = started.elapsed().as_micros() as u64, "pipeline bundle loaded");
-                Some(c)
+                Ok(Some(pre))
             }
             Err(reason) => {
                 tracing::debug!(bundle = %key, %reason, "no pipeline bundle; loading stage by stage");
-                None
+                Ok(None)
             }
         }
     }
@@ -235,15 +294,14 @@ impl Pipeline {
         {
             return;
         }
+        let digests = self.stage_digests().unwrap_or_default();
         let result = (|| {
             let mut wasm = Vec::with_capacity(self.stages.len());
-            for s in &self.stages {
+            for (s, digest) in self.stages.iter().zip(&digests) {
                 let (path, _) = resolve_module_meta(&s.spec.module, &self.opts.module_dirs)?;
                 let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 // The file may have changed since it was identified.
-                if let Some(r) = &s.resolved
-                    && sha256_hex(&bytes) != r.digest
-                {
+                if sha256_hex(&bytes) != *digest {
                     return Err(format!("{} changed while loading", path.display()));
                 }
                 wasm.push(bytes);
@@ -254,11 +312,11 @@ impl Pipeline {
             // SAFETY: bytes were just produced by this engine.
             let c = unsafe { Component::deserialize(&self.engine, &cwasm) }
                 .map_err(|e| e.root_cause().to_string())?;
-            check_bundle(&self.engine, &c, self.stages.len())?;
+            check_bundle(&self.engine, &self.linker, &c, self.stages.len())?;
             Ok(cwasm)
         })();
         match result {
-            Ok(cwasm) => match self.cache.store(&key, &cwasm) {
+            Ok(cwasm) => match self.cache.store(&key, &cwasm, &digests) {
                 Ok(path) => tracing::debug!(bundle = %path.display(), "pipeline bundle built"),
                 // A read-only cache (an unprivileged `tenetctl plan`).
                 Err(e) => {
@@ -278,11 +336,21 @@ impl Pipeline {
     }
 
     /// The stage's own component, loading it on first use.
-    fn component<'a>(&self, stage: &'a LoadedStage) -> &'a Result<Component, PolicyError> {
+    fn component<'a>(
+        &self,
+        stage: &'a LoadedStage,
+    ) -> &'a Result<InstancePre<HostState>, PolicyError> {
         stage.component.get_or_init(|| {
             let started = Instant::now();
             let r = match &stage.resolved {
-                Some(r) => load_stage(&self.engine, &self.cache, &self.opts, &stage.spec, r),
+                Some(r) => load_stage(
+                    &self.engine,
+                    &self.linker,
+                    &self.cache,
+                    &self.opts,
+                    &stage.spec,
+                    r,
+                ),
                 None => unreachable!("an unresolved stage has its error set"),
             };
             tracing::debug!(stage = %stage.spec.name, load_us = started.elapsed().as_micros() as u64, "stage loaded");
@@ -299,22 +367,28 @@ impl Pipeline {
     }
 
     /// Runs every stage on `request`, starting from `initial`. The plan is
-    /// checked after each stage, and for ADD checked complete at the end.
+    /// checked after each stage, and for ADD checked complete at the end,
+    /// its host links then given the node's host-link pool.
     pub fn run(&self, request: &Request, initial: Plan) -> Result<Outcome, PolicyError> {
+        let end = Instant::now() + self.timeout;
+        let authority = &self.opts.authority;
         check_input(request)?;
-        plan::validate::structure(&initial)
+        plan::validate::structure(&initial, authority)
             .map_err(|e| PolicyError::new("input", Failure::InvalidPlan(e)))?;
+        if !self.stages.is_empty() {
+            self.ticker()?;
+        }
         let wit_request = convert::request_to_wit(request);
-        let mut bundled = self.instantiate_bundle();
+        let mut bundled = self.instantiate_bundle(end);
         let mut plan = initial;
         let mut reports = Vec::with_capacity(self.stages.len());
         for (index, stage) in self.stages.iter().enumerate() {
             let result = match bundled.as_mut() {
-                Some(b) => self.run_bundled(b, index, &stage.spec, &wit_request, &plan),
+                Some(b) => self.run_bundled(b, index, &stage.spec, &wit_request, &plan, end),
                 None => self
                     .component(stage)
                     .clone()
-                    .and_then(|c| self.run_stage(&stage.spec, &c, &wit_request, &plan)),
+                    .and_then(|c| self.run_stage(&stage.spec, &c, &wit_request, &plan, end)),
             };
             if result.is_err()
                 && let Some(b) = bundled.take()
@@ -329,10 +403,10 @@ impl Pipeline {
                     plan = next;
                     StageRun::Ran { fuel, elapsed }
                 }
-                // A denial is a decision, never skipped.
+                // A denial is a decision and a refusal an integrity check:
+                // neither is ever skipped.
                 Err(e)
-                    if stage.spec.failure == FailurePolicy::Ignore
-                        && !matches!(e.failure, Failure::Denied(_)) =>
+                    if stage.spec.failure == FailurePolicy::Ignore && e.failure.is_ignorable() =>
                 {
                     tracing::warn!(stage = %stage.spec.name, error = %e, "stage failed; skipped (failure = \"ignore\")");
                     StageRun::Skipped(e)
@@ -352,23 +426,62 @@ impl Pipeline {
         if request.command == Command::Add {
             plan::validate::complete(&plan, request)
                 .map_err(|e| PolicyError::new("final", Failure::InvalidPlan(e)))?;
+            authority.assign_host_links(&mut plan);
         }
         Ok(Outcome { plan, reports })
+    }
+
+    /// The deadline of a call of `spec` in a run ending at `end`: its own
+    /// `timeout_ms`, or what is left of the run, whichever is sooner.
+    fn deadline_ms(&self, spec: &StageSpec, end: Instant) -> Result<u64, PolicyError> {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(PolicyError::new(
+                &spec.name,
+                Failure::BudgetExceeded(Budget::Time(self.timeout.as_millis() as u64)),
+            ));
+        }
+        Ok(spec.timeout_ms.min(left.as_millis().max(1) as u64))
+    }
+
+    /// Sets the budgets of a call of `spec` on `store`: its fuel, memory
+    /// cap and log allowance, the hostcall fuel bounding what the host
+    /// lifts during the call (a string the stage hands over cannot exceed
+    /// its memory; longer lists are refused), and its epoch deadline.
+    fn arm(
+        &self,
+        store: &mut Store<HostState>,
+        spec: &StageSpec,
+        end: Instant,
+    ) -> Result<(), PolicyError> {
+        let ms = self.deadline_ms(spec, end)?;
+        store.data_mut().enter(&spec.name, spec.memory_bytes, ms);
+        // Fuel is always enabled by the engine profile, so this cannot fail.
+        let _ = store.set_fuel(spec.fuel);
+        store.set_hostcall_fuel(spec.memory_bytes.max(convert::ELEMENT_BYTES));
+        store.set_epoch_deadline(host::ticks(ms));
+        Ok(())
     }
 
     /// Instantiates the bundle for one run. Any failure (a stage whose
     /// initial memory exceeds the smallest cap, say) falls back to stage by
     /// stage, where the failure is attributed to its stage.
-    fn instantiate_bundle(&self) -> Option<BundleRun> {
+    fn instantiate_bundle(&self, end: Instant) -> Option<BundleRun> {
         let bundle = self.bundle.as_ref()?;
         let started = Instant::now();
         let specs = || self.stages.iter().map(|s| &s.spec);
         // Instantiation runs no stage's code of its own; the smallest budget
         // of any stage bounds whatever it does run.
-        let fuel = specs().map(|s| s.fuel).min().unwrap_or(0);
-        let cap = specs().map(|s| s.memory_bytes).min().unwrap_or(0);
-        let mut store = self.new_store("pipeline bundle", fuel, cap, self.stages.len());
-        match self.linker.instantiate(&mut store, bundle) {
+        let tightest = StageSpec {
+            name: "pipeline bundle".into(),
+            fuel: specs().map(|s| s.fuel).min().unwrap_or(0),
+            memory_bytes: specs().map(|s| s.memory_bytes).min().unwrap_or(0),
+            timeout_ms: specs().map(|s| s.timeout_ms).min().unwrap_or(1),
+            ..self.stages.first()?.spec.clone()
+        };
+        let mut store = self.new_store(self.stages.len());
+        self.arm(&mut store, &tightest, end).ok()?;
+        match bundle.instantiate(&mut store) {
             Ok(instance) => {
                 tracing::debug!(
                     instantiate_us = started.elapsed().as_micros() as u64,
@@ -383,80 +496,83 @@ impl Pipeline {
         }
     }
 
-    /// Calls the stage's `validate-settings` only (used by `tenetctl policy
+    /// Calls the stages' `validate-settings` only (used by `tenetctl policy
     /// compile` to check a pipeline's settings once at install).
     pub fn validate_settings(&self) -> Result<(), PolicyError> {
+        let end = Instant::now() + self.timeout;
+        if !self.stages.is_empty() {
+            self.ticker()?;
+        }
         for stage in &self.stages {
-            let Ok(component) = self.component(stage) else {
+            let Ok(pre) = self.component(stage) else {
                 continue;
             };
             let spec = &stage.spec;
-            let mut store = self.new_store(&spec.name, spec.fuel, spec.memory_bytes, 1);
-            let name = &spec.name;
-            let inst = Stage::instantiate(&mut store, component, &self.linker)
+            let name = spec.name.as_str();
+            let mut store = self.new_store(1);
+            self.arm(&mut store, spec, end)?;
+            let inst = pre
+                .instantiate(&mut store)
                 .map_err(|e| classify(name, &store, e))?;
-            inst.call_validate_settings(&mut store, &spec.settings)
+            let func = inst
+                .get_func(&mut store, "validate-settings")
+                .ok_or_else(|| {
+                    PolicyError::new(name, Failure::Internal("no validate-settings".into()))
+                })?;
+            let out = func
+                .typed::<(&str,), (Result<(), WasmStr>,)>(&store)
+                .and_then(|f| f.call(&mut store, (spec.settings.as_str(),)))
                 .map_err(|e| classify(name, &store, e))?
-                .map_err(|m| PolicyError::new(name, Failure::InvalidSettings(m)))?;
+                .0;
+            if let Err(m) = out {
+                return Err(PolicyError::new(
+                    name,
+                    Failure::InvalidSettings(convert::read_message(&store, &m)),
+                ));
+            }
         }
         Ok(())
     }
 
-    /// A store for `stages` stages' instances, limited as `stage` (the
-    /// limits move to each stage as it is called, see `run_bundled`).
-    fn new_store(
-        &self,
-        stage: &str,
-        fuel: u64,
-        memory_cap: usize,
-        stages: usize,
-    ) -> Store<HostState> {
-        let mut store = Store::new(
-            &self.engine,
-            HostState {
-                stage: stage.to_owned(),
-                memory_cap,
-                memory_exceeded: false,
-                log_lines: 0,
-                stages,
-            },
-        );
+    /// A store for `stages` stages' instances; [`Self::arm`] sets the
+    /// limits of each call.
+    fn new_store(&self, stages: usize) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, HostState::new("", 0, stages));
         store.limiter(|s| s);
-        // Fuel is always enabled by the engine profile, so this cannot fail.
-        let _ = store.set_fuel(fuel);
         store
     }
 
     fn run_stage(
         &self,
         spec: &StageSpec,
-        component: &Component,
+        pre: &InstancePre<HostState>,
         request: &bindings::types::Request,
         plan: &Plan,
-    ) -> Result<(Plan, u64, Duration), PolicyError> {
+        end: Instant,
+    ) -> Result<StageOk, PolicyError> {
         let start = Instant::now();
         let name = spec.name.as_str();
-        let mut store = self.new_store(name, spec.fuel, spec.memory_bytes, 1);
-        let inst = Stage::instantiate(&mut store, component, &self.linker)
+        let mut store = self.new_store(1);
+        self.arm(&mut store, spec, end)?;
+        let inst = pre
+            .instantiate(&mut store)
             .map_err(|e| classify(name, &store, e))?;
         // Fuel is reported for the call alone, as from a bundle (whose
         // instantiation serves every stage); instantiation still draws on
         // the stage's budget here.
         let before = store.get_fuel().unwrap_or(0);
+        let func = inst.get_func(&mut store, "evaluate").ok_or_else(|| {
+            PolicyError::new(name, Failure::Internal("no evaluate export".into()))
+        })?;
         // No validate-settings call here: `evaluate` must refuse bad settings
         // itself (the SDK does), and `tenetctl policy compile` validates them
         // once at install. That keeps a guest call off every exec.
-        let out = inst
-            .call_evaluate(
-                &mut store,
-                request,
-                &spec.settings,
-                &convert::plan_to_wit(plan),
-            )
+        let out = call_evaluate(&mut store, func, request, &spec.settings, plan)
             .map_err(|e| classify(name, &store, e))?;
         let fuel = before - store.get_fuel().unwrap_or(0);
+        let next = self.stage_answer(name, &mut store, out);
         self.dispose(store);
-        Ok((stage_result(name, out)?, fuel, start.elapsed()))
+        Ok((next?, fuel, start.elapsed()))
     }
 
     /// Drops a store, or in a one-shot process leaves it to the exit.
@@ -467,9 +583,9 @@ impl Pipeline {
     }
 
     /// [`Self::run_stage`] for the stage at `index` of an instantiated
-    /// bundle: the stage's fuel, memory cap and log allowance are set on the
-    /// shared store before its call. Its memory can only grow during its own
-    /// call (stages share no memory), so the cap applies to it alone.
+    /// bundle: the stage's budgets are set on the shared store before its
+    /// call. Its memory can only grow during its own call (stages share no
+    /// memory), so the cap applies to it alone.
     fn run_bundled(
         &self,
         b: &mut BundleRun,
@@ -477,29 +593,49 @@ impl Pipeline {
         spec: &StageSpec,
         request: &bindings::types::Request,
         plan: &Plan,
-    ) -> Result<(Plan, u64, Duration), PolicyError> {
+        end: Instant,
+    ) -> Result<StageOk, PolicyError> {
         let start = Instant::now();
         let name = spec.name.as_str();
-        let state = b.store.data_mut();
-        state.stage.clone_from(&spec.name);
-        state.memory_cap = spec.memory_bytes;
-        state.memory_exceeded = false;
-        state.log_lines = 0;
-        let _ = b.store.set_fuel(spec.fuel);
+        self.arm(&mut b.store, spec, end)?;
         let export = bundle::export_name(index, "evaluate");
         let func = b.instance.get_func(&mut b.store, &export).ok_or_else(|| {
             PolicyError::new(name, Failure::Internal(format!("bundle has no {export:?}")))
         })?;
-        let out = call_evaluate(
-            &mut b.store,
-            func,
-            request,
-            &spec.settings,
-            &convert::plan_to_wit(plan),
-        )
-        .map_err(|e| classify(name, &b.store, e))?;
+        let out = call_evaluate(&mut b.store, func, request, &spec.settings, plan)
+            .map_err(|e| classify(name, &b.store, e))?;
         let fuel = spec.fuel - b.store.get_fuel().unwrap_or(0);
-        Ok((stage_result(name, out)?, fuel, start.elapsed()))
+        Ok((
+            self.stage_answer(name, &mut b.store, out)?,
+            fuel,
+            start.elapsed(),
+        ))
+    }
+
+    /// A stage's answer, read out of its memory under the plan limits, as
+    /// the next plan (checked), or its error with the message clipped.
+    fn stage_answer(
+        &self,
+        name: &str,
+        store: &mut Store<HostState>,
+        out: RawAnswer,
+    ) -> Result<Plan, PolicyError> {
+        let next = match out {
+            Ok(raw) => convert::read_plan(store, &raw)
+                .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?,
+            Err(e) => {
+                let f = match convert::read_error(store, &e) {
+                    StageError::Denied(m) => Failure::Denied(m),
+                    StageError::InvalidSettings(m) => Failure::InvalidSettings(m),
+                    StageError::InvalidInput(m) => Failure::InvalidInput(m),
+                    StageError::Internal(m) => Failure::Internal(m),
+                };
+                return Err(PolicyError::new(name, f));
+            }
+        };
+        plan::validate::structure(&next, &self.opts.authority)
+            .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?;
+        Ok(next)
     }
 }
 
@@ -508,9 +644,11 @@ impl Drop for Pipeline {
         if self.opts.one_shot {
             // The engine, the linker and every component: their teardown
             // (unmapping artifacts, unregistering code and types) is work
-            // the exit does anyway, all at once.
+            // the exit does anyway, all at once. The ticker thread goes
+            // with the process.
             std::mem::forget(std::mem::take(&mut self.stages));
             std::mem::forget(self.bundle.take());
+            std::mem::forget(self.ticker.take());
             let engine = self.engine.clone();
             std::mem::forget(engine);
         }
@@ -519,54 +657,39 @@ impl Drop for Pipeline {
 
 /// Maps a wasmtime error to the failure taxonomy.
 fn classify(stage: &str, store: &Store<HostState>, e: wasmtime::Error) -> PolicyError {
-    let failure = if store.data().memory_exceeded {
+    let st = store.data();
+    let failure = if st.memory_exceeded {
         Failure::BudgetExceeded(Budget::Memory)
-    } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
-        Failure::BudgetExceeded(Budget::Fuel)
     } else {
-        Failure::Trap(format!("{:#}", e.root_cause()))
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Failure::BudgetExceeded(Budget::Fuel),
+            Some(Trap::Interrupt) => Failure::BudgetExceeded(Budget::Time(st.deadline_ms)),
+            _ if format!("{e:#}").contains("too much data is being copied") => {
+                Failure::BudgetExceeded(Budget::Output)
+            }
+            _ => Failure::Trap(clip_module_text(&format!("{:#}", e.root_cause()))),
+        }
     };
     PolicyError::new(stage, failure)
 }
 
-/// Calls a bundle's `stage<i>-evaluate` (type-checked against the WIT
-/// world's `evaluate`).
+/// Calls an `evaluate` export (type-checked against the WIT world's, its
+/// answer left in the guest's memory).
 fn call_evaluate(
     store: &mut Store<HostState>,
     func: Func,
     request: &bindings::types::Request,
     settings: &str,
-    plan: &bindings::types::Plan,
-) -> wasmtime::Result<Result<bindings::types::Plan, bindings::types::PolicyError>> {
-    let f = func.typed::<
-        (&bindings::types::Request, &str, &bindings::types::Plan),
-        (Result<bindings::types::Plan, bindings::types::PolicyError>,),
-    >(&*store)?;
-    let (out,) = f.call(&mut *store, (request, settings, plan))?;
+    plan: &Plan,
+) -> wasmtime::Result<RawAnswer> {
+    let f = func.typed::<(&bindings::types::Request, &str, &bindings::types::Plan), (RawAnswer,)>(
+        &*store,
+    )?;
+    let (out,) = f.call(
+        &mut *store,
+        (request, settings, &convert::plan_to_wit(plan)),
+    )?;
     Ok(out)
-}
-
-/// A stage's answer as the next plan, checked.
-fn stage_result(
-    name: &str,
-    out: Result<bindings::types::Plan, bindings::types::PolicyError>,
-) -> Result<Plan, PolicyError> {
-    let next = match out {
-        Ok(p) => convert::plan_from_wit(p),
-        Err(e) => {
-            use bindings::types::PolicyError as W;
-            let f = match e {
-                W::Denied(m) => Failure::Denied(m),
-                W::InvalidSettings(m) => Failure::InvalidSettings(m),
-                W::InvalidInput(m) => Failure::InvalidInput(m),
-                W::Internal(m) => Failure::Internal(m),
-            };
-            return Err(PolicyError::new(name, f));
-        }
-    };
-    plan::validate::structure(&next)
-        .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?;
-    Ok(next)
 }
 
 /// How a stage's module was identified.
@@ -633,15 +756,18 @@ fn resolve_file(
     })
 }
 
-/// Loads a resolved stage's artifact, rebuilding it when it is missing.
+/// Loads a resolved stage's artifact, rebuilding it when it is missing, and
+/// resolves its imports against the host's linker.
 fn load_stage(
     engine: &Engine,
+    linker: &Linker<HostState>,
     cache: &ArtifactCache,
     opts: &PipelineOptions,
     spec: &StageSpec,
     resolved: &Resolved,
-) -> Result<Component, PolicyError> {
-    let component = match cache.load(engine, &resolved.digest) {
+) -> Result<InstancePre<HostState>, PolicyError> {
+    let refused = |m: String| PolicyError::new(&spec.name, Failure::ModuleRefused(m));
+    let component = match cache.load(engine, &resolved.digest, &[&resolved.digest]) {
         Ok(c) => {
             if resolved.hashed
                 && let Some(wasm) = &resolved.wasm
@@ -653,12 +779,21 @@ fn load_stage(
             }
             c
         }
-        Err(miss) => {
+        // Another module's artifact under this one's name.
+        Err(LoadError::Mismatch(m)) => return Err(refused(m)),
+        Err(LoadError::Miss(miss)) => {
             tracing::debug!(stage = %spec.name, reason = %miss, "artifact miss");
             // A pinned stage's file is only looked at now, and must match.
             let file = match &resolved.wasm {
                 Some(_) => resolved.clone(),
-                None => resolve_file(cache, opts, spec)?,
+                None => resolve_file(cache, opts, spec).map_err(|e| match e.failure {
+                    // Nothing the pin vouches for is left to run.
+                    Failure::ArtifactUnavailable(m) => refused(format!(
+                        "no artifact matches its pin {} ({miss}) and no module file to rebuild it from: {m}",
+                        resolved.digest
+                    )),
+                    _ => e,
+                })?,
             };
             let wasm = file.wasm.as_deref().unwrap_or(Path::new(""));
             opts.builder
@@ -674,9 +809,7 @@ fn load_stage(
                 })?
         }
     };
-    check_component(engine, &component)
-        .map_err(|m| PolicyError::new(&spec.name, Failure::ModuleRefused(m)))?;
-    Ok(component)
+    check_component(engine, linker, &component).map_err(refused)
 }
 
 /// Finds a module's `.wasm` file.
@@ -712,8 +845,13 @@ fn resolve_module_meta(
     }
 }
 
-/// The imports and exports a loaded component must have.
-fn check_component(engine: &Engine, component: &Component) -> Result<(), String> {
+/// The imports and exports a loaded component must have, its imports
+/// resolved against the host's linker.
+fn check_component(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> Result<InstancePre<HostState>, String> {
     check_imports(engine, component)?;
     for export in STAGE_EXPORTS {
         if component.get_export_index(None, export).is_none() {
@@ -722,12 +860,25 @@ fn check_component(engine: &Engine, component: &Component) -> Result<(), String>
             ));
         }
     }
-    Ok(())
+    pre_instantiate(linker, component)
+}
+
+/// Whether tenet would accept this component as a stage: the checks of
+/// every load (imports allowlist, exports, imports resolved against the
+/// host's linker). For `tenetctl policy inspect`.
+pub fn check_module(engine: &Engine, component: &Component) -> Result<(), String> {
+    let linker = host::linker(engine).map_err(|e| e.to_string())?;
+    check_component(engine, &linker, component).map(drop)
 }
 
 /// [`check_component`] for a pipeline bundle of `stages` stages: the same
-/// import allowlist, and both functions of every stage.
-fn check_bundle(engine: &Engine, component: &Component, stages: usize) -> Result<(), String> {
+/// import checks, and both functions of every stage.
+fn check_bundle(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    component: &Component,
+    stages: usize,
+) -> Result<InstancePre<HostState>, String> {
     check_imports(engine, component)?;
     for i in 0..stages {
         for func in STAGE_EXPORTS {
@@ -737,7 +888,23 @@ fn check_bundle(engine: &Engine, component: &Component, stages: usize) -> Result
             }
         }
     }
-    Ok(())
+    pre_instantiate(linker, component)
+}
+
+/// Resolves a component's imports against the host's linker: an import
+/// under an allowed name whose type differs from what the host provides
+/// (an extra function, another signature, a resource) fails here, at load,
+/// not as a trap at run time.
+fn pre_instantiate(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> Result<InstancePre<HostState>, String> {
+    linker.instantiate_pre(component).map_err(|e| {
+        format!(
+            "its imports do not match what tenet provides (tenet:policy/host@0.1.0 with exactly `log: func(level: level, message: string)`, and the type-only tenet:policy/types@0.1.0): {}",
+            clip_module_text(&format!("{e:#}"))
+        )
+    })
 }
 
 /// The functions of the `stage` world.
@@ -749,7 +916,7 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<(), String> {
         .imports(engine)
         .map(|(name, _)| name)
         .filter(|n| !ALLOWED_IMPORTS.contains(n))
-        .map(str::to_owned)
+        .map(clip_module_text)
         .collect();
     if !bad.is_empty() {
         return Err(format!(
@@ -806,88 +973,4 @@ fn check_input(r: &Request) -> Result<(), PolicyError> {
         return fail(format!("request is {total} bytes, at most {TOTAL_BYTES}"));
     }
     Ok(())
-}
-
-/// Per-store host state: limits and log accounting for one stage call.
-struct HostState {
-    /// The stage being called (its name is in log lines and errors).
-    stage: String,
-    memory_cap: usize,
-    memory_exceeded: bool,
-    log_lines: u32,
-    /// Stages whose instances live in this store (a bundle holds them all):
-    /// the per-store counts below are per stage.
-    stages: usize,
-}
-
-impl ResourceLimiter for HostState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
-            // Trap rather than fail the grow: a guest allocator that ignores
-            // failure must not keep running in an undefined state.
-            self.memory_exceeded = true;
-            wasmtime::bail!(
-                "stage {} exceeded its memory cap of {} bytes",
-                self.stage,
-                self.memory_cap
-            );
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 10_000)
-    }
-
-    fn instances(&self) -> usize {
-        16 * self.stages
-    }
-
-    fn tables(&self) -> usize {
-        16 * self.stages
-    }
-
-    fn memories(&self) -> usize {
-        4 * self.stages
-    }
-}
-
-impl bindings::types::Host for HostState {}
-
-impl bindings::tenet::policy::host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            if self.log_lines == MAX_LOG_LINES + 1 {
-                tracing::warn!(stage = %self.stage, "stage log limit reached; further lines dropped");
-            }
-            return;
-        }
-        let mut msg = message;
-        if msg.len() > MAX_LOG_BYTES {
-            let mut end = MAX_LOG_BYTES;
-            while !msg.is_char_boundary(end) {
-                end -= 1;
-            }
-            msg.truncate(end);
-        }
-        let stage = self.stage.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "tenet::guest", stage, "{msg}"),
-            Level::Debug => tracing::debug!(target: "tenet::guest", stage, "{msg}"),
-            Level::Info => tracing::info!(target: "tenet::guest", stage, "{msg}"),
-            Level::Warn => tracing::warn!(target: "tenet::guest", stage, "{msg}"),
-            Level::Error => tracing::error!(target: "tenet::guest", stage, "{msg}"),
-        }
-    }
 }

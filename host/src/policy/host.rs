@@ -1,0 +1,236 @@
+//! What a stage reaches of the host, and what it is charged for it: the
+//! `tenet:policy/host.log` import (defined here by hand, not by the
+//! bindings, so the message is measured where it lies before anything is
+//! copied), the per-store state that meters a stage call, its memory cap,
+//! and the ticker behind the wall-clock deadlines.
+//!
+//! `host.log` costs the calling stage [`log_limits::CALL_FUEL`] plus
+//! [`log_limits::BYTE_FUEL`] per byte of the message, taken from the same
+//! fuel as its instructions, so the host work a stage can cause through it
+//! is bounded by its fuel budget; running out is "budget exceeded" (102).
+//! Of each call at most [`log_limits::LINE_BYTES`] are copied, and of a
+//! whole stage call at most [`log_limits::LINES`] lines and
+//! [`log_limits::STAGE_BYTES`]; the rest is charged and dropped.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use wasmtime::component::{Linker, WasmStr};
+use wasmtime::{Engine, ResourceLimiter, StoreContextMut, Trap};
+
+use super::bindings::Level;
+
+/// Limits of `host.log`.
+pub mod log_limits {
+    /// Lines kept per stage call; later lines are charged and dropped.
+    pub const LINES: u32 = 64;
+    /// Bytes kept of one line.
+    pub const LINE_BYTES: usize = 1024;
+    /// Bytes kept of all the lines of one stage call.
+    pub const STAGE_BYTES: usize = 16 * 1024;
+    /// Fuel one call costs whatever its length: crossing into the host,
+    /// checking and logging costs the host far more than one instruction
+    /// (a loop of empty calls stops after `fuel / CALL_FUEL` of them).
+    pub const CALL_FUEL: u64 = 10_000;
+    /// Fuel per byte of the message: the host validates the whole message
+    /// where it lies (UTF-8), the part it drops included.
+    pub const BYTE_FUEL: u64 = 1;
+}
+
+/// The wall-clock tick: deadlines are kept to within one tick.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Epoch ticks for a deadline of `ms` milliseconds: at least `ms` (the
+/// current tick may be almost over, hence the extra one), at most one tick
+/// more.
+pub fn ticks(ms: u64) -> u64 {
+    ms.div_ceil(TICK.as_millis() as u64) + 1
+}
+
+/// Per-store host state: limits and accounting for the stage being called.
+pub(crate) struct HostState {
+    /// The stage being called (its name is in log lines and errors).
+    pub stage: String,
+    pub memory_cap: usize,
+    pub memory_exceeded: bool,
+    pub log_lines: u32,
+    pub log_bytes: usize,
+    /// The limit was reached (said once per call).
+    pub log_dropped: bool,
+    /// The deadline of the current call, in milliseconds (for the error).
+    pub deadline_ms: u64,
+    /// Stages whose instances live in this store (a bundle holds them all):
+    /// the per-store counts below are per stage.
+    pub stages: usize,
+}
+
+impl HostState {
+    pub(crate) fn new(stage: &str, memory_cap: usize, stages: usize) -> Self {
+        HostState {
+            stage: stage.to_owned(),
+            memory_cap,
+            memory_exceeded: false,
+            log_lines: 0,
+            log_bytes: 0,
+            log_dropped: false,
+            deadline_ms: 0,
+            stages,
+        }
+    }
+
+    /// Resets the accounting for a call of `stage`.
+    pub(crate) fn enter(&mut self, stage: &str, memory_cap: usize, deadline_ms: u64) {
+        self.stage.clear();
+        self.stage.push_str(stage);
+        self.memory_cap = memory_cap;
+        self.memory_exceeded = false;
+        self.log_lines = 0;
+        self.log_bytes = 0;
+        self.log_dropped = false;
+        self.deadline_ms = deadline_ms;
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            // Trap rather than fail the grow: a guest allocator that ignores
+            // failure must not keep running in an undefined state.
+            self.memory_exceeded = true;
+            wasmtime::bail!(
+                "stage {} exceeded its memory cap of {} bytes",
+                self.stage,
+                self.memory_cap
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000)
+    }
+
+    fn instances(&self) -> usize {
+        16 * self.stages
+    }
+
+    fn tables(&self) -> usize {
+        16 * self.stages
+    }
+
+    fn memories(&self) -> usize {
+        4 * self.stages
+    }
+}
+
+/// The linker every stage is instantiated with: `tenet:policy/types`
+/// (type definitions only, so an instance with nothing in it) and
+/// `tenet:policy/host` with exactly `log`. A component whose imports need
+/// anything else (another function under `host`, `log` with another
+/// signature, a resource) does not type-check against it and is refused
+/// when it is loaded.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    linker.instance("tenet:policy/types@0.1.0")?;
+    linker
+        .instance("tenet:policy/host@0.1.0")?
+        .func_wrap("log", log)?;
+    Ok(linker)
+}
+
+/// Takes `cost` fuel from the calling stage, or ends it out of fuel.
+fn charge(cx: &mut StoreContextMut<'_, HostState>, cost: u64) -> wasmtime::Result<()> {
+    let left = cx.get_fuel()?;
+    if left < cost {
+        cx.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    cx.set_fuel(left - cost)
+}
+
+/// `host.log(level, message)`.
+fn log(
+    mut cx: StoreContextMut<'_, HostState>,
+    (level, message): (Level, WasmStr),
+) -> wasmtime::Result<()> {
+    // Validated where it lies (a borrow of the guest's memory, no copy);
+    // only what is kept is copied, clipped and escaped.
+    let (len, kept) = {
+        let text = message.to_str(&cx)?;
+        let st = cx.data();
+        let room = log_limits::STAGE_BYTES.saturating_sub(st.log_bytes);
+        let kept = (st.log_lines < log_limits::LINES && room > 0)
+            .then(|| super::clip_text(&text, log_limits::LINE_BYTES.min(room)));
+        (text.len() as u64, kept)
+    };
+    charge(
+        &mut cx,
+        log_limits::CALL_FUEL.saturating_add(len.saturating_mul(log_limits::BYTE_FUEL)),
+    )?;
+    let st = cx.data_mut();
+    st.log_lines = st.log_lines.saturating_add(1);
+    let Some(msg) = kept else {
+        if !st.log_dropped {
+            st.log_dropped = true;
+            tracing::warn!(stage = %st.stage, "stage log limit reached; further lines dropped");
+        }
+        return Ok(());
+    };
+    st.log_bytes += msg.len();
+    let stage = st.stage.as_str();
+    match level {
+        Level::Trace => tracing::trace!(target: "tenet::guest", stage, "{msg}"),
+        Level::Debug => tracing::debug!(target: "tenet::guest", stage, "{msg}"),
+        Level::Info => tracing::info!(target: "tenet::guest", stage, "{msg}"),
+        Level::Warn => tracing::warn!(target: "tenet::guest", stage, "{msg}"),
+        Level::Error => tracing::error!(target: "tenet::guest", stage, "{msg}"),
+    }
+    Ok(())
+}
+
+/// The ticker of one pipeline: a thread that advances the engine's epoch
+/// every [`TICK`] while the pipeline lives (one per exec). Dropping it ends
+/// the thread; a one-shot process leaves it to the exit.
+pub(crate) struct Ticker {
+    _stop: mpsc::Sender<()>,
+}
+
+impl Ticker {
+    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
+        let (stop, rx) = mpsc::channel::<()>();
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("tenet-epoch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                // Ends when the sender is dropped (disconnected).
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TICK) {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Ticker { _stop: stop })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks_plus_one() {
+        assert_eq!(ticks(1), 2);
+        assert_eq!(ticks(5), 2);
+        assert_eq!(ticks(6), 3);
+        assert_eq!(ticks(100), 21);
+    }
+}
