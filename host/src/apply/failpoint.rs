@@ -5,8 +5,7 @@
 //! (ADD then rolls back), `kill` sends SIGKILL to the process (nothing runs
 //! after it: the crash tests then check that DEL or GC cleans up). Step names
 //! are those of [`super::Step`] (`record`, `reserve`, `ensure-tenant`,
-//! `veth:eth0`, `attach:eth0`, `host-side:eth1`, `configure:eth0`, `confirm`,
-//! `ready`).
+//! `veth:eth0`, `attach:eth0`, `host-side:eth1`, `configure:eth0`, `ready`).
 //!
 //! Compiled in only with the `failpoints` feature, which the release `tenet`
 //! binary is built without (`--no-default-features`): production never
@@ -15,7 +14,7 @@
 /// Every step ADD takes, in order, for a pod with an SDN port `eth0` and a
 /// host link `eth1` (the rainbond pipeline's pods): what the rollback and
 /// crash tests walk, in the unit tests and through the binary.
-pub const STEPS_WITH_HOST_LINK: [&str; 11] = [
+pub const STEPS_WITH_HOST_LINK: [&str; 10] = [
     "record",
     "reserve",
     "ensure-tenant",
@@ -25,7 +24,6 @@ pub const STEPS_WITH_HOST_LINK: [&str; 11] = [
     "host-side:eth1",
     "configure:eth0",
     "configure:eth1",
-    "confirm",
     "ready",
 ];
 
