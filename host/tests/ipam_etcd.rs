@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{EtcdCluster, TlsFiles, scan};
 use tenet::config::{Config, SdnKind, StoreKind};
+use tenet::etcd::{EtcdConn, EtcdSettings};
 use tenet::ipam::{AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError};
 use tenet::plan::{AddressRequest, IpFamily, Pool};
+use tenet::sdn::midonet::etcd::EtcdRecords;
+use tenet::sdn::midonet::records::{Cmp, Op, TopologyRecords};
 
 const NET: &str = "net1";
 
@@ -997,6 +1000,9 @@ fn mutual_tls_from_the_config_files() {
     s.status().unwrap();
     assert_eq!(addr(&s, "a", "t", &[v4(&pods())]), "10.0.0.2/24");
     s.confirm(&key("a")).unwrap();
+    // The MidoNet records on the same connection, over the same TLS.
+    let records = EtcdRecords::new(Arc::clone(s.conn()), &cfg.etcd.prefix);
+    records_round_trip(&records);
 
     // Without a client certificate the server refuses the connection.
     let mut no_cert = cfg.clone();
@@ -1065,11 +1071,22 @@ fn authentication_with_a_user_and_password_file() {
     cfg.etcd.timeout_ms = 3000;
     cfg.etcd.username = Some("tenet".into());
     cfg.etcd.password_file = Some(pw.clone());
-    let s = EtcdStore::connect(&cfg).unwrap();
+    // One exec's connection, as `Backends::open` makes it: the address
+    // store and the MidoNet records share it, and it authenticates once.
+    let auths = etcd.grpc_calls(0, "Authenticate");
+    let conn = Arc::new(EtcdConn::open(&EtcdSettings::from_config(&cfg).unwrap()).unwrap());
+    let s = EtcdStore::connect_shared(&cfg, Arc::clone(&conn)).unwrap();
+    let records = EtcdRecords::new(Arc::clone(&conn), "/tenet");
     s.status().unwrap();
     assert_eq!(addr(&s, "a", "t", &[v4(&pods())]), "10.0.0.2/24");
+    records_round_trip(&records);
     s.confirm(&key("a")).unwrap();
     assert_eq!(s.release(&key("a")).unwrap().len(), 1);
+    assert_eq!(
+        etcd.grpc_calls(0, "Authenticate") - auths,
+        1,
+        "one client, authenticated once, for both"
+    );
 
     // A wrong password is refused on first use (connecting contacts
     // nothing), at once: no other member would accept it either.
@@ -1104,6 +1121,39 @@ fn authentication_with_a_user_and_password_file() {
     half.etcd.password_file = None;
     let e = EtcdStore::connect(&half).unwrap_err().to_string();
     assert!(e.contains("etcd.password_file"), "{e}");
+}
+
+/// Every operation of the MidoNet records store, once.
+fn records_round_trip(r: &EtcdRecords) {
+    let lease = r.grant(Duration::from_secs(10)).unwrap();
+    let put = |k: &str, v: &str, lease: Option<i64>| Op::Put {
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+        lease,
+    };
+    assert!(
+        r.txn(
+            &[Cmp::Absent("claims/x".into())],
+            &[put("claims/x", "me", Some(lease))]
+        )
+        .unwrap()
+    );
+    assert!(
+        !r.txn(
+            &[Cmp::Absent("claims/x".into())],
+            &[put("claims/x", "you", None)]
+        )
+        .unwrap()
+    );
+    assert_eq!(r.get("claims/x").unwrap().unwrap().value, b"me");
+    assert_eq!(r.list("claims/").unwrap().len(), 1);
+    r.keep_alive(lease).unwrap();
+    r.revoke(lease).unwrap();
+    assert!(
+        r.get("claims/x").unwrap().is_none(),
+        "the key went with its lease"
+    );
+    r.revoke(lease).unwrap();
 }
 
 // Hints: the node-local file that lets a reserve skip its read.
