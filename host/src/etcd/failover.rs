@@ -216,7 +216,7 @@ impl Op {
             failed[i] = Some(why);
             tries += 1;
             c.failovers.fetch_add(1, Ordering::Relaxed);
-            if tries % n == 0 {
+            if tries.is_multiple_of(n) {
                 // Every member failed once: an election is the usual
                 // cause; wait a little (25 ms, doubling to 250 ms).
                 let round = (tries / n).min(5) as u32;

@@ -13,6 +13,7 @@
 //! block/<pool>/<tenant>/<node>/<block>         {node, cidr, used, released, cursor}
 //! block/<pool>/<tenant>/<node>/<block>/p/<ord> "<container>/<ifname>"  (leased)  a pending claim
 //! handle/<container>/<ifname>                  {tenant, node, state, allocations…} (leased while pending)
+//! (under <prefix>/leases/)  <node>             {id, expiresMs}                  the node's claim lease (two-phase only)
 //! sticky/<pool>/<tenant>/<owner>               <address>                        an owner's last address
 //! ```
 //!
@@ -38,11 +39,12 @@
 //! most 100 attempts, all within `etcd.timeout_ms`). A reserve's write
 //! transaction carries, as its failure branch, the reads the next attempt
 //! needs, so a lost compare costs no extra round trip. There is no lock
-//! anywhere. In the common case `reserve` is **one write transaction**,
-//! planned from the node's hint file (below); without usable hints it is
-//! one read transaction (the handle, the pools, the tenant's subnet
-//! record, this node's blocks with their pending keys and the node's claim
-//! lease, in one round trip) and one write. `confirm` in the process that
+//! anywhere. In the common case a claim (ADD's [`IpStore::claim`]) and a
+//! `reserve` are each **one write transaction**, planned from the node's
+//! hint file (below); without usable hints, one read transaction (the
+//! handle, the pools, the tenant's subnet record, this node's blocks with
+//! their pending keys, and for a two-phase reserve the node's claim lease,
+//! in one round trip) and one write. `confirm` in the process that
 //! reserved is one write transaction (what the reserve wrote is kept in
 //! memory for it, and every use of it is guarded by compares); in another
 //! process it reads first. Each write puts the handle in the same
@@ -102,9 +104,31 @@
 //!   torn, corrupt, foreign (other prefix, network, node or format) or
 //!   unreadable file is ignored.
 //!
+//! # Claims (what ADD does)
+//!
+//! [`IpStore::claim`] takes the address and makes it permanent in **one
+//! transaction**: `If handle absent, pending key of the ordinal absent,
+//! block == the value planned from Then put block (bit set, cursor moved),
+//! put handle (state confirmed, no lease)`, with the reads the re-plan
+//! needs as its failure branch. ADD claims before it configures anything in
+//! the pod (see `apply`): an address a pod may carry never depends on a
+//! lease, so no lease expiry can hand it to a second pod while a killed
+//! ADD's pod still holds it (issue 13, item 3). Crash safety comes from the
+//! attachment record, written before the claim: DEL or GC of a killed ADD
+//! release its claim by the attachment's key. Since a claim rewrites its
+//! block, concurrent claims of one node conflict on the block (whatever
+//! the address); the loser re-plans from the returned block at once, and
+//! after a lost race starts at another of the node's blocks. A retried ADD
+//! gets its claim back (the handle is rewritten as it is, so that its
+//! revision moves and `tenetctl ipam gc`, which releases only unchanged
+//! handles, cannot free it under the pod); a pending handle of the
+//! two-phase API is confirmed.
+//!
 //! # Two-phase claims and leases
 //!
-//! `reserve` takes an address by creating its **pending key**
+//! The trait's two-phase API (`reserve`, then `confirm`) remains, for
+//! callers that need a claim that undoes itself. `reserve` takes an
+//! address by creating its **pending key**
 //! `block/…/<block>/p/<ordinal>` and the handle (state `pending`), both
 //! under the node's claim lease: `<prefix>/leases/<node>` names a lease of
 //! `etcd.claim_ttl_s` (default 60 s) that the node's ADDs share while at
@@ -119,15 +143,17 @@
 //! the block and the pending key are as read (so a claim that expired in
 //! between is [`IpamError::ClaimLost`], never half-confirmed).
 //!
-//! Why this shape: when an ADD crashes between reserve and confirm, its lease
-//! expires and etcd deletes the pending key and the pending handle by
+//! Why this shape: when a process crashes between reserve and confirm, its
+//! lease expires and etcd deletes the pending key and the pending handle by
 //! itself. The address is then free — no bit was ever set, nothing refers to
 //! it — without any cleanup code running anywhere (a lease that expired
 //! freed the address without cooldown, as the local store does for a stale
 //! claim). Confirmed allocations never depend on a lease. Half the TTL
-//! bounds how long one ADD may take between reserve and confirm. A retried
-//! ADD (same key, still pending) takes the claim over under the current
-//! lease.
+//! bounds how long a caller may take between reserve and confirm. A retried
+//! reserve (same key, still pending) takes the claim over under the current
+//! lease. This is also why ADD no longer uses it: an ADD killed after it
+//! had configured the pod lost its claim with the lease while the pod kept
+//! the address.
 //!
 //! `release` clears the bits (or deletes the pending keys), records the
 //! ordinals as released with the time, and deletes the handle, in one
@@ -155,34 +181,42 @@
 //!
 //! Every handle records the node whose ADD made it. [`IpStore::gc`] only
 //! looks at this node's handles: another node's pods are never freed by it.
-//! Pending handles exist only while their lease (their ADD) lives, so GC
-//! keeps them all as in flight. `tenetctl ipam gc` adds a grace period and a
-//! re-check: a candidate is released only if its handle's revision is
-//! unchanged after the grace period.
+//! Pending handles exist only while their lease lives, so GC keeps them all
+//! as in flight; the apply engine passes the attachments that still have a
+//! record (ADDs running, whose claims are confirmed already) as valid.
+//! `tenetctl ipam gc` adds a grace period and a re-check: a candidate is
+//! released only if its handle's revision is unchanged after the grace
+//! period and no `applying` record of a live process names it.
 //!
 //! # Failure
 //!
-//! Every operation is bounded by `etcd.timeout_ms` as a whole. No answer,
-//! no leader or a broken connection is [`IpamError::Unavailable`]: CNI code
-//! 11 (try again later) for ADD/DEL/GC, code 50 for STATUS
-//! ([`IpamError::status_code`]). Since each change is one transaction, a
-//! timeout leaves either nothing or the whole change; a reserve that
-//! committed although its answer was lost is returned unchanged to the
-//! retried ADD, or expires with its lease.
+//! Requests go through the exec's connection ([`crate::etcd`]), which
+//! moves a request that a member does not serve (down, cut off, in an
+//! election, no answer within a quarter of the timeout) to the next member,
+//! until `etcd.timeout_ms` for the whole operation. Only then is it
+//! [`IpamError::Unavailable`]: CNI code 11 (try again later) for
+//! ADD/DEL/GC, code 50 for STATUS ([`IpamError::status_code`]). A request
+//! whose answer was lost may have been applied; every write is one guarded
+//! transaction, so its retry fails its compare if the first went through,
+//! and the re-plan reads back what happened: a claim finds its own handle
+//! (and returns it), a confirm finds the claim confirmed, a release finds
+//! the handle gone. STATUS asks every member: a quorum with members down is
+//! ready, with a warning per member in the log (degraded).
 //!
 //! # Wiring into the apply engine
 //!
-//! `EtcdStore::connect(&config)` when `config.store == StoreKind::Etcd`
-//! (connecting costs one round trip, plus one for authentication; nothing
-//! happens for the local store). The node name is `config.node_name` or the
-//! hostname; the hint file lives under `config.state_dir` (node-local, like
-//! the attachment records). A SIGKILL at any step after reserve leaves a
-//! pending claim that expires within `claim_ttl_s` (DEL or GC free it
-//! sooner); after confirm, DEL or GC frees it (`host/tests/etcd_crash_root.rs`
-//! kills the binary at each step). The journal's undo of the reserve step is
-//! `release` (idempotent), and its last step `confirm`; a confirm answered
-//! with `ClaimLost` (code 136) means the ADD overran half the TTL and must
-//! fail and undo.
+//! `EtcdStore::connect_shared(&config, conn)` when `config.store ==
+//! StoreKind::Etcd`, on the exec's one [`EtcdConn`] (shared with the
+//! MidoNet records; nothing is contacted until the first operation, and
+//! each member is authenticated on its first use). The node name is
+//! `config.node_name` or the hostname; the hint file and the remembered
+//! member live under `config.state_dir` (node-local, like the attachment
+//! records). The `reserve` step claims (confirmed, one transaction); its
+//! undo is `release` (idempotent), registered before the claim, and the
+//! rollback keeps the attachment record when a release fails, so that DEL
+//! or GC finish it. A SIGKILL at any step after it leaves a confirmed claim
+//! that DEL or GC frees through the record (`host/tests/etcd_crash_root.rs`
+//! kills the binary at each step).
 
 mod conn;
 mod hint;
