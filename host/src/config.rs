@@ -175,8 +175,9 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Key prefix under which tenet keeps everything.
     pub prefix: String,
-    /// Bound on any one etcd operation (connect included), in milliseconds;
-    /// past it ADD fails with code 11.
+    /// Bound on any one etcd operation (connecting, failover between
+    /// members and retries included), in milliseconds; past it ADD fails
+    /// with code 11.
     pub timeout_ms: u64,
     /// CA bundle to verify the server (PEM file).
     pub ca_file: Option<PathBuf>,
@@ -188,10 +189,10 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
-    /// TTL of the lease pending claims (reserved, not yet confirmed) are
-    /// written under, in seconds: an ADD that crashes frees its addresses
-    /// at most this long after it reserved them. An ADD may take half of it
-    /// between reserve and confirm (the lease is shared by a node's ADDs).
+    /// TTL of the lease pending claims of the two-phase API (reserved, not
+    /// yet confirmed) are written under, in seconds: they free themselves
+    /// at most this long after they were reserved. ADD does not use them:
+    /// its claims are confirmed at once, before the pod is configured.
     pub claim_ttl_s: u64,
     /// How long a released address is held back before reuse, in seconds.
     pub cooldown_s: u64,

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 #[cfg(feature = "compiler")]
 pub mod ctl;
+pub mod etcd;
 pub mod ipam;
 pub mod logging;
 pub mod netns;

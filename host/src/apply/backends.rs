@@ -1,7 +1,10 @@
 //! Opening the backends a configuration names.
 
-use crate::cni::CniError;
+use std::sync::Arc;
+
+use crate::cni::{CniError, code};
 use crate::config::{Config, SdnKind, StoreKind};
+use crate::etcd::{EtcdConn, EtcdError, EtcdSettings};
 use crate::ipam::{IpStore, LocalOptions, LocalStore};
 use crate::netns::{Netns, RtNetns};
 use crate::sdn::{LinuxSdn, Sdn, SdnOptions, ServiceScope};
@@ -20,7 +23,8 @@ pub struct Backends {
 
 impl Backends {
     /// Opens what `cfg` names. Nothing is contacted beyond what opening
-    /// needs (netlink sockets, the state directory).
+    /// needs (netlink sockets, the state directory): etcd and MidoNet are
+    /// reached on first use.
     pub fn open(cfg: &Config) -> Result<Self, CniError> {
         let local = LocalStore::open(&cfg.state_dir, LocalOptions::default()).map_err(|e| {
             CniError::new(
@@ -45,15 +49,33 @@ impl Backends {
                 e.to_string(),
             )
         })?;
-        let store: Box<dyn IpStore> = match cfg.store {
-            StoreKind::Local => Box::new(local),
-            StoreKind::Etcd => Box::new(crate::ipam::EtcdStore::connect(cfg).map_err(|e| {
+        // One etcd connection per exec, shared by the address store and the
+        // MidoNet records (TLS, authentication and failover alike); it
+        // contacts nothing until the first operation.
+        let etcd = if cfg.store == StoreKind::Etcd || cfg.sdn == SdnKind::Midonet {
+            let bad = |e: EtcdError| {
                 CniError::new(
-                    e.cni_code(),
-                    "cannot reach the etcd address store",
-                    e.to_string(),
+                    code::INVALID_CONFIG,
+                    "invalid etcd configuration",
+                    e.message(),
                 )
-            })?),
+            };
+            let settings = EtcdSettings::from_config(cfg).map_err(bad)?;
+            Some(Arc::new(EtcdConn::open(&settings).map_err(bad)?))
+        } else {
+            None
+        };
+        let store: Box<dyn IpStore> = match (cfg.store, &etcd) {
+            (StoreKind::Etcd, Some(conn)) => Box::new(
+                crate::ipam::EtcdStore::connect_shared(cfg, Arc::clone(conn)).map_err(|e| {
+                    CniError::new(
+                        e.cni_code(),
+                        "cannot open the etcd address store",
+                        e.to_string(),
+                    )
+                })?,
+            ),
+            _ => Box::new(local),
         };
         let sdn: Box<dyn Sdn> = match cfg.sdn {
             SdnKind::Linux => Box::new(
@@ -71,9 +93,14 @@ impl Backends {
                     CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())
                 })?,
             ),
-            SdnKind::Midonet => Box::new(crate::sdn::MidonetSdn::connect(cfg).map_err(|e| {
-                CniError::new(e.cni_code(), "cannot open the MidoNet SDN", e.to_string())
-            })?),
+            SdnKind::Midonet => {
+                let conn = etcd.clone().expect("opened for MidoNet above");
+                Box::new(
+                    crate::sdn::MidonetSdn::connect_shared(cfg, conn).map_err(|e| {
+                        CniError::new(e.cni_code(), "cannot open the MidoNet SDN", e.to_string())
+                    })?,
+                )
+            }
         };
         let netns = RtNetns::new()
             .map_err(|e| CniError::new(e.cni_code(), "cannot open netlink", e.to_string()))?;

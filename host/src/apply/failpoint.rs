@@ -6,7 +6,7 @@
 //! after it: the crash tests then check that DEL or GC cleans up). Step names
 //! are those of [`STEPS_WITH_HOST_LINK`] (`record`, `reserve`,
 //! `ensure-tenant`, `veth:eth0`, `guard:eth0`, `attach:eth0`,
-//! `host-side:eth1`, `configure:eth0`, `confirm`, `ready`), and three points
+//! `host-side:eth1`, `configure:eth0`, `ready`), and three points
 //! inside `ensure-tenant` that the SDN backend fires
 //! ([`crate::sdn::Sdn::set_failpoints`]): `ensure-tenant:bridge` (the bridge
 //! exists), `ensure-tenant:rules` (its rules are installed) and
@@ -19,7 +19,7 @@
 /// Every step ADD takes, in order, for a pod with an SDN port `eth0` and a
 /// host link `eth1` (the rainbond pipeline's pods): what the rollback and
 /// crash tests walk, in the unit tests and through the binary.
-pub const STEPS_WITH_HOST_LINK: [&str; 16] = [
+pub const STEPS_WITH_HOST_LINK: [&str; 15] = [
     "record",
     "reserve",
     "ensure-tenant:bridge",
@@ -34,7 +34,6 @@ pub const STEPS_WITH_HOST_LINK: [&str; 16] = [
     "host-side:eth1",
     "configure:eth0",
     "configure:eth1",
-    "confirm",
     "ready",
 ];
 

@@ -12,14 +12,13 @@
 //! | step | does | undo |
 //! |---|---|---|
 //! | `record` | writes the attachment record, phase `applying` ([`record`]) | remove it |
-//! | `reserve` | pending claims in the tenant store and, for host links, the node-local store | release |
+//! | `reserve` | permanent claims ([`IpStore::claim`]) in the tenant store and, for host links, the node-local store: nothing is configured while a claim can expire | release (the record stays if it fails) |
 //! | `ensure-tenant` | the tenant's network (bridge + rules, or MidoNet topology), under the tenant lock | remove it if no port is left |
 //! | `veth:<if>` | each interface's veth pair | delete it |
 //! | `guard:<if>` | each port's source guard: it may send only from its own MAC and addresses ([`crate::sdn::PortGuard`]) | delete the guard's elements |
 //! | `attach:<if>` | each SDN port onto the tenant network (tenant lock still held) | detach |
 //! | `host-side:<if>` | each host link's node side (gateway, host routes) | (goes with the veth) |
 //! | `configure:<if>` | addresses, routes, sysctls inside the pod | (goes with the veth) |
-//! | `confirm` | the claims become permanent | (release) |
 //! | `ready` | the record gets the result, phase `ready` | |
 //!
 //! A failing step rolls back every undo in reverse and removes the record;
@@ -328,27 +327,28 @@ impl<'a> Engine<'a> {
         done.push(Undo::Record);
         self.point("record")?;
 
+        // Claims are permanent from here on (`IpStore::claim`): nothing is
+        // configured in the pod while a claim could still expire, and the
+        // record written above lets DEL and GC free them after a crash.
+        // The undo is registered first: a claim whose answer was lost
+        // (code 11) may have been made, and releasing is idempotent.
         let (treq, lreq) = layout::address_requests(plan);
-        let reserve = |store: &dyn IpStore,
-                       k: &AttachmentKey,
-                       tenant: &str,
-                       reqs: &layout::IndexedRequests| {
+        let mut claim = |store: &dyn IpStore,
+                         k: &AttachmentKey,
+                         tenant: &str,
+                         reqs: &layout::IndexedRequests,
+                         link: bool| {
             if reqs.is_empty() {
                 return Ok(Vec::new());
             }
+            done.push(Undo::Reserve { link });
             let reqs: Vec<_> = reqs.iter().map(|(_, r)| r.clone()).collect();
             store
-                .reserve(k, tenant, &reqs)
+                .claim(k, tenant, &reqs)
                 .map_err(|e| ApplyError::new(e.cni_code(), "reserve", e.to_string()))
         };
-        let tenant_allocs = reserve(self.store, key, &plan.tenant, &treq)?;
-        if !treq.is_empty() {
-            done.push(Undo::Reserve { link: false });
-        }
-        let link_allocs = reserve(self.link_store, &link_key(key), "host-link", &lreq)?;
-        if !lreq.is_empty() {
-            done.push(Undo::Reserve { link: true });
-        }
+        let tenant_allocs = claim(self.store, key, &plan.tenant, &treq, false)?;
+        let link_allocs = claim(self.link_store, &link_key(key), "host-link", &lreq, true)?;
         self.point("reserve")?;
 
         let layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
@@ -474,18 +474,6 @@ impl<'a> Engine<'a> {
                 .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
             self.point(&step)?;
         }
-        for (store, k, reqs) in [
-            (self.store, key.clone(), &treq),
-            (self.link_store, link_key(key), &lreq),
-        ] {
-            if !reqs.is_empty() {
-                store
-                    .confirm(&k)
-                    .map_err(|e| ApplyError::new(e.cni_code(), "confirm", e.to_string()))?;
-            }
-        }
-        self.point("confirm")?;
-
         let result = layout::result(&layout, plan, netns, &host_macs);
         rec.phase = Phase::Ready;
         rec.result = Some(result.render(crate::cni::version::LATEST));
@@ -495,8 +483,11 @@ impl<'a> Engine<'a> {
     }
 
     /// Undoes `done` in reverse; returns the problems met (and keeps going).
+    /// The record stays when a release failed: a claim it names may still
+    /// exist, and the record is how DEL and GC find it.
     fn rollback(&self, key: &AttachmentKey, rec: &Record, done: Vec<Undo>) -> Vec<String> {
         let mut problems = Vec::new();
+        let mut claims_left = false;
         let mut note = |what: &str, r: Result<(), String>| {
             if let Err(e) = r {
                 tracing::warn!(%key, what, error = %e, "rollback step failed");
@@ -533,11 +524,14 @@ impl<'a> Engine<'a> {
                     } else {
                         (self.store, key.clone())
                     };
-                    note(
-                        "release",
-                        store.release(&k).map(drop).map_err(|e| e.to_string()),
-                    );
+                    let r = store.release(&k).map(drop).map_err(|e| e.to_string());
+                    claims_left |= r.is_err();
+                    note("release", r);
                 }
+                Undo::Record if claims_left => note(
+                    "record",
+                    Err("kept for DEL or GC, since a claim it names may remain".into()),
+                ),
                 Undo::Record => note(
                     "remove record",
                     self.records.remove(key).map_err(|e| e.to_string()),
@@ -864,11 +858,19 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        // Claims are permanent before an ADD configures anything, so the
+        // stores must keep those of ADDs still running: every attachment
+        // that still has a record (listed again now, after the teardowns)
+        // counts as valid for them.
+        let mut keep = valid.to_vec();
+        for rec in self.records.list(Some(network)).map_err(rec_err("gc"))? {
+            keep.push((rec.key.container_id, rec.key.ifname));
+        }
         for (store, net) in [
             (self.store, network.to_owned()),
             (self.link_store, format!("{network}.links")),
         ] {
-            match store.gc(&net, valid) {
+            match store.gc(&net, &keep) {
                 Ok(r) => {
                     out.released.extend(r.released);
                     if let Some(e) = r.errors.first() {

@@ -277,3 +277,99 @@ fn status_asks_every_backend() {
     assert_eq!(err.code, code::NOT_AVAILABLE);
     assert_eq!(err.step, "sdn");
 }
+
+fn unavailable() -> crate::ipam::IpamError {
+    crate::ipam::IpamError::Unavailable {
+        detail: "etcd: no answer within 5s".into(),
+    }
+}
+
+#[test]
+fn claims_are_permanent_before_the_pod_is_configured() {
+    let r = Rig::new();
+    let e = r
+        .engine()
+        .with_failpoints(Failpoints::parse("configure:eth0:error"));
+    // The claim (reserve + confirm here) comes before anything is
+    // configured: after the first configure step it is confirmed.
+    let calls_before = r.store.calls().len();
+    e.add(&key("c1"), NETNS, &plan("acme")).unwrap_err();
+    let calls = &r.store.calls()[calls_before..];
+    let confirm = calls
+        .iter()
+        .position(|c| matches!(c, crate::ipam::IpStoreCall::Confirm(_)))
+        .expect("confirmed");
+    let release = calls
+        .iter()
+        .position(|c| matches!(c, crate::ipam::IpStoreCall::Release(_)))
+        .expect("released by the rollback");
+    assert!(confirm < release, "{calls:?}");
+    r.assert_empty();
+}
+
+#[test]
+fn a_failed_release_keeps_the_record_for_del_or_gc() {
+    let r = Rig::new();
+    // Calls of the tenant store: reserve (1), confirm (2), then the
+    // rollback's release (3) gets no answer.
+    r.store.fail_call(3, unavailable());
+    let e = r
+        .engine()
+        .with_failpoints(Failpoints::parse("attach:eth0:error"));
+    let err = e.add(&key("c1"), NETNS, &plan("acme")).unwrap_err();
+    assert_eq!(err.code, codes::INJECTED);
+    assert!(err.details.contains("kept for DEL or GC"), "{err:?}");
+    // The claim it names may still exist, and does here: the record stays,
+    // in the phase DEL and GC finish.
+    let rec = e.records().load(&key("c1")).unwrap().expect("record kept");
+    assert_eq!(rec.phase, Phase::Applying);
+    assert_eq!(r.store.list(None).unwrap().len(), 1);
+    // Everything else was undone.
+    assert!(r.sdn.tenants().is_empty());
+    assert!(r.netns.pod_link(Path::new(NETNS), "eth0").is_none());
+    // DEL finds the claim through the record and frees both.
+    e.del(&key("c1"), None).unwrap();
+    r.assert_empty();
+}
+
+#[test]
+fn a_claim_whose_answer_was_lost_is_released_by_the_rollback() {
+    let r = Rig::new();
+    // The claim fails with code 11: it may have been made all the same.
+    r.store.fail_call(1, unavailable());
+    let err = r
+        .engine()
+        .add(&key("c1"), NETNS, &plan("acme"))
+        .unwrap_err();
+    assert_eq!((err.code, err.step.as_str()), (11, "reserve"));
+    assert!(
+        r.store
+            .calls()
+            .iter()
+            .any(|c| *c == crate::ipam::IpStoreCall::Release(key("c1"))),
+        "the rollback released the claim: {:?}",
+        r.store.calls()
+    );
+    r.assert_empty();
+}
+
+#[test]
+fn gc_keeps_the_claims_of_adds_still_running() {
+    let r = Rig::new();
+    let e = r.engine();
+    e.add(&key("done"), NETNS, &plan("acme")).unwrap();
+    // An ADD of this process in flight: its claim is permanent already.
+    let mut rec = e.records().load(&key("done")).unwrap().unwrap();
+    rec.phase = Phase::Applying;
+    e.records().store(&rec).unwrap();
+    let s = e.gc("net", &[]).unwrap();
+    assert_eq!(s.in_flight, vec![key("done")]);
+    assert!(s.released.is_empty(), "{s:?}");
+    assert_eq!(r.store.list(None).unwrap().len(), 1);
+    assert!(
+        r.store.calls().iter().any(|c| matches!(c,
+            crate::ipam::IpStoreCall::Gc { valid, .. } if valid.contains(&("done".into(), "eth0".into())))),
+        "{:?}",
+        r.store.calls()
+    );
+}

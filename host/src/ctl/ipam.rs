@@ -7,7 +7,9 @@
 //!   the valid (container id, ifname) pairs, waits a grace period, re-checks
 //!   that each candidate is unchanged, and only then releases it. Pending
 //!   claims are never touched (their ADD is running; in etcd they expire by
-//!   themselves).
+//!   themselves), nor are claims of ADDs still running on this node (an
+//!   `applying` attachment record whose process lives: ADD claims
+//!   permanently before it configures the pod).
 //!
 //! The store comes from the tenet configuration (`store`, `[etcd]`,
 //! `state_dir`) unless `--store` says otherwise.
@@ -94,6 +96,17 @@ pub struct GcArgs {
     pub store: StoreArgs,
 }
 
+/// An opened store, and the state directory of this node's attachment
+/// records.
+struct Opened {
+    store: Store,
+    state_dir: PathBuf,
+    /// Whether the store's attachments are this node's (no `--node` for
+    /// another node): only then do this node's records say what is in
+    /// flight.
+    own_node: bool,
+}
+
 /// An opened store.
 enum Store {
     Local(LocalStore),
@@ -114,6 +127,10 @@ fn ipam_err(e: IpamError) -> CtlError {
 }
 
 fn open(a: &StoreArgs, node: Option<&str>) -> Result<Store, CtlError> {
+    open_with_state(a, node).map(|o| o.store)
+}
+
+fn open_with_state(a: &StoreArgs, node: Option<&str>) -> Result<Opened, CtlError> {
     let mut cfg = Config::load(&process_env(), None).map_err(CtlError::msg)?;
     let kind = match a.store.as_deref() {
         None => cfg.store,
@@ -134,10 +151,12 @@ fn open(a: &StoreArgs, node: Option<&str>) -> Result<Store, CtlError> {
     if let Some(p) = &a.prefix {
         cfg.etcd.prefix = p.clone();
     }
+    let own_node = node.is_none_or(|n| cfg.node_name.as_deref() == Some(n));
     if let Some(n) = node {
         cfg.node_name = Some(n.to_owned());
     }
-    match kind {
+    let state_dir = cfg.state_dir.clone();
+    let store = match kind {
         StoreKind::Local => {
             if node.is_some() {
                 return Err(CtlError("--node applies to --store etcd only".into()));
@@ -149,7 +168,41 @@ fn open(a: &StoreArgs, node: Option<&str>) -> Result<Store, CtlError> {
         StoreKind::Etcd => EtcdStore::connect(&cfg)
             .map(|s| Store::Etcd(Box::new(s)))
             .map_err(|e| CtlError(format!("etcd {}: {e}", cfg.etcd.endpoints.join(",")))),
-    }
+    }?;
+    Ok(Opened {
+        store,
+        state_dir,
+        own_node,
+    })
+}
+
+/// The attachments of `network` whose ADD is running on this node (an
+/// `applying` record whose writer lives): their claims are permanent
+/// already, and not to be touched.
+fn in_flight(
+    state_dir: &std::path::Path,
+    network: &str,
+) -> Result<HashSet<AttachmentKey>, CtlError> {
+    let records = crate::apply::Records::new(state_dir);
+    Ok(records
+        .list(Some(network))
+        .map_err(|e| {
+            CtlError(format!(
+                "attachment records in {}: {e}",
+                state_dir.display()
+            ))
+        })?
+        .into_iter()
+        .filter(|r| {
+            r.phase == crate::apply::Phase::Applying
+                && crate::ipam::ProcessIdentity {
+                    pid: r.writer_pid,
+                    start_time: r.writer_start,
+                }
+                .is_alive()
+        })
+        .map(|r| r.key)
+        .collect())
 }
 
 /// Runs an `ipam` subcommand.
@@ -431,21 +484,30 @@ fn candidates(
 
 fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let valid = read_valid(a.valid.as_ref())?;
-    let store = open(&a.store, a.node.as_deref())?;
+    let opened = open_with_state(&a.store, a.node.as_deref())?;
+    let store = &opened.store;
     if a.reclaim && matches!(store, Store::Local(_)) {
         return Err(CtlError("--reclaim applies to --store etcd only".into()));
     }
-    let (first, _) = candidates(&store, &a.network, &valid)?;
+    let (first, _) = candidates(store, &a.network, &valid)?;
     let mut confirmed = first;
     let mut pending = 0;
     if a.grace > 0 {
         std::thread::sleep(Duration::from_secs(a.grace));
     }
     // Second observation: only what was a candidate both times, unchanged.
-    let (second, p) = candidates(&store, &a.network, &valid)?;
+    let (second, p) = candidates(store, &a.network, &valid)?;
     pending += p;
     let second: HashSet<Candidate> = second.into_iter().collect();
     confirmed.retain(|c| second.contains(c));
+    // Read after the handles (an ADD writes its record before it claims):
+    // a claim whose ADD runs here has a live `applying` record.
+    if opened.own_node {
+        let running = in_flight(&opened.state_dir, &a.network)?;
+        let before = confirmed.len();
+        confirmed.retain(|c| !running.contains(&c.key));
+        pending += before - confirmed.len();
+    }
     let mut released = 0;
     let mut changed = 0;
     for c in &confirmed {
@@ -453,7 +515,7 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
             writeln!(out, "would release {}", c.key).map_err(CtlError::msg)?;
             continue;
         }
-        let done = match &store {
+        let done = match store {
             Store::Etcd(s) => s.release_if_unchanged(&c.key, c.revision),
             Store::Local(s) => s.release(&c.key).map(|v| !v.is_empty()),
         }
@@ -467,7 +529,7 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     }
     if a.reclaim
         && !a.dry_run
-        && let Store::Etcd(s) = &store
+        && let Store::Etcd(s) = store
     {
         let (blocks, subnets) = s.reclaim_empty(&a.network).map_err(ipam_err)?;
         writeln!(

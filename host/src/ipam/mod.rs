@@ -2,7 +2,7 @@
 //!
 //! [`IpStore`] is the one trait every address backend implements: the
 //! embedded default [`LocalStore`] (files under a state directory, one
-//! machine), the cluster store (etcd, later) and the recording
+//! machine), the cluster store [`EtcdStore`] and the recording
 //! [`FakeIpStore`] for unit tests of the apply engine.
 //!
 //! # Model
@@ -16,12 +16,16 @@
 //!   pool's `exclude` ranges.
 //! - Every record is owned by an [`AttachmentKey`] — (network, container id,
 //!   ifname), all chosen by the runtime, never by a tenant.
-//! - ADD is two-phase: [`IpStore::reserve`] records a **pending** claim
-//!   (all requested addresses or none), [`IpStore::confirm`] marks it
-//!   confirmed once the rest of ADD succeeded. A pending claim whose ADD
-//!   crashed or overran its deadline is reclaimed by [`IpStore::gc`] and by
-//!   the next `reserve` that runs out of space; a retried ADD (same key) gets
-//!   its claim back. In etcd the pending phase maps onto a lease.
+//! - Claims are two-phase: [`IpStore::reserve`] records a **pending** claim
+//!   (all requested addresses or none), [`IpStore::confirm`] makes it
+//!   permanent. A pending claim whose process crashed or overran its
+//!   deadline is reclaimed by [`IpStore::gc`] and by the next `reserve`
+//!   that runs out of space (in etcd, by its lease's expiry); a retried
+//!   reserve (same key) gets its claim back. ADD uses [`IpStore::claim`],
+//!   both phases at once, **before** it configures anything in the pod: an
+//!   address that a pod may carry is never pending, so it cannot expire
+//!   while the pod holds it; the attachment record, written before the
+//!   claim, is what lets DEL and GC free the claim of a killed ADD.
 //! - [`IpStore::release`] (DEL) and [`IpStore::gc`] are idempotent: missing
 //!   records are success. Released addresses cool down before reuse
 //!   (calico#6968: immediate reuse breaks short-lived pods' peers).
@@ -198,10 +202,33 @@ pub trait IpStore: Send + Sync {
         self.reserve(key, tenant, requests)
     }
 
-    /// Confirms `key`'s claim: the rest of ADD succeeded. Confirming twice is
-    /// fine; a claim that is gone (reclaimed as stale) is
-    /// [`IpamError::ClaimLost`], and ADD must fail rather than use it.
+    /// Confirms `key`'s claim. Confirming twice is fine; a claim that is
+    /// gone (reclaimed as stale) is [`IpamError::ClaimLost`], and the caller
+    /// must fail rather than use it.
     fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError>;
+
+    /// Reserves and confirms at once: when this returns, the claim is
+    /// permanent (it never expires nor is reclaimed as stale) until
+    /// [`IpStore::release`]. What ADD does before anything is configured
+    /// in the pod: an address a pod carries must never be handed out again
+    /// because the ADD that configured it was killed (issue 13, item 3).
+    /// Crash safety comes from the caller's record, written before this
+    /// call, which names the attachment for DEL and GC.
+    ///
+    /// Idempotent like `reserve`. The default is `reserve` then `confirm`;
+    /// a store that can do both in one step (etcd: one transaction)
+    /// overrides it. On an error the claim may still have been made (an
+    /// answer lost on the way, code 11): release it.
+    fn claim(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let out = self.reserve(key, tenant, requests)?;
+        self.confirm(key)?;
+        Ok(out)
+    }
 
     /// Frees `key`'s addresses (DEL, or ADD rolling back) and returns them.
     /// A missing record is success with nothing returned.
@@ -222,7 +249,8 @@ pub trait IpStore: Send + Sync {
     fn tenant_subnets(&self, network: Option<&str>) -> Result<Vec<TenantSubnet>, IpamError>;
 
     /// CNI STATUS: the store is usable (for the local store: the state
-    /// directory is writable and every network's state parses).
+    /// directory is writable and every network's state parses; for etcd:
+    /// a quorum answers, and members that do not are logged as warnings).
     fn status(&self) -> Result<(), IpamError>;
 }
 

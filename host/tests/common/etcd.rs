@@ -28,6 +28,13 @@
 //! - `with_tls(TlsFiles)` serves clients over TLS (mutual when
 //!   `client_ca` is set); health is always checked over a separate plain
 //!   HTTP metrics listener, so the harness needs no TLS client.
+//! - `three_partitionable()` (root) puts each member in a network namespace
+//!   of its own, behind a bridge in the calling thread's namespace (which
+//!   must be a scratch node: `tenet::netns::testing::enter_scratch_node`);
+//!   `partition(i)` then drops member `i`'s peer traffic with nftables in
+//!   its own namespace (clients still reach it), `heal(i)` ends that.
+//!   Nothing touches the machine's own interfaces or firewall.
+//! - `has_leader(i)`, `metric(i, name)`: what a member's metrics say.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -64,6 +71,10 @@ pub struct TlsFiles {
 
 struct Member {
     name: String,
+    /// The address it listens on: 127.0.0.1, or its own namespace's.
+    host: String,
+    /// Its network namespace (partitionable clusters only).
+    netns: Option<tenet::netns::testing::ScratchNetns>,
     client_port: u16,
     peer_port: u16,
     metrics_port: u16,
@@ -104,17 +115,17 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A plain HTTP GET on loopback; the body, or None on any failure.
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// A plain HTTP GET; the body, or None on any failure.
+fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
+        &format!("{host}:{port}").parse().unwrap(),
         Duration::from_millis(500),
     )
     .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
@@ -158,6 +169,8 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
+                host: "127.0.0.1".into(),
+                netns: None,
                 client_port: ports[3 * i],
                 peer_port: ports[3 * i + 1],
                 metrics_port: ports[3 * i + 2],
@@ -176,10 +189,72 @@ impl EtcdCluster {
         Some(cluster)
     }
 
+    /// Three members, each in a network namespace of its own on a bridge
+    /// of the caller's namespace (see the module docs), so that one can be
+    /// partitioned. Root only; the caller must have entered a scratch node
+    /// namespace first. `None` only when etcd is missing and `CI` is unset.
+    pub fn three_partitionable() -> Option<Self> {
+        if !etcd_available() {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tenet-etcd-")
+            .tempdir()
+            .expect("temp dir for etcd");
+        run_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
+        run_ok("ip", &["addr", "add", "10.99.0.254/24", "dev", BRIDGE]);
+        run_ok("ip", &["link", "set", BRIDGE, "up"]);
+        let members: Vec<Member> = (0..3)
+            .map(|i| {
+                let ns = tenet::netns::testing::ScratchNetns::new().expect("member netns");
+                let path = ns.path().to_str().unwrap().to_owned();
+                let host_end = format!("tnetcd{i}");
+                run_ok(
+                    "ip",
+                    &[
+                        "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+                        &path,
+                    ],
+                );
+                run_ok("ip", &["link", "set", &host_end, "master", BRIDGE, "up"]);
+                let host = format!("10.99.0.{}", i + 1);
+                let ns_ok = |args: &[&str]| {
+                    let out = ns.cmd("ip", args).expect("nsenter ip");
+                    assert!(out.status.success(), "ip {args:?}: {out:?}");
+                };
+                ns_ok(&["addr", "add", &format!("{host}/24"), "dev", "eth0"]);
+                ns_ok(&["link", "set", "eth0", "up"]);
+                Member {
+                    name: format!("m{i}"),
+                    host,
+                    netns: Some(ns),
+                    client_port: 2379,
+                    peer_port: 2380,
+                    metrics_port: 2381,
+                    data_dir: dir.path().join(format!("m{i}.etcd")),
+                    log: dir.path().join(format!("m{i}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = EtcdCluster {
+            dir,
+            members,
+            tls: None,
+        };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_healthy(i);
+        }
+        Some(cluster)
+    }
+
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.host, m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -199,9 +274,19 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .expect("etcd log file");
-        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new(ETCD_BIN);
+        let client = format!("{scheme}://{}:{}", m.host, m.client_port);
+        let peer = format!("http://{}:{}", m.host, m.peer_port);
+        // A member with a namespace of its own runs in it (nsenter execs
+        // etcd: the parent-death signal below carries over).
+        let mut cmd = match &m.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path().display()))
+                    .arg(ETCD_BIN);
+                c
+            }
+            None => Command::new(ETCD_BIN),
+        };
         cmd.env_clear()
             .arg("--name")
             .arg(&m.name)
@@ -216,7 +301,7 @@ impl EtcdCluster {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--listen-metrics-urls")
-            .arg(format!("http://127.0.0.1:{}", m.metrics_port))
+            .arg(format!("http://{}:{}", m.host, m.metrics_port))
             .arg("--initial-cluster")
             .arg(&initial)
             .arg("--initial-cluster-state")
@@ -267,7 +352,8 @@ impl EtcdCluster {
                     log_tail(&m.log)
                 );
             }
-            if http_get(m.metrics_port, "/health").is_some_and(|b| b.contains("\"true\"")) {
+            if http_get(&m.host, m.metrics_port, "/health").is_some_and(|b| b.contains("\"true\""))
+            {
                 return;
             }
             if start.elapsed() > START_TIMEOUT {
@@ -286,7 +372,7 @@ impl EtcdCluster {
         let scheme = self.scheme();
         self.members
             .iter()
-            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://{}:{}", m.host, m.client_port))
             .collect()
     }
 
@@ -327,8 +413,7 @@ impl EtcdCluster {
                 if !self.is_running(i) {
                     continue;
                 }
-                let metrics = http_get(self.members[i].metrics_port, "/metrics");
-                if metrics.is_some_and(|t| t.lines().any(|l| l == "etcd_server_is_leader 1")) {
+                if self.metric(i, "etcd_server_is_leader") == Some(1.0) {
                     return i;
                 }
             }
@@ -345,12 +430,76 @@ impl EtcdCluster {
     /// `grpc_server_handled_total` counters for that method.
     pub fn grpc_calls(&self, i: usize, method: &str) -> u64 {
         let m = &self.members[i];
-        let text = http_get(m.metrics_port, "/metrics").expect("etcd metrics");
+        let text = http_get(&m.host, m.metrics_port, "/metrics").expect("etcd metrics");
         let want = format!("grpc_method=\"{method}\"");
         text.lines()
             .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&want))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// The value of an unlabelled metric of member `i` (`None`: the member
+    /// does not answer or has no such metric).
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let m = &self.members[i];
+        let text = http_get(&m.host, m.metrics_port, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether member `i` knows a leader (`etcd_server_has_leader`).
+    pub fn has_leader(&self, i: usize) -> Option<bool> {
+        self.metric(i, "etcd_server_has_leader").map(|v| v == 1.0)
+    }
+
+    /// The member (among `among`) that says it is the leader, waiting up
+    /// to `within` for one.
+    pub fn leader_among(&self, among: &[usize], within: Duration) -> Option<usize> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = among
+                .iter()
+                .copied()
+                .find(|i| self.metric(*i, "etcd_server_is_leader") == Some(1.0))
+            {
+                return Some(i);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Cuts member `i` off from the other members: nftables in its own
+    /// namespace drops every packet to or from a peer port (2380), both
+    /// directions. Clients and metrics still reach it. Partitionable
+    /// clusters only.
+    pub fn partition(&self, i: usize) {
+        let ns = self.members[i]
+            .netns
+            .as_ref()
+            .expect("a partitionable cluster");
+        let rules = "table inet tenet_partition {\n\
+             chain in { type filter hook input priority 0; policy accept; tcp dport 2380 drop; tcp sport 2380 drop; }\n\
+             chain out { type filter hook output priority 0; policy accept; tcp dport 2380 drop; tcp sport 2380 drop; }\n\
+             }\n";
+        let f = self.dir.path().join(format!("partition-m{i}.nft"));
+        std::fs::write(&f, rules).unwrap();
+        let out = ns.cmd("nft", &["-f", f.to_str().unwrap()]).expect("nft");
+        assert!(out.status.success(), "nft: {out:?}");
+    }
+
+    /// Ends [`EtcdCluster::partition`] of member `i`.
+    pub fn heal(&self, i: usize) {
+        let ns = self.members[i]
+            .netns
+            .as_ref()
+            .expect("a partitionable cluster");
+        let out = ns
+            .cmd("nft", &["delete", "table", "inet", "tenet_partition"])
+            .expect("nft");
+        assert!(out.status.success(), "nft: {out:?}");
     }
 
     /// The process id of member `i`, while it runs.
@@ -387,8 +536,24 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        if self.members.iter().any(|m| m.netns.is_some()) {
+            // The members' namespaces go with their threads (and their
+            // veth ends with them); the bridge is the node namespace's.
+            for m in &mut self.members {
+                m.netns.take();
+            }
+            let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+        }
         // The TempDir removes the data dirs and logs after this.
     }
+}
+
+/// The bridge of a partitionable cluster, in the caller's namespace.
+const BRIDGE: &str = "tnetcdbr";
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
 }
 
 /// Every (key, value) under `prefix`, read with etcd-client directly (not

@@ -13,6 +13,7 @@
 //! block/<pool>/<tenant>/<node>/<block>         {node, cidr, used, released, cursor}
 //! block/<pool>/<tenant>/<node>/<block>/p/<ord> "<container>/<ifname>"  (leased)  a pending claim
 //! handle/<container>/<ifname>                  {tenant, node, state, allocations…} (leased while pending)
+//! (under <prefix>/leases/)  <node>             {id, expiresMs}                  the node's claim lease (two-phase only)
 //! sticky/<pool>/<tenant>/<owner>               <address>                        an owner's last address
 //! ```
 //!
@@ -38,11 +39,12 @@
 //! most 100 attempts, all within `etcd.timeout_ms`). A reserve's write
 //! transaction carries, as its failure branch, the reads the next attempt
 //! needs, so a lost compare costs no extra round trip. There is no lock
-//! anywhere. In the common case `reserve` is **one write transaction**,
-//! planned from the node's hint file (below); without usable hints it is
-//! one read transaction (the handle, the pools, the tenant's subnet
-//! record, this node's blocks with their pending keys and the node's claim
-//! lease, in one round trip) and one write. `confirm` in the process that
+//! anywhere. In the common case a claim (ADD's [`IpStore::claim`]) and a
+//! `reserve` are each **one write transaction**, planned from the node's
+//! hint file (below); without usable hints, one read transaction (the
+//! handle, the pools, the tenant's subnet record, this node's blocks with
+//! their pending keys, and for a two-phase reserve the node's claim lease,
+//! in one round trip) and one write. `confirm` in the process that
 //! reserved is one write transaction (what the reserve wrote is kept in
 //! memory for it, and every use of it is guarded by compares); in another
 //! process it reads first. Each write puts the handle in the same
@@ -102,9 +104,31 @@
 //!   torn, corrupt, foreign (other prefix, network, node or format) or
 //!   unreadable file is ignored.
 //!
+//! # Claims (what ADD does)
+//!
+//! [`IpStore::claim`] takes the address and makes it permanent in **one
+//! transaction**: `If handle absent, pending key of the ordinal absent,
+//! block == the value planned from Then put block (bit set, cursor moved),
+//! put handle (state confirmed, no lease)`, with the reads the re-plan
+//! needs as its failure branch. ADD claims before it configures anything in
+//! the pod (see `apply`): an address a pod may carry never depends on a
+//! lease, so no lease expiry can hand it to a second pod while a killed
+//! ADD's pod still holds it (issue 13, item 3). Crash safety comes from the
+//! attachment record, written before the claim: DEL or GC of a killed ADD
+//! release its claim by the attachment's key. Since a claim rewrites its
+//! block, concurrent claims of one node conflict on the block (whatever
+//! the address); the loser re-plans from the returned block at once, and
+//! after a lost race starts at another of the node's blocks. A retried ADD
+//! gets its claim back (the handle is rewritten as it is, so that its
+//! revision moves and `tenetctl ipam gc`, which releases only unchanged
+//! handles, cannot free it under the pod); a pending handle of the
+//! two-phase API is confirmed.
+//!
 //! # Two-phase claims and leases
 //!
-//! `reserve` takes an address by creating its **pending key**
+//! The trait's two-phase API (`reserve`, then `confirm`) remains, for
+//! callers that need a claim that undoes itself. `reserve` takes an
+//! address by creating its **pending key**
 //! `block/…/<block>/p/<ordinal>` and the handle (state `pending`), both
 //! under the node's claim lease: `<prefix>/leases/<node>` names a lease of
 //! `etcd.claim_ttl_s` (default 60 s) that the node's ADDs share while at
@@ -119,15 +143,17 @@
 //! the block and the pending key are as read (so a claim that expired in
 //! between is [`IpamError::ClaimLost`], never half-confirmed).
 //!
-//! Why this shape: when an ADD crashes between reserve and confirm, its lease
-//! expires and etcd deletes the pending key and the pending handle by
+//! Why this shape: when a process crashes between reserve and confirm, its
+//! lease expires and etcd deletes the pending key and the pending handle by
 //! itself. The address is then free — no bit was ever set, nothing refers to
 //! it — without any cleanup code running anywhere (a lease that expired
 //! freed the address without cooldown, as the local store does for a stale
 //! claim). Confirmed allocations never depend on a lease. Half the TTL
-//! bounds how long one ADD may take between reserve and confirm. A retried
-//! ADD (same key, still pending) takes the claim over under the current
-//! lease.
+//! bounds how long a caller may take between reserve and confirm. A retried
+//! reserve (same key, still pending) takes the claim over under the current
+//! lease. This is also why ADD no longer uses it: an ADD killed after it
+//! had configured the pod lost its claim with the lease while the pod kept
+//! the address.
 //!
 //! `release` clears the bits (or deletes the pending keys), records the
 //! ordinals as released with the time, and deletes the handle, in one
@@ -155,34 +181,42 @@
 //!
 //! Every handle records the node whose ADD made it. [`IpStore::gc`] only
 //! looks at this node's handles: another node's pods are never freed by it.
-//! Pending handles exist only while their lease (their ADD) lives, so GC
-//! keeps them all as in flight. `tenetctl ipam gc` adds a grace period and a
-//! re-check: a candidate is released only if its handle's revision is
-//! unchanged after the grace period.
+//! Pending handles exist only while their lease lives, so GC keeps them all
+//! as in flight; the apply engine passes the attachments that still have a
+//! record (ADDs running, whose claims are confirmed already) as valid.
+//! `tenetctl ipam gc` adds a grace period and a re-check: a candidate is
+//! released only if its handle's revision is unchanged after the grace
+//! period and no `applying` record of a live process names it.
 //!
 //! # Failure
 //!
-//! Every operation is bounded by `etcd.timeout_ms` as a whole. No answer,
-//! no leader or a broken connection is [`IpamError::Unavailable`]: CNI code
-//! 11 (try again later) for ADD/DEL/GC, code 50 for STATUS
-//! ([`IpamError::status_code`]). Since each change is one transaction, a
-//! timeout leaves either nothing or the whole change; a reserve that
-//! committed although its answer was lost is returned unchanged to the
-//! retried ADD, or expires with its lease.
+//! Requests go through the exec's connection ([`crate::etcd`]), which
+//! moves a request that a member does not serve (down, cut off, in an
+//! election, no answer within a quarter of the timeout) to the next member,
+//! until `etcd.timeout_ms` for the whole operation. Only then is it
+//! [`IpamError::Unavailable`]: CNI code 11 (try again later) for
+//! ADD/DEL/GC, code 50 for STATUS ([`IpamError::status_code`]). A request
+//! whose answer was lost may have been applied; every write is one guarded
+//! transaction, so its retry fails its compare if the first went through,
+//! and the re-plan reads back what happened: a claim finds its own handle
+//! (and returns it), a confirm finds the claim confirmed, a release finds
+//! the handle gone. STATUS asks every member: a quorum with members down is
+//! ready, with a warning per member in the log (degraded).
 //!
 //! # Wiring into the apply engine
 //!
-//! `EtcdStore::connect(&config)` when `config.store == StoreKind::Etcd`
-//! (connecting costs one round trip, plus one for authentication; nothing
-//! happens for the local store). The node name is `config.node_name` or the
-//! hostname; the hint file lives under `config.state_dir` (node-local, like
-//! the attachment records). A SIGKILL at any step after reserve leaves a
-//! pending claim that expires within `claim_ttl_s` (DEL or GC free it
-//! sooner); after confirm, DEL or GC frees it (`host/tests/etcd_crash_root.rs`
-//! kills the binary at each step). The journal's undo of the reserve step is
-//! `release` (idempotent), and its last step `confirm`; a confirm answered
-//! with `ClaimLost` (code 136) means the ADD overran half the TTL and must
-//! fail and undo.
+//! `EtcdStore::connect_shared(&config, conn)` when `config.store ==
+//! StoreKind::Etcd`, on the exec's one [`EtcdConn`] (shared with the
+//! MidoNet records; nothing is contacted until the first operation, and
+//! each member is authenticated on its first use). The node name is
+//! `config.node_name` or the hostname; the hint file and the remembered
+//! member live under `config.state_dir` (node-local, like the attachment
+//! records). The `reserve` step claims (confirmed, one transaction); its
+//! undo is `release` (idempotent), registered before the claim, and the
+//! rollback keeps the attachment record when a release fails, so that DEL
+//! or GC finish it. A SIGKILL at any step after it leaves a confirmed claim
+//! that DEL or GC frees through the record (`host/tests/etcd_crash_root.rs`
+//! kills the binary at each step).
 
 mod conn;
 mod hint;
@@ -192,8 +226,8 @@ mod reserve;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -209,18 +243,10 @@ use super::{
     validate_network_name,
 };
 use crate::config::{Config, SdnKind};
+use crate::etcd::{EtcdConn, EtcdSettings};
 use crate::plan::AddressRequest;
 
-/// TLS material for the connection to etcd (PEM bytes).
-#[derive(Clone, Default)]
-pub struct EtcdTls {
-    /// CA bundle that signed the servers' certificates.
-    pub ca_pem: Option<Vec<u8>>,
-    /// Client certificate, for mutual TLS.
-    pub cert_pem: Option<Vec<u8>>,
-    /// Client key, for mutual TLS.
-    pub key_pem: Option<Vec<u8>>,
-}
+pub use crate::etcd::EtcdTls;
 
 /// Everything an [`EtcdStore`] needs.
 #[derive(Clone)]
@@ -253,6 +279,10 @@ pub struct EtcdOptions {
     /// the module docs); `None` disables them (every reserve reads first).
     /// From a configuration: `<state_dir>/etcd-hints`.
     pub hint_dir: Option<PathBuf>,
+    /// Where the etcd member that answered last is remembered between
+    /// execs, so that the next starts there (`<state_dir>/etcd-member`
+    /// from a configuration; `None`: not remembered). See [`crate::etcd`].
+    pub member_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -269,6 +299,7 @@ impl std::fmt::Debug for EtcdOptions {
             .field("user", &self.user.as_ref().map(|u| &u.0))
             .field("tls", &self.tls.is_some())
             .field("hint_dir", &self.hint_dir)
+            .field("member_file", &self.member_file)
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +322,7 @@ impl EtcdOptions {
             user: None,
             tls: None,
             hint_dir: None,
+            member_file: None,
         }
     }
 
@@ -299,75 +331,39 @@ impl EtcdOptions {
     /// password and TLS files; errors name the configuration key.
     pub fn from_config(cfg: &Config) -> Result<Self, IpamError> {
         let e = &cfg.etcd;
-        let read = |key: &str, p: &Path| {
-            std::fs::read(p)
-                .map_err(|err| IpamError::io(format!("etcd.{key}: reading {}", p.display()), err))
-        };
         let node_name = match &cfg.node_name {
             Some(n) if !n.is_empty() => n.clone(),
             _ => hostname()?,
         };
-        let user = match (&e.username, &e.password_file) {
-            (Some(u), Some(p)) => {
-                let pw = String::from_utf8(read("password_file", p)?).map_err(|_| {
-                    IpamError::InvalidRequest {
-                        reason: format!("etcd.password_file: {} is not UTF-8", p.display()),
-                    }
-                })?;
-                Some((u.clone(), pw.trim_end_matches(['\n', '\r']).to_owned()))
-            }
-            (Some(_), None) => {
-                return Err(IpamError::InvalidRequest {
-                    reason: "etcd.username is set but etcd.password_file is not".into(),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(IpamError::InvalidRequest {
-                    reason: "etcd.password_file is set but etcd.username is not".into(),
-                });
-            }
-            (None, None) => None,
-        };
-        if e.cert_file.is_some() != e.key_file.is_some() {
-            return Err(IpamError::InvalidRequest {
-                reason: "etcd.cert_file and etcd.key_file must be set together".into(),
-            });
-        }
-        let tls = if e.ca_file.is_some() || e.cert_file.is_some() {
-            Some(EtcdTls {
-                ca_pem: e
-                    .ca_file
-                    .as_deref()
-                    .map(|p| read("ca_file", p))
-                    .transpose()?,
-                cert_pem: e
-                    .cert_file
-                    .as_deref()
-                    .map(|p| read("cert_file", p))
-                    .transpose()?,
-                key_pem: e
-                    .key_file
-                    .as_deref()
-                    .map(|p| read("key_file", p))
-                    .transpose()?,
-            })
-        } else {
-            None
-        };
+        let conn = EtcdSettings::from_config(cfg)?;
         Ok(EtcdOptions {
-            endpoints: e.endpoints.clone(),
+            endpoints: conn.endpoints,
             prefix: e.prefix.clone(),
-            timeout: Duration::from_millis(e.timeout_ms),
+            timeout: conn.timeout,
             node_name,
             claim_ttl: Duration::from_secs(e.claim_ttl_s),
             cooldown: Duration::from_secs(e.cooldown_s),
             allow_tenant_overlap: cfg.sdn == SdnKind::Midonet,
             block_len_v4: e.block_len_v4,
             block_len_v6: e.block_len_v6,
-            user,
-            tls,
+            user: conn.user,
+            tls: conn.tls,
             hint_dir: Some(cfg.state_dir.join("etcd-hints")),
+            member_file: conn.member_file,
         })
+    }
+
+    /// The connection settings these options imply (for
+    /// [`EtcdConn::open`]).
+    pub fn settings(&self) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            timeout: self.timeout,
+            user: self.user.clone(),
+            tls: self.tls.clone(),
+            member_file: self.member_file.clone(),
+            spread: self.node_name.clone(),
+        }
     }
 
     fn validate(&self) -> Result<(), IpamError> {
@@ -493,22 +489,41 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects with these options (authenticating when a user is set).
-    /// Unreachable etcd is [`IpamError::Unavailable`].
+    /// A store with its own connection (see [`crate::etcd`]); nothing is
+    /// contacted until the first operation. Bad options are
+    /// [`IpamError::InvalidRequest`].
     pub fn new(opts: EtcdOptions) -> Result<Self, IpamError> {
         opts.validate()?;
-        let conn = Conn::connect(&opts)?;
+        let conn = Arc::new(EtcdConn::open(&opts.settings())?);
+        Self::with_conn(opts, conn)
+    }
+
+    /// A store on a connection shared with other users of the cluster (the
+    /// MidoNet records): one connection per exec. `opts`' connection
+    /// fields are the connection's business then.
+    pub fn with_conn(opts: EtcdOptions, conn: Arc<EtcdConn>) -> Result<Self, IpamError> {
+        opts.validate()?;
         Ok(EtcdStore {
-            conn,
+            conn: Conn::new(conn),
             keys: Keys::new(&opts.prefix),
             opts,
             recent: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The constructor the apply engine calls when `store = "etcd"`.
+    /// The constructor `tenetctl` calls when `store = "etcd"`.
     pub fn connect(cfg: &Config) -> Result<Self, IpamError> {
         Self::new(EtcdOptions::from_config(cfg)?)
+    }
+
+    /// The constructor the apply engine calls: the exec's one connection.
+    pub fn connect_shared(cfg: &Config, conn: Arc<EtcdConn>) -> Result<Self, IpamError> {
+        Self::with_conn(EtcdOptions::from_config(cfg)?, conn)
+    }
+
+    /// The connection (failover statistics, the member in use).
+    pub fn conn(&self) -> &Arc<EtcdConn> {
+        self.conn.shared()
     }
 
     /// The options in force.
@@ -627,7 +642,8 @@ impl EtcdStore {
             .remove(key)
     }
 
-    async fn confirm_async(&self, etcd: Etcd, key: &AttachmentKey) -> Result<(), IpamError> {
+    /// Confirms `key`'s pending claim (see [`IpStore::confirm`]).
+    async fn confirm_with(&self, etcd: &Etcd, key: &AttachmentKey) -> Result<(), IpamError> {
         // Common case: this instance made the reservation, so the write can
         // go out without reading first; its compares catch any change.
         if let Some(r) = self.forget(key) {
@@ -654,20 +670,20 @@ impl EtcdStore {
                 })
                 .collect();
             if self
-                .confirm_txn(&etcd, key, r.handle, r.revision, blocks)
+                .confirm_txn(etcd, key, r.handle, r.revision, blocks)
                 .await?
             {
                 return Ok(());
             }
         }
         loop {
-            let Some((h, rev, blocks)) = self.read_handle(&etcd, key).await? else {
+            let Some((h, rev, blocks)) = self.read_handle(etcd, key).await? else {
                 return Err(IpamError::ClaimLost { key: key.clone() });
             };
             if h.state == ClaimState::Confirmed {
                 return Ok(());
             }
-            if self.confirm_txn(&etcd, key, h, rev, blocks).await? {
+            if self.confirm_txn(etcd, key, h, rev, blocks).await? {
                 return Ok(());
             }
         }
@@ -737,9 +753,12 @@ impl EtcdStore {
         expect: Option<i64>,
     ) -> Result<Option<Vec<Allocation>>, IpamError> {
         self.forget(key);
+        // Whether a release transaction of this call may have been applied
+        // without its answer arriving (then failed its compare on retry).
+        let mut maybe_done = false;
         loop {
             let Some((h, rev, mut blocks)) = self.read_handle(&etcd, key).await? else {
-                return Ok(if expect.is_some() {
+                return Ok(if expect.is_some() && !maybe_done {
                     None
                 } else {
                     Some(Vec::new())
@@ -774,7 +793,9 @@ impl EtcdStore {
                 ops.push(TxnOp::put(bk.as_str(), v.clone(), None));
                 written.push((bk.clone(), v, done.remove(bk).unwrap_or_default()));
             }
+            let was = etcd.uncertain();
             let resp = etcd.txn(Txn::new().when(compares).and_then(ops)).await?;
+            maybe_done |= !was && etcd.uncertain();
             if resp.succeeded() {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
                 self.note_blocks(&key.network, rev, &written);
@@ -1022,17 +1043,51 @@ impl IpStore for EtcdStore {
     ) -> Result<Vec<Allocation>, IpamError> {
         key.validate()?;
         let out = self.conn.run("reserving", |etcd| {
-            reserve::reserve(self, etcd, key, tenant, requests, owner)
+            reserve::reserve(
+                self,
+                etcd,
+                key,
+                tenant,
+                requests,
+                owner,
+                ClaimState::Pending,
+            )
         })?;
         tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
             "reserved");
         Ok(out)
     }
 
+    /// One transaction: the claim is confirmed (no lease) when it commits;
+    /// planned from the node's hints in the common case, as `reserve` is.
+    fn claim(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        key.validate()?;
+        let out = self.conn.run("claiming", |etcd| {
+            reserve::reserve(
+                self,
+                etcd,
+                key,
+                tenant,
+                requests,
+                None,
+                ClaimState::Confirmed,
+            )
+        })?;
+        tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
+            "claimed");
+        Ok(out)
+    }
+
     fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError> {
         key.validate()?;
-        self.conn
-            .run("confirming", |etcd| self.confirm_async(etcd, key))
+        self.conn.run("confirming", |etcd| async move {
+            self.confirm_with(&etcd, key).await
+        })
     }
 
     fn release(&self, key: &AttachmentKey) -> Result<Vec<Allocation>, IpamError> {
@@ -1141,12 +1196,35 @@ impl IpStore for EtcdStore {
         })
     }
 
+    /// Every member's status, then a linearizable read (it needs a leader
+    /// and a quorum, and proves the credentials): no quorum is
+    /// [`IpamError::Unavailable`] (STATUS code 50); a quorum with members
+    /// down, cut off or raising alarms is ready, with a warning per member
+    /// in the log (stderr by default).
     fn status(&self) -> Result<(), IpamError> {
-        // A linearizable read: answers only with a leader and a quorum, and
-        // proves the credentials work.
         let probe = format!("{}status", self.keys.root());
-        self.conn.run("checking status", |etcd| async move {
-            etcd.read(vec![(probe, false)]).await.map(|_| ())
-        })
+        let h = self.conn.shared().health(&probe);
+        if let Err(e) = &h.quorum {
+            return Err(IpamError::Unavailable {
+                detail: format!(
+                    "no quorum answers: {}; members: {}",
+                    e.message(),
+                    h.summary()
+                ),
+            });
+        }
+        let down = h.unhealthy();
+        if !down.is_empty() {
+            for m in &down {
+                tracing::warn!(member = %m.url, state = %m, "etcd member unavailable; the cluster has quorum (degraded)");
+            }
+            tracing::warn!(
+                healthy = h.members.len() - down.len(),
+                members = h.members.len(),
+                "etcd cluster degraded: {}",
+                h.summary()
+            );
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,8 @@
-//! `reserve`: plan every request from a view of etcd, and commit the whole
-//! reservation in one transaction whose compares cover everything the plan
-//! used. The view comes from the node's hint file (no read at all), from the
+//! `reserve` and `claim`: plan every request from a view of etcd, and
+//! commit the whole reservation in one transaction whose compares cover
+//! everything the plan used: a pending claim under the node's lease
+//! (`reserve`, two-phase) or a confirmed one that never expires (`claim`,
+//! what ADD does: see "Claims" in the module docs). The view comes from the node's hint file (no read at all), from the
 //! failure branch of the previous attempt's transaction (fresh reads that
 //! came back with the lost compare), or from one read transaction. A failed
 //! compare means another writer got there first: re-plan from the reads the
@@ -192,6 +194,9 @@ enum PlanError {
     /// The view is partial (hints, or the hinted blocks re-read) and the
     /// plan needs more than it holds: read everything and plan again.
     Incomplete,
+    /// The view is older than something read after it (another process of
+    /// this tenant carved its subnet meanwhile): read everything again.
+    Stale,
 }
 
 impl From<IpamError> for PlanError {
@@ -274,7 +279,9 @@ struct Attempt<'a> {
     owner: Option<&'a str>,
     holder: String,
     now: u64,
-    lease: i64,
+    /// What the claim becomes: pending under `lease`, or confirmed.
+    want: ClaimState,
+    lease: Option<i64>,
     /// Compares this reserve lost so far (see `scan_block`).
     races: u32,
     /// Whether the view holds all of this node's blocks; a partial view may
@@ -291,6 +298,10 @@ struct Attempt<'a> {
     new_blocks: HashSet<String>,
     /// Addresses taken earlier in this same call, by pool.
     taken: BTreeMap<String, HashSet<u128>>,
+    /// Blocks a confirmed claim sets bits in (written once, at the end).
+    touched: BTreeSet<String>,
+    /// The values written for them, for the hints.
+    written: BTreeMap<String, Vec<u8>>,
     w: Writes,
     rng: u64,
 }
@@ -308,6 +319,7 @@ fn read_set(
     names: &[&str],
     owner: Option<&str>,
     hinted: Option<&[Vec<String>]>,
+    want: ClaimState,
 ) -> ReadSet {
     let k = &s.keys;
     let net = key.network.as_str();
@@ -343,7 +355,8 @@ fn read_set(
         });
         per_pool.push((subnet, blocks, sticky));
     }
-    let lease = full.then(|| {
+    // A confirmed claim needs no lease.
+    let lease = (full && want == ClaimState::Pending).then(|| {
         ops.push((k.node_lease(&s.opts.node_name), false));
         ops.len() - 1
     });
@@ -488,6 +501,11 @@ fn view_from_hints(h: &Hints, tenant: &str, names: &[&str]) -> Option<View> {
     })
 }
 
+/// Reserves `requests` for `key`: a pending claim under the node's lease
+/// (`want = Pending`, [`IpStore::reserve`](crate::ipam::IpStore::reserve))
+/// or a confirmed claim in the same one transaction (`want = Confirmed`,
+/// [`IpStore::claim`](crate::ipam::IpStore::claim)).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn reserve(
     s: &EtcdStore,
     etcd: Etcd,
@@ -495,6 +513,7 @@ pub(super) async fn reserve(
     tenant: &str,
     requests: &[AddressRequest],
     owner: Option<&str>,
+    want: ClaimState,
 ) -> Result<Vec<Allocation>, IpamError> {
     if tenant.is_empty() {
         return Err(IpamError::InvalidRequest {
@@ -551,9 +570,12 @@ pub(super) async fn reserve(
     // Lost compares so far: what spreads and backs off the next plans (a
     // partial view that did not do is no race).
     let mut races = 0u32;
+    // Plans that found the view older than a later read (see
+    // `PlanError::Stale`).
+    let mut stale = 0u32;
     // Built only when used: the hinted path never reads everything.
     let full = std::cell::OnceCell::new();
-    let full_set = || full.get_or_init(|| read_set(s, key, tenant, &names, owner, None));
+    let full_set = || full.get_or_init(|| read_set(s, key, tenant, &names, owner, None, want));
     for attempt in 0..MAX_ATTEMPTS {
         // Phase 1: the view (one read at most; none from hints).
         let view = match std::mem::replace(&mut source, Source::Read) {
@@ -591,38 +613,43 @@ pub(super) async fn reserve(
             }
         };
 
-        // The claim's lease: the node's current one while it has at least
-        // half a TTL left (no grant on the common path), else a new one,
-        // published for the node's next ADDs in the same transaction.
-        let now = now_ms();
-        let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
-        let shared = view.lease.filter(|l| !distrust_shared && usable(l));
-        let (lease, publish) = match (shared, granted) {
-            (Some(l), _) => (l, None),
-            (None, Some((id, exp)))
-                if usable(&NodeLease {
-                    id,
-                    expires_ms: exp,
-                }) =>
-            {
-                let l = NodeLease {
-                    id,
-                    expires_ms: exp,
-                };
-                (l, Some(l))
+        // A pending claim's lease: the node's current one while it has at
+        // least half a TTL left (no grant on the common path), else a new
+        // one, published for the node's next ADDs in the same transaction.
+        // A confirmed claim has none.
+        let (lease, publish) = if want == ClaimState::Pending {
+            let now = now_ms();
+            let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
+            let shared = view.lease.filter(|l| !distrust_shared && usable(l));
+            match (shared, granted) {
+                (Some(l), _) => (Some(l), None),
+                (None, Some((id, exp)))
+                    if usable(&NodeLease {
+                        id,
+                        expires_ms: exp,
+                    }) =>
+                {
+                    let l = NodeLease {
+                        id,
+                        expires_ms: exp,
+                    };
+                    (Some(l), Some(l))
+                }
+                _ => {
+                    let id = etcd.grant(s.opts.claim_ttl).await?;
+                    let exp = now.saturating_add(ttl_ms);
+                    granted = Some((id, exp));
+                    let l = NodeLease {
+                        id,
+                        expires_ms: exp,
+                    };
+                    (Some(l), Some(l))
+                }
             }
-            _ => {
-                let id = etcd.grant(s.opts.claim_ttl).await?;
-                let exp = now.saturating_add(ttl_ms);
-                granted = Some((id, exp));
-                let l = NodeLease {
-                    id,
-                    expires_ms: exp,
-                };
-                (l, Some(l))
-            }
+        } else {
+            (None, None)
         };
-        let lease_id = lease.id;
+        let lease_id = lease.map(|l| l.id);
         let lease_key = k.node_lease(&s.opts.node_name);
         let publish = |w: &mut Writes| {
             if let Some(l) = &publish {
@@ -632,20 +659,47 @@ pub(super) async fn reserve(
 
         if let Some((h, hrev)) = &view.handle {
             check_same_request(key, &h.as_record(), tenant, requests)?;
-            if h.state == ClaimState::Confirmed {
-                return Ok(h.allocations());
+            let hk = k.handle(key);
+            match (h.state, want) {
+                (ClaimState::Confirmed, ClaimState::Pending) => return Ok(h.allocations()),
+                (ClaimState::Confirmed, ClaimState::Confirmed) => {
+                    // A retried ADD (or this call's own earlier attempt,
+                    // whose answer was lost): the same claim. Rewritten as
+                    // it is, so that its revision moves: a reconciler that
+                    // looked at it before this ADD and releases only
+                    // unchanged handles (`tenetctl ipam gc`) cannot free it
+                    // under the pod.
+                    let mut w = Writes::default();
+                    w.unchanged(&hk, *hrev, &[]);
+                    w.put(&hk, super::encode(h), None);
+                    match etcd.write_or_read(w.compares, w.ops, &[]).await? {
+                        Written::Done(_) => return Ok(h.allocations()),
+                        Written::Lost(_) => continue,
+                    }
+                }
+                (ClaimState::Pending, ClaimState::Confirmed) => {
+                    // A two-phase reserve of this attachment left it
+                    // pending: confirm it (or, if its lease ran out
+                    // meanwhile, start over).
+                    match s.confirm_with(&etcd, key).await {
+                        Ok(()) => return Ok(h.allocations()),
+                        Err(IpamError::ClaimLost { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                (ClaimState::Pending, ClaimState::Pending) => {}
             }
             // A retried ADD takes the pending claim over: same addresses,
             // re-leased so the new process has the whole TTL.
             let mut w = Writes::default();
-            w.unchanged(&k.handle(key), *hrev, &[]);
-            w.put(&k.handle(key), super::encode(h), Some(lease_id));
+            w.unchanged(&hk, *hrev, &[]);
+            w.put(&hk, super::encode(h), lease_id);
             for a in &h.allocations {
                 let bk = k.block(net, &a.allocation.pool, tenant, &a.block_node, a.block);
                 w.put(
                     &Keys::pend(&bk, a.ordinal),
                     holder_of(key).into_bytes(),
-                    Some(lease_id),
+                    lease_id,
                 );
             }
             publish(&mut w);
@@ -673,6 +727,7 @@ pub(super) async fn reserve(
             owner,
             holder: holder_of(key),
             now: now_ms(),
+            want,
             lease: lease_id,
             races,
             complete,
@@ -683,6 +738,8 @@ pub(super) async fn reserve(
             geoms: BTreeMap::new(),
             new_blocks: HashSet::new(),
             taken: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            written: BTreeMap::new(),
             w: Writes::default(),
             rng,
         };
@@ -726,6 +783,21 @@ pub(super) async fn reserve(
                     break;
                 }
                 Err(PlanError::Ipam(e)) => return Err(e),
+                Err(PlanError::Stale) => {
+                    stale += 1;
+                    if stale > 2 {
+                        return Err(IpamError::Corrupt {
+                            path: k.subnet(net, &p.name, tenant),
+                            detail: format!(
+                                "tenant {tenant} has a carved subnet in pool {} but no \
+                                 subnet record",
+                                p.name
+                            ),
+                        });
+                    }
+                    incomplete = true;
+                    break;
+                }
             }
         }
         rng = a.rng;
@@ -739,15 +811,17 @@ pub(super) async fn reserve(
             ifname: key.ifname.clone(),
             tenant: tenant.to_owned(),
             node: s.opts.node_name.clone(),
-            state: ClaimState::Pending,
+            state: want,
             created_ms: a.now,
             owner: owner.map(str::to_owned),
             allocations: allocs,
         };
         let hk = k.handle(key);
         a.w.absent(&hk);
-        a.w.put(&hk, super::encode(&rec), Some(lease_id));
+        a.w.put(&hk, super::encode(&rec), lease_id);
         publish(&mut a.w);
+        // A confirmed claim's blocks, with their new bits, once each.
+        a.write_touched();
         let touched: Vec<(String, BlockRec, Option<i64>)> = rec
             .allocations
             .iter()
@@ -765,24 +839,26 @@ pub(super) async fn reserve(
             full_set().clone()
         } else {
             let hinted: Vec<Vec<String>> = names.iter().map(|n| a.views[*n].own.clone()).collect();
-            read_set(s, key, tenant, &names, owner, Some(&hinted))
+            read_set(s, key, tenant, &names, owner, Some(&hinted), want)
         };
         let w = std::mem::take(&mut a.w);
         match etcd.write_or_read(w.compares, w.ops, &else_set.ops).await {
             Ok(Written::Done(r)) => {
                 // Remember what confirm would otherwise read again; every
                 // use of it is guarded by compares on these revisions.
-                s.remember(
-                    key,
-                    Recent {
-                        handle: rec.clone(),
-                        revision: r,
-                        blocks: touched
-                            .into_iter()
-                            .map(|(bk, b, rev)| (bk, b, rev.unwrap_or(r)))
-                            .collect(),
-                    },
-                );
+                if want == ClaimState::Pending {
+                    s.remember(
+                        key,
+                        Recent {
+                            handle: rec.clone(),
+                            revision: r,
+                            blocks: touched
+                                .into_iter()
+                                .map(|(bk, b, rev)| (bk, b, rev.unwrap_or(r)))
+                                .collect(),
+                        },
+                    );
+                }
                 if let Some(f) = &mut hint_file {
                     let prior = hints
                         .unwrap_or_else(|| Hints::empty(&s.opts.prefix, net, &s.opts.node_name));
@@ -842,6 +918,20 @@ fn node_hash(s: &str) -> u64 {
 }
 
 impl Attempt<'_> {
+    /// Puts every block a confirmed claim set bits in, with its final
+    /// value (cooled-down releases pruned); each was compared by
+    /// `plan_one` (its value as read, or absent when claimed now).
+    fn write_touched(&mut self) {
+        let cd = self.s.cooldown_ms();
+        for bk in std::mem::take(&mut self.touched) {
+            let b = self.blocks.get_mut(&bk).expect("touched block");
+            b.rec.prune(self.now, cd);
+            let v = super::encode(&b.rec);
+            self.w.put(&bk, v.clone(), None);
+            self.written.insert(bk, v);
+        }
+    }
+
     fn refuse(&self, p: &ParsedPool, x: u128, reason: String) -> IpamError {
         IpamError::StaticOutOfRange {
             address: to_ip(x, p.v4),
@@ -851,8 +941,8 @@ impl Attempt<'_> {
         }
     }
 
-    /// The hints after this attempt committed at revision `rev` under
-    /// `lease`: `prior` with the pools, and for each pool of the request the
+    /// The hints after this attempt committed at revision `rev` (under
+    /// `lease`, for a pending claim): `prior` with the pools, and for each pool of the request the
     /// tenant's subnet and this node's first [`MAX_BLOCKS`] blocks that still
     /// have a free address (counting what this attempt took as pending).
     fn hints_after(
@@ -860,11 +950,13 @@ impl Attempt<'_> {
         mut prior: Hints,
         parsed: &[ParsedPool],
         rev: i64,
-        lease: NodeLease,
+        lease: Option<NodeLease>,
     ) -> Hints {
         let at = |r: i64| if r == 0 { rev } else { r };
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
-        prior.lease = Some(lease);
+        if lease.is_some() {
+            prior.lease = lease;
+        }
         prior.pools = self
             .pools
             .iter()
@@ -926,16 +1018,19 @@ impl Attempt<'_> {
                         .and_then(|x| x.pend.get(o).copied())
                         .unwrap_or(self.now)
                 };
-                let val = if self.new_blocks.contains(bk) {
-                    super::encode(&b.rec)
-                } else {
-                    b.val.clone()
+                // What this transaction wrote (a confirmed claim's blocks),
+                // else the value as read (or, for a block claimed now by a
+                // pending claim, as created).
+                let (val, vrev) = match self.written.get(bk) {
+                    Some(v) => (v.clone(), rev),
+                    None if self.new_blocks.contains(bk) => (super::encode(&b.rec), rev),
+                    None => (b.val.clone(), at(b.rev)),
                 };
                 blocks.push(BlockHint {
                     key: bk.clone(),
                     val: Val {
                         value: text(&val),
-                        rev: at(b.rev),
+                        rev: vrev,
                     },
                     pend: b.pend.keys().map(|o| (*o, seen(o))).collect(),
                 });
@@ -1050,15 +1145,33 @@ impl Attempt<'_> {
             self.w.absent(&bk);
             self.w
                 .put(&claim, self.s.opts.node_name.clone().into_bytes(), None);
-            self.w.put(&bk, super::encode(&b.rec), None);
+            if self.want == ClaimState::Pending {
+                self.w.put(&bk, super::encode(&b.rec), None);
+            }
         } else {
             self.w.unchanged(&bk, b.rev, &b.val);
         }
+        // No pending key of a two-phase reserve may hold the ordinal (it
+        // is not in the block's value).
         let pend = Keys::pend(&bk, ord);
         self.w.absent(&pend);
-        self.w
-            .put(&pend, self.holder.clone().into_bytes(), Some(self.lease));
-        b.pend.insert(ord, (self.holder.clone(), 0));
+        match self.want {
+            ClaimState::Pending => {
+                self.w
+                    .put(&pend, self.holder.clone().into_bytes(), self.lease);
+                b.pend.insert(ord, (self.holder.clone(), 0));
+            }
+            ClaimState::Confirmed => {
+                // The bit, as confirm sets it; the block is written once
+                // all requests are planned (`write_touched`).
+                b.rec.set_used(ord, true);
+                b.rec.released.remove(&ord);
+                if !fixed {
+                    b.rec.cursor = (ord + 1) % b.rec.size();
+                }
+                self.touched.insert(bk.clone());
+            }
+        }
         self.taken.entry(p.name.clone()).or_default().insert(x);
         if let Some(o) = self.owner {
             let sk = k.sticky(&net, &p.name, self.tenant, o);
@@ -1170,16 +1283,26 @@ impl Attempt<'_> {
             BTreeSet::new()
         } else {
             let prefix = k.carves(&net, &p.name);
-            self.etcd
-                .scan(&prefix, true)
-                .await?
-                .iter()
-                .filter_map(|kv| {
-                    let kk = String::from_utf8_lossy(kv.key()).into_owned();
-                    let s = unesc(kk.strip_prefix(&prefix)?)?;
-                    s.parse::<IpNet>().ok().map(|n| to_u128(n.network()))
-                })
-                .collect()
+            let mut taken = BTreeSet::new();
+            for kv in self.etcd.scan(&prefix, false).await? {
+                let kk = String::from_utf8_lossy(kv.key()).into_owned();
+                let Some(n) = kk
+                    .strip_prefix(&prefix)
+                    .and_then(unesc)
+                    .and_then(|s| s.parse::<IpNet>().ok())
+                else {
+                    continue;
+                };
+                if kv.value() == self.tenant.as_bytes() {
+                    // This tenant's own carve, made by a concurrent ADD
+                    // after our view was read (which showed no subnet):
+                    // counting it as taken would refuse the tenant a
+                    // subnet it has (issue 13, item 2). Read again.
+                    return Err(PlanError::Stale);
+                }
+                taken.insert(to_u128(n.network()));
+            }
+            taken
         };
         let g = if let Some(x) = stat {
             let n = base + (x - base) / size * size;
@@ -1348,7 +1471,14 @@ impl Attempt<'_> {
     /// A dynamic address: this node's blocks first, then a new block for
     /// this node, then borrowing from other nodes' blocks.
     async fn dynamic(&mut self, p: &ParsedPool, g: Geom) -> Result<(String, u32, u128), PlanError> {
-        let own = self.views[&p.name].own.clone();
+        let mut own = self.views[&p.name].own.clone();
+        if self.races > 0 && self.want == ClaimState::Confirmed && own.len() > 1 {
+            // A confirmed claim rewrites its block, so concurrent claims of
+            // one node conflict on the block, whatever the address: after a
+            // lost race, start at another of the node's blocks.
+            let r = (next_rand(&mut self.rng) % own.len() as u64) as usize;
+            own.rotate_left(r);
+        }
         for bk in &own {
             if let Some(ord) = self.scan_block(p, g, bk) {
                 let x = to_u128(self.blocks[bk].rec.cidr.network()) + u128::from(ord);

@@ -1,90 +1,40 @@
 //! [`TopologyRecords`] on etcd v3: keys under `<etcd.prefix>/midonet/`,
-//! transactions with revision compares, leases for claims. Every operation
-//! is bounded by `etcd.timeout_ms`.
+//! transactions with revision compares, leases for claims, on the exec's
+//! one etcd connection ([`crate::etcd::EtcdConn`], shared with the address
+//! store): TLS and authentication from `[etcd]`, failover between members,
+//! every operation bounded by `etcd.timeout_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::records::{Cmp, Kv, Op, RecordsError, TopologyRecords};
-use crate::config::EtcdConfig;
+use crate::etcd::{EtcdConn, EtcdError};
 
 /// The etcd store.
 pub struct EtcdRecords {
-    client: Client,
+    conn: Arc<EtcdConn>,
     root: String,
-    timeout: Duration,
-    rt: Arc<tokio::runtime::Runtime>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> RecordsError {
-    RecordsError::Unavailable(format!("etcd: {e}"))
+impl From<EtcdError> for RecordsError {
+    fn from(e: EtcdError) -> Self {
+        RecordsError::Unavailable(e.message().to_owned())
+    }
 }
 
 impl EtcdRecords {
-    /// Connects (bounded by `timeout_ms`). `rt` drives every operation.
-    pub fn connect(
-        cfg: &EtcdConfig,
-        rt: Arc<tokio::runtime::Runtime>,
-    ) -> Result<Self, RecordsError> {
-        if cfg.endpoints.is_empty() {
-            return Err(RecordsError::Unavailable("etcd.endpoints is empty".into()));
-        }
-        if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
-            return Err(RecordsError::Unavailable(
-                "etcd.ca_file/cert_file/key_file: TLS is not supported by the MidoNet records store of this build"
-                    .into(),
-            ));
-        }
-        let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
-        let mut opts = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout);
-        if let Some(user) = &cfg.username {
-            let pw = match &cfg.password_file {
-                Some(p) => std::fs::read_to_string(p)
-                    .map_err(|e| {
-                        RecordsError::Unavailable(format!(
-                            "etcd.password_file {}: {e}",
-                            p.display()
-                        ))
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-                None => String::new(),
-            };
-            opts = opts.with_user(user.clone(), pw);
-        }
-        let endpoints = cfg.endpoints.clone();
-        let client = rt
-            .block_on(async {
-                tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await
-            })
-            .map_err(|_| unavailable(format!("connect timed out after {timeout:?}")))?
-            .map_err(unavailable)?;
-        let root = format!("{}/midonet/", cfg.prefix.trim_end_matches('/'));
-        Ok(Self {
-            client,
-            root,
-            timeout,
-            rt,
-        })
+    /// The records under `<prefix>/midonet/`, on `conn`. Nothing is
+    /// contacted until the first operation.
+    pub fn new(conn: Arc<EtcdConn>, prefix: &str) -> Self {
+        let root = format!("{}/midonet/", prefix.trim_end_matches('/'));
+        Self { conn, root }
     }
 
     /// The key prefix everything lives under (`<prefix>/midonet/`).
     pub fn root(&self) -> &str {
         &self.root
-    }
-
-    fn run<T, F>(&self, f: F) -> Result<T, RecordsError>
-    where
-        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        self.rt
-            .block_on(async { tokio::time::timeout(self.timeout, f).await })
-            .map_err(|_| unavailable(format!("timed out after {:?}", self.timeout)))?
-            .map_err(unavailable)
     }
 
     fn full(&self, key: &str) -> String {
@@ -103,17 +53,20 @@ impl EtcdRecords {
 
 impl TopologyRecords for EtcdRecords {
     fn get(&self, key: &str) -> Result<Option<Kv>, RecordsError> {
-        let mut c = self.client.clone();
         let full = self.full(key);
-        let r = self.run(async move { c.get(full, None).await })?;
+        let r = self
+            .conn
+            .run("reading a topology record", |op| async move {
+                op.get(&full, None).await
+            })?;
         Ok(r.kvs().first().map(|kv| self.kv(kv)))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Kv>, RecordsError> {
-        let mut c = self.client.clone();
         let full = self.full(prefix);
-        let r =
-            self.run(async move { c.get(full, Some(GetOptions::new().with_prefix())).await })?;
+        let r = self.conn.run("listing topology records", |op| async move {
+            op.get(&full, Some(GetOptions::new().with_prefix())).await
+        })?;
         Ok(r.kvs().iter().map(|kv| self.kv(kv)).collect())
     }
 
@@ -143,40 +96,66 @@ impl TopologyRecords for EtcdRecords {
                 Op::Delete(k) => TxnOp::delete(self.full(k), None),
             })
             .collect();
-        let mut c = self.client.clone();
-        let r = self.run(async move { c.txn(Txn::new().when(cmps).and_then(ops)).await })?;
-        Ok(r.succeeded())
+        let txn = Txn::new().when(cmps).and_then(ops);
+        Ok(self.conn.run("writing topology records", |op| async move {
+            if op.txn(&txn).await?.succeeded() {
+                return Ok(true);
+            }
+            if !op.uncertain() {
+                return Ok(false);
+            }
+            // An answer got lost and the retry's compare failed: maybe
+            // on this transaction's own first application. Read back:
+            // it was applied if every key holds what it wrote (values
+            // carry fresh ids and owner tokens) and every deleted key
+            // is gone.
+            let gets: Vec<TxnOp> = then
+                .iter()
+                .map(|o| match o {
+                    Op::Put { key, .. } | Op::Delete(key) => TxnOp::get(self.full(key), None),
+                })
+                .collect();
+            let back = op.txn(&Txn::new().and_then(gets)).await?;
+            let applied = then.iter().zip(back.op_responses()).all(|(o, r)| {
+                let TxnOpResponse::Get(g) = r else {
+                    return false;
+                };
+                match (o, g.kvs().first()) {
+                    (Op::Put { value, lease, .. }, Some(kv)) => {
+                        kv.value() == value.as_slice() && kv.lease() == lease.unwrap_or(0)
+                    }
+                    (Op::Delete(_), None) => true,
+                    _ => false,
+                }
+            });
+            Ok::<bool, EtcdError>(applied)
+        })?)
     }
 
     fn grant(&self, ttl: Duration) -> Result<i64, RecordsError> {
-        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let mut c = self.client.clone();
-        let r = self.run(async move { c.lease_grant(secs, None).await })?;
-        Ok(r.id())
+        Ok(self.conn.run(
+            "granting a claim lease",
+            |op| async move { op.grant(ttl).await },
+        )?)
     }
 
     fn keep_alive(&self, lease: i64) -> Result<(), RecordsError> {
-        let mut c = self.client.clone();
-        let r = self.run(async move {
-            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
+        let ttl = self.conn.run("renewing a claim lease", |op| async move {
+            op.keep_alive(lease).await
         })?;
-        match r {
-            Some(resp) if resp.ttl() > 0 => Ok(()),
-            _ => Err(RecordsError::Unavailable(format!(
+        if ttl > 0 {
+            Ok(())
+        } else {
+            Err(RecordsError::Unavailable(format!(
                 "etcd lease {lease:x} expired"
-            ))),
+            )))
         }
     }
 
     fn revoke(&self, lease: i64) -> Result<(), RecordsError> {
-        let mut c = self.client.clone();
-        match self.run(async move { c.lease_revoke(lease).await }) {
-            Ok(_) => Ok(()),
-            // An expired lease is as good as revoked.
-            Err(RecordsError::Unavailable(m)) if m.contains("not found") => Ok(()),
-            Err(e) => Err(e),
-        }
+        // An expired lease is as good as revoked (`Op::revoke`).
+        Ok(self.conn.run("revoking a claim lease", |op| async move {
+            op.revoke(lease).await
+        })?)
     }
 }

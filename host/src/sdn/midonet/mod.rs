@@ -267,14 +267,27 @@ pub fn runtime() -> Result<Arc<tokio::runtime::Runtime>, SdnError> {
 }
 
 impl MidonetSdn {
-    /// The production constructor: MidoNet from `cfg.midonet`, records in
-    /// etcd from `cfg.etcd` (connects to etcd; MidoNet is contacted on the
-    /// first call).
+    /// MidoNet from `cfg.midonet`, records in etcd from `cfg.etcd` on a
+    /// connection of its own (`tenetctl midonet`); nothing is contacted
+    /// until the first call.
     pub fn connect(cfg: &Config) -> Result<Self, SdnError> {
-        let rt = runtime()?;
+        let settings =
+            crate::etcd::EtcdSettings::from_config(cfg).map_err(|e| invalid(e.message()))?;
+        let conn = crate::etcd::EtcdConn::open(&settings).map_err(|e| invalid(e.message()))?;
+        Self::connect_shared(cfg, std::sync::Arc::new(conn))
+    }
+
+    /// The production constructor: the exec's one etcd connection (shared
+    /// with the etcd address store, with its TLS and authentication) holds
+    /// the records, and its runtime drives the MidoNet API client too.
+    pub fn connect_shared(
+        cfg: &Config,
+        conn: std::sync::Arc<crate::etcd::EtcdConn>,
+    ) -> Result<Self, SdnError> {
         let settings = MidonetSettings::from_config(&cfg.midonet)?;
-        let api = Client::new(client_options(&cfg.midonet)?, rt.clone()).map_err(invalid)?;
-        let store = etcd::EtcdRecords::connect(&cfg.etcd, rt)?;
+        let api =
+            Client::new(client_options(&cfg.midonet)?, conn.runtime().clone()).map_err(invalid)?;
+        let store = etcd::EtcdRecords::new(conn, &cfg.etcd.prefix);
         Ok(Self::with_parts(api, Box::new(store), settings))
     }
 

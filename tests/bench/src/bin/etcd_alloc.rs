@@ -7,24 +7,23 @@
 //!    what etcd on this machine does per second.
 //! 2. **Allocation rate**: 8 simulated nodes, each its own state dir (hint
 //!    file) and node name, each allocating in a loop:
-//!    - `reserve` alone: the one transaction that takes the address;
-//!    - `reserve` + `confirm`: the whole two-phase claim of an ADD;
-//!    - `reserve` + `confirm` with a **new `EtcdStore` per ADD** (connect
-//!      included), exactly what one `tenet` exec does.
+//!    - `claim`: the whole claim of an ADD (reserve and confirm in one
+//!      transaction: the claim is permanent when it commits);
+//!    - `reserve` + `confirm`: the two-phase claim (two transactions), what
+//!      ADD did before, for reference;
+//!    - `claim` with a **new `EtcdStore` per ADD** (a new connection),
+//!      exactly what one `tenet` exec does.
 //!
 //!    In the first two, each node keeps one `EtcdStore` (one connection),
-//!    but nothing of the reserve is kept in memory between calls: every
-//!    reserve reads the node's hint file and rewrites it, as a new `tenet`
+//!    but nothing of the claim is kept in memory between calls: every
+//!    claim reads the node's hint file and rewrites it, as a new `tenet`
 //!    process does (only confirm uses what its own reserve kept, as in one
-//!    ADD). The reserve-only workload's claims are confirmed after each of
-//!    its slices, off the clock: a claim is pending only while its ADD
-//!    runs, and left pending for the whole run they would pile up in the
-//!    blocks by the thousand, which no real node sees.
+//!    process).
 //! 3. **Latency vs fill**: one node, a tenant /20 (4094 addresses, 64
 //!    blocks) filled to 1 % and to 90 % (two prefixes); p50 and p99 of
-//!    `reserve` at each fill, the probes of the two fills interleaved (each
-//!    measured reservation is released again so the fill stays put), with
-//!    hints, and without (the read path, for reference).
+//!    `claim` at each fill, the probes of the two fills interleaved (each
+//!    measured claim is released again so the fill stays put), with hints,
+//!    and without (the read path, for reference).
 //!
 //! The rate phases run interleaved: each workload has its own threads, and
 //! they take turns in 0.5 s slices until each had `BENCH_SECS`, so that the
@@ -33,7 +32,7 @@
 //! `make bench-etcd`, or `cargo run --profile ctl -p tenet-bench --bin
 //! etcd_alloc`. `BENCH_SECS` (default 5) sets each rate phase's length,
 //! `BENCH_SAMPLES` (default 3000) the latency samples per fill,
-//! `BENCH_PHASES` (default `raw,reserve,add,fresh,latency`) which phases run.
+//! `BENCH_PHASES` (default `raw,claim,twophase,fresh,latency`) which phases run.
 
 #[path = "../../../../host/tests/common/etcd.rs"]
 mod etcd;
@@ -126,12 +125,9 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// One workload: `op(client, i)` is client `client`'s `i`-th operation;
-/// `settle(client)`, when there is one, runs after each of the workload's
-/// slices, off the clock, while its threads are parked.
+/// One workload: `op(client, i)` is client `client`'s `i`-th operation.
 struct Work {
     op: Arc<dyn Fn(usize, u64) + Send + Sync>,
-    settle: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 /// Length of one measured slice.
@@ -159,9 +155,7 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
         gate.1.notify_all();
     };
     let mut threads = Vec::new();
-    let mut settles = Vec::with_capacity(n);
     for (w, work) in works.into_iter().enumerate() {
-        settles.push(work.settle);
         for c in 0..CLIENTS {
             let (active, stop, counts, busy, f) = (
                 active.clone(),
@@ -201,19 +195,11 @@ fn rates(secs: u64, etcd_pid: u32, works: Vec<Work>) -> Vec<Rate> {
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    // Ends workload `w`'s slice: parks it, runs its settle step for every
-    // client in parallel (off the clock), then leaves etcd idle for a
+    // Ends a slice: parks the workload, then leaves etcd idle for a
     // moment, so that nothing of one slice (etcd commits its backend every
     // 100 ms, connections close) lands in the next one's measurement.
-    let end_slice = |w: usize| {
+    let end_slice = |_w: usize| {
         park();
-        if let Some(f) = &settles[w] {
-            std::thread::scope(|sc| {
-                for c in 0..CLIENTS {
-                    sc.spawn(move || f(c));
-                }
-            });
-        }
         std::thread::sleep(Duration::from_millis(250));
     };
     let etcd = etcd_pid.to_string();
@@ -292,16 +278,16 @@ fn raw_work(endpoints: &[String]) -> Work {
         assert!(r.succeeded(), "raw txn lost its compare");
         *rev = r.header().unwrap().revision();
     });
-    Work { op, settle: None }
+    Work { op }
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
-    /// `reserve` only, one store per node.
-    Reserve,
+    /// `claim`, one store per node.
+    Claim,
     /// `reserve` + `confirm`, one store per node.
     ReserveConfirm,
-    /// `reserve` + `confirm`, a new store (connection) per ADD.
+    /// `claim`, a new store (connection) per ADD.
     FreshStorePerAdd,
 }
 
@@ -319,10 +305,6 @@ fn alloc_work(endpoints: &[String], mode: Mode, prefix: &str, states: &Path) -> 
             .collect()
     });
     let req = request("10.0.0.0/8", 12);
-    // Reserve only: the claims each client made, confirmed after the slice.
-    let made: Arc<Vec<Mutex<Vec<AttachmentKey>>>> =
-        Arc::new((0..CLIENTS).map(|_| Mutex::new(Vec::new())).collect());
-    let (stores2, made2) = (stores.clone(), made.clone());
     let op = Arc::new(move |c: usize, i: u64| {
         let k = AttachmentKey::new("bench", format!("n{c}-{i}"), "eth0");
         let fresh;
@@ -332,28 +314,14 @@ fn alloc_work(endpoints: &[String], mode: Mode, prefix: &str, states: &Path) -> 
         } else {
             &stores[c]
         };
-        s.reserve(&k, "t", &req).unwrap();
-        if mode == Mode::Reserve {
-            made[c].lock().unwrap().push(k);
-        } else {
+        if mode == Mode::ReserveConfirm {
+            s.reserve(&k, "t", &req).unwrap();
             s.confirm(&k).unwrap();
+        } else {
+            s.claim(&k, "t", &req).unwrap();
         }
     });
-    // A claim is pending only while its ADD runs (milliseconds); left
-    // pending for the whole run, the reserve-only workload's claims would
-    // pile up in its blocks (thousands per node, every one read back when a
-    // node's hinted blocks are full), which no real node sees. So its
-    // claims are confirmed after each slice, off the clock, as the rest of
-    // their ADDs would.
-    let settle = (mode == Mode::Reserve).then(|| {
-        Arc::new(move |c: usize| {
-            let keys = std::mem::take(&mut *made2[c].lock().unwrap());
-            for k in keys {
-                stores2[c].confirm(&k).unwrap();
-            }
-        }) as Arc<dyn Fn(usize) + Send + Sync>
-    });
-    Work { op, settle }
+    Work { op }
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
@@ -370,16 +338,15 @@ fn filled(endpoints: &[String], fill: f64, prefix: &str, state: &Path) -> (EtcdS
     let n = (4094.0 * fill) as usize;
     for i in 0..n {
         let k = AttachmentKey::new("lat", format!("fill-{i}"), "eth0");
-        s.reserve(&k, "t", &req).unwrap();
-        s.confirm(&k).unwrap();
+        s.claim(&k, "t", &req).unwrap();
     }
     (s, n)
 }
 
-/// Reserve latency in each of `stores` (p50, p99 in ms), **interleaved**:
-/// one reserve in each store in turn (the order alternating), so that the
+/// Claim latency in each of `stores` (p50, p99 in ms), **interleaved**:
+/// one claim in each store in turn (the order alternating), so that the
 /// machine's changing background load hits every fill alike. Each measured
-/// reservation is released again, so the fill stays put.
+/// claim is released again, so the fill stays put.
 fn latencies(stores: &[&EtcdStore], samples: u64, tag: &str) -> Vec<(f64, f64)> {
     let req = request("10.0.0.0/16", 20);
     let mut v: Vec<Vec<Duration>> = stores.iter().map(|_| Vec::new()).collect();
@@ -388,7 +355,7 @@ fn latencies(stores: &[&EtcdStore], samples: u64, tag: &str) -> Vec<(f64, f64)> 
             let j = if i % 2 == 0 { j } else { stores.len() - 1 - j };
             let k = AttachmentKey::new("lat", format!("{tag}-{i}"), "eth0");
             let t = Instant::now();
-            stores[j].reserve(&k, "t", &req).unwrap();
+            stores[j].claim(&k, "t", &req).unwrap();
             v[j].push(t.elapsed());
             stores[j].release(&k).unwrap();
         }
@@ -416,22 +383,22 @@ fn main() {
         loadavg()
     );
     println!(
-        "clients: one EtcdStore per node kept across calls, nothing of reserve kept in memory: \
-         every reserve reads and rewrites the node's hint file <state>/etcd-hints, as each tenet \
-         exec does (confirm uses what its own reserve kept, as within one ADD); last line: a new \
+        "clients: one EtcdStore per node kept across calls, nothing of a claim kept in memory: \
+         every claim reads and rewrites the node's hint file <state>/etcd-hints, as each tenet \
+         exec does (the two-phase confirm uses what its own reserve kept); last line: a new \
          EtcdStore (connection) per ADD"
     );
 
     let phases =
-        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "raw,reserve,add,fresh,latency".into());
+        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "raw,claim,twophase,fresh,latency".into());
     let on = |p: &str| phases.split(',').any(|x| x == p);
     let pid = cluster.pid(0).expect("etcd runs");
     let st = states.path();
     let mut works: Vec<Work> = Vec::new();
     let mut names = Vec::new();
     for (name, mode, prefix, dir) in [
-        ("reserve", Mode::Reserve, "/bench-a", "a"),
-        ("add", Mode::ReserveConfirm, "/bench-b", "b"),
+        ("claim", Mode::Claim, "/bench-a", "a"),
+        ("twophase", Mode::ReserveConfirm, "/bench-b", "b"),
         ("fresh", Mode::FreshStorePerAdd, "/bench-e", "e"),
     ] {
         if on(name) {
@@ -450,16 +417,16 @@ fn main() {
         println!("raw single-key txn (compare mod_revision + put):         {raw}");
     }
     let ratio = |r: Rate| raw.map_or(String::new(), |raw| format!("{:.2}", r.per_s / raw.per_s));
-    if let Some(res) = of("reserve") {
-        println!("allocations = reserve (the one txn taking the address):  {res}");
-        println!("  = {} of raw (goal >= 0.50)", ratio(res));
+    if let Some(c) = of("claim") {
+        println!("ADD's whole claim (reserve + confirm, one txn):           {c}");
+        println!("  = {} of raw (goal >= 0.50)", ratio(c));
     }
-    if let Some(add) = of("add") {
-        println!("reserve + confirm (the whole two-phase claim):            {add}");
-        println!("  = {} of raw", ratio(add));
+    if let Some(two) = of("twophase") {
+        println!("two-phase reserve, then confirm (two txns, for reference): {two}");
+        println!("  = {} of raw", ratio(two));
     }
     if let Some(fresh) = of("fresh") {
-        println!("reserve + confirm, new EtcdStore per ADD (connect too):   {fresh}");
+        println!("whole claim, new EtcdStore per ADD (one exec's work):      {fresh}");
         println!("  = {} of raw", ratio(fresh));
     }
     if !on("latency") {
@@ -470,7 +437,7 @@ fn main() {
     let (low, na) = filled(&eps, 0.01, "/bench-c", &st.join("c"));
     let (high, nb) = filled(&eps, 0.90, "/bench-d", &st.join("d"));
     let hinted = latencies(&[&low, &high], samples, "probe");
-    // The same nodes without hint files: every reserve reads first.
+    // The same nodes without hint files: every claim reads first.
     let (blind_low, blind_high) = (
         store(&eps, "lat", "/bench-c", None),
         store(&eps, "lat", "/bench-d", None),
@@ -478,7 +445,7 @@ fn main() {
     let read_path = latencies(&[&blind_low, &blind_high], samples, "read");
     for (what, r) in [("with hints", hinted), ("read path (no hints)", read_path)] {
         let (a, b) = (r[0], r[1]);
-        println!("reserve latency, {what}:");
+        println!("claim latency, {what}:");
         println!(
             "  tenant /20 at  1% ({na:4} held): p50 {:6.2} ms  p99 {:6.2} ms",
             a.0, a.1
