@@ -307,7 +307,9 @@ impl<'a> Engine<'a> {
         }
         self.point("reserve")?;
 
-        let layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
+        let mut layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
+            .map_err(|e| ApplyError::new(code::POLICY_INVALID_PLAN, "layout", e.0))?;
+        layout::limit_sdn_mtu(&mut layout, self.sdn.port_mtu())
             .map_err(|e| ApplyError::new(code::POLICY_INVALID_PLAN, "layout", e.0))?;
         rec.subnets = layout.tenant_subnets.clone();
         for (ri, li) in rec.interfaces.iter_mut().zip(&layout.interfaces) {

@@ -261,6 +261,14 @@ pub trait Sdn {
     /// and the tenant's rules are installed. Errors name what is wrong.
     fn check_tenant(&self, tenant: &str, subnets: &[(IpNet, IpAddr)]) -> Result<(), SdnError>;
 
+    /// The largest MTU the backend's tenant networks carry on a pod's SDN
+    /// port: the apply engine gives it to the pod's interface (both veth
+    /// ends) when the plan names none, and refuses a plan that names more.
+    /// `None` (the default): no limit of the backend's own.
+    fn port_mtu(&self) -> Option<u32> {
+        None
+    }
+
     /// For STATUS: can the backend serve ADD? (`nft` present and usable.)
     fn status(&self) -> Result<(), SdnError>;
 }
