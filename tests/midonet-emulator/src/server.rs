@@ -62,10 +62,11 @@ async fn serve_endpoint(
                         match tls {
                             // A handshake the client aborts (it does not
                             // trust the certificate) just ends the connection.
-                            Some(acceptor) => match acceptor.accept(stream).await {
-                                Ok(s) => connection(s, shared, index, addr, "https").await,
-                                Err(_) => {}
-                            },
+                            Some(acceptor) => {
+                                if let Ok(s) = acceptor.accept(stream).await {
+                                    connection(s, shared, index, addr, "https").await;
+                                }
+                            }
                             None => connection(stream, shared, index, addr, "http").await,
                         }
                     };
