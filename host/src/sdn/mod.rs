@@ -71,8 +71,9 @@
 //! netlink 120, `nft` failed 130, a resource missing (CHECK, attach) 131, a
 //! name or address taken by something else 132, `nft` missing or unusable 50
 //! (what STATUS reports).
-//! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, or
-//! a tenant busy on another node, 11; MidoNet rejected a call 133; a MidoNet
+//! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, a
+//! tenant busy on another node, or MidoNet's concurrent-modification 409s
+//! persisting, 11; MidoNet rejected a call 133; a MidoNet
 //! server error 134; a corrupt topology record 135; no link network left 136.
 
 pub mod fake;

@@ -8,15 +8,28 @@
 //! ```text
 //!  provider router P ──RP (link.1)───link───(link.2) LP── tenant router R ──GP (gw)──link──BP── bridge B(subnet)
 //!   route link.2/32 → RP                                  in chain: rev_snat in LP          └─ pod ports, bound to
-//!   route subnet    → RP via link.2                       out chain: accept return flows,       (host id, host veth)
+//!                                                         out chain: accept return flows,       (host id, host veth)
 //!                                                                    snat out LP → link.2
 //!                                                         route 0/0 → LP via link.1
 //!                                                         route subnet → GP
 //! ```
 //!
-//! The link network (default a /30 of `169.254.0.0/16`) is allocated in
-//! etcd without duplicates across nodes: its key is created in the same
-//! transaction as the tenant record.
+//! The provider router has no route to any tenant subnet: tenants' subnets
+//! may overlap (each tenant has its own address space), and MidoNet spreads
+//! flows over equal routes by a hash of the connection, so a route per
+//! tenant subnet would send provider-side traffic for a pod to the wrong
+//! tenant for some flows. Pods reach out through their tenant's SNAT
+//! address (link.2), and only return traffic comes back (rev_snat), as with
+//! the seed plugin. Records of earlier builds that name such routes get
+//! them deleted by the tenant's next `ensure_tenant`.
+//!
+//! The link network (default a /30 of `172.16.0.0/16`; never in
+//! 169.254.0.0/16, which MidoNet uses itself) is allocated in etcd without
+//! duplicates across nodes: its key is created in the same transaction as
+//! the tenant record. A tenant subnet inside the link pool is refused.
+//!
+//! Pods' interfaces on MidoNet ports get `midonet.mtu` (default 1450: a
+//! 1500-byte underlay minus VXLAN's 50 bytes; [`Sdn::port_mtu`]).
 //!
 //! # Records and concurrency
 //!
@@ -68,9 +81,14 @@
 //!   MidoNet; a retried ADD re-confirms its objects.
 //! - **B10** tenant infrastructure never removed: `remove_tenant_if_unused`
 //!   deletes the topology and releases the link network.
-//! - **B11** wrong media types: per-profile vendor media types
-//!   ([`client::ApiProfile`]), 5.x by default; a 406 is a typed error.
-//! - **B12** login "succeeds" without a token: only a 200 with a key counts.
+//! - **B11** wrong media types: the 5.x vendor media types
+//!   ([`client::ApiProfile`]); `api_profile = "legacy"` (2015.06, whose
+//!   server makes its own ids) is refused at configuration; a 406 is a
+//!   typed error.
+//! - **B12** login "succeeds" without a token: only a 200 with a key
+//!   counts; credentials MidoNet cannot parse (a `:`, no password) are
+//!   refused at configuration, and a 401 after a good login names the
+//!   missing admin role.
 //! - **B13** mutated URLs, random endpoint, leaked bodies, `Content-Type` on
 //!   GETs: endpoints are read-only, tried in order with failover, bodies
 //!   are always consumed, GETs send `Accept`.
@@ -92,11 +110,14 @@
 //!
 //! # Errors and CNI codes
 //!
-//! MidoNet unreachable or answering 503, etcd unreachable, or another node
-//! still building the tenant: 11 (try again later). MidoNet rejected a call
-//! (4xx): 133; other MidoNet server errors: 134; a corrupt record: 135; the
-//! link-network pool is exhausted: 136. Missing objects (CHECK, attach
-//! before ensure): 131.
+//! MidoNet unreachable (also: TLS verification failed) or answering 503, a
+//! write that kept meeting concurrent modifications (409 with nothing
+//! written, after [`client::CONFLICT_RETRIES`] re-sends), etcd unreachable,
+//! or another node still building the tenant: 11 (try again later). Bad
+//! configuration (`[midonet]`), a tenant subnet in the link pool: 7. MidoNet
+//! rejected a call (4xx): 133; other MidoNet server errors: 134; a corrupt
+//! record: 135; the link-network pool is exhausted: 136. Missing objects
+//! (CHECK, attach before ensure): 131.
 
 pub mod audit;
 pub mod client;
