@@ -223,14 +223,21 @@ impl Default for EtcdConfig {
 }
 
 /// How to reach the MidoNet API. Secrets are files, never inline values.
+///
+/// [`Config::load`] checks this section when `sdn = "midonet"`
+/// ([`MidonetConfig::validate`]): everything that can be known wrong without
+/// reading a file or calling MidoNet is refused there, naming the key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MidonetConfig {
     /// API base URLs (`http://api1:8181/midonet-api`), tried in order.
     pub endpoints: Vec<String>,
-    /// User for the Basic-auth login that yields an X-Auth-Token.
+    /// User for the Basic-auth login that yields an X-Auth-Token. Needs
+    /// `password_file`. Unset: no login (MidoNet's default
+    /// `MockAuthService` accepts every call).
     pub username: Option<String>,
-    /// File holding the password.
+    /// File holding the password (one line). MidoNet splits the login's
+    /// `user:password` on every `:`, so neither may contain one.
     pub password_file: Option<PathBuf>,
     /// MidoNet tenant/project id sent at login (`X-Auth-Project`), if any.
     pub project: Option<String>,
@@ -241,14 +248,20 @@ pub struct MidonetConfig {
     pub host_id: Option<String>,
     /// Bound on one REST call, in milliseconds.
     pub timeout_ms: Option<u64>,
-    /// `"5.x"` (default) or `"legacy"` (the 2015 API's media types).
+    /// `"5.x"` (the default and the only one): the MidoNet 5.x REST API.
+    /// `"legacy"` (2015.06) is refused: that API makes its own object ids
+    /// and answers a re-sent id with 500, which tenet's crash-safe,
+    /// id-first creation cannot work with (see docs/midonet.md).
     pub api_profile: Option<String>,
     /// File holding this node's host id when `host_id` is unset (default
     /// `/etc/midonet_host_id.properties`, then
     /// `/etc/midolman/host_uuid.properties`; `host_uuid=<id>` lines).
     pub host_id_file: Option<PathBuf>,
     /// Pool the tenant-router link networks come from (default
-    /// `169.254.0.0/16`).
+    /// [`MidonetConfig::DEFAULT_LINK_POOL`]). Each tenant's SNAT address is
+    /// in it, so the provider side must route it to the provider router.
+    /// Must not overlap 169.254.0.0/16 (MidoNet's own link-local uses) nor
+    /// non-unicast space.
     pub link_pool: Option<String>,
     /// Prefix length of one link network (default 30: provider port, tenant
     /// port).
@@ -259,6 +272,162 @@ pub struct MidonetConfig {
     /// How long an ADD waits for another node that is building the same
     /// tenant, in milliseconds (default 60000); past it ADD fails with 11.
     pub claim_wait_ms: Option<u64>,
+    /// MTU of pods' interfaces on MidoNet ports, both veth ends (default
+    /// [`MidonetConfig::DEFAULT_MTU`]: a 1500-byte underlay minus VXLAN's
+    /// 50 bytes of tunnel overhead, which also fits GRE's 46). With jumbo
+    /// frames: the underlay MTU minus 50. A plan may ask for less, never more.
+    pub mtu: Option<u32>,
+    /// CA certificates (PEM) that sign the API's TLS certificate; required
+    /// for `https://` endpoints and the only trust anchors used for them
+    /// (for a certificate from a public CA, name the system bundle,
+    /// `/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Address ranges a MidoNet link pool must stay out of: `(network, prefix
+/// length, why)`.
+const MIDONET_RESERVED: [([u8; 4], u8, &str); 5] = [
+    ([0, 0, 0, 0], 8, "\"this network\" (0.0.0.0/8)"),
+    ([127, 0, 0, 0], 8, "loopback (127.0.0.0/8)"),
+    (
+        [169, 254, 0, 0],
+        16,
+        "link-local 169.254.0.0/16, which MidoNet uses itself (metadata 169.254.169.254 and the \
+         addresses it maps to, recirculation 169.254.123.0/24, flow state, VPP, health monitors)",
+    ),
+    ([224, 0, 0, 0], 4, "multicast (224.0.0.0/4)"),
+    ([240, 0, 0, 0], 4, "reserved (240.0.0.0/4)"),
+];
+
+impl MidonetConfig {
+    /// The link pool when `link_pool` is unset.
+    pub const DEFAULT_LINK_POOL: &str = "172.16.0.0/16";
+    /// The pod MTU when `mtu` is unset.
+    pub const DEFAULT_MTU: u32 = 1450;
+
+    /// Checks what can be checked without I/O; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check_api_profile()?;
+        if self.endpoints.is_empty() {
+            return Err("midonet.endpoints: no MidoNet API endpoint configured".into());
+        }
+        let mut https = false;
+        for e in &self.endpoints {
+            match e.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+                Some(s) if s == "http" => {}
+                Some(s) if s == "https" => https = true,
+                _ => return Err(format!("midonet.endpoints: {e:?} is not an http(s) URL")),
+            }
+        }
+        match (&self.ca_file, https) {
+            (None, true) => {
+                return Err(
+                    "midonet.ca_file: not set, but an endpoint is https://; name the \
+                            CA certificate(s) that sign the API's certificate (for a public CA, \
+                            /etc/ssl/certs/ca-certificates.crt)"
+                        .into(),
+                );
+            }
+            (Some(f), false) => {
+                return Err(format!(
+                    "midonet.ca_file: {} is set, but no endpoint is https:// (the API would be \
+                     reached without TLS)",
+                    f.display()
+                ));
+            }
+            _ => {}
+        }
+        match (&self.username, &self.password_file) {
+            (Some(u), _) if u.is_empty() => {
+                return Err("midonet.username: empty (omit it to log in to no one, \
+                            with MidoNet's MockAuthService)"
+                    .into());
+            }
+            (Some(u), _) if u.contains(':') => {
+                return Err(format!(
+                    "midonet.username: {u:?} contains ':', which MidoNet's login cannot accept \
+                     (it splits \"user:password\" on every ':')"
+                ));
+            }
+            (Some(u), None) => {
+                return Err(format!(
+                    "midonet.password_file: not set, but midonet.username is ({u:?}): MidoNet's \
+                     login would get \"{u}:\" and refuse it"
+                ));
+            }
+            (None, Some(f)) => {
+                return Err(format!(
+                    "midonet.username: not set, but midonet.password_file is ({})",
+                    f.display()
+                ));
+            }
+            _ => {}
+        }
+        if self.provider_router.is_none() {
+            return Err(
+                "midonet.provider_router: not set (the id of the router tenant routers \
+                        link to)"
+                    .into(),
+            );
+        }
+        let pool = self.link_pool_net()?;
+        let prefix = self.link_prefix.unwrap_or(30);
+        if !(pool.prefix_len()..=30).contains(&prefix) {
+            return Err(format!(
+                "midonet.link_prefix: {prefix} must be between the pool's /{} and /30",
+                pool.prefix_len()
+            ));
+        }
+        self.port_mtu()?;
+        Ok(())
+    }
+
+    /// `api_profile`: only MidoNet 5.x.
+    pub fn check_api_profile(&self) -> Result<(), String> {
+        match self.api_profile.as_deref().map(str::trim) {
+            None | Some("" | "5.x" | "5" | "v5") => Ok(()),
+            Some(p @ ("legacy" | "2015" | "2015.06" | "v1")) => Err(format!(
+                "midonet.api_profile: {p:?} is not supported: the 2015.06 API ignores the object \
+                 ids tenet sends (it answers a re-sent id with 500, not 409), so tenet could \
+                 neither record its objects nor resume or undo a half-done ADD; tenet speaks \
+                 MidoNet 5.x only (\"5.x\")"
+            )),
+            Some(p) => Err(format!(
+                "midonet.api_profile: {p:?} is not \"5.x\", the only MidoNet API tenet speaks"
+            )),
+        }
+    }
+
+    /// `link_pool` (or its default), checked: IPv4, unicast, outside
+    /// MidoNet's link-local range.
+    pub fn link_pool_net(&self) -> Result<ipnet::Ipv4Net, String> {
+        let text = self.link_pool.as_deref().unwrap_or(Self::DEFAULT_LINK_POOL);
+        let pool: ipnet::Ipv4Net = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("midonet.link_pool: {text:?} is not an IPv4 CIDR: {e}"))?;
+        let pool = pool.trunc();
+        for (net, len, why) in MIDONET_RESERVED {
+            let r = ipnet::Ipv4Net::new(net.into(), len).expect("valid reserved range");
+            // Aligned prefixes overlap only when one holds the other.
+            if r.contains(&pool) || pool.contains(&r) {
+                return Err(format!("midonet.link_pool: {pool} overlaps {why}"));
+            }
+        }
+        Ok(pool)
+    }
+
+    /// `mtu` (or its default), checked.
+    pub fn port_mtu(&self) -> Result<u32, String> {
+        let mtu = self.mtu.unwrap_or(Self::DEFAULT_MTU);
+        if !(576..=65535).contains(&mtu) {
+            return Err(format!(
+                "midonet.mtu: {mtu} is outside 576..=65535 (the underlay MTU minus the tunnel \
+                 overhead: 50 bytes for VXLAN, 46 for GRE)"
+            ));
+        }
+        Ok(mtu)
+    }
 }
 
 impl Default for Config {
@@ -376,6 +545,11 @@ impl Config {
                 .unwrap_or_default();
             ConfigError(format!("tenet configuration ({source}): {e}"))
         })?;
+        if cfg.sdn == SdnKind::Midonet {
+            cfg.midonet
+                .validate()
+                .map_err(|e| ConfigError(format!("tenet configuration ({file}): {e}")))?;
+        }
         Ok(cfg)
     }
 
@@ -448,6 +622,131 @@ mod tests {
         .unwrap();
         assert_eq!(c.pipeline.as_deref(), Some(Path::new("/net.toml")));
         assert_eq!(c.log_level, "debug");
+    }
+
+    /// A `[midonet]` section that passes [`MidonetConfig::validate`].
+    fn midonet() -> MidonetConfig {
+        MidonetConfig {
+            endpoints: vec!["http://api:8181/midonet-api".into()],
+            username: Some("admin".into()),
+            password_file: Some("/etc/tenet/midonet.password".into()),
+            provider_router: Some("0b0b0b0b-0000-4000-8000-000000000001".into()),
+            ..MidonetConfig::default()
+        }
+    }
+
+    #[test]
+    fn midonet_sections_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenet.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None)
+        };
+        let base = "sdn = \"midonet\"\n[midonet]\nendpoints = [\"http://api/midonet-api\"]\n\
+                    provider_router = \"0b0b0b0b-0000-4000-8000-000000000001\"\n";
+        load(base).unwrap();
+        let e = load(&format!("{base}api_profile = \"legacy\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("midonet.api_profile") && e.contains("tenet.toml"),
+            "{e}"
+        );
+        // The same section is not checked when MidoNet is not the SDN.
+        load(&format!("{base}api_profile = \"legacy\"\n").replace("midonet\"\n[", "linux\"\n["))
+            .unwrap();
+    }
+
+    #[test]
+    fn midonet_validation_names_the_key() {
+        midonet().validate().unwrap();
+        let bad = |f: &dyn Fn(&mut MidonetConfig), key: &str, why: &str| {
+            let mut c = midonet();
+            f(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(key) && e.contains(why), "{key}: {e}");
+        };
+        bad(
+            &|c| c.api_profile = Some("legacy".into()),
+            "midonet.api_profile",
+            "2015.06",
+        );
+        bad(
+            &|c| c.api_profile = Some("v9".into()),
+            "midonet.api_profile",
+            "5.x",
+        );
+        bad(&|c| c.endpoints.clear(), "midonet.endpoints", "no MidoNet");
+        bad(
+            &|c| c.endpoints = vec!["ftp://x".into()],
+            "midonet.endpoints",
+            "http(s)",
+        );
+        bad(
+            &|c| c.password_file = None,
+            "midonet.password_file",
+            "\"admin:\"",
+        );
+        bad(&|c| c.username = None, "midonet.username", "password_file");
+        bad(
+            &|c| c.username = Some("ad:min".into()),
+            "midonet.username",
+            "':'",
+        );
+        bad(
+            &|c| c.username = Some(String::new()),
+            "midonet.username",
+            "empty",
+        );
+        bad(
+            &|c| c.provider_router = None,
+            "midonet.provider_router",
+            "not set",
+        );
+        for pool in [
+            "169.254.0.0/16",
+            "169.254.123.0/24",
+            "169.0.0.0/8",
+            "127.0.0.0/30",
+            "224.1.0.0/16",
+        ] {
+            bad(
+                &|c| c.link_pool = Some(pool.into()),
+                "midonet.link_pool",
+                "overlaps",
+            );
+        }
+        bad(
+            &|c| c.link_pool = Some("nope".into()),
+            "midonet.link_pool",
+            "IPv4 CIDR",
+        );
+        bad(&|c| c.link_prefix = Some(31), "midonet.link_prefix", "/30");
+        bad(&|c| c.mtu = Some(100), "midonet.mtu", "576");
+        bad(
+            &|c| c.endpoints = vec!["https://api/midonet-api".into()],
+            "midonet.ca_file",
+            "https",
+        );
+        bad(
+            &|c| c.ca_file = Some("/ca.pem".into()),
+            "midonet.ca_file",
+            "no endpoint is https",
+        );
+        // Without a user: no login (MockAuthService), fine.
+        let mut c = midonet();
+        c.username = None;
+        c.password_file = None;
+        c.validate().unwrap();
+        c.endpoints.push("HTTPS://api2/midonet-api".into());
+        c.ca_file = Some("/ca.pem".into());
+        c.validate().unwrap();
+        assert_eq!(
+            c.link_pool_net().unwrap().to_string(),
+            MidonetConfig::DEFAULT_LINK_POOL
+        );
+        assert_eq!(c.port_mtu().unwrap(), 1450);
     }
 
     #[test]

@@ -256,7 +256,7 @@ fn first_add_calls(env: &Env) -> usize {
 fn a_fault_at_any_call_of_a_first_add_rolls_back_everything() {
     let Some(env) = env() else { return };
     let calls = first_add_calls(&env);
-    assert_eq!(calls, 20, "login + 11 router + 6 bridge + 2 port calls");
+    assert_eq!(calls, 19, "login + 11 router + 5 bridge + 2 port calls");
     // `after`: the change is made and the answer lost, which is the harder
     // case (rollback must delete what it was not told exists).
     for after in [false, true] {
@@ -392,11 +392,27 @@ fn the_call_sequence_of_a_first_and_a_later_pod() {
             "POST /bridges/{id}/ports Port-v3",
             "POST /ports/{id}/link PortLink-v1",
             "POST /routers/{id}/routes Route-v1",
-            "POST /routers/{provider}/routes Route-v1",
             "POST /bridges/{id}/ports Port-v3",
             "POST /hosts/{host}/ports HostInterfacePort-v1",
         ]
     );
+    // One route on the provider router per tenant: its SNAT address, never
+    // its subnet (subnets of tenants may overlap).
+    let provider_routes: Vec<String> = env
+        .emu
+        .objects()
+        .routes
+        .iter()
+        .filter(|r| r["routerId"] == env.provider.to_string() && r["type"] == "Normal")
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["dstNetworkAddr"].as_str().unwrap(),
+                r["dstNetworkLength"]
+            )
+        })
+        .collect();
+    assert_eq!(provider_routes, ["172.16.0.2/32"]);
     // A later pod, from a new process: the tenant comes from etcd, no
     // MidoNet read; a port and its binding.
     env.emu.clear_journal();
@@ -543,6 +559,7 @@ fn client(env: &Env, endpoints: Vec<String>, profile: ApiProfile) -> Client {
             project: None,
             timeout: Duration::from_secs(2),
             profile,
+            ca_file: None,
         },
         rt,
     )
@@ -616,30 +633,32 @@ fn client_fails_over_to_the_next_endpoint() {
 }
 
 #[test]
-fn a_wrong_media_type_is_a_typed_406() {
+fn a_wrong_media_type_is_a_typed_406_and_the_legacy_profile_is_refused() {
     let Some(env) = env() else { return };
-    let c = client(&env, vec![env.emu.url()], ApiProfile::Legacy2015);
+    let c = client(&env, vec![env.emu.url()], ApiProfile::V5);
+    // The 2015.06 router type, which every 5.x refuses.
+    let body = serde_json::json!({"id": Uuid::new_v4(), "name": "x", "tenantId": "x"});
     let e = c
-        .create(
-            Resource::Router,
+        .call(
+            reqwest::Method::POST,
             "/routers",
-            &serde_json::json!({"id": Uuid::new_v4(), "name": "x", "tenantId": "x"}),
+            Some(("application/vnd.org.midonet.Router-v2+json", &body)),
             None,
         )
         .unwrap_err();
     assert_eq!(e.kind, ApiErrorKind::NotAcceptable, "{e}");
     assert_eq!(e.status, Some(406));
     assert!(!e.message.is_empty());
-    // Through the backend: a typed error with a CNI code, and nothing left.
+    assert_eq!(e.cni_code(), 133);
+    // tenet does not speak 2015.06 (it ignores client ids): a configuration
+    // error naming the key, before any call.
+    env.emu.clear_journal();
     let mut cfg = env.config(0);
     cfg.midonet.api_profile = Some("legacy".into());
-    let sdn = MidonetSdn::connect(&cfg).unwrap();
-    let e = add(&sdn, "acme", 1, &pod(1, 1)).unwrap_err();
-    assert!(
-        matches!(&e, SdnError::Midonet(x) if x.kind == ApiErrorKind::NotAcceptable),
-        "{e}"
-    );
-    assert_eq!(e.cni_code(), 133);
+    let e = MidonetSdn::connect(&cfg).err().expect("legacy is refused");
+    assert_eq!(e.cni_code(), 7, "{e}");
+    assert!(e.to_string().contains("midonet.api_profile"), "{e}");
+    assert!(env.emu.journal().is_empty());
     env.assert_clean("after the 406");
 }
 
@@ -673,4 +692,354 @@ fn unreachable_midonet_is_try_again_later() {
     b.detach("acme", &pod(1, 1).key, "x").unwrap();
     assert!(b.remove_tenant_if_unused("acme").unwrap());
     env.assert_clean("after recovery");
+}
+
+/// A TCP flow from outside the provider router to `dst`.
+fn outside_flow(src_port: u16, dst: std::net::Ipv4Addr) -> midonet_emulator::Flow {
+    midonet_emulator::Flow::tcp(std::net::Ipv4Addr::new(203, 0, 113, 7), src_port, dst, 80)
+}
+
+#[test]
+fn overlapping_tenant_subnets_keep_provider_traffic_apart() {
+    use midonet_emulator::End;
+    let Some(env) = env() else { return };
+    let a = env.node(0);
+    // Per-tenant address spaces: both tenants got 10.1.0.0/24 (first-fit
+    // carving makes that the normal case).
+    add(&a, "acme", 1, &pod(1, 1)).unwrap();
+    add(&a, "globex", 1, &pod(1, 2)).unwrap();
+    let rec = |t: &str| a.records().tenant(t).unwrap().unwrap().0;
+    let (acme, globex) = (rec("acme"), rec("globex"));
+    // Provider-side traffic addressed to a pod address is routed to no
+    // tenant: with a route per tenant subnet MidoNet would spread these
+    // flows over both tenants by their hash.
+    let pod_addr = "10.1.0.11".parse().unwrap();
+    for p in 40000..40064 {
+        let t = env.emu.trace(env.provider, &outside_flow(p, pod_addr));
+        assert_eq!(
+            t.end,
+            End::NoRoute {
+                router: env.provider
+            },
+            "flow {p} left the provider router: {t:?}"
+        );
+    }
+    // Return traffic to each tenant's SNAT address reaches that tenant's
+    // router, every flow (where rev_snat maps it back to the pod).
+    for rec in [&acme, &globex] {
+        let snat = rec.link_addrs().1;
+        for p in 40000..40064 {
+            let t = env.emu.trace(env.provider, &outside_flow(p, snat));
+            assert_eq!(t.routers(), [env.provider, rec.router], "{t:?}");
+            assert_eq!(t.end, End::Local { router: rec.router });
+            assert_eq!(t.hops[0].candidates, 1);
+        }
+    }
+    // Inside a tenant, its own router delivers the subnet to its own bridge.
+    for rec in [&acme, &globex] {
+        let t = env.emu.trace(rec.router, &outside_flow(1, pod_addr));
+        assert_eq!(
+            t.end,
+            End::Bridge {
+                bridge: rec.bridges[0].bridge,
+                port: rec.bridges[0].bridge_port
+            }
+        );
+    }
+    for (t, n) in [("acme", 1), ("globex", 2)] {
+        a.detach(t, &pod(1, n).key, "x").unwrap();
+        assert!(a.remove_tenant_if_unused(t).unwrap());
+    }
+    env.assert_clean("after both tenants left");
+}
+
+#[test]
+fn provider_routes_of_earlier_builds_are_removed_by_the_next_add() {
+    use midonet_emulator::End;
+    let Some(env) = env() else { return };
+    let a = env.node(0);
+    add(&a, "acme", 1, &pod(1, 1)).unwrap();
+    add(&a, "globex", 1, &pod(1, 2)).unwrap();
+    // What an earlier build left: a provider-router route per tenant
+    // subnet, recorded in the bridge record.
+    for t in ["acme", "globex"] {
+        let (mut rec, rev) = a.records().tenant(t).unwrap().unwrap();
+        let route = Uuid::new_v4();
+        a.api()
+            .create(
+                Resource::Route,
+                &format!("/routers/{}/routes", env.provider),
+                &serde_json::json!({
+                    "id": route, "type": "Normal", "weight": 100,
+                    "srcNetworkAddr": "0.0.0.0", "srcNetworkLength": 0,
+                    "dstNetworkAddr": "10.1.0.0", "dstNetworkLength": 24,
+                    "nextHopPort": rec.provider_port,
+                    "nextHopGateway": rec.link_addrs().1.to_string(),
+                }),
+                None,
+            )
+            .unwrap();
+        rec.bridges[0].provider_route = Some(route);
+        let c = a
+            .records()
+            .try_claim(t, Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        a.records()
+            .put_tenant(&c, &rec, Some(rev), false, false)
+            .unwrap()
+            .unwrap();
+        a.records().release(&c).unwrap();
+    }
+    // The bug, as MidoNet would route it: flows to a pod address split
+    // between the two tenants.
+    let pod_addr = "10.1.0.11".parse().unwrap();
+    let reached = |env: &Env| -> std::collections::BTreeSet<Uuid> {
+        (40000..40064)
+            .filter_map(|p| {
+                let t = env.emu.trace(env.provider, &outside_flow(p, pod_addr));
+                t.routers().get(1).copied()
+            })
+            .collect()
+    };
+    assert_eq!(reached(&env).len(), 2, "equal routes split the flows");
+    // `ls` shows them; the next ADD of each tenant (any node) deletes them.
+    let mut out = Vec::new();
+    tenet::ctl::midonet::ls(&a, Some("acme"), &mut out).unwrap();
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains("legacy provider route 10.1.0.0/24")
+    );
+    let b = env.node(1);
+    add(&b, "acme", 1, &pod(1, 3)).unwrap();
+    add(&b, "globex", 1, &pod(1, 4)).unwrap();
+    assert!(reached(&env).is_empty());
+    for p in 40000..40010 {
+        assert_eq!(
+            env.emu.trace(env.provider, &outside_flow(p, pod_addr)).end,
+            End::NoRoute {
+                router: env.provider
+            }
+        );
+    }
+    for t in ["acme", "globex"] {
+        let rec = b.records().tenant(t).unwrap().unwrap().0;
+        assert_eq!(rec.bridges[0].provider_route, None, "{t}");
+    }
+    assert!(b.audit().unwrap().is_clean());
+    for (t, n) in [("acme", 1), ("acme", 3), ("globex", 2), ("globex", 4)] {
+        b.detach(t, &pod(1, n).key, "x").unwrap();
+    }
+    for t in ["acme", "globex"] {
+        assert!(b.remove_tenant_if_unused(t).unwrap());
+    }
+    env.assert_clean("after the migrated tenants left");
+}
+
+#[test]
+fn a_concurrent_modification_is_sent_again_then_try_again_later() {
+    let Some(env) = env() else { return };
+    let routers = "/midonet-api/routers";
+    // MidoNet gives up on the first two tries of the tenant router, of the
+    // link and of the binding: each write is sent again and lands.
+    env.emu.inject(
+        Fault::concurrent_modification()
+            .method("POST")
+            .path_prefix(routers)
+            .nth(1)
+            .times(2),
+    );
+    env.emu.inject(
+        Fault::concurrent_modification()
+            .method("POST")
+            .path_prefix("/midonet-api/ports/")
+            .nth(1)
+            .times(1),
+    );
+    env.emu.inject(
+        Fault::concurrent_modification()
+            .method("POST")
+            .path_prefix("/midonet-api/hosts/")
+            .nth(1)
+            .times(2),
+    );
+    env.emu.clear_journal();
+    let a = env.node(0);
+    let p = pod(1, 1);
+    add(&a, "acme", 1, &p).unwrap();
+    assert!(
+        env.emu.faults().iter().all(|f| f.fired > 0),
+        "{:?}",
+        env.emu.faults()
+    );
+    let posts = |path: &str| {
+        env.emu
+            .journal()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path == path)
+            .count()
+    };
+    assert_eq!(posts(routers), 3, "router create: 2 × 409, then 201");
+    a.check_port("acme", &p).unwrap();
+    assert!(a.audit().unwrap().is_clean());
+    a.detach("acme", &p.key, "x").unwrap();
+    assert!(a.remove_tenant_if_unused("acme").unwrap());
+    env.assert_clean("after the retried ADD");
+
+    // A router create that never gets through: bounded, then code 11, and
+    // everything the ADD made is rolled back.
+    env.emu.clear_faults();
+    env.emu.clear_journal();
+    env.emu.inject(
+        Fault::concurrent_modification()
+            .method("POST")
+            .path_prefix(routers)
+            .nth(1)
+            .times(1000),
+    );
+    let e = add(&env.node(0), "acme", 1, &p).unwrap_err();
+    assert_eq!(e.cni_code(), 11, "{e}");
+    assert!(
+        matches!(&e, SdnError::Midonet(x) if x.kind == ApiErrorKind::Contended),
+        "{e}"
+    );
+    assert!(e.to_string().contains("concurrent modification"), "{e}");
+    assert_eq!(
+        posts(routers),
+        1 + tenet::sdn::midonet::client::CONFLICT_RETRIES as usize
+    );
+    env.emu.clear_faults();
+    env.assert_clean("after the contended ADD");
+}
+
+#[test]
+fn a_user_without_the_admin_role_is_named() {
+    let Some(env) = env() else { return };
+    let emu = Emulator::start(
+        EmulatorOptions::default()
+            .user("admin", "s3cret")
+            .user_without_admin_role("viewer", "pw")
+            .host(HostSpec::new(env.hosts[0], "node-a"))
+            .provider_router(env.provider, "provider"),
+    )
+    .unwrap();
+    std::fs::write(env.dir.path().join("viewer-pw"), "pw\n").unwrap();
+    let mut cfg = env.config(0);
+    cfg.midonet.endpoints = vec![emu.url()];
+    cfg.midonet.username = Some("viewer".into());
+    cfg.midonet.password_file = Some(env.dir.path().join("viewer-pw"));
+    let sdn = MidonetSdn::connect(&cfg).unwrap();
+    let e = add(&sdn, "acme", 1, &pod(1, 1)).unwrap_err();
+    assert!(e.to_string().contains("admin role"), "{e}");
+    assert!(e.to_string().contains("\"viewer\""), "{e}");
+    let e = sdn.status().unwrap_err();
+    assert!(e.to_string().contains("admin role"), "{e}");
+    // The logins worked; nothing was created.
+    assert!(
+        emu.journal()
+            .iter()
+            .any(|j| j.path.ends_with("/login") && j.status == 200)
+    );
+    assert_eq!(emu.objects().count(), 1, "only the provider router");
+    // The rollback met 401 too, so the plan stays recorded (never
+    // forgotten); an admin removes it.
+    assert!(sdn.records().tenant("acme").unwrap().is_some());
+    let mut c = env.config(0);
+    c.midonet.endpoints = vec![emu.url()];
+    let admin = MidonetSdn::connect(&c).unwrap();
+    assert!(admin.remove_tenant_if_unused("acme").unwrap());
+    assert_eq!(env.etcd_keys(), Vec::<String>::new());
+    assert_eq!(emu.objects().count(), 1);
+}
+
+#[test]
+fn configuration_refuses_what_midonet_cannot_accept() {
+    let Some(env) = env() else { return };
+    let refused = |cfg: &Config, key: &str, why: &str| {
+        let e = MidonetSdn::connect(cfg).err().expect("refused");
+        assert_eq!(e.cni_code(), 7, "{e}");
+        let m = e.to_string();
+        assert!(m.contains(key) && m.contains(why), "{key}: {m}");
+    };
+    // A password with ':' can never log in (MidoNet splits on every ':').
+    std::fs::write(env.dir.path().join("colon"), "s3:cret\n").unwrap();
+    let mut cfg = env.config(0);
+    cfg.midonet.password_file = Some(env.dir.path().join("colon"));
+    refused(&cfg, "midonet.password_file", "':'");
+    // A user without a password would send "admin:".
+    let mut cfg = env.config(0);
+    cfg.midonet.password_file = None;
+    refused(&cfg, "midonet.password_file", "\"admin:\"");
+    // MidoNet's own link-local range.
+    let mut cfg = env.config(0);
+    cfg.midonet.link_pool = Some("169.254.0.0/16".into());
+    refused(&cfg, "midonet.link_pool", "169.254.0.0/16");
+    // https without the CA that signs the API's certificate.
+    let mut cfg = env.config(0);
+    cfg.midonet.endpoints = vec![env.emu.url().replace("http://", "https://")];
+    refused(&cfg, "midonet.ca_file", "https");
+    assert!(env.emu.journal().is_empty(), "no call made");
+    // A tenant subnet inside the link pool is refused, before any call.
+    let a = env.node(0);
+    let inside = vec![(
+        "172.16.8.0/24".parse().unwrap(),
+        "172.16.8.1".parse().unwrap(),
+    )];
+    let e = a.ensure_tenant("acme", &inside).unwrap_err();
+    assert_eq!(e.cni_code(), 7, "{e}");
+    assert!(e.to_string().contains("midonet.link_pool"), "{e}");
+    assert!(env.emu.journal().is_empty());
+    // The pod MTU the apply engine gives SDN ports.
+    assert_eq!(a.port_mtu(), Some(1450));
+    let mut cfg = env.config(0);
+    cfg.midonet.mtu = Some(8950);
+    assert_eq!(MidonetSdn::connect(&cfg).unwrap().port_mtu(), Some(8950));
+    env.assert_clean("after the refusals");
+}
+
+#[test]
+fn https_to_the_api_with_a_ca_file() {
+    let Some(env) = env() else { return };
+    let pki = tempfile::tempdir().unwrap();
+    let (id, ca) = midonet_emulator::TlsIdentity::generate_with_openssl(pki.path()).unwrap();
+    let tls = Emulator::start(
+        EmulatorOptions::default()
+            .user("admin", "s3cret")
+            .host(HostSpec::new(env.hosts[0], "node-a"))
+            .provider_router(env.provider, "provider")
+            .tls(id),
+    )
+    .unwrap();
+    let mut cfg = env.config(0);
+    cfg.midonet.endpoints = vec![tls.url()];
+    cfg.midonet.ca_file = Some(ca);
+    let sdn = MidonetSdn::connect(&cfg).unwrap();
+    sdn.status().unwrap();
+    let p = pod(1, 1);
+    add(&sdn, "acme", 1, &p).unwrap();
+    sdn.check_port("acme", &p).unwrap();
+    assert_eq!(
+        tls.journal().len(),
+        21,
+        "login, STATUS, the first ADD's 18 calls, CHECK: all over TLS"
+    );
+    sdn.detach("acme", &p.key, "x").unwrap();
+    assert!(sdn.remove_tenant_if_unused("acme").unwrap());
+    assert_eq!(tls.objects().count(), 1, "only the provider router left");
+    // A CA that did not sign the API's certificate: no call gets through,
+    // and the error says where to look.
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_ca) = midonet_emulator::TlsIdentity::generate_with_openssl(other.path()).unwrap();
+    cfg.midonet.ca_file = Some(other_ca);
+    tls.clear_journal();
+    let sdn = MidonetSdn::connect(&cfg).unwrap();
+    let e = sdn.status().unwrap_err();
+    assert_eq!(e.cni_code(), 11, "{e}");
+    assert!(
+        e.to_string().contains("certificate") && e.to_string().contains("midonet.ca_file"),
+        "{e}"
+    );
+    assert!(tls.journal().is_empty());
+    env.assert_clean("after the TLS runs (the plain emulator was not used)");
 }

@@ -2,7 +2,9 @@
 //! the apply engine, the MidoNet backend against the strict emulator, its
 //! records in a real etcd, pods as namespaces, as root inside a scratch
 //! node namespace (the emulator and etcd listen on that namespace's
-//! loopback). The address store is the etcd one, in the same etcd.
+//! loopback). The address store is the etcd one, in the same etcd. The API
+//! is served over HTTPS (a throwaway CA made with `openssl`, named by
+//! `midonet.ca_file`), and pods' interfaces get `midonet.mtu`.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::etcd::EtcdCluster;
-use midonet_emulator::{Emulator, EmulatorOptions, HostSpec};
+use midonet_emulator::{Emulator, EmulatorOptions, HostSpec, TlsIdentity};
 use serde_json::{Value, json};
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 use uuid::Uuid;
@@ -35,14 +37,16 @@ impl Node {
         let etcd = EtcdCluster::single()?;
         let provider = Uuid::new_v4();
         let host = Uuid::new_v4();
+        let tmp = tempfile::tempdir().unwrap();
+        let (tls, ca) = TlsIdentity::generate_with_openssl(tmp.path()).unwrap();
         let emu = Emulator::start(
             EmulatorOptions::default()
                 .user("admin", "pw")
                 .host(HostSpec::new(host, "node"))
-                .provider_router(provider, "provider"),
+                .provider_router(provider, "provider")
+                .tls(tls),
         )
         .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("pw"), "pw\n").unwrap();
         let conf = format!(
             r#"sdn = "midonet"
@@ -56,10 +60,12 @@ username = "admin"
 password_file = "{pw}"
 provider_router = "{provider}"
 host_id = "{host}"
+ca_file = "{ca}"
 "#,
             endpoints = etcd.endpoints(),
             url = emu.url(),
             pw = tmp.path().join("pw").display(),
+            ca = ca.display(),
         );
         std::fs::write(tmp.path().join("tenet.toml"), conf).unwrap();
         Some(Node {
@@ -161,6 +167,17 @@ fn pods_of_two_tenants_through_the_tenet_binary() {
     for p in &pods {
         let r = node.ok(p, "ADD");
         assert!(r["ips"][0]["address"].is_string(), "{r}");
+        // eth0 is a MidoNet port: both veth ends get midonet.mtu (default
+        // 1450, room for the tunnel overhead). (A 1.0.0 result carries no
+        // `mtu`; 1.1.0 results do.)
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", p.ns.path().display()))
+            .args(["ip", "-j", "link", "show", "eth0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(l[0]["mtu"], 1450, "{l}");
     }
     let o = node.emu.objects();
     for t in ["team-a", "team-b"] {
@@ -176,6 +193,7 @@ fn pods_of_two_tenants_through_the_tenet_binary() {
         let ifname = p["interfaceName"].as_str().unwrap();
         let l = link_json(ifname);
         assert!(l.get("master").is_none(), "{ifname} is enslaved: {l}");
+        assert_eq!(l["mtu"], 1450, "{l}");
     }
     for p in &pods {
         node.ok(p, "CHECK");

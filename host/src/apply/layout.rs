@@ -224,6 +224,31 @@ fn no_gateway(iface: &str, dst: IpNet) -> LayoutError {
     ))
 }
 
+/// Gives SDN-port interfaces the SDN backend's port MTU (`max`, e.g.
+/// `midonet.mtu`: what its overlay carries) when the plan names none, and
+/// refuses a plan MTU above it (the overlay would drop the larger frames).
+pub fn limit_sdn_mtu(layout: &mut Layout, max: Option<u32>) -> Result<(), LayoutError> {
+    let Some(max) = max else { return Ok(()) };
+    for i in layout
+        .interfaces
+        .iter_mut()
+        .filter(|i| i.kind == InterfaceKind::SdnPort)
+    {
+        match i.mtu {
+            Some(m) if m > max => {
+                return Err(LayoutError(format!(
+                    "interface {}: mtu {m} is more than the {max} the SDN carries on its ports \
+                     (its tunnel overhead; midonet.mtu)",
+                    i.name
+                )));
+            }
+            Some(_) => {}
+            None => i.mtu = Some(max),
+        }
+    }
+    Ok(())
+}
+
 fn parse_net(s: &str) -> Result<IpNet, LayoutError> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
@@ -487,5 +512,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.interfaces[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
+    }
+
+    #[test]
+    fn sdn_ports_get_the_backend_mtu_and_never_more() {
+        let mut plan = rainbond_plan();
+        plan.interfaces[0].mtu = None;
+        let layout = |plan: &Plan| {
+            resolve(
+                plan,
+                "c1",
+                &[alloc(
+                    "10.64.1.5/24",
+                    "10.64.1.1",
+                    "10.64.1.0/24",
+                    "pods-v4",
+                )],
+                &[alloc(
+                    "169.254.128.7/17",
+                    "169.254.128.1",
+                    "169.254.128.0/17",
+                    "host-link-v4",
+                )],
+            )
+            .unwrap()
+        };
+        // No limit (the Linux bridge): nothing changes.
+        let mut l = layout(&plan);
+        limit_sdn_mtu(&mut l, None).unwrap();
+        assert_eq!(l.interfaces[0].mtu, None);
+        // The SDN's MTU for its port; the host link keeps its own.
+        limit_sdn_mtu(&mut l, Some(1450)).unwrap();
+        assert_eq!(l.interfaces[0].mtu, Some(1450));
+        assert_eq!(l.interfaces[1].mtu, None);
+        let r = result(&l, &plan, "/ns", &[]);
+        assert_eq!(
+            r.interfaces[1].mtu,
+            Some(1450),
+            "the pod's eth0 in the result"
+        );
+        // A plan may ask for less, not for more.
+        plan.interfaces[0].mtu = Some(1400);
+        let mut l = layout(&plan);
+        limit_sdn_mtu(&mut l, Some(1450)).unwrap();
+        assert_eq!(l.interfaces[0].mtu, Some(1400));
+        plan.interfaces[0].mtu = Some(1500);
+        let mut l = layout(&plan);
+        let e = limit_sdn_mtu(&mut l, Some(1450)).unwrap_err();
+        assert!(
+            e.0.contains("eth0") && e.0.contains("1500") && e.0.contains("1450"),
+            "{e}"
+        );
     }
 }

@@ -351,7 +351,9 @@ impl<'a> Engine<'a> {
         let link_allocs = claim(self.link_store, &link_key(key), "host-link", &lreq, true)?;
         self.point("reserve")?;
 
-        let layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
+        let mut layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
+            .map_err(|e| ApplyError::new(code::POLICY_INVALID_PLAN, "layout", e.0))?;
+        layout::limit_sdn_mtu(&mut layout, self.sdn.port_mtu())
             .map_err(|e| ApplyError::new(code::POLICY_INVALID_PLAN, "layout", e.0))?;
         rec.subnets = layout.tenant_subnets.clone();
         for (ri, li) in rec.interfaces.iter_mut().zip(&layout.interfaces) {

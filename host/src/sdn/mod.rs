@@ -103,8 +103,9 @@
 //! 149, a resource missing (CHECK, attach) 131, a
 //! name or address taken by something else 132, `nft` missing or unusable 50
 //! (what STATUS reports).
-//! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, or
-//! a tenant busy on another node, 11; MidoNet rejected a call 133; a MidoNet
+//! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, a
+//! tenant busy on another node, or MidoNet's concurrent-modification 409s
+//! persisting, 11; MidoNet rejected a call 133; a MidoNet
 //! server error 134; a corrupt topology record 135; no link network left 136.
 
 pub mod fake;
@@ -315,6 +316,14 @@ pub trait Sdn {
     /// For CHECK: the bridge exists, is up and holds these subnets' gateways,
     /// and the tenant's rules are installed. Errors name what is wrong.
     fn check_tenant(&self, tenant: &str, subnets: &[(IpNet, IpAddr)]) -> Result<(), SdnError>;
+
+    /// The largest MTU the backend's tenant networks carry on a pod's SDN
+    /// port: the apply engine gives it to the pod's interface (both veth
+    /// ends) when the plan names none, and refuses a plan that names more.
+    /// `None` (the default): no limit of the backend's own.
+    fn port_mtu(&self) -> Option<u32> {
+        None
+    }
 
     /// For STATUS: can the backend serve ADD? (`nft` present and usable.)
     fn status(&self) -> Result<(), SdnError>;

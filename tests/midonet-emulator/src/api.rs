@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::http::{Request, Response};
-use crate::media::{self, ApiProfile, Negotiated, Resource};
+use crate::media::{self, Negotiated, Resource};
 use crate::model::{Bridge, Chain, Host, Port, PortKind, Route, Router, Rule, Store};
 use crate::validate::{Fields, interface_name_problem, parse_cidr_strict, parse_uuid};
 
@@ -35,9 +35,9 @@ pub enum AuthMode {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub users: Vec<(String, String)>,
+    pub non_admin_users: Vec<(String, String)>,
     pub auth: AuthMode,
     pub token_lifetime: Option<Duration>,
-    pub profile: ApiProfile,
     pub reject_linked_port_binding: bool,
 }
 
@@ -45,8 +45,15 @@ pub struct ApiConfig {
 pub struct Api {
     pub config: ApiConfig,
     pub store: Store,
-    /// token → expiry (`None`: never expires).
-    tokens: HashMap<String, Option<Instant>>,
+    /// token → its expiry (`None`: never expires) and whether its user has
+    /// the admin role.
+    tokens: HashMap<String, Token>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    expiry: Option<Instant>,
+    admin: bool,
 }
 
 type Handled = Result<Response, Response>;
@@ -433,7 +440,7 @@ impl Api {
             },
             ["ports"] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Port.collection(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Port.collection())?;
                     let mut ports: Vec<&Port> = self.store.ports.values().collect();
                     ports.sort_by_key(|p| p.seq);
                     let list: Vec<Value> = ports
@@ -446,7 +453,7 @@ impl Api {
             },
             ["ports", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Port.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Port.single())?;
                     let id = path_id("Port", id)?;
                     let p = self
                         .store
@@ -472,7 +479,7 @@ impl Api {
             },
             ["routes", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Route.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Route.single())?;
                     let id = path_id("Route", id)?;
                     let r = self
                         .store
@@ -496,7 +503,7 @@ impl Api {
             },
             ["chains", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Chain.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Chain.single())?;
                     let id = path_id("Chain", id)?;
                     let c = self
                         .store
@@ -517,7 +524,7 @@ impl Api {
             },
             ["chains", id, "rules"] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Rule.collection(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Rule.collection())?;
                     let id = path_id("Chain", id)?;
                     let c = self
                         .store
@@ -537,7 +544,7 @@ impl Api {
             },
             ["rules", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Rule.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Rule.single())?;
                     let id = path_id("Rule", id)?;
                     let r = self
                         .store
@@ -558,7 +565,7 @@ impl Api {
             },
             ["hosts"] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Host.collection(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Host.collection())?;
                     let mut hosts: Vec<&Host> = self.store.hosts.values().collect();
                     hosts.sort_by_key(|h| h.seq);
                     let list: Vec<Value> = hosts
@@ -571,7 +578,7 @@ impl Api {
             },
             ["hosts", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Host.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Host.single())?;
                     let id = path_id("Host", id)?;
                     let h = self
                         .store
@@ -592,10 +599,7 @@ impl Api {
             },
             ["hosts", id, "ports"] => match m {
                 "GET" => {
-                    let ct = check_accept(
-                        req,
-                        &Resource::HostInterfacePort.collection(self.config.profile),
-                    )?;
+                    let ct = check_accept(req, &Resource::HostInterfacePort.collection())?;
                     let id = path_id("Host", id)?;
                     if !self.store.hosts.contains_key(&id) {
                         return Err(not_found("Host", id));
@@ -613,10 +617,7 @@ impl Api {
             },
             ["hosts", host, "ports", port] => match m {
                 "GET" => {
-                    let ct = check_accept(
-                        req,
-                        &Resource::HostInterfacePort.single(self.config.profile),
-                    )?;
+                    let ct = check_accept(req, &Resource::HostInterfacePort.single())?;
                     let host = path_id("Host", host)?;
                     let port = path_id("Port", port)?;
                     match self.store.ports.get(&port) {
@@ -634,7 +635,7 @@ impl Api {
             },
             ["tenants"] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Tenant.collection(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Tenant.collection())?;
                     let list: Vec<Value> = self
                         .tenant_ids()
                         .iter()
@@ -649,7 +650,7 @@ impl Api {
             },
             ["tenants", id] => match m {
                 "GET" => {
-                    let ct = check_accept(req, &Resource::Tenant.single(self.config.profile))?;
+                    let ct = check_accept(req, &Resource::Tenant.single())?;
                     if !self.tenant_ids().contains(*id) {
                         return Err(not_found("Tenant", id));
                     }
@@ -684,11 +685,10 @@ impl Api {
         if parts.len() != 2 {
             return Err(Response::error(401, "Authorization header is not valid"));
         }
-        let known = self
-            .config
-            .users
-            .iter()
-            .any(|(u, p)| u == parts[0] && p == parts[1]);
+        let is =
+            |list: &[(String, String)]| list.iter().any(|(u, p)| u == parts[0] && p == parts[1]);
+        let admin = is(&self.config.users);
+        let known = admin || is(&self.config.non_admin_users);
         if !known && self.config.auth == AuthMode::Strict {
             return Err(Response::error(401, "Username or password is not valid"));
         }
@@ -698,7 +698,7 @@ impl Api {
             .config
             .token_lifetime
             .map(|d| format_expiry(SystemTime::now() + d));
-        self.tokens.insert(key.clone(), expiry);
+        self.tokens.insert(key.clone(), Token { expiry, admin });
         let cookie = match &expires {
             Some(e) => format!("sessionId={key}; Expires={e}"),
             None => format!("sessionId={key}"),
@@ -717,15 +717,19 @@ impl Api {
         if token.is_empty() {
             return Err(Response::error(401, "No token was passed in."));
         }
-        match self.tokens.get(token) {
+        match self.tokens.get(token).copied() {
             None => Err(Response::error(401, "Authentication error: invalid token")),
-            Some(Some(exp)) if Instant::now() >= *exp => {
+            Some(Token {
+                expiry: Some(exp), ..
+            }) if Instant::now() >= exp => {
                 self.tokens.remove(token);
                 Err(Response::error(
                     401,
                     "Authentication error: token has expired",
                 ))
             }
+            // AdminOnlyAuthFilter: 401, a null message, no WWW-Authenticate.
+            Some(Token { admin: false, .. }) => Err(Response::error_without_message(401)),
             Some(_) => Ok(()),
         }
     }
@@ -817,7 +821,7 @@ impl Api {
     // ---- routers ----
 
     fn create_router(&mut self, req: &Request, base: &str) -> Handled {
-        check_create_type(req, &Resource::Router.single(self.config.profile))?;
+        check_create_type(req, &Resource::Router.single())?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
         let id = f.uuid("id");
@@ -864,7 +868,7 @@ impl Api {
     }
 
     fn list_routers(&self, req: &Request, base: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Router.collection(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Router.collection())?;
         let tenant = req.query_param("tenant_id");
         let mut v: Vec<&Router> = self
             .store
@@ -881,7 +885,7 @@ impl Api {
     }
 
     fn get_router(&self, req: &Request, base: &str, id: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Router.single(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Router.single())?;
         let id = path_id("Router", id)?;
         let r = self
             .store
@@ -894,7 +898,7 @@ impl Api {
     // ---- bridges ----
 
     fn create_bridge(&mut self, req: &Request, base: &str) -> Handled {
-        check_create_type(req, &Resource::Bridge.single(self.config.profile))?;
+        check_create_type(req, &Resource::Bridge.single())?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
         let id = f.uuid("id");
@@ -938,7 +942,7 @@ impl Api {
     }
 
     fn list_bridges(&self, req: &Request, base: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Bridge.collection(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Bridge.collection())?;
         let tenant = req.query_param("tenant_id");
         let mut v: Vec<&Bridge> = self
             .store
@@ -955,7 +959,7 @@ impl Api {
     }
 
     fn get_bridge(&self, req: &Request, base: &str, id: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Bridge.single(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Bridge.single())?;
         let id = path_id("Bridge", id)?;
         let b = self
             .store
@@ -975,7 +979,7 @@ impl Api {
         id: &str,
         peers: bool,
     ) -> Handled {
-        let ct = check_accept(req, &Resource::Port.collection(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Port.collection())?;
         let id = path_id(kind, id)?;
         let known = if kind == "Router" {
             self.store.routers.contains_key(&id)
@@ -1054,7 +1058,7 @@ impl Api {
     }
 
     fn create_router_port(&mut self, req: &Request, base: &str, router: &str) -> Handled {
-        check_create_type(req, &Resource::Port.single(self.config.profile))?;
+        check_create_type(req, &Resource::Port.single())?;
         let router = path_id("Router", router)?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
@@ -1143,7 +1147,7 @@ impl Api {
     }
 
     fn create_bridge_port(&mut self, req: &Request, base: &str, bridge: &str) -> Handled {
-        check_create_type(req, &Resource::Port.single(self.config.profile))?;
+        check_create_type(req, &Resource::Port.single())?;
         let bridge = path_id("Bridge", bridge)?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
@@ -1186,7 +1190,7 @@ impl Api {
     // ---- links ----
 
     fn link(&mut self, req: &Request, id: &str) -> Handled {
-        check_consumes(req, &Resource::PortLink.single(self.config.profile))?;
+        check_consumes(req, &Resource::PortLink.single())?;
         let port = path_id("Port", id)?;
         let body = body_object(req)?;
         // MNJ Link.getUri() with a portId in the body builds from a null
@@ -1238,7 +1242,7 @@ impl Api {
     // ---- routes ----
 
     fn list_routes(&self, req: &Request, base: &str, router: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Route.collection(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Route.collection())?;
         let router = path_id("Router", router)?;
         if !self.store.routers.contains_key(&router) {
             return Err(not_found("Router", router));
@@ -1253,7 +1257,7 @@ impl Api {
     }
 
     fn create_route(&mut self, req: &Request, base: &str, router: &str) -> Handled {
-        check_create_type(req, &Resource::Route.single(self.config.profile))?;
+        check_create_type(req, &Resource::Route.single())?;
         let router = path_id("Router", router)?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
@@ -1326,7 +1330,7 @@ impl Api {
     // ---- chains and rules ----
 
     fn create_chain(&mut self, req: &Request, base: &str) -> Handled {
-        check_create_type(req, &Resource::Chain.single(self.config.profile))?;
+        check_create_type(req, &Resource::Chain.single())?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
         let id = f.uuid("id");
@@ -1352,7 +1356,7 @@ impl Api {
     }
 
     fn list_chains(&self, req: &Request, base: &str) -> Handled {
-        let ct = check_accept(req, &Resource::Chain.collection(self.config.profile))?;
+        let ct = check_accept(req, &Resource::Chain.collection())?;
         let tenant = req.query_param("tenant_id");
         let mut v: Vec<&Chain> = self
             .store
@@ -1383,7 +1387,7 @@ impl Api {
     }
 
     fn create_rule(&mut self, req: &Request, base: &str, chain: &str) -> Handled {
-        check_create_type(req, &Resource::Rule.single(self.config.profile))?;
+        check_create_type(req, &Resource::Rule.single())?;
         let chain = path_id("Chain", chain)?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);
@@ -1590,10 +1594,7 @@ impl Api {
     // ---- host bindings ----
 
     fn bind(&mut self, req: &Request, base: &str, host: &str) -> Handled {
-        check_consumes(
-            req,
-            &Resource::HostInterfacePort.single(self.config.profile),
-        )?;
+        check_consumes(req, &Resource::HostInterfacePort.single())?;
         let host = path_id("Host", host)?;
         let body = body_object(req)?;
         let mut f = Fields::new(&body);

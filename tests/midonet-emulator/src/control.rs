@@ -11,10 +11,15 @@ use uuid::Uuid;
 use crate::api::Api;
 use crate::http::{Request, Response};
 use crate::model::LeakedObject;
+use crate::trace::Flow;
 use crate::validate::parse_uuid;
 
 /// Prefix of the control endpoints (outside the API root, no auth).
 pub const CONTROL_ROOT: &str = "/_emulator";
+
+/// The message of [`Fault::concurrent_modification`], in the shape of ZOOM's
+/// (`<type> with ID <id> was modified during the transaction.`).
+pub const CONCURRENT_MODIFICATION: &str = "Object was modified during the transaction.";
 
 /// One API call as the emulator answered it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +113,19 @@ impl Fault {
     pub fn endpoint(mut self, index: usize) -> Self {
         self.endpoint = Some(index);
         self
+    }
+
+    /// What MidoNet answers when a write's storage transaction met a
+    /// concurrent modification on each of its three tries
+    /// (`ConcurrentModificationException` → 409; nothing is written).
+    /// Matching calls answer it before reaching the API; narrow it with
+    /// `method`, `path_prefix`, `nth`, `times`.
+    pub fn concurrent_modification() -> Self {
+        Fault {
+            status: Some(409),
+            message: Some(CONCURRENT_MODIFICATION.to_string()),
+            ..Fault::default()
+        }
     }
 
     /// Checks the fault makes sense; the message names the field.
@@ -364,6 +382,22 @@ impl Shared {
                     Ok(()) => Response::no_content(),
                     Err(e) => Response::error(404, e),
                 }
+            }
+            ("POST", "/trace") => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct TraceRequest {
+                    router: String,
+                    flow: Flow,
+                }
+                let t = match serde_json::from_slice::<TraceRequest>(&req.body) {
+                    Ok(t) => t,
+                    Err(e) => return bad(format!("trace body: {e}")),
+                };
+                let Some(router) = parse_uuid(&t.router) else {
+                    return bad(format!("router: {:?} is not a UUID", t.router));
+                };
+                json_ok(200, &json!(self.api.store.trace(router, &t.flow)))
             }
             ("DELETE", "/tokens") => {
                 self.api.expire_tokens();

@@ -107,6 +107,17 @@ impl Response {
         r
     }
 
+    /// MidoNet's error entity with a null message (what
+    /// `AdminOnlyAuthFilter` sends a non-admin: `setErrorResponse(401,
+    /// null)`, without `WWW-Authenticate`).
+    pub fn error_without_message(status: u16) -> Self {
+        Response::json(
+            status,
+            media::ERROR,
+            &json!({"message": null, "code": status}),
+        )
+    }
+
     /// A bean-validation failure (400 with `violations`).
     pub fn validation(violations: &[Violation]) -> Self {
         let list: Vec<Value> = violations

@@ -30,11 +30,17 @@
 //!
 //! Out of process: `midonet-emulator --listen 127.0.0.1:0 [--user admin:secret]...
 //! [--host ID=NAME]... [--host-outside-tunnel-zone ID=NAME]...
-//! [--provider-router ID] [--token-lifetime-secs N] [--mock-auth]
-//! [--legacy-media-types] [--allow-linked-port-binding] [--endpoints N]` prints
-//! `listening on http://127.0.0.1:PORT/midonet-api` as its first stdout line
-//! (one such line per endpoint, in index order) and serves until killed. Non-loopback listen addresses are refused.
+//! [--user-without-admin NAME:PASSWORD]... [--provider-router ID]
+//! [--token-lifetime-secs N] [--mock-auth] [--allow-linked-port-binding]
+//! [--endpoints N] [--tls-cert FILE --tls-key FILE]` prints
+//! `listening on http://127.0.0.1:PORT/midonet-api` (`https://` with TLS)
+//! as its first stdout line (one such line per endpoint, in index order)
+//! and serves until killed. Non-loopback listen addresses are refused.
 //! Without `--user` the only user is `admin:admin`.
+//!
+//! With [`EmulatorOptions::tls`] every endpoint serves HTTPS (rustls) with
+//! the given certificate chain and key; [`TlsIdentity::generate_with_openssl`]
+//! makes a throwaway CA and a certificate for `127.0.0.1` for tests.
 //!
 //! # The API (paths under `/midonet-api`)
 //!
@@ -52,8 +58,12 @@
 //!   the default): missing/blank → 401 "No token was passed in.", unknown
 //!   → 401, expired (see [`EmulatorOptions::token_lifetime`]) → 401 and
 //!   the token is forgotten. The auth check comes before routing, so even
-//!   an unknown path answers 401 without a token. [`AuthMode::Mock`]
-//!   accepts every call (MidoNet's default `MockAuthService`).
+//!   an unknown path answers 401 without a token. A user added with
+//!   [`EmulatorOptions::user_without_admin_role`] logs in (200, a token)
+//!   and then gets 401 `{"message": null, "code": 401}` without
+//!   `WWW-Authenticate` on every call: MidoNet's `AdminOnlyAuthFilter` (the
+//!   API is for admins only). [`AuthMode::Mock`] accepts every call
+//!   (MidoNet's default `MockAuthService`, whose identities are all admins).
 //!
 //! ## Media types (§1.2)
 //! Creates check `Content-Type`; GETs check `Accept`. Parameters
@@ -78,9 +88,8 @@
 //! | tenant | `V Tenant-v2+json` | `V collection.Tenant-v2+json` |
 //! | root | `application/json`, `V Application-v5+json` | – |
 //!
-//! [`ApiProfile::Legacy2015`] (`--legacy-media-types`) also accepts
-//! `Router-v2`, `Bridge-v1`, `Port-v2`, `Host-v2` and their collections.
-//! Errors are `Content-Type: V Error-v1+json`, body `{"message", "code"}`;
+//! The 2015.06 types (`Router-v2`, `Bridge-v1`, `Port-v2`) are refused
+//! (406), as by every 5.x release. Errors are `Content-Type: V Error-v1+json`, body `{"message", "code"}`;
 //! validation failures are 400 `{"message": "Validation error(s) found",
 //! "code": 400, "violations": [{"property", "message"}]}`.
 //!
@@ -199,6 +208,7 @@
 //! | `POST /_emulator/leaks` with `{"roots": ["<uuid>", ...]}` | 200, JSON array of [`LeakedObject`] `{"type": "bridge", "id", "name"}`; 400 if a root is not a UUID |
 //! | `POST /_emulator/hosts` with `{"id", "name", "in_tunnel_zone": true}` | 201 (registers a host) |
 //! | `DELETE /_emulator/tokens` | 204 (every issued token becomes invalid: next call 401) |
+//! | `POST /_emulator/trace` with `{"router": "<uuid>", "flow": {"src", "dst", "protocol": 6, "src_port": 0, "dst_port": 0}}` | 200, [`Trace`]: `{"hops": [{"router", "route", "candidates", "port"}], "end": {"kind": "bridge"\|"local"\|"exterior"\|"no_route"\|"blackhole"\|"reject"\|"unsupported"\|"dropped"\|"loop"\|"unknown_router", …}}`; 400 naming the bad field |
 //! | `POST /_emulator/endpoints/{i}/stop` | 204 (endpoint `i` closes for good: connection refused); 404 if no such endpoint |
 //!
 //! Several endpoints ([`EmulatorOptions::endpoints`], `--endpoints N`)
@@ -210,8 +220,20 @@
 //! from the options or `/_emulator/hosts`), DHCP, ARP/MAC tables, port
 //! groups, BGP, load balancers, mirrors, VTEPs, tunnel-zone resources.
 //!
-//! Fault semantics are on [`Fault`]. The journal records every API call
+//! Fault semantics are on [`Fault`]; [`Fault::concurrent_modification`] is
+//! MidoNet's 409 for a write whose storage transaction kept meeting
+//! concurrent changes (nothing written). The journal records every API call
 //! (including `/login` and rejected calls) in completion order.
+//!
+//! # Routing
+//!
+//! [`Emulator::trace`] (and `POST /_emulator/trace`) routes a flow from a
+//! router as MidoNet's agent would: longest destination prefix, matching
+//! source, lowest weight, and among equal routes one chosen by a hash of
+//! the flow's connection — so two equal routes to one subnet send some
+//! flows each way. It follows links from router to router and ends at a
+//! bridge, a router's own address, a bound port, or a drop. Rule chains
+//! (filters, NAT) are not simulated. Details: `src/trace.rs`.
 //!
 //! The leak report lists routers, bridges, ports, routes, chains and rules
 //! that are not reachable from the provider router, any host, or the given
@@ -228,9 +250,11 @@ mod http;
 mod media;
 mod model;
 mod server;
+mod trace;
 mod validate;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -239,8 +263,8 @@ use tokio::sync::{oneshot, watch};
 
 pub use api::AuthMode;
 pub use control::{Fault, FaultState, JournalEntry};
-pub use media::ApiProfile;
 pub use model::{LeakedObject, Snapshot};
+pub use trace::{End, Flow, Hop, Trace};
 pub use uuid::Uuid;
 
 use api::{Api, ApiConfig};
@@ -279,8 +303,12 @@ impl HostSpec {
 pub struct EmulatorOptions {
     /// Where to listen; must be a loopback address (default `127.0.0.1:0`).
     pub listen: SocketAddr,
-    /// `(name, password)` pairs `/login` accepts (default: none).
+    /// `(name, password)` pairs `/login` accepts, as admins (default: none).
     pub users: Vec<(String, String)>,
+    /// `(name, password)` pairs `/login` accepts whose identity lacks the
+    /// admin role: with [`AuthMode::Strict`] every other call of theirs
+    /// answers 401 with a null message (MidoNet's `AdminOnlyAuthFilter`).
+    pub non_admin_users: Vec<(String, String)>,
     /// Hosts to pre-register.
     pub hosts: Vec<HostSpec>,
     /// The provider router to pre-create: `(id, name)`.
@@ -288,7 +316,6 @@ pub struct EmulatorOptions {
     /// How long a token lives (default: forever, `expires: null`).
     pub token_lifetime: Option<Duration>,
     pub auth: AuthMode,
-    pub profile: ApiProfile,
     /// Refuse to bind a linked (interior) port (409). MidoNet 5.x allows
     /// it; tenet never does it on purpose, so the default catches the bug.
     pub reject_linked_port_binding: bool,
@@ -296,6 +323,133 @@ pub struct EmulatorOptions {
     /// several MidoNet API servers over one NSDB (default 1). The first
     /// binds `listen`, the others the same IP with port 0.
     pub endpoints: usize,
+    /// Serve HTTPS with this identity instead of HTTP (every endpoint).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first (PEM `CERTIFICATE` blocks).
+    pub cert_chain_pem: Vec<u8>,
+    /// The leaf's private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// Reads both PEM files.
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
+        Ok(TlsIdentity {
+            cert_chain_pem: std::fs::read(cert)?,
+            key_pem: std::fs::read(key)?,
+        })
+    }
+
+    /// For tests: a throwaway CA and a server certificate it signs for
+    /// `127.0.0.1` and `localhost`, made with the `openssl` command (Debian's
+    /// `openssl` package) in `dir`. Returns the identity and the CA
+    /// certificate's path (what a client trusts).
+    pub fn generate_with_openssl(dir: &std::path::Path) -> Result<(Self, PathBuf), String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl (Debian package `openssl`): {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=emulator test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&ca)?;
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&csr)?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(|e| e.to_string())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])?;
+        let id = Self::from_files(&dir.join("server.pem"), &dir.join("server.key"))
+            .map_err(|e| e.to_string())?;
+        Ok((id, dir.join("ca.pem")))
+    }
+
+    fn server_config(&self) -> Result<tokio_rustls::rustls::ServerConfig, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let certs = CertificateDer::pem_slice_iter(&self.cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+        if certs.is_empty() {
+            return Err("certificate chain: no PEM certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("private key: {e}"))?;
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))
+    }
 }
 
 impl Default for EmulatorOptions {
@@ -303,13 +457,14 @@ impl Default for EmulatorOptions {
         EmulatorOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             users: Vec::new(),
+            non_admin_users: Vec::new(),
             hosts: Vec::new(),
             provider_router: None,
             token_lifetime: None,
             auth: AuthMode::Strict,
-            profile: ApiProfile::V5,
             reject_linked_port_binding: true,
             endpoints: 1,
+            tls: None,
         }
     }
 }
@@ -341,8 +496,17 @@ impl EmulatorOptions {
         self
     }
 
-    pub fn profile(mut self, profile: ApiProfile) -> Self {
-        self.profile = profile;
+    /// Adds a user `/login` accepts but who lacks the admin role (see
+    /// [`EmulatorOptions::non_admin_users`]).
+    pub fn user_without_admin_role(mut self, name: &str, password: &str) -> Self {
+        self.non_admin_users
+            .push((name.to_string(), password.to_string()));
+        self
+    }
+
+    /// Serves HTTPS with `identity` (see [`EmulatorOptions::tls`]).
+    pub fn tls(mut self, identity: TlsIdentity) -> Self {
+        self.tls = Some(identity);
         self
     }
 
@@ -370,6 +534,8 @@ pub enum StartError {
     /// The listen address is not loopback.
     NotLoopback(SocketAddr),
     Io(std::io::Error),
+    /// The TLS identity is unusable.
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -382,6 +548,7 @@ impl std::fmt::Display for StartError {
                 )
             }
             StartError::Io(e) => write!(f, "cannot start the emulator: {e}"),
+            StartError::Tls(e) => write!(f, "cannot serve TLS: {e}"),
         }
     }
 }
@@ -433,6 +600,8 @@ impl LeakRoot for String {
 /// A running emulator; dropping it stops the server.
 pub struct Emulator {
     addrs: Vec<SocketAddr>,
+    /// `http` or `https`.
+    scheme: &'static str,
     shared: Arc<Mutex<Shared>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -444,6 +613,13 @@ impl Emulator {
         if !opts.listen.ip().is_loopback() {
             return Err(StartError::NotLoopback(opts.listen));
         }
+        let tls = match &opts.tls {
+            Some(id) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                id.server_config().map_err(StartError::Tls)?,
+            ))),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut listeners = Vec::new();
         for i in 0..opts.endpoints.max(1) {
             let at = if i == 0 {
@@ -461,9 +637,9 @@ impl Emulator {
             .collect::<Result<Vec<_>, _>>()?;
         let mut api = Api::new(ApiConfig {
             users: opts.users,
+            non_admin_users: opts.non_admin_users,
             auth: opts.auth,
             token_lifetime: opts.token_lifetime,
-            profile: opts.profile,
             reject_linked_port_binding: opts.reject_linked_port_binding,
         });
         for h in &opts.hosts {
@@ -486,25 +662,27 @@ impl Emulator {
         let state = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("midonet-emulator-{}", addrs[0].port()))
-            .spawn(move || runtime.block_on(server::serve(listeners, stop_rx, state, rx)))?;
+            .spawn(move || runtime.block_on(server::serve(listeners, stop_rx, state, tls, rx)))?;
         Ok(Emulator {
             addrs,
+            scheme,
             shared,
             shutdown: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// The API base URL of the first endpoint, `http://127.0.0.1:PORT/midonet-api`.
+    /// The API base URL of the first endpoint,
+    /// `http://127.0.0.1:PORT/midonet-api` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.addrs[0], api::ROOT)
+        format!("{}://{}{}", self.scheme, self.addrs[0], api::ROOT)
     }
 
     /// The API base URLs of every endpoint, in index order.
     pub fn urls(&self) -> Vec<String> {
         self.addrs
             .iter()
-            .map(|a| format!("http://{a}{}", api::ROOT))
+            .map(|a| format!("{}://{a}{}", self.scheme, api::ROOT))
             .collect()
     }
 
@@ -576,6 +754,12 @@ impl Emulator {
     /// Invalidates every issued token (the next call answers 401).
     pub fn expire_tokens(&self) {
         server::lock(&self.shared).api.expire_tokens();
+    }
+
+    /// Where MidoNet would route `flow` entering router `router`: each
+    /// router's route choice and where the packet ends (see [`Trace`]).
+    pub fn trace(&self, router: Uuid, flow: &Flow) -> Trace {
+        server::lock(&self.shared).api.store.trace(router, flow)
     }
 }
 

@@ -1,18 +1,6 @@
 //! Vendor media types per resource and the negotiation rules of MidoNet 5.x
 //! (reference/midonet-api.md §1.1, §1.2).
 
-/// The API profile: which media-type versions are accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ApiProfile {
-    /// MidoNet 5.x (`Router-v3`, `Bridge-v4`/`-v5`, `Port-v3`/`-v4`, …).
-    #[default]
-    V5,
-    /// 5.x plus the legacy 2015.06 types `Router-v2`, `Bridge-v1`,
-    /// `Port-v2`, `Host-v2` (and their collections), for clients configured
-    /// with `version: 1`. Semantics stay those of 5.x.
-    Legacy2015,
-}
-
 /// Resources with their own media types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -35,21 +23,18 @@ pub const TOKEN: &str = "application/vnd.org.midonet.Token-v1+json";
 pub const APPLICATION: &str = "application/vnd.org.midonet.Application-v5+json";
 
 impl Resource {
-    /// The vendor type names and versions MidoNet 5.x accepts, preferred first.
-    fn versions(self, profile: ApiProfile) -> &'static [&'static str] {
-        let legacy = profile == ApiProfile::Legacy2015;
+    /// The vendor type names and versions MidoNet 5.x accepts, preferred
+    /// first. (The 2015.06 types `Router-v2`, `Bridge-v1`, `Port-v2` are
+    /// refused with 406, as by every 5.x release.)
+    fn versions(self) -> &'static [&'static str] {
         match self {
-            Resource::Router if legacy => &["Router-v3", "Router-v2"],
             Resource::Router => &["Router-v3"],
-            Resource::Bridge if legacy => &["Bridge-v4", "Bridge-v5", "Bridge-v1"],
             Resource::Bridge => &["Bridge-v4", "Bridge-v5"],
-            Resource::Port if legacy => &["Port-v3", "Port-v4", "Port-v2"],
             Resource::Port => &["Port-v3", "Port-v4"],
             Resource::PortLink => &["PortLink-v1"],
             Resource::Route => &["Route-v1"],
             Resource::Chain => &["Chain-v1"],
             Resource::Rule => &["Rule-v2"],
-            Resource::Host if legacy => &["Host-v3", "Host-v2"],
             Resource::Host => &["Host-v3"],
             Resource::HostInterfacePort => &["HostInterfacePort-v1"],
             Resource::Tenant => &["Tenant-v2"],
@@ -57,9 +42,9 @@ impl Resource {
     }
 
     /// Types accepted for one object (create `Content-Type`, get `Accept`).
-    pub fn single(self, profile: ApiProfile) -> Vec<String> {
+    pub fn single(self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .versions(profile)
+            .versions()
             .iter()
             .map(|n| format!("{VND}{n}+json"))
             .collect();
@@ -71,9 +56,9 @@ impl Resource {
     }
 
     /// Types accepted in `Accept` for a list.
-    pub fn collection(self, profile: ApiProfile) -> Vec<String> {
+    pub fn collection(self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .versions(profile)
+            .versions()
             .iter()
             .map(|n| format!("{VND}collection.{n}+json"))
             .collect();
@@ -160,7 +145,7 @@ mod tests {
 
     #[test]
     fn router_types() {
-        let single = Resource::Router.single(ApiProfile::V5);
+        let single = Resource::Router.single();
         assert!(matches!(
             negotiate(
                 Some("application/vnd.org.midonet.Router-v3+json; charset=UTF-8"),
@@ -171,11 +156,6 @@ mod tests {
         assert!(matches!(
             negotiate(Some("application/vnd.org.midonet.Router-v2+json"), &single),
             Negotiated::Rejected
-        ));
-        let legacy = Resource::Router.single(ApiProfile::Legacy2015);
-        assert!(matches!(
-            negotiate(Some("application/vnd.org.midonet.Router-v2+json"), &legacy),
-            Negotiated::Ok(_)
         ));
         assert!(matches!(negotiate(None, &single), Negotiated::Rejected));
         assert!(matches!(
@@ -190,7 +170,7 @@ mod tests {
 
     #[test]
     fn binding_list_has_no_plain_json() {
-        let list = Resource::HostInterfacePort.collection(ApiProfile::V5);
+        let list = Resource::HostInterfacePort.collection();
         assert_eq!(
             list,
             ["application/vnd.org.midonet.collection.HostInterfacePort-v1+json"]

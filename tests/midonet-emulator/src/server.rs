@@ -12,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::ROOT;
 use crate::control::{CONTROL_ROOT, Shared};
@@ -20,15 +21,17 @@ use crate::http::{Request, Response};
 /// Bodies larger than this are refused (no MidoNet object comes close).
 const MAX_BODY: usize = 1 << 20;
 
-/// Serves every listener until `shutdown` fires (or its sender is dropped).
+/// Serves every listener until `shutdown` fires (or its sender is dropped);
+/// with `tls`, every connection is a TLS one.
 pub async fn serve(
     listeners: Vec<std::net::TcpListener>,
     stops: Vec<watch::Receiver<bool>>,
     shared: Arc<Mutex<Shared>>,
+    tls: Option<TlsAcceptor>,
     shutdown: oneshot::Receiver<()>,
 ) {
     for (i, (l, stop)) in listeners.into_iter().zip(stops).enumerate() {
-        tokio::spawn(serve_endpoint(i, l, stop, shared.clone()));
+        tokio::spawn(serve_endpoint(i, l, stop, shared.clone(), tls.clone()));
     }
     let _ = shutdown.await;
 }
@@ -40,6 +43,7 @@ async fn serve_endpoint(
     listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Mutex<Shared>>,
+    tls: Option<TlsAcceptor>,
 ) {
     let addr = listener
         .local_addr()
@@ -52,12 +56,22 @@ async fn serve_endpoint(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(shared.clone(), index, addr, req));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    let served = async {
+                        match tls {
+                            // A handshake the client aborts (it does not
+                            // trust the certificate) just ends the connection.
+                            Some(acceptor) => {
+                                if let Ok(s) = acceptor.accept(stream).await {
+                                    connection(s, shared, index, addr, "https").await;
+                                }
+                            }
+                            None => connection(stream, shared, index, addr, "http").await,
+                        }
+                    };
                     tokio::select! {
-                        // A client that hangs up mid-request is not an emulator error.
-                        _ = conn => {}
+                        _ = served => {}
                         _ = conn_stop.wait_for(|s| *s) => {}
                     }
                 });
@@ -66,10 +80,28 @@ async fn serve_endpoint(
     }
 }
 
+/// Serves HTTP/1.1 on one (plain or TLS) connection.
+async fn connection<S>(
+    io: S,
+    shared: Arc<Mutex<Shared>>,
+    index: usize,
+    addr: SocketAddr,
+    scheme: &'static str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(shared.clone(), index, addr, scheme, req));
+    // A client that hangs up mid-request is not an emulator error.
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
 async fn handle(
     shared: Arc<Mutex<Shared>>,
     endpoint: usize,
     addr: SocketAddr,
+    scheme: &'static str,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -86,7 +118,7 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| addr.to_string());
-    let base = format!("http://{host}{ROOT}");
+    let base = format!("{scheme}://{host}{ROOT}");
     let req = Request {
         endpoint,
         method: parts.method.as_str().to_string(),

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use midonet_emulator::{ApiProfile, AuthMode, Emulator, EmulatorOptions};
+use midonet_emulator::{AuthMode, Emulator, EmulatorOptions};
 use serde_json::json;
 
 fn emulator(opts: EmulatorOptions) -> Emulator {
@@ -258,20 +258,59 @@ fn link_and_binding_reject_wrong_content_type_with_415() {
 }
 
 #[test]
-fn legacy_profile_also_accepts_2015_types() {
-    let f = fixture_with(EmulatorOptions::default().profile(ApiProfile::Legacy2015));
+fn the_2015_media_types_are_refused_like_every_5x_release() {
+    let f = fixture();
     let c = &f.client;
-    c.create(
-        "/routers",
-        "application/vnd.org.midonet.Router-v2+json",
-        &json!({"name": "r"}),
+    for (path, ct) in [
+        ("/routers", "application/vnd.org.midonet.Router-v2+json"),
+        ("/bridges", "application/vnd.org.midonet.Bridge-v1+json"),
+    ] {
+        let r = c.post(path, ct, &json!({"name": "old"}));
+        assert_eq!(r.status, 406, "{ct}");
+    }
+    let p = c.post(
+        &format!("/routers/{}/ports", f.provider),
+        "application/vnd.org.midonet.Port-v2+json",
+        &json!({"type": "Router", "networkAddress": "10.0.0.0", "networkLength": 30, "portAddress": "10.0.0.1"}),
     );
-    c.create("/routers", ROUTER, &json!({"name": "r3"}));
-    c.create(
-        "/bridges",
-        "application/vnd.org.midonet.Bridge-v1+json",
-        &json!({"name": "b"}),
+    assert_eq!(p.status, 406);
+    assert!(f.emu.objects().bridges.is_empty());
+}
+
+#[test]
+fn a_user_without_the_admin_role_logs_in_and_then_gets_401_without_a_message() {
+    let emu = emulator(EmulatorOptions::default().user_without_admin_role("viewer", "pw"));
+    let mut c = Client::new(&emu);
+    assert_eq!(c.login("viewer", "pw").status, 200, "the login works");
+    let r = c.get("/routers", ROUTERS);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-type"), Some(ERROR));
+    // AdminOnlyAuthFilter: setErrorResponse(401, null), no WWW-Authenticate.
+    assert_eq!(r.json(), json!({"message": null, "code": 401}));
+    assert_eq!(r.header("www-authenticate"), None);
+    // An admin is served; a wrong password is refused at login.
+    let mut a = Client::new(&emu);
+    assert_eq!(a.login("admin", "secret").status, 200);
+    assert_eq!(a.get("/routers", ROUTERS).status, 200);
+    assert_eq!(Client::new(&emu).login("viewer", "nope").status, 401);
+    // With MockAuthService everyone is an admin.
+    let emu = emulator(
+        EmulatorOptions::default()
+            .auth(AuthMode::Mock)
+            .user_without_admin_role("viewer", "pw"),
     );
+    let mut c = Client::new(&emu);
+    assert_eq!(c.login("viewer", "pw").status, 200);
+    assert_eq!(c.get("/routers", ROUTERS).status, 200);
+}
+
+#[test]
+fn a_password_with_a_colon_can_never_log_in() {
+    // The server splits "user:pass:word" into three parts.
+    let emu = emulator(EmulatorOptions::default().user("ops", "pass:word"));
+    let r = Client::new(&emu).login("ops", "pass:word");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.message(), "Authorization header is not valid");
 }
 
 #[test]

@@ -133,6 +133,29 @@ fn delay_fault_slows_the_matching_call() {
 }
 
 #[test]
+fn a_concurrent_modification_answers_409_and_writes_nothing() {
+    let f = fixture();
+    let c = &f.client;
+    f.emu.inject(
+        Fault::concurrent_modification()
+            .method("POST")
+            .path_prefix("/midonet-api/bridges")
+            .times(2),
+    );
+    let id = Uuid::new_v4();
+    let body = json!({"id": id, "name": "b"});
+    for _ in 0..2 {
+        let r = c.post("/bridges", BRIDGE, &body);
+        assert_eq!(r.status, 409);
+        assert_eq!(r.message(), "Object was modified during the transaction.");
+        assert_eq!(c.get(&format!("/bridges/{id}"), BRIDGE).status, 404);
+    }
+    // The third try goes through, with the same id.
+    assert_eq!(c.create("/bridges", BRIDGE, &body), id);
+    assert_eq!(f.emu.faults()[0].fired, 2);
+}
+
+#[test]
 fn invalid_faults_are_refused() {
     let f = fixture();
     let c = &f.client;

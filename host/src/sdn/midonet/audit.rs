@@ -123,12 +123,15 @@ fn objects_of(rec: &TenantRecord, provider: Uuid) -> Vec<(String, Uuid, String, 
             Resource::Port,
         ));
         v.push((format!("route {s}"), b.route, "routes", Resource::Route));
-        v.push((
-            format!("provider route {s}"),
-            b.provider_route,
-            "routes",
-            Resource::Route,
-        ));
+        if let Some(r) = b.provider_route {
+            // From an earlier build; the tenant's next ADD deletes it.
+            v.push((
+                format!("legacy provider route {s}"),
+                r,
+                "routes",
+                Resource::Route,
+            ));
+        }
     }
     v.into_iter()
         .map(|(w, id, coll, r)| (w, id, format!("/{coll}/{id}"), r))

@@ -1,30 +1,46 @@
-//! A MidoNet REST client: media-type negotiation per API profile, token login
-//! with one re-login on 401, failover across API endpoints, per-call
-//! timeouts, and errors typed by status.
+//! A MidoNet REST client: media-type negotiation, token login with one
+//! re-login on 401, failover across API endpoints, per-call timeouts, HTTPS
+//! with a configured CA, bounded retries of 409s that MidoNet gave up on,
+//! and errors typed by status.
 //!
 //! The client is async (reqwest) but is driven through [`Client::block_on`]
 //! on the backend's private current-thread runtime, so callers stay
 //! synchronous like the [`Sdn`](crate::sdn::Sdn) trait.
 //!
 //! **Endpoints.** Requests go to the endpoint that answered last; a transport
-//! error (connect, timeout) or a 5xx moves on to the next one, in order,
+//! error (connect, timeout, TLS) or a 5xx moves on to the next one, in order,
 //! trying each at most once per call. The configured list is never mutated
 //! (seed defect B13); each base URL is used exactly as configured
 //! (`http://api:8181/midonet-api`).
 //!
+//! **TLS.** `https://` endpoints are verified against `midonet.ca_file` only
+//! (rustls with the ring provider, both already in the binary for etcd).
+//!
 //! **Auth.** With a user configured, the first request logs in
 //! (`POST <base>/login`, Basic credentials, optional `X-Auth-Project`) and
 //! keeps the token; only a 200 with a `key` counts as a login (B12). A 401
-//! on any call logs in again and retries that call once.
+//! on any call logs in again and retries that call once; a 401 right after a
+//! successful login means MidoNet knows the user but refuses it the API,
+//! which is admin-only (`AdminOnlyAuthFilter` answers 401 with no message):
+//! the error says so.
 //!
 //! **Creates.** MidoNet answers 201 with a `Location` and no body. tenet sends
 //! client-generated ids, so it never needs the body; [`Client::fetch`] GETs a
-//! `Location` when the object itself is wanted. A create that meets 409 on
-//! its own fresh id after a retry is confirmed by a GET (the earlier attempt
-//! landed).
+//! `Location` when the object itself is wanted.
+//!
+//! **409.** MidoNet answers 409 both when the object exists and when its
+//! storage transaction met a concurrent modification three times in a row
+//! (`ConcurrentModificationException`; nothing was written). So a 409 is
+//! settled by reading back what the write was to make
+//! ([`Client::create_settled`]): there → success (an earlier attempt
+//! landed); absent and nothing in the way → the write is sent again, at most
+//! [`CONFLICT_RETRIES`] more times, then the call fails with
+//! [`ApiErrorKind::Contended`] (CNI code 11, try again later); something
+//! else in the way → the 409 stands.
 
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, header};
@@ -32,28 +48,23 @@ use serde_json::Value;
 use tracing::{debug, trace, warn};
 use uuid::Uuid;
 
-/// Which generation of the MidoNet API the media types belong to.
+/// How many times a write that met an unsettled 409 is sent again.
+pub const CONFLICT_RETRIES: u32 = 3;
+
+/// The pause before the first re-send after a 409; doubled each time.
+const CONFLICT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Which generation of the MidoNet API the media types belong to. Only 5.x:
+/// the 2015.06 API is refused at configuration (`midonet.api_profile`),
+/// because it makes its own object ids (see `docs/midonet.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ApiProfile {
     /// MidoNet 5.x (the cluster REST API): `Router-v3`, `Bridge-v4`, `Port-v3`.
     #[default]
     V5,
-    /// The 2015.06 `midonet-api` webapp: `Router-v2`, `Bridge-v1`, `Port-v2`.
-    Legacy2015,
 }
 
 impl ApiProfile {
-    /// Parses `MidonetConfig::api_profile` (`"5.x"`, `"5"`, `"legacy"`).
-    pub fn parse(s: Option<&str>) -> Result<Self, String> {
-        match s.map(str::trim) {
-            None | Some("") | Some("5.x") | Some("5") | Some("v5") => Ok(ApiProfile::V5),
-            Some("legacy") | Some("2015") | Some("v1") => Ok(ApiProfile::Legacy2015),
-            Some(other) => Err(format!(
-                "midonet.api_profile: {other:?} is not \"5.x\" or \"legacy\""
-            )),
-        }
-    }
-
     /// The vendor media type of one object of `r` (create `Content-Type`,
     /// get `Accept`).
     pub fn media_type(self, r: Resource) -> String {
@@ -75,10 +86,6 @@ impl ApiProfile {
             (ApiProfile::V5, Bridge) => "Bridge-v4",
             (ApiProfile::V5, Port) => "Port-v3",
             (ApiProfile::V5, Host) => "Host-v3",
-            (ApiProfile::Legacy2015, Router) => "Router-v2",
-            (ApiProfile::Legacy2015, Bridge) => "Bridge-v1",
-            (ApiProfile::Legacy2015, Port) => "Port-v2",
-            (ApiProfile::Legacy2015, Host) => "Host-v2",
             (_, PortLink) => "PortLink-v1",
             (_, Route) => "Route-v1",
             (_, Chain) => "Chain-v1",
@@ -127,6 +134,9 @@ pub enum ApiErrorKind {
     UnsupportedMediaType,
     /// 409: a conflict (already linked, already bound, id taken, …).
     Conflict,
+    /// 409 on every attempt while what the write was to make stayed absent:
+    /// MidoNet kept meeting concurrent modifications (try again later).
+    Contended,
     /// 5xx from every endpoint tried.
     Server,
     /// Any other unexpected status.
@@ -161,11 +171,12 @@ impl ApiError {
     }
 
     /// The CNI error code: 11 ("try again later") when MidoNet could not be
-    /// reached or was overloaded (503), 133 when it rejected the request,
-    /// 134 for other server errors.
+    /// reached, was overloaded (503) or kept meeting concurrent
+    /// modifications, 133 when it rejected the request, 134 for other
+    /// server errors.
     pub fn cni_code(&self) -> u32 {
         match self.kind {
-            ApiErrorKind::Unreachable => 11,
+            ApiErrorKind::Unreachable | ApiErrorKind::Contended => 11,
             ApiErrorKind::Server if self.status == Some(503) => 11,
             ApiErrorKind::Server | ApiErrorKind::InvalidResponse => 134,
             _ => 133,
@@ -190,6 +201,21 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Media-type generation.
     pub profile: ApiProfile,
+    /// CA certificates (PEM) for `https://` endpoints: the only trust
+    /// anchors used.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a 409 turned out to be, from reading back what the write was to
+/// make (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The write's effect is in place: success.
+    Done,
+    /// Not in place and nothing in its way: send the write again.
+    Retry,
+    /// Something else is in the way: the 409 stands.
+    Conflict,
 }
 
 /// A successful response.
@@ -252,6 +278,10 @@ impl Client {
             // The API is reached directly: an HTTP_PROXY meant for other
             // traffic must not capture it.
             .no_proxy()
+            // Always our own rustls configuration: reqwest would otherwise
+            // look for a process-wide crypto provider (and trust the
+            // system's roots).
+            .tls_backend_preconfigured(tls_config(opts.ca_file.as_deref())?)
             .build()
             .map_err(|e| format!("midonet: HTTP client: {e}"))?;
         Ok(Self {
@@ -275,8 +305,10 @@ impl Client {
 
     /// `POST path` with `body` as `Content-Type: <r>`; returns the new
     /// object's `Location` (None when the server sent none, as on links).
-    /// With `id` (the id inside `body`), a 409 is checked with a GET of
-    /// `confirm` and counted as success when the object exists.
+    /// With `confirm` (the GET path of the object `body` names by id), a 409
+    /// is settled by that GET: the object is there → success; it is not →
+    /// sent again (see [`Client::create_settled`]). Without, a 409 is an
+    /// error.
     pub fn create(
         &self,
         r: Resource,
@@ -284,23 +316,66 @@ impl Client {
         body: &Value,
         confirm: Option<(&str, Resource)>,
     ) -> Result<Option<String>, ApiError> {
-        let ct = self.opts.profile.media_type(r);
-        match self.call(Method::POST, path, Some((&ct, body)), None) {
-            Ok(rep) => Ok(rep.location),
-            Err(e) if e.kind == ApiErrorKind::Conflict => {
-                let Some((get, gr)) = confirm else {
-                    return Err(e);
-                };
-                match self.get(gr, get) {
-                    Ok(_) => {
-                        debug!(%path, "create met 409 on its own id: already there");
-                        Ok(None)
-                    }
-                    Err(_) => Err(e),
+        let Some((get, gr)) = confirm else {
+            return self.post(r, path, body).map(|rep| rep.location);
+        };
+        self.create_settled(r, path, body, || match self.get(gr, get) {
+            Ok(_) => Ok(Settled::Done),
+            Err(e) if e.is_not_found() => Ok(Settled::Retry),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// `POST path`; a 409 is settled by `settle` (which reads back what the
+    /// write was to make): [`Settled::Done`] is success, [`Settled::Retry`]
+    /// sends the write again after a pause (at most [`CONFLICT_RETRIES`]
+    /// times, then [`ApiErrorKind::Contended`]), [`Settled::Conflict`]
+    /// returns the 409.
+    pub fn create_settled(
+        &self,
+        r: Resource,
+        path: &str,
+        body: &Value,
+        mut settle: impl FnMut() -> Result<Settled, ApiError>,
+    ) -> Result<Option<String>, ApiError> {
+        let mut pause = CONFLICT_PAUSE;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let e = match self.post(r, path, body) {
+                Ok(rep) => return Ok(rep.location),
+                Err(e) if e.kind == ApiErrorKind::Conflict => e,
+                Err(e) => return Err(e),
+            };
+            match settle()? {
+                Settled::Done => {
+                    debug!(%path, "409, and what it creates is there: done");
+                    return Ok(None);
+                }
+                Settled::Conflict => return Err(e),
+                Settled::Retry if attempt <= CONFLICT_RETRIES => {
+                    debug!(%path, attempt, message = %e.message, "409 with nothing in place (concurrent modification): sending again");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                Settled::Retry => {
+                    return Err(ApiError {
+                        kind: ApiErrorKind::Contended,
+                        message: format!(
+                            "{} (409 on {attempt} attempts while what it creates stayed absent: \
+                             MidoNet kept meeting concurrent modifications; try again later)",
+                            e.message
+                        ),
+                        ..e
+                    });
                 }
             }
-            Err(e) => Err(e),
         }
+    }
+
+    fn post(&self, r: Resource, path: &str, body: &Value) -> Result<Reply, ApiError> {
+        let ct = self.opts.profile.media_type(r);
+        self.call(Method::POST, path, Some((&ct, body)), None)
     }
 
     /// `GET path` with `Accept: <r>`.
@@ -383,7 +458,34 @@ impl Client {
                 self.set_token(None);
                 continue;
             }
-            return self.finish(&method, path, resp).await;
+            let mut r = self.finish(&method, path, resp).await;
+            if let Err(e) = &mut r
+                && e.kind == ApiErrorKind::Unauthorized
+            {
+                e.message = self.unauthorized_hint(&e.message);
+            }
+            return r;
+        }
+    }
+
+    /// Names the probable cause of a 401 on an API call (not on `/login`).
+    fn unauthorized_hint(&self, server: &str) -> String {
+        let said = if server.is_empty() {
+            "no message".to_owned()
+        } else {
+            format!("{server:?}")
+        };
+        match &self.opts.username {
+            // We just logged in again, and the fresh token is refused too.
+            Some(u) => format!(
+                "MidoNet accepted the login of {u:?} (midonet.username) but refuses it this \
+                 call ({said}): the user probably lacks MidoNet's admin role (the REST API is \
+                 admin-only)"
+            ),
+            None => format!(
+                "MidoNet requires a login ({said}); set midonet.username and \
+                 midonet.password_file"
+            ),
         }
     }
 
@@ -500,12 +602,18 @@ impl Client {
         })?;
         let status = resp.status();
         if status != StatusCode::OK {
-            let kind = if status.is_server_error() {
-                ApiErrorKind::Server
-            } else {
-                ApiErrorKind::Unauthorized
-            };
-            return Err(err(kind, Some(status.as_u16()), error_message(resp).await));
+            let server = error_message(resp).await;
+            if status.is_server_error() {
+                return Err(err(ApiErrorKind::Server, Some(status.as_u16()), server));
+            }
+            return Err(err(
+                ApiErrorKind::Unauthorized,
+                Some(status.as_u16()),
+                format!(
+                    "login as {user:?} refused ({server:?}); check midonet.username and \
+                     midonet.password_file"
+                ),
+            ));
         }
         let bytes = resp
             .bytes()
@@ -625,7 +733,38 @@ fn transport_message(e: &reqwest::Error) -> String {
         m.push_str(&format!(": {s}"));
         src = s.source();
     }
+    if m.contains("certificate") {
+        m.push_str(
+            " (is the API's certificate signed by a CA in midonet.ca_file, for this host name?)",
+        );
+    }
     m
+}
+
+/// The rustls configuration of every client: the ring provider and, as the
+/// only trust anchors, the certificates in `ca_file` (none without one:
+/// configuration refuses `https://` endpoints without a `ca_file`).
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(f) = ca_file {
+        let at = |m: String| format!("midonet.ca_file {}: {m}", f.display());
+        let certs = CertificateDer::pem_file_iter(f)
+            .map_err(|e| at(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| at(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(at("no PEM certificate in it".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| at(e.to_string()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("midonet: TLS: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// The last path segment of a `Location`, as a UUID.
@@ -748,6 +887,7 @@ mod tests {
                 project: user.then(|| "admin-project".into()),
                 timeout: Duration::from_millis(500),
                 profile: ApiProfile::V5,
+                ca_file: None,
             },
             rt,
         )
@@ -783,22 +923,12 @@ mod tests {
             "application/vnd.org.midonet.Router-v3+json"
         );
         assert_eq!(
-            ApiProfile::Legacy2015.media_type(Resource::Bridge),
-            "application/vnd.org.midonet.Bridge-v1+json"
+            ApiProfile::V5.media_type(Resource::Bridge),
+            "application/vnd.org.midonet.Bridge-v4+json"
         );
         assert_eq!(
             ApiProfile::V5.collection_type(Resource::Port),
             "application/vnd.org.midonet.collection.Port-v3+json"
-        );
-        assert_eq!(ApiProfile::parse(None).unwrap(), ApiProfile::V5);
-        assert_eq!(
-            ApiProfile::parse(Some("legacy")).unwrap(),
-            ApiProfile::Legacy2015
-        );
-        assert!(
-            ApiProfile::parse(Some("v9"))
-                .unwrap_err()
-                .contains("api_profile")
         );
     }
 
@@ -865,8 +995,38 @@ mod tests {
         let c = client(vec![s.url.clone()], true);
         let e = c.get(Resource::Router, "/routers/x").unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Unauthorized);
-        assert_eq!(e.message, "Authorization failed");
+        assert!(e.message.contains("\"Authorization failed\""), "{e}");
         assert_eq!(s.seen.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_401_after_a_good_login_names_the_admin_role() {
+        // MidoNet's AdminOnlyAuthFilter: the login works, every call then
+        // answers 401 with a null message.
+        let s = serve(Arc::new(|r: &Seen, _| {
+            if r.path.ends_with("/login") {
+                token("t")
+            } else {
+                (
+                    401,
+                    vec![(
+                        "Content-Type",
+                        "application/vnd.org.midonet.Error-v1+json".into(),
+                    )],
+                    r#"{"message":null,"code":401}"#.into(),
+                )
+            }
+        }));
+        let c = client(vec![s.url.clone()], true);
+        let e = c.get(Resource::Router, "/routers/x").unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::Unauthorized);
+        assert!(e.message.contains("admin role"), "{e}");
+        assert!(e.message.contains("\"admin\""), "names the user: {e}");
+        assert!(e.message.contains("midonet.username"), "{e}");
+        // Without a user, a 401 says a login is needed.
+        let c = client(vec![s.url.clone()], false);
+        let e = c.get(Resource::Router, "/routers/x").unwrap_err();
+        assert!(e.message.contains("midonet.password_file"), "{e}");
     }
 
     #[test]
@@ -1052,15 +1212,75 @@ mod tests {
             Some(("/chains/mine", Resource::Chain)),
         )
         .unwrap();
+        assert_eq!(s.seen.lock().unwrap().len(), 2, "one POST, one GET");
+    }
+
+    #[test]
+    fn a_409_with_nothing_created_is_sent_again_then_try_again_later() {
+        // MidoNet's answer to a transaction that met concurrent
+        // modifications three times: 409, nothing written.
+        let cm = "Port with ID 1 was modified during the transaction.";
+        let s = serve(Arc::new(move |r: &Seen, i| match r.method.as_str() {
+            // The third POST goes through.
+            "POST" if i < 4 => err(409, cm),
+            "POST" => (201, vec![("Location", "/x".into())], String::new()),
+            _ => err(404, "no such chain"),
+        }));
+        let c = client(vec![s.url.clone()], false);
+        let body = serde_json::json!({"id": "mine"});
+        let loc = c
+            .create(
+                Resource::Chain,
+                "/chains",
+                &body,
+                Some(("/chains/mine", Resource::Chain)),
+            )
+            .unwrap();
+        assert_eq!(loc.as_deref(), Some("/x"));
+        let methods: Vec<String> = s
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.method.clone())
+            .collect();
+        assert_eq!(methods, ["POST", "GET", "POST", "GET", "POST"]);
+
+        // Never settling: bounded, then code 11 with the server's message.
+        let s = serve(Arc::new(move |r: &Seen, _| match r.method.as_str() {
+            "POST" => err(409, cm),
+            _ => err(404, "no such chain"),
+        }));
+        let c = client(vec![s.url.clone()], false);
         let e = c
             .create(
                 Resource::Chain,
                 "/chains",
                 &body,
-                Some(("/chains/other", Resource::Chain)),
+                Some(("/chains/mine", Resource::Chain)),
             )
             .unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::Contended, "{e}");
+        assert_eq!(e.cni_code(), 11);
+        assert_eq!(e.status, Some(409));
+        assert!(e.message.contains(cm), "{e}");
+        let posts = s
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count();
+        assert_eq!(posts, 1 + CONFLICT_RETRIES as usize);
+
+        // Something else in the way: the 409 stands at once.
+        let e = c
+            .create_settled(Resource::PortLink, "/ports/p/link", &body, || {
+                Ok(Settled::Conflict)
+            })
+            .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Conflict);
+        assert_eq!(e.cni_code(), 133);
     }
 
     #[test]
@@ -1077,6 +1297,7 @@ mod tests {
             project: None,
             timeout: Duration::from_secs(1),
             profile: ApiProfile::V5,
+            ca_file: None,
         };
         assert!(
             Client::new(opts("not a url"), rt.clone())
@@ -1086,6 +1307,19 @@ mod tests {
         assert!(Client::new(opts("ftp://x/"), rt.clone()).is_err());
         let mut o = opts("http://x/");
         o.endpoints.clear();
-        assert!(Client::new(o, rt).is_err());
+        assert!(Client::new(o, rt.clone()).is_err());
+        // A CA file that cannot be used is named.
+        let d = tempfile::tempdir().unwrap();
+        let mut o = opts("https://x/");
+        o.ca_file = Some(d.path().join("absent.pem"));
+        let e = Client::new(o.clone(), rt.clone()).unwrap_err();
+        assert!(
+            e.contains("midonet.ca_file") && e.contains("absent.pem"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("empty.pem"), "not a certificate\n").unwrap();
+        o.ca_file = Some(d.path().join("empty.pem"));
+        let e = Client::new(o, rt).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 }

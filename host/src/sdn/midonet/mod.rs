@@ -8,15 +8,28 @@
 //! ```text
 //!  provider router P ──RP (link.1)───link───(link.2) LP── tenant router R ──GP (gw)──link──BP── bridge B(subnet)
 //!   route link.2/32 → RP                                  in chain: rev_snat in LP          └─ pod ports, bound to
-//!   route subnet    → RP via link.2                       out chain: accept return flows,       (host id, host veth)
+//!                                                         out chain: accept return flows,       (host id, host veth)
 //!                                                                    snat out LP → link.2
 //!                                                         route 0/0 → LP via link.1
 //!                                                         route subnet → GP
 //! ```
 //!
-//! The link network (default a /30 of `169.254.0.0/16`) is allocated in
-//! etcd without duplicates across nodes: its key is created in the same
-//! transaction as the tenant record.
+//! The provider router has no route to any tenant subnet: tenants' subnets
+//! may overlap (each tenant has its own address space), and MidoNet spreads
+//! flows over equal routes by a hash of the connection, so a route per
+//! tenant subnet would send provider-side traffic for a pod to the wrong
+//! tenant for some flows. Pods reach out through their tenant's SNAT
+//! address (link.2), and only return traffic comes back (rev_snat), as with
+//! the seed plugin. Records of earlier builds that name such routes get
+//! them deleted by the tenant's next `ensure_tenant`.
+//!
+//! The link network (default a /30 of `172.16.0.0/16`; never in
+//! 169.254.0.0/16, which MidoNet uses itself) is allocated in etcd without
+//! duplicates across nodes: its key is created in the same transaction as
+//! the tenant record. A tenant subnet inside the link pool is refused.
+//!
+//! Pods' interfaces on MidoNet ports get `midonet.mtu` (default 1450: a
+//! 1500-byte underlay minus VXLAN's 50 bytes; [`Sdn::port_mtu`]).
 //!
 //! # Records and concurrency
 //!
@@ -68,9 +81,14 @@
 //!   MidoNet; a retried ADD re-confirms its objects.
 //! - **B10** tenant infrastructure never removed: `remove_tenant_if_unused`
 //!   deletes the topology and releases the link network.
-//! - **B11** wrong media types: per-profile vendor media types
-//!   ([`client::ApiProfile`]), 5.x by default; a 406 is a typed error.
-//! - **B12** login "succeeds" without a token: only a 200 with a key counts.
+//! - **B11** wrong media types: the 5.x vendor media types
+//!   ([`client::ApiProfile`]); `api_profile = "legacy"` (2015.06, whose
+//!   server makes its own ids) is refused at configuration; a 406 is a
+//!   typed error.
+//! - **B12** login "succeeds" without a token: only a 200 with a key
+//!   counts; credentials MidoNet cannot parse (a `:`, no password) are
+//!   refused at configuration, and a 401 after a good login names the
+//!   missing admin role.
 //! - **B13** mutated URLs, random endpoint, leaked bodies, `Content-Type` on
 //!   GETs: endpoints are read-only, tried in order with failover, bodies
 //!   are always consumed, GETs send `Accept`.
@@ -92,11 +110,14 @@
 //!
 //! # Errors and CNI codes
 //!
-//! MidoNet unreachable or answering 503, etcd unreachable, or another node
-//! still building the tenant: 11 (try again later). MidoNet rejected a call
-//! (4xx): 133; other MidoNet server errors: 134; a corrupt record: 135; the
-//! link-network pool is exhausted: 136. Missing objects (CHECK, attach
-//! before ensure): 131.
+//! MidoNet unreachable (also: TLS verification failed) or answering 503, a
+//! write that kept meeting concurrent modifications (409 with nothing
+//! written, after [`client::CONFLICT_RETRIES`] re-sends), etcd unreachable,
+//! or another node still building the tenant: 11 (try again later). Bad
+//! configuration (`[midonet]`), a tenant subnet in the link pool: 7. MidoNet
+//! rejected a call (4xx): 133; other MidoNet server errors: 134; a corrupt
+//! record: 135; the link-network pool is exhausted: 136. Missing objects
+//! (CHECK, attach before ensure): 131.
 
 pub mod audit;
 pub mod client;
@@ -142,6 +163,8 @@ pub struct MidonetSettings {
     pub claim_ttl: Duration,
     /// Bound on waiting for another node's claim.
     pub claim_wait: Duration,
+    /// MTU of pod interfaces on MidoNet ports.
+    pub mtu: u32,
 }
 
 fn invalid(m: impl Into<String>) -> SdnError {
@@ -149,8 +172,10 @@ fn invalid(m: impl Into<String>) -> SdnError {
 }
 
 impl MidonetSettings {
-    /// Resolves and checks the settings; errors name the field.
+    /// Resolves and checks the settings ([`MidonetConfig::validate`] first);
+    /// errors name the field.
     pub fn from_config(cfg: &MidonetConfig) -> Result<Self, SdnError> {
+        cfg.validate().map_err(invalid)?;
         let provider_router = cfg
             .provider_router
             .as_deref()
@@ -180,26 +205,14 @@ impl MidonetSettings {
                 }
             },
         };
-        let link_pool: Ipv4Net = cfg
-            .link_pool
-            .as_deref()
-            .unwrap_or("169.254.0.0/16")
-            .parse()
-            .map_err(|e| invalid(format!("midonet.link_pool: not an IPv4 CIDR: {e}")))?;
-        let link_prefix = cfg.link_prefix.unwrap_or(30);
-        if !(link_pool.prefix_len()..=30).contains(&link_prefix) {
-            return Err(invalid(format!(
-                "midonet.link_prefix: {link_prefix} must be between the pool's /{} and /30",
-                link_pool.prefix_len()
-            )));
-        }
         Ok(Self {
             provider_router,
             host_id,
-            link_pool: link_pool.trunc(),
-            link_prefix,
+            link_pool: cfg.link_pool_net().map_err(invalid)?,
+            link_prefix: cfg.link_prefix.unwrap_or(30),
             claim_ttl: Duration::from_millis(cfg.claim_ttl_ms.unwrap_or(30_000).max(1000)),
             claim_wait: Duration::from_millis(cfg.claim_wait_ms.unwrap_or(60_000)),
+            mtu: cfg.port_mtu().map_err(invalid)?,
         })
     }
 }
@@ -223,15 +236,13 @@ pub fn read_host_id(path: &Path) -> Result<Uuid, SdnError> {
     })
 }
 
-/// Builds the client options from the configuration (reads the password file).
+/// Builds the client options from the configuration: reads and checks the
+/// password file (MidoNet's login splits `user:password` on every `:`, so a
+/// password with one could never log in).
 pub fn client_options(cfg: &MidonetConfig) -> Result<ClientOptions, SdnError> {
+    cfg.validate().map_err(invalid)?;
     let password = match &cfg.password_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| invalid(format!("midonet.password_file {}: {e}", p.display())))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
+        Some(p) => Some(read_password(p)?),
         None => None,
     };
     Ok(ClientOptions {
@@ -240,8 +251,32 @@ pub fn client_options(cfg: &MidonetConfig) -> Result<ClientOptions, SdnError> {
         password,
         project: cfg.project.clone(),
         timeout: Duration::from_millis(cfg.timeout_ms.unwrap_or(5000).max(1)),
-        profile: ApiProfile::parse(cfg.api_profile.as_deref()).map_err(invalid)?,
+        profile: ApiProfile::V5,
+        ca_file: cfg.ca_file.clone(),
     })
+}
+
+/// The password in `midonet.password_file`: its one line, without the line
+/// end; refused when empty, on several lines, or holding a `:`.
+pub fn read_password(path: &Path) -> Result<String, SdnError> {
+    let at = |m: &str| invalid(format!("midonet.password_file {}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| at(&e.to_string()))?;
+    let pw = text.trim_end_matches(['\r', '\n']);
+    if pw.is_empty() {
+        return Err(at(
+            "empty (MidoNet's login would get \"user:\" and refuse it)",
+        ));
+    }
+    if pw.contains(['\n', '\r']) {
+        return Err(at("holds more than one line; the password is one line"));
+    }
+    if pw.contains(':') {
+        return Err(at(
+            "the password contains ':', which MidoNet's login cannot accept (it splits \
+             \"user:password\" on every ':'); choose a password without one",
+        ));
+    }
+    Ok(pw.to_owned())
 }
 
 /// The MidoNet backend. `Send + Sync`: calls from several threads share one
@@ -440,6 +475,24 @@ impl MidonetSdn {
                 }
             }
         };
+        // Records of earlier builds name provider-router routes to tenant
+        // subnets, which split provider traffic between tenants with
+        // overlapping subnets: delete them, then forget them.
+        if rec.bridges.iter().any(|b| b.provider_route.is_some()) {
+            for b in rec
+                .bridges
+                .iter_mut()
+                .filter(|b| b.provider_route.is_some())
+            {
+                info!(%tenant, subnet = %b.subnet, "deleting a provider-router route to a tenant subnet made by an earlier build");
+                topology::delete_legacy_provider_route(&self.api, b)?;
+                b.provider_route = None;
+            }
+            rev = self
+                .records
+                .put_tenant(c, &rec, Some(rev), false, false)?
+                .ok_or_else(|| Self::lost(tenant))?;
+        }
         let base_new = rec.phase == Phase::Creating;
         let mut planned = false;
         for (net, gw) in subnets {
@@ -477,7 +530,7 @@ impl MidonetSdn {
             }
             for i in &pending {
                 debug!(%tenant, subnet = %rec.bridges[*i].subnet, "creating tenant bridge");
-                topology::create_bridge(&self.api, self.s.provider_router, &rec, &rec.bridges[*i])?;
+                topology::create_bridge(&self.api, &rec, &rec.bridges[*i])?;
                 self.refresh(c)?;
             }
             Ok(())
@@ -613,8 +666,22 @@ impl Sdn for MidonetSdn {
         if v4.is_empty() {
             return Err(invalid(format!("tenant {tenant:?}: no subnet to build")));
         }
+        let pool = self.s.link_pool;
+        if let Some((n, _)) = v4
+            .iter()
+            .find(|(n, _)| n.contains(&pool) || pool.contains(n))
+        {
+            return Err(invalid(format!(
+                "tenant {tenant:?}: subnet {n} overlaps midonet.link_pool {pool} (the tenant \
+                 router would route it to its uplink); keep the address pools and the link pool apart"
+            )));
+        }
         // The common case (a later pod): one etcd read, no MidoNet call.
-        if let Some(rec) = self.ready(tenant, &v4)? {
+        // (A record of an earlier build with provider routes to its subnets
+        // goes through reconcile once, which deletes them.)
+        if let Some(rec) = self.ready(tenant, &v4)?
+            && rec.bridges.iter().all(|b| b.provider_route.is_none())
+        {
             return Self::tenant_net(&rec, subnets);
         }
         let claim = match self.claim(tenant, || self.ready(tenant, &v4))? {
@@ -822,6 +889,10 @@ impl Sdn for MidonetSdn {
         Ok(())
     }
 
+    fn port_mtu(&self) -> Option<u32> {
+        Some(self.s.mtu)
+    }
+
     fn status(&self) -> Result<(), SdnError> {
         self.api.get(
             Resource::Router,
@@ -869,9 +940,13 @@ mod tests {
 
     #[test]
     fn settings_name_the_bad_field() {
-        let mut c = MidonetConfig::default();
-        let e = MidonetSettings::from_config(&c).unwrap_err().to_string();
-        assert!(e.contains("midonet.provider_router"), "{e}");
+        let mut c = MidonetConfig {
+            endpoints: vec!["http://api:8181/midonet-api".into()],
+            ..MidonetConfig::default()
+        };
+        let e = MidonetSettings::from_config(&c).unwrap_err();
+        assert_eq!(e.cni_code(), 7);
+        assert!(e.to_string().contains("midonet.provider_router"), "{e}");
         c.provider_router = Some(Uuid::nil().to_string());
         c.host_id = Some("nope".into());
         let e = MidonetSettings::from_config(&c).unwrap_err().to_string();
@@ -886,8 +961,49 @@ mod tests {
         assert!(e.contains("midonet.link_prefix"), "{e}");
         c.link_prefix = None;
         let s = MidonetSettings::from_config(&c).unwrap();
-        assert_eq!(s.link_pool, "169.254.0.0/16".parse::<Ipv4Net>().unwrap());
+        // Not link-local: MidoNet uses 169.254.0.0/16 itself.
+        assert_eq!(s.link_pool, "172.16.0.0/16".parse::<Ipv4Net>().unwrap());
         assert_eq!(s.link_prefix, 30);
+        assert_eq!(s.mtu, 1450);
+    }
+
+    #[test]
+    fn passwords_midonet_cannot_take_are_refused_at_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("pw");
+        let cfg = MidonetConfig {
+            endpoints: vec!["http://api:8181/midonet-api".into()],
+            provider_router: Some(Uuid::nil().to_string()),
+            username: Some("admin".into()),
+            password_file: Some(f.clone()),
+            ..MidonetConfig::default()
+        };
+        for (text, why) in [
+            ("pass:word\n", "contains ':'"),
+            ("\n", "empty"),
+            ("", "empty"),
+            ("one\ntwo\n", "more than one line"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = client_options(&cfg).unwrap_err();
+            assert_eq!(e.cni_code(), 7, "{text:?}");
+            let m = e.to_string();
+            assert!(
+                m.contains("midonet.password_file") && m.contains(why),
+                "{text:?}: {m}"
+            );
+        }
+        std::fs::write(&f, "s3cret\r\n").unwrap();
+        assert_eq!(
+            client_options(&cfg).unwrap().password.as_deref(),
+            Some("s3cret")
+        );
+        let e = client_options(&MidonetConfig {
+            password_file: Some(d.path().join("absent")),
+            ..cfg.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("absent"), "{e}");
     }
 
     #[test]
@@ -938,13 +1054,13 @@ mod tests {
         let mem = Arc::new(memory::MemoryRecords::new());
         let mut cfg = MidonetConfig {
             endpoints: vec![emu.url()],
-            username: Some("admin".into()),
             provider_router: Some(provider.to_string()),
             host_id: Some(host.to_string()),
             ..MidonetConfig::default()
         };
         cfg.claim_wait_ms = Some(2000);
         let mut opts = client_options(&cfg).unwrap();
+        opts.username = Some("admin".into());
         opts.password = Some("pw".into());
         let api = Client::new(opts, runtime().unwrap()).unwrap();
         let sdn = MidonetSdn::with_parts(
@@ -996,7 +1112,7 @@ mod tests {
         let plan = ops.iter().position(|o| o == "txn").unwrap();
         assert!(ops[..plan].iter().any(|o| o == "grant"));
         let keys = mem.keys();
-        assert_eq!(keys, ["links/169.254.0.0-30", "tenants/acme"], "{keys:?}");
+        assert_eq!(keys, ["links/172.16.0.0-30", "tenants/acme"], "{keys:?}");
         sdn.attach("acme", &port(1)).unwrap();
         assert!(mem.keys().contains(&"ports/acme/net/c1/eth0".to_string()));
     }
@@ -1041,7 +1157,7 @@ mod tests {
             owner: "someone-else".into(),
             lease: 1,
         };
-        let plan = topology::plan_tenant("acme", "169.254.0.0/30".parse().unwrap());
+        let plan = topology::plan_tenant("acme", "172.16.0.0/30".parse().unwrap());
         assert_eq!(
             r.put_tenant(&stale, &plan, None, true, false).unwrap(),
             None

@@ -163,8 +163,12 @@ pub struct BridgeRecord {
     pub bridge_port: Uuid,
     /// Tenant router: subnet via the router port.
     pub route: Uuid,
-    /// Provider router: subnet via the provider port.
-    pub provider_route: Uuid,
+    /// Only in records of earlier tenet builds: a provider-router route to
+    /// the subnet via the tenant's provider port. Such routes split
+    /// provider-side traffic between tenants whose subnets overlap, so the
+    /// tenant's next `ensure_tenant` deletes them and clears this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_route: Option<Uuid>,
 }
 
 impl TenantRecord {
@@ -484,16 +488,34 @@ mod tests {
     }
 
     #[test]
+    fn bridge_records_of_earlier_builds_still_parse() {
+        // Earlier builds recorded a provider-router route per subnet.
+        let old = r#"{"subnet":"10.1.0.0/24","gateway":"10.1.0.1","phase":"ready",
+            "bridge":"00000000-0000-4000-8000-000000000001",
+            "routerPort":"00000000-0000-4000-8000-000000000002",
+            "bridgePort":"00000000-0000-4000-8000-000000000003",
+            "route":"00000000-0000-4000-8000-000000000004",
+            "providerRoute":"00000000-0000-4000-8000-000000000005"}"#;
+        let mut b: BridgeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            b.provider_route,
+            Some("00000000-0000-4000-8000-000000000005".parse().unwrap())
+        );
+        // Current records have none, and do not mention it.
+        b.provider_route = None;
+        let now = serde_json::to_string(&b).unwrap();
+        assert!(!now.contains("providerRoute"), "{now}");
+        assert_eq!(serde_json::from_str::<BridgeRecord>(&now).unwrap(), b);
+    }
+
+    #[test]
     fn link_keys_round_trip() {
-        let n: Ipv4Net = "169.254.0.4/30".parse().unwrap();
-        assert_eq!(link_key(n), "links/169.254.0.4-30");
+        let n: Ipv4Net = "172.16.0.4/30".parse().unwrap();
+        assert_eq!(link_key(n), "links/172.16.0.4-30");
         assert_eq!(parse_link_key(&link_key(n)), Some(n));
         assert_eq!(
             link_addrs(n),
-            (
-                "169.254.0.5".parse().unwrap(),
-                "169.254.0.6".parse().unwrap()
-            )
+            ("172.16.0.5".parse().unwrap(), "172.16.0.6".parse().unwrap())
         );
     }
 }

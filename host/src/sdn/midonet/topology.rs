@@ -5,7 +5,17 @@
 //! id: re-POSTing an object that exists answers 409, which
 //! [`Client::create`] confirms with a GET; a link or binding that is already
 //! in place is confirmed by reading the port. So resuming a half-built
-//! topology is the same code path as building it.
+//! topology is the same code path as building it. A 409 whose read-back
+//! finds nothing in place is MidoNet giving up on a concurrent modification:
+//! the write is sent again, bounded ([`Client::create_settled`]).
+//!
+//! The provider router gets one route per tenant: the tenant's SNAT address
+//! (`link.2/32`). Never a route to a tenant subnet: tenants' subnets may
+//! overlap (per-tenant address spaces), and MidoNet spreads flows over equal
+//! routes by a hash of the connection, so provider-side traffic to a pod
+//! address would reach the wrong tenant for some flows. Pods are reached
+//! from the provider side only through their tenant's SNAT (return flows),
+//! as with the seed plugin.
 
 use std::net::Ipv4Addr;
 
@@ -13,7 +23,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::client::{ApiError, Client, Resource};
+use super::client::{ApiError, Client, Resource, Settled};
 use super::records::{BridgeRecord, Phase, PortRecord, TenantRecord};
 
 /// A fresh plan for a tenant's router part on link network `link`.
@@ -48,7 +58,7 @@ pub fn plan_bridge(subnet: Ipv4Net, gateway: Ipv4Addr) -> BridgeRecord {
         router_port: id(),
         bridge_port: id(),
         route: id(),
-        provider_route: id(),
+        provider_route: None,
     }
 }
 
@@ -112,27 +122,29 @@ fn create(
         .map(drop)
 }
 
+/// The `peerId` of a port, as MidoNet shows it.
+fn peer_of(api: &Client, port: Uuid) -> Result<Option<String>, ApiError> {
+    let p = api.get(Resource::Port, &format!("/ports/{port}"))?;
+    Ok(p["peerId"].as_str().map(str::to_owned))
+}
+
 /// Links `port` to `peer`; an existing link between exactly these two is
-/// success.
+/// success. A 409 with both ports unlinked is a concurrent modification:
+/// sent again (bounded); a port linked elsewhere is a conflict.
 fn link(api: &Client, port: Uuid, peer: Uuid) -> Result<(), ApiError> {
     let body = json!({ "peerId": peer });
-    match api.create(
+    api.create_settled(
         Resource::PortLink,
         &format!("/ports/{port}/link"),
         &body,
-        None,
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == super::client::ApiErrorKind::Conflict => {
-            let p = api.get(Resource::Port, &format!("/ports/{port}"))?;
-            if p["peerId"].as_str() == Some(&peer.to_string()) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
-        Err(e) => Err(e),
-    }
+        || match peer_of(api, port)? {
+            Some(p) if p == peer.to_string() => Ok(Settled::Done),
+            Some(_) => Ok(Settled::Conflict),
+            None if peer_of(api, peer)?.is_some() => Ok(Settled::Conflict),
+            None => Ok(Settled::Retry),
+        },
+    )
+    .map(drop)
 }
 
 /// Creates (or completes) the router part of a tenant: 12 calls on a fresh
@@ -244,14 +256,9 @@ pub fn create_base(api: &Client, provider: Uuid, t: &TenantRecord) -> Result<(),
     )
 }
 
-/// Creates (or completes) one subnet's bridge and its links: 6 calls.
-pub fn create_bridge(
-    api: &Client,
-    provider: Uuid,
-    t: &TenantRecord,
-    b: &BridgeRecord,
-) -> Result<(), ApiError> {
-    let (_, t_addr) = t.link_addrs();
+/// Creates (or completes) one subnet's bridge and its link to the tenant
+/// router: 5 calls. Nothing on the provider router (see the module docs).
+pub fn create_bridge(api: &Client, t: &TenantRecord, b: &BridgeRecord) -> Result<(), ApiError> {
     let bridge = json!({
         "id": b.bridge,
         "name": name(&t.tenant, &format!("bridge {}", b.subnet)),
@@ -281,20 +288,17 @@ pub fn create_bridge(
         &format!("/routers/{}/routes", t.router),
         &route(b.route, t.router, b.subnet, b.router_port, None),
         "/routes",
-    )?;
-    create(
-        api,
-        Resource::Route,
-        &format!("/routers/{provider}/routes"),
-        &route(
-            b.provider_route,
-            provider,
-            b.subnet,
-            t.provider_port,
-            Some(t_addr),
-        ),
-        "/routes",
     )
+}
+
+/// Deletes the provider-router route to a tenant subnet that earlier tenet
+/// builds made (see the module docs), if the record names one; gone is
+/// success.
+pub fn delete_legacy_provider_route(api: &Client, b: &BridgeRecord) -> Result<(), ApiError> {
+    match b.provider_route {
+        Some(r) => api.delete(&format!("/routes/{r}")).map(drop),
+        None => Ok(()),
+    }
 }
 
 /// Creates (or completes) a pod's bridge port and its binding: 2 calls.
@@ -312,26 +316,40 @@ pub fn create_port(api: &Client, p: &PortRecord) -> Result<(), ApiError> {
         "hostId": p.host_id,
         "interfaceName": p.interface,
     });
-    match api.create(
+    api.create_settled(
         Resource::HostInterfacePort,
         &format!("/hosts/{}/ports", p.host_id),
         &binding,
-        None,
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == super::client::ApiErrorKind::Conflict => {
+        || {
             // Already bound: fine if to exactly this host and interface.
             let got = api.get(Resource::Port, &format!("/ports/{}", p.port))?;
-            if got["hostId"].as_str() == Some(&p.host_id.to_string())
-                && got["interfaceName"].as_str() == Some(p.interface.as_str())
-            {
-                Ok(())
-            } else {
-                Err(e)
+            if got["interfaceName"].is_string() {
+                let mine = got["hostId"].as_str() == Some(&p.host_id.to_string())
+                    && got["interfaceName"].as_str() == Some(p.interface.as_str());
+                return Ok(if mine {
+                    Settled::Done
+                } else {
+                    Settled::Conflict
+                });
             }
-        }
-        Err(e) => Err(e),
-    }
+            // Unbound: another port holding the interface is a conflict;
+            // otherwise a concurrent modification (or a host that is not
+            // in a tunnel zone yet: worth trying again later too).
+            let bound = api.list(
+                Resource::HostInterfacePort,
+                &format!("/hosts/{}/ports", p.host_id),
+            )?;
+            let taken = bound
+                .iter()
+                .any(|b| b["interfaceName"].as_str() == Some(p.interface.as_str()));
+            Ok(if taken {
+                Settled::Conflict
+            } else {
+                Settled::Retry
+            })
+        },
+    )
+    .map(drop)
 }
 
 /// Deletes a pod's port (its binding goes with it). Gone is success.
@@ -339,10 +357,10 @@ pub fn delete_port(api: &Client, p: &PortRecord) -> Result<(), ApiError> {
     api.delete(&format!("/ports/{}", p.port)).map(drop)
 }
 
-/// Deletes one subnet's objects: the provider route, the router port (its
-/// route and link go with it), the bridge (its ports go with it).
+/// Deletes one subnet's objects: a legacy provider route, the router port
+/// (its route and link go with it), the bridge (its ports go with it).
 pub fn teardown_bridge(api: &Client, b: &BridgeRecord) -> Result<(), ApiError> {
-    api.delete(&format!("/routes/{}", b.provider_route))?;
+    delete_legacy_provider_route(api, b)?;
     api.delete(&format!("/ports/{}", b.router_port))?;
     api.delete(&format!("/bridges/{}", b.bridge))?;
     Ok(())

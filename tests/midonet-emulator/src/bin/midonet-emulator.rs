@@ -1,7 +1,7 @@
 //! `midonet-emulator`: the MidoNet 5.x REST API emulator as a process, for
 //! tests and scripts that drive the real `tenet` binary. The first stdout
-//! line is `listening on http://127.0.0.1:PORT/midonet-api`; it serves
-//! until killed. See the library docs for the API and control endpoints.
+//! line is `listening on http://127.0.0.1:PORT/midonet-api` (`https://`
+//! with `--tls-cert`); it serves until killed. See the library docs for the API and control endpoints.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use midonet_emulator::{ApiProfile, AuthMode, Emulator, EmulatorOptions, HostSpec, Uuid};
+use midonet_emulator::{AuthMode, Emulator, EmulatorOptions, HostSpec, TlsIdentity, Uuid};
 
 #[derive(Parser, Debug)]
 #[command(about = "Strict MidoNet 5.x REST API emulator (loopback only)")]
@@ -38,9 +38,16 @@ struct Args {
     /// Accept every call without a token (MidoNet's MockAuthService).
     #[arg(long)]
     mock_auth: bool,
-    /// Also accept the 2015 media types Router-v2, Bridge-v1, Port-v2.
-    #[arg(long)]
-    legacy_media_types: bool,
+    /// A user `/login` accepts who lacks the admin role (every other call
+    /// of theirs answers 401), as NAME:PASSWORD (repeatable).
+    #[arg(long = "user-without-admin", value_parser = parse_user)]
+    non_admin_users: Vec<(String, String)>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Allow binding linked (interior) ports, as MidoNet 5.x does.
     #[arg(long)]
     allow_linked_port_binding: bool,
@@ -88,8 +95,15 @@ fn main() -> ExitCode {
     if args.mock_auth {
         opts = opts.auth(AuthMode::Mock);
     }
-    if args.legacy_media_types {
-        opts = opts.profile(ApiProfile::Legacy2015);
+    opts.non_admin_users = args.non_admin_users;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match TlsIdentity::from_files(cert, key) {
+            Ok(id) => opts = opts.tls(id),
+            Err(e) => {
+                eprintln!("midonet-emulator: --tls-cert/--tls-key: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     opts = opts.reject_linked_port_binding(!args.allow_linked_port_binding);
     opts = opts.endpoints(args.endpoints);
