@@ -15,6 +15,7 @@ pub mod cache;
 mod convert;
 pub mod engine;
 pub mod manifest;
+pub mod metadata;
 mod pipeline;
 
 pub use manifest::{FailurePolicy, Manifest, ManifestError, ModuleRef, StageSpec};
