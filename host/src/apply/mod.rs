@@ -257,6 +257,7 @@ impl<'a> Engine<'a> {
                 })
                 .collect(),
             subnets: Vec::new(),
+            annotations: plan.annotations.clone(),
             result: None,
         };
         let mut done = Vec::new();

@@ -91,6 +91,10 @@ pub struct Record {
     /// Tenant subnets with their gateways, once allocated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<(IpNet, std::net::IpAddr)>,
+    /// The plan's annotations (hints the policy stages left for backends
+    /// and operators), as planned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<crate::plan::Kv>,
     /// The ADD result in CNI 1.1.0 form, once ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -280,6 +284,7 @@ mod tests {
                 routes: vec![],
             }],
             subnets: vec![],
+            annotations: Vec::new(),
             result: None,
         }
     }
