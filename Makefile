@@ -22,7 +22,7 @@ MODULE_DIR   := target/modules
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests build lint test unit-test golden demo plan bench bench-add bench-etcd fuzz clean-cache
+.PHONY: all deps apt rust-target guests sdk-example build lint test unit-test golden demo plan bench bench-add bench-etcd fuzz clean-cache
 
 all: build guests
 
@@ -46,6 +46,11 @@ rust-target:
 guests: rust-target
 	guests/build.sh
 
+## sdk-example: the SDK's crate-doc example, built as a wasm32 component
+## (the doc example must build where modules are built, not only natively).
+sdk-example: rust-target
+	$(CARGO) build --quiet -p tenet-policy-sdk --example fixed-tenant --profile guest --target wasm32-wasip2
+
 ## build: the two release binaries.
 build:
 	$(CARGO) build --release -p tenet --no-default-features --bin tenet
@@ -68,7 +73,7 @@ golden: build guests
 	$(TENETCTL_BIN) policy test --module-dir $(MODULE_DIR) --cache-dir target/cache policies/tests
 
 ## test: everything CI runs.
-test: deps lint unit-test golden
+test: deps lint sdk-example unit-test golden
 
 ## demo: the main job on the embedded default (no services needed): pods of
 ## two tenants in a throwaway node namespace, through the real `tenet`.

@@ -23,6 +23,11 @@
 //! tenants = { "legacy" = ["pods-v4"] }   # optional: pools per tenant
 //! ```
 //!
+//! **Refines, doesn't clobber**: only the families it has pools for (for
+//! the pod's tenant) are replaced on the primary interface; address
+//! requests an earlier stage planned for other families are kept, after
+//! this stage's.
+//!
 //! Bounds: `subnetLen` from the supernet's length to /30 (IPv4) or /126
 //! (IPv6), so every subnet has a network address, a gateway and a pod.
 #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -35,6 +40,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tenet_policy_sdk::net::{Cidr, family, in_range, parse_address, parse_range};
 use tenet_policy_sdk::{
@@ -43,7 +49,7 @@ use tenet_policy_sdk::{
 };
 
 /// Address family in settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4.
@@ -53,7 +59,7 @@ pub enum Family {
 }
 
 /// A pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Name in the address store.
@@ -70,7 +76,7 @@ pub struct PoolSpec {
 }
 
 /// Settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Settings {
     /// Pools, at least one.
@@ -272,16 +278,33 @@ impl Stage for IpamPolicy {
         let primary = interface_mut(&mut plan, &ifname).ok_or_else(|| {
             PolicyError::InvalidInput(format!("the plan has no interface {ifname:?}"))
         })?;
+        // Refine, don't clobber: this stage manages the families it has
+        // pools for (for this tenant); requests an earlier stage planned for
+        // other families (an IPv6 address on a v4-only pipeline, say) stay.
+        let managed: Vec<IpFamily> = requests.iter().map(|r| r.family).collect();
+        let kept: Vec<AddressRequest> = core::mem::take(&mut primary.addresses)
+            .into_iter()
+            .filter(|a| !managed.contains(&a.family))
+            .collect();
         primary.addresses = requests;
+        primary.addresses.extend(kept);
         Ok(plan)
     }
 }
 
-export_stage!(IpamPolicy);
+export_stage!(IpamPolicy, settings_schema = "settings.schema.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_schema_is_current() {
+        tenet_policy_sdk::check_settings_schema::<IpamPolicy>(
+            env!("CARGO_MANIFEST_DIR"),
+            "settings.schema.json",
+        );
+    }
     use tenet_policy_sdk::{Kv, initial_plan, parse_settings, test_request};
 
     const DUAL: &str = r#"{"pools":[
@@ -383,6 +406,33 @@ mod tests {
             IpamPolicy::evaluate(&r, &s, p),
             Err(PolicyError::InvalidInput(_))
         ));
+    }
+
+    #[test]
+    fn earlier_requests_of_other_families_are_kept() {
+        let v4only =
+            r#"{"pools":[{"name":"v4","family":"ipv4","supernet":"10.64.0.0/12","subnetLen":24}]}"#;
+        let s = parse_settings::<IpamPolicy>(v4only).unwrap();
+        let mut p = initial_plan("eth0");
+        p.tenant = "acme".into();
+        let v6 = AddressRequest {
+            family: IpFamily::Ipv6,
+            pool: None,
+            static_address: Some("fd00:1::5".into()),
+        };
+        let stale_v4 = AddressRequest {
+            family: IpFamily::Ipv4,
+            pool: None,
+            static_address: Some("192.0.2.1".into()),
+        };
+        p.interfaces[0].addresses = alloc::vec![v6.clone(), stale_v4];
+        let out = IpamPolicy::evaluate(&test_request(), &s, p).unwrap();
+        let a = &out.interfaces[0].addresses;
+        assert_eq!(a.len(), 2, "{a:?}");
+        // Its own family replaced (the pool request), the other one kept.
+        assert_eq!(a[0].pool.as_ref().unwrap().name, "v4");
+        assert_eq!(a[0].static_address, None);
+        assert_eq!(a[1], v6);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! configured CIDRs through it via the link's gateway (the node side). The
 //! default route stays on eth0: a default CIDR is refused in settings.
 //!
+//! When an earlier stage already planned the link, this stage refines it:
+//! it sets the IPv4 request and keeps the other families' addresses, the
+//! MAC and the MTU (unless `mtu` is set here).
+//!
 //! ```toml
 //! [stage.settings]
 //! interface = "eth1"
@@ -23,6 +27,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tenet_policy_sdk::net::Cidr;
 use tenet_policy_sdk::{
@@ -31,7 +36,7 @@ use tenet_policy_sdk::{
 };
 
 /// The node-local pool eth1 addresses come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LinkPool {
     /// Pool name in the address store.
@@ -53,7 +58,7 @@ impl Default for LinkPool {
 }
 
 /// Settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Settings {
     /// Pod-side interface name.
@@ -167,7 +172,22 @@ impl Stage for RainbondEgress {
                     s.interface
                 )));
             }
-            Some(existing) => *existing = link,
+            // Refine, don't clobber: an earlier stage's plan for this link
+            // keeps its other families' addresses, its MAC and (unless
+            // set here) its MTU; the IPv4 request is this stage's.
+            Some(existing) => {
+                let mut merged = link;
+                merged.addresses.extend(
+                    existing
+                        .addresses
+                        .iter()
+                        .filter(|a| a.family != IpFamily::Ipv4)
+                        .cloned(),
+                );
+                merged.mac = existing.mac.take();
+                merged.mtu = merged.mtu.or(existing.mtu);
+                *existing = merged;
+            }
             None => plan.interfaces.push(link),
         }
         for c in &s.cidrs {
@@ -189,11 +209,19 @@ impl Stage for RainbondEgress {
     }
 }
 
-export_stage!(RainbondEgress);
+export_stage!(RainbondEgress, settings_schema = "settings.schema.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_schema_is_current() {
+        tenet_policy_sdk::check_settings_schema::<RainbondEgress>(
+            env!("CARGO_MANIFEST_DIR"),
+            "settings.schema.json",
+        );
+    }
     use tenet_policy_sdk::{initial_plan, parse_settings, test_request};
 
     fn run(settings: &str, plan: Plan) -> Result<Plan, PolicyError> {
@@ -243,6 +271,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again, p);
+    }
+
+    #[test]
+    fn an_earlier_plan_of_the_link_is_refined_not_replaced() {
+        let mut p = base();
+        let v6 = AddressRequest {
+            family: IpFamily::Ipv6,
+            pool: None,
+            static_address: Some("fd00:9::2".into()),
+        };
+        p.interfaces.push(Interface {
+            name: "eth1".into(),
+            kind: InterfaceKind::HostLink,
+            addresses: alloc::vec![v6.clone()],
+            mac: Some("02:00:00:00:00:09".into()),
+            mtu: Some(1300),
+        });
+        let out = run(r#"{"cidrs":["10.96.0.0/12"]}"#, p).unwrap();
+        let eth1 = out.interfaces.iter().find(|i| i.name == "eth1").unwrap();
+        assert_eq!(eth1.addresses.len(), 2, "{:?}", eth1.addresses);
+        assert_eq!(eth1.addresses[0].family, IpFamily::Ipv4);
+        assert_eq!(eth1.addresses[1], v6);
+        assert_eq!(eth1.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(eth1.mtu, Some(1300));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 use core::net::IpAddr;
 use core::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tenet_policy_sdk::net::Cidr;
 use tenet_policy_sdk::{
@@ -38,7 +39,7 @@ use tenet_policy_sdk::{
 };
 
 /// A route in settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteSpec {
     /// Destination CIDR.
@@ -59,7 +60,7 @@ fn gateway() -> String {
 }
 
 /// DNS in settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DnsSpec {
     /// Name servers.
@@ -73,7 +74,7 @@ pub struct DnsSpec {
 }
 
 /// Per-tenant additions.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TenantSpec {
     /// Routes appended for this tenant.
@@ -83,7 +84,7 @@ pub struct TenantSpec {
 }
 
 /// Settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Settings {
     /// Add default routes.
@@ -239,11 +240,19 @@ impl Stage for RouteDns {
     }
 }
 
-export_stage!(RouteDns);
+export_stage!(RouteDns, settings_schema = "settings.schema.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_schema_is_current() {
+        tenet_policy_sdk::check_settings_schema::<RouteDns>(
+            env!("CARGO_MANIFEST_DIR"),
+            "settings.schema.json",
+        );
+    }
     use tenet_policy_sdk::{AddressRequest, initial_plan, parse_settings, test_request};
 
     fn plan_with(families: &[IpFamily]) -> Plan {

@@ -1,35 +1,38 @@
 //! The SDK for tenet policy stages.
 //!
 //! A stage is a pure function: `(request, settings, plan so far) -> plan`.
-//! Write only the decision logic:
+//! Write only the decision logic, implement [`Stage`] and call
+//! [`export_stage!`]. This is the whole of a working module (it is
+//! `examples/fixed_tenant.rs`, built as a component by the repository's
+//! `make test`):
 //!
-//! ```ignore
-//! use tenet_policy_sdk::{Plan, PolicyError, Request, Stage, export_stage};
+#![doc = concat!("```rust\n", include_str!("../examples/fixed_tenant.rs"), "```")]
 //!
-//! #[derive(serde::Deserialize, Default)]
-//! #[serde(deny_unknown_fields, rename_all = "camelCase")]
-//! struct Settings { tenant: String }
-//!
-//! struct Fixed;
-//! impl Stage for Fixed {
-//!     type Settings = Settings;
-//!     fn evaluate(_: &Request, s: &Settings, mut plan: Plan) -> Result<Plan, PolicyError> {
-//!         plan.tenant = s.tenant.clone();
-//!         Ok(plan)
-//!     }
-//! }
-//! export_stage!(Fixed);
-//! ```
+//! Build it with `cargo build --release --target wasm32-wasip2` (the crate
+//! is a `cdylib`; see `docs/policy-authoring.md` in the tenet repository,
+//! or let `tenetctl policy new NAME` write a crate that builds and passes
+//! its golden tests as generated).
 //!
 //! Built for `wasm32-wasip2`, the SDK makes the component `no_std` with a
 //! bump allocator (an instance lives for one call), so its only import is
 //! `tenet:policy/host.log`: no WASI at all. Natively it is ordinary Rust, so
 //! stages are unit-tested with `cargo test`.
+//!
+//! `export_stage!` also writes the module's metadata (name, version,
+//! description and authors from `Cargo.toml`, and the settings' JSON
+//! Schema) into the component, as the custom section described in
+//! [`metadata`]. tenet validates settings against that schema before any
+//! module code runs, and `tenetctl policy inspect` shows it.
+//!
+//! The WIT the bindings are generated from ships inside this crate
+//! (`wit/policy.wit`), so the SDK builds anywhere: as a path dependency
+//! or from a registry.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
 
 pub mod json;
+pub mod metadata;
 pub mod net;
 pub mod pattern;
 #[cfg(target_arch = "wasm32")]
@@ -42,7 +45,7 @@ use alloc::string::{String, ToString};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "stage",
         pub_export_macro: true,
         export_macro_name: "__export_stage_world",
@@ -58,6 +61,13 @@ pub use bindings::tenet::policy::types::{
     AddressRequest, Bandwidth, Command, Dns, Interface, InterfaceKind, IpFamily, Kv, NextHop, Plan,
     PolicyError, Pool, PortMapping, Request, Route,
 };
+/// Re-exported so a module can derive `JsonSchema` on its settings with
+/// the SDK's version of `schemars` (`#[derive(tenet_policy_sdk::JsonSchema)]`
+/// needs `#[schemars(crate = "tenet_policy_sdk::schemars")]`; a direct
+/// `schemars = "1"` dependency, as `tenetctl policy new` writes, needs
+/// neither).
+pub use schemars;
+pub use schemars::JsonSchema;
 
 /// One pipeline stage.
 pub trait Stage {
@@ -107,10 +117,23 @@ pub fn __evaluate<S: Stage>(
     S::evaluate(&request, &s, plan)
 }
 
-/// Exports a [`Stage`] as the component's `tenet:policy/stage` world.
+/// Exports a [`Stage`] as the component's `tenet:policy/stage` world, and
+/// writes the module's metadata section ([`metadata`]).
+///
+/// * `export_stage!(MyStage)`: metadata without a settings schema;
+/// * `export_stage!(MyStage, settings_schema = "settings.schema.json")`:
+///   with the schema in that file (relative to the crate's `Cargo.toml`).
+///   Keep the file current with a native test calling
+///   [`check_settings_schema`] (`tenetctl policy new` writes one).
 #[macro_export]
 macro_rules! export_stage {
     ($stage:ty) => {
+        $crate::export_stage!(@export $stage, "");
+    };
+    ($stage:ty, settings_schema = $path:literal) => {
+        $crate::export_stage!(@export $stage, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)));
+    };
+    (@export $stage:ty, $schema:expr) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __TenetStageExport;
@@ -127,8 +150,65 @@ macro_rules! export_stage {
                 }
             }
             $crate::bindings::__export_stage_world!(__TenetStageExport with_types_in $crate::bindings);
+
+            const __TENET_META: $crate::metadata::Parts = [
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                env!("CARGO_PKG_DESCRIPTION"),
+                env!("CARGO_PKG_AUTHORS"),
+                $schema,
+            ];
+            const __TENET_META_LEN: usize = $crate::metadata::encoded_len(&__TENET_META);
+            #[used]
+            #[unsafe(link_section = "tenet:metadata")]
+            static __TENET_METADATA: [u8; __TENET_META_LEN] =
+                $crate::metadata::encode::<__TENET_META_LEN>(&__TENET_META);
         };
     };
+}
+
+/// The JSON Schema of a stage's settings, derived from its `Settings` type
+/// (natively only: this is what `settings.schema.json` should contain).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn settings_schema<S: Stage>() -> String
+where
+    S::Settings: schemars::JsonSchema,
+{
+    let schema = schemars::schema_for!(S::Settings);
+    // Pretty, so the file reads well in review diffs.
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// For a native test: the schema file at `path` (relative to the crate's
+/// `Cargo.toml`, as given to [`export_stage!`]) must equal
+/// [`settings_schema`]. With `TENET_UPDATE_SCHEMA=1` in the environment,
+/// or when the file does not exist yet, it is (re)written instead.
+///
+/// ```ignore
+/// #[test]
+/// fn settings_schema_is_current() {
+///     tenet_policy_sdk::check_settings_schema::<MyStage>(env!("CARGO_MANIFEST_DIR"), "settings.schema.json");
+/// }
+/// ```
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_settings_schema<S: Stage>(manifest_dir: &str, path: &str)
+where
+    S::Settings: schemars::JsonSchema,
+{
+    let file = std::path::Path::new(manifest_dir).join(path);
+    let want = settings_schema::<S>();
+    let update = std::env::var_os("TENET_UPDATE_SCHEMA").is_some_and(|v| v != "0");
+    match std::fs::read_to_string(&file) {
+        Ok(have) if have == want => {}
+        Ok(_) if !update => panic!(
+            "{} is out of date with the settings type; rerun with TENET_UPDATE_SCHEMA=1 to rewrite it",
+            file.display()
+        ),
+        _ => std::fs::write(&file, want)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", file.display())),
+    }
 }
 
 /// Writes a line to tenet's log (never stdout). Natively, lines are kept in
@@ -207,5 +287,27 @@ pub fn initial_plan(ifname: &str) -> Plan {
         },
         sysctls: alloc::vec::Vec::new(),
         annotations: alloc::vec::Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod wit_copy_tests {
+    /// The WIT bundled in the crate (what the bindings are generated from)
+    /// must be the repository's contract, byte for byte.
+    #[test]
+    fn bundled_wit_is_the_repository_contract() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundled = std::fs::read_to_string(dir.join("wit/policy.wit")).unwrap();
+        let repo = std::fs::read_to_string(dir.join("../../wit/policy.wit"))
+            .expect("the repository's wit/policy.wit (this test runs in the tenet repository)");
+        assert!(
+            bundled == repo,
+            "guests/sdk/wit/policy.wit differs from wit/policy.wit: copy it over"
+        );
+        let package = format!("package {};", crate::metadata::WIT_PACKAGE);
+        assert!(
+            bundled.contains(&package),
+            "metadata::WIT_PACKAGE is not the WIT's {package:?}"
+        );
     }
 }

@@ -35,12 +35,13 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tenet_policy_sdk::pattern::{Pattern, expand};
 use tenet_policy_sdk::{Level, Plan, PolicyError, Request, Stage, export_stage, kv_get, log};
 
 /// A prefix rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrefixRule {
     /// Namespace prefix.
@@ -54,7 +55,7 @@ pub struct PrefixRule {
 }
 
 /// A regex rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegexRule {
     /// Pattern the whole namespace must match.
@@ -64,7 +65,7 @@ pub struct RegexRule {
 }
 
 /// Settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Settings {
     /// Label keys whose value is the tenant.
@@ -214,11 +215,19 @@ impl Stage for TenantMap {
     }
 }
 
-export_stage!(TenantMap);
+export_stage!(TenantMap, settings_schema = "settings.schema.json");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_schema_is_current() {
+        tenet_policy_sdk::check_settings_schema::<TenantMap>(
+            env!("CARGO_MANIFEST_DIR"),
+            "settings.schema.json",
+        );
+    }
     use tenet_policy_sdk::{Kv, initial_plan, parse_settings, test_request};
 
     fn run(settings: &str, f: impl FnOnce(&mut Request)) -> Result<String, PolicyError> {

@@ -300,6 +300,7 @@ impl<'a> Engine<'a> {
                 .collect(),
             subnets: Vec::new(),
             bridge: None,
+            annotations: plan.annotations.clone(),
             result: None,
         };
         let mut done = Vec::new();

@@ -97,6 +97,10 @@ pub struct Record {
     /// The tenant's bridge (or SDN network) name, once ensured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// The plan's annotations (hints the policy stages left for backends
+    /// and operators), as planned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<crate::plan::Kv>,
     /// The ADD result in CNI 1.1.0 form, once ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -288,6 +292,7 @@ mod tests {
             }],
             subnets: vec![],
             bridge: None,
+            annotations: Vec::new(),
             result: None,
         }
     }

@@ -373,3 +373,15 @@ fn gc_keeps_the_claims_of_adds_still_running() {
         r.store.calls()
     );
 }
+
+#[test]
+fn the_plans_annotations_are_kept_in_the_record() {
+    let r = Rig::new();
+    let e = r.engine();
+    let mut p = plan("acme");
+    p.annotations = vec![crate::plan::Kv::new("quota.example.com/tier", "gold")];
+    e.add(&key("c1"), NETNS, &p).unwrap();
+    let rec = e.records().load(&key("c1")).unwrap().unwrap();
+    assert_eq!(rec.annotations, p.annotations);
+    e.del(&key("c1"), Some(NETNS)).unwrap();
+}

@@ -44,8 +44,14 @@ enum PolicyCmd {
     /// Precompile one module into the cache (run by `tenet` on a cache miss).
     #[command(hide = true)]
     CompileModule(ctl::compile::CompileModuleArgs),
-    /// Show a module's world, imports, digest, size and artifact status.
+    /// Show a module's world, imports, digest, size, metadata, settings
+    /// schema and artifact status.
     Inspect(ctl::inspect::InspectArgs),
+    /// Create a policy module crate (stage, typed settings, schema, golden
+    /// cases) that builds and passes `policy test` as generated.
+    New(ctl::new::NewArgs),
+    /// Time and fuel per stage over N runs of a pipeline.
+    Bench(ctl::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::Compile(a)) => ctl::compile::run(a, &mut out),
         Top::Policy(PolicyCmd::CompileModule(a)) => ctl::compile::run_module(a),
         Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
+        Top::Policy(PolicyCmd::New(a)) => ctl::new::run(a, &mut out),
+        Top::Policy(PolicyCmd::Bench(a)) => ctl::bench::run(a, &mut out),
         Top::Midonet(c) => ctl::midonet::run(c, &mut out),
         Top::Ipam(c) => ctl::ipam::run(c, &mut out),
     };

@@ -130,6 +130,10 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     // Loading builds every missing artifact into the cache (in-process
     // compiler) and refuses modules with forbidden imports or wrong digests.
     let (manifest, pipeline) = load_pipeline(&args.pipeline, &opts)?;
+    // Settings against each module's schema first (errors name the field),
+    // then the modules' own checks.
+    crate::policy::metadata::check_manifest(&manifest, &opts.module_dirs)
+        .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
     pipeline
         .validate_settings()
         .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;

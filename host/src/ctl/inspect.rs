@@ -101,6 +101,36 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     for (name, item) in ty.exports(&eng) {
         w(format!("  {name}: {}", describe(&item.ty)))?;
     }
+    match crate::policy::metadata::read(&bytes) {
+        Ok(Some(m)) => {
+            w(format!("name     {} {}", m.name, m.version))?;
+            if !m.description.is_empty() {
+                w(format!("about    {}", m.description))?;
+            }
+            if !m.authors.is_empty() {
+                w(format!("authors  {}", m.authors.join(", ")))?;
+            }
+            w(format!(
+                "built    SDK {}, {}",
+                m.sdk.as_deref().unwrap_or("?"),
+                m.wit.as_deref().unwrap_or("?")
+            ))?;
+            match &m.settings_schema {
+                Some(schema) => w(format!(
+                    "settings schema\n{}",
+                    serde_json::to_string_pretty(schema).map_err(CtlError::msg)?
+                ))?,
+                None => {
+                    w("settings schema: none (settings are checked by the module only)".into())?
+                }
+            }
+        }
+        Ok(None) => w(
+            "metadata none (not built with export_stage!: no name, version or settings schema)"
+                .into(),
+        )?,
+        Err(e) => w(format!("metadata INVALID: {e}"))?,
+    }
     let cache = ArtifactCache::new(&opts.cache_dir);
     let cached = cache.path_for(&digest);
     // The artifact runs only if it records this module (cache.rs).

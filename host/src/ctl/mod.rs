@@ -2,6 +2,7 @@
 //! and engine profile as the CNI binary (so `plan` and `policy test` run
 //! exactly what production runs). Each subcommand has its own module.
 
+pub mod bench;
 pub mod compile;
 pub mod demo;
 pub mod golden;
@@ -9,6 +10,7 @@ pub mod inspect;
 pub mod install;
 pub mod ipam;
 pub mod midonet;
+pub mod new;
 pub mod plan;
 
 use std::path::{Path, PathBuf};

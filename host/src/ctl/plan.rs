@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{CtlError, ModuleArgs, load_pipeline};
+use super::{CtlError, ModuleArgs};
 use crate::plan::{Command, Dns, Kv, Plan, Request};
-use crate::policy::StageRun;
+use crate::policy::{Manifest, Pipeline, StageRun};
 
 /// Arguments of `tenetctl plan`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +46,11 @@ pub struct PlanArgs {
     /// A runtimeConfig `ips` entry (repeatable).
     #[arg(long = "ip")]
     pub ips: Vec<String>,
+    /// Override a stage's settings for this run, STAGE=JSON (repeatable). A
+    /// JSON object is merged into the stage's settings (keys given here
+    /// win, `null` removes a key); anything else replaces them.
+    #[arg(long = "settings", value_name = "STAGE=JSON")]
+    pub settings: Vec<String>,
     /// Print one JSON document instead of the per-stage listing.
     #[arg(long)]
     pub json: bool,
@@ -127,9 +132,29 @@ pub fn initial_plan(r: &Request) -> Plan {
 pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     let request = args.request()?;
     let opts = args.modules.options()?;
-    let (manifest, pipeline) = load_pipeline(&args.pipeline, &opts)?;
-    let result = pipeline.run(&request, initial_plan(&request));
+    let mut manifest = Manifest::load(&args.pipeline).map_err(CtlError::msg)?;
+    for o in &args.settings {
+        let (stage, json) = o
+            .split_once('=')
+            .ok_or_else(|| CtlError(format!("--settings {o:?}: expected STAGE=JSON")))?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| CtlError(format!("--settings {stage}: not JSON: {e}")))?;
+        override_settings(&mut manifest, stage, &value)
+            .map_err(|e| CtlError(format!("--settings {e}")))?;
+    }
     let w = |out: &mut dyn std::io::Write, s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    // Settings against each module's schema before any module runs.
+    if let Err(e) = crate::policy::metadata::check_manifest(&manifest, &opts.module_dirs) {
+        let cni = e.to_cni();
+        w(
+            out,
+            format!("plan failed: {e}\nCNI error code {}: {}", cni.code, cni.msg),
+        )?;
+        return Ok(1);
+    }
+    let pipeline = Pipeline::load(&manifest, &opts)
+        .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
+    let result = pipeline.run(&request, initial_plan(&request));
     match result {
         Ok(outcome) => {
             if args.json {
@@ -160,6 +185,8 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                         outcome.reports.len()
                     ),
                 )?;
+                let mut before = initial_plan(&request);
+                let mut warnings = 0;
                 for (spec, r) in manifest.stages.iter().zip(&outcome.reports) {
                     let status = match &r.run {
                         StageRun::Ran { fuel, elapsed } => {
@@ -175,8 +202,23 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                         out,
                         serde_json::to_string_pretty(&r.plan).map_err(CtlError::msg)?,
                     )?;
+                    for d in dropped(&before, &r.plan) {
+                        warnings += 1;
+                        w(out, format!("WARNING: stage {} dropped {d}", r.stage))?;
+                    }
+                    before = r.plan.clone();
                 }
-                w(out, "\nfinal plan: valid".into())?;
+                if warnings == 0 {
+                    w(out, "\nfinal plan: valid".into())?;
+                } else {
+                    w(
+                        out,
+                        format!(
+                            "\nfinal plan: valid, with {warnings} warning(s): a later stage replaced \
+                             what an earlier one planned (stage order decides; see docs/policy-authoring.md)"
+                        ),
+                    )?;
+                }
             }
             Ok(0)
         }
@@ -188,5 +230,138 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
             )?;
             Ok(1)
         }
+    }
+}
+
+/// Overrides a stage's settings in a loaded manifest: a JSON object is
+/// merged into the stage's settings object (given keys win, `null` removes
+/// a key, nested objects merge), anything else replaces them whole.
+pub fn override_settings(
+    manifest: &mut Manifest,
+    stage: &str,
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    let names: Vec<String> = manifest.stages.iter().map(|s| s.name.clone()).collect();
+    let s = manifest
+        .stages
+        .iter_mut()
+        .find(|s| s.name == stage)
+        .ok_or_else(|| format!("{stage}: no such stage (stages: {})", names.join(", ")))?;
+    let mut current: serde_json::Value = if s.settings.trim().is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_str(&s.settings).map_err(|e| format!("{stage}: {e}"))?
+    };
+    merge(&mut current, value);
+    s.settings = current.to_string();
+    Ok(())
+}
+
+/// JSON merge patch (RFC 7386) of `patch` into `target`.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// What `after` no longer has of `before`: interfaces, address requests of
+/// an interface, routes, DNS servers, sysctls and annotations an earlier
+/// stage planned (a stage that replaces rather than refines).
+pub fn dropped(before: &Plan, after: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in &before.interfaces {
+        match after.interface(&i.name) {
+            None => out.push(format!("interface {}", i.name)),
+            Some(a) => {
+                for r in &i.addresses {
+                    if !a.addresses.contains(r) {
+                        out.push(format!(
+                            "an address request of {} ({}): {}",
+                            i.name,
+                            match r.family {
+                                crate::plan::IpFamily::Ipv4 => "IPv4",
+                                crate::plan::IpFamily::Ipv6 => "IPv6",
+                            },
+                            serde_json::to_string(r).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for r in &before.routes {
+        if !after.routes.contains(r) {
+            out.push(format!("route {} via {}", r.dst, r.interface));
+        }
+    }
+    for n in &before.dns.nameservers {
+        if !after.dns.nameservers.contains(n) {
+            out.push(format!("nameserver {n}"));
+        }
+    }
+    for (what, b, a) in [
+        ("sysctl", &before.sysctls, &after.sysctls),
+        ("annotation", &before.annotations, &after.annotations),
+    ] {
+        for kv in b {
+            if !a.iter().any(|x| x.key == kv.key) {
+                out.push(format!("{what} {}", kv.key));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{AddressRequest, IpFamily};
+
+    #[test]
+    fn settings_overrides_merge_objects() {
+        let mut m = Manifest::parse(
+            std::path::Path::new("/p.toml"),
+            "[[stage]]\nname = \"a\"\nmodule = \"m\"\n[stage.settings]\nx = 1\ny = { z = 2, w = 3 }\n",
+        )
+        .unwrap();
+        override_settings(
+            &mut m,
+            "a",
+            &serde_json::json!({"y": {"z": 9, "w": null}, "n": true}),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&m.stages[0].settings).unwrap();
+        assert_eq!(v, serde_json::json!({"x": 1, "y": {"z": 9}, "n": true}));
+        assert!(
+            override_settings(&mut m, "b", &serde_json::json!({}))
+                .unwrap_err()
+                .contains("no such stage")
+        );
+    }
+
+    #[test]
+    fn a_replaced_address_request_is_reported() {
+        let mut before = Plan::initial("eth0", None, Dns::default());
+        before.interfaces[0].addresses.push(AddressRequest {
+            family: IpFamily::Ipv6,
+            pool: None,
+            static_address: Some("fd00::5".into()),
+        });
+        let mut after = before.clone();
+        assert!(dropped(&before, &after).is_empty());
+        after.interfaces[0].addresses[0].family = IpFamily::Ipv4;
+        let d = dropped(&before, &after);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].contains("eth0 (IPv6)"), "{d:?}");
     }
 }

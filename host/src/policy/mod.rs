@@ -25,6 +25,7 @@ mod convert;
 pub mod engine;
 mod host;
 pub mod manifest;
+pub mod metadata;
 mod pipeline;
 
 pub use host::log_limits;
