@@ -52,6 +52,87 @@ pub struct Config {
     pub etcd: EtcdConfig,
     /// The MidoNet API (when `sdn = "midonet"`).
     pub midonet: MidonetConfig,
+    /// The Kubernetes API (pod and namespace labels, when a network's
+    /// configuration asks for them).
+    pub kubernetes: KubernetesConfig,
+    /// The node agent (`tenetctl agent`).
+    pub agent: AgentConfig,
+}
+
+/// How to reach the Kubernetes API server for pod and namespace labels.
+/// Which networks use it, and what a failure does, is per network (the
+/// conflist's `kubernetes` key, see `kube::NetworkSettings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file (its current context: server, CA, token or
+    /// `tokenFile`, or a client certificate). Unset: in-cluster settings
+    /// (`KUBERNETES_SERVICE_HOST`/`_PORT` and the service-account token and
+    /// CA), which only a process inside a pod has.
+    pub kubeconfig: Option<PathBuf>,
+    /// Bound on the whole lookup of one ADD (connect, TLS, both GETs), in
+    /// milliseconds.
+    pub timeout_ms: u64,
+    /// How long labels read from the API stay in the node-local cache
+    /// (`<state_dir>/kube/`), in seconds. 0 disables the cache.
+    pub cache_ttl_s: u64,
+    /// The failure policy of networks that do not set their own
+    /// (`"fail"`: ADD fails with code 11; `"continue"`: ADD goes on without
+    /// the labels, logged).
+    pub failure_policy: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            timeout_ms: 1000,
+            cache_ttl_s: 30,
+            failure_policy: "fail".into(),
+        }
+    }
+}
+
+/// The node agent's settings (`tenetctl agent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The container runtime's CRI socket, asked for the pod sandboxes that
+    /// still exist.
+    pub cri_socket: PathBuf,
+    /// The networks (CNI network names) whose attachments the agent
+    /// garbage-collects against the runtime's sandboxes. Attachments of
+    /// other networks (another runtime's, podman's) are never touched.
+    pub networks: Vec<String>,
+    /// Seconds between two GC passes.
+    pub gc_interval_s: u64,
+    /// Attachments younger than this (seconds since their record was last
+    /// written) are never collected: a runtime lists a sandbox only after
+    /// its ADD has returned.
+    pub gc_grace_s: u64,
+    /// Seconds between two checks of the pipeline, its modules and the
+    /// installed binaries (artifacts and bundles are rebuilt on a change).
+    pub watch_interval_s: u64,
+    /// Address of the HTTP server for `/metrics`, `/readyz` and `/healthz`.
+    pub listen: String,
+    /// Every `tenet` exec appends one line (command, code, time, stages) to
+    /// `<state_dir>/exec.log`, which the agent turns into metrics. `false`
+    /// turns the log off.
+    pub exec_log: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            cri_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            networks: vec!["tenet".into()],
+            gc_interval_s: 60,
+            gc_grace_s: 120,
+            watch_interval_s: 10,
+            listen: "127.0.0.1:9641".into(),
+            exec_log: true,
+        }
+    }
 }
 
 /// The address store backend.
@@ -185,6 +266,8 @@ impl Default for Config {
             masquerade: false,
             etcd: EtcdConfig::default(),
             midonet: MidonetConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 #[cfg(feature = "compiler")]
 pub mod ctl;
 pub mod ipam;
+pub mod kube;
 pub mod logging;
 pub mod netns;
 pub mod plan;
