@@ -287,10 +287,7 @@ mod tests {
     #[test]
     fn namespace_labels_come_after_pod_labels_and_before_rules() {
         let s = r#"{"labels":["tenant_id"],"namespaceLabels":["capsule.clastix.io/tenant"],"map":{"team-a":"mapped"}}"#;
-        fn with(
-            pod: Option<&'static str>,
-            nsl: Option<&'static str>,
-        ) -> impl FnOnce(&mut Request) {
+        fn with(pod: Option<&'static str>, nsl: Option<&'static str>) -> impl FnOnce(&mut Request) {
             move |r: &mut Request| {
                 r.pod_namespace = Some("team-a".into());
                 if let Some(v) = pod {
@@ -307,7 +304,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(run(s, with(Some("team-b"), Some("acme"))).unwrap(), "team-b");
+        assert_eq!(
+            run(s, with(Some("team-b"), Some("acme"))).unwrap(),
+            "team-b"
+        );
         assert_eq!(run(s, with(None, Some("acme"))).unwrap(), "acme");
         assert_eq!(run(s, with(None, None)).unwrap(), "mapped");
         // A pod label of that name is not a namespace label.

@@ -440,25 +440,29 @@ mod tests {
 
     #[test]
     fn pod_annotations_capability() {
-        let c = parse(serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"tenet",
+        let c = parse(
+            serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"tenet",
             "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
                 "tenet.io/ip": "10.64.1.9",
                 "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\":1}",
-                "a": "1"}}}))
+                "a": "1"}}}),
+        )
         .unwrap();
         assert_eq!(
             c.runtime_config.pod_annotations,
             vec![Kv::new("a", "1"), Kv::new("tenet.io/ip", "10.64.1.9")]
         );
-        for bad in [
-            serde_json::json!(["x"]),
-            serde_json::json!({"k": 1}),
-        ] {
-            let e = parse(serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t",
-                "runtimeConfig": {"io.kubernetes.cri.pod-annotations": bad}}))
+        for bad in [serde_json::json!(["x"]), serde_json::json!({"k": 1})] {
+            let e = parse(
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t",
+                "runtimeConfig": {"io.kubernetes.cri.pod-annotations": bad}}),
+            )
             .unwrap_err();
             assert_eq!(e.code, code::INVALID_CONFIG);
-            assert!(e.details.contains("io.kubernetes.cri.pod-annotations"), "{e}");
+            assert!(
+                e.details.contains("io.kubernetes.cri.pod-annotations"),
+                "{e}"
+            );
         }
     }
 

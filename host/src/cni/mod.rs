@@ -329,7 +329,10 @@ mod tests {
         let r = inv(&env, &conf.to_string()).unwrap().to_request().unwrap();
         assert_eq!(
             r.annotations,
-            vec![plan::Kv::new("b", "conf"), plan::Kv::new("tenet.io/ip", "10.0.0.7")]
+            vec![
+                plan::Kv::new("b", "conf"),
+                plan::Kv::new("tenet.io/ip", "10.0.0.7")
+            ]
         );
         assert!(
             inv(

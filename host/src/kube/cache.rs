@@ -176,8 +176,14 @@ mod tests {
         c.put(Kind::Pod, &entry("ns/p", "u1", 0));
         assert_eq!(c.get(Kind::Pod, "ns/p", Some("u1")).unwrap().uid, "u1");
         assert!(c.get(Kind::Pod, "ns/p", None).is_some());
-        assert!(c.get(Kind::Pod, "ns/p", Some("u2")).is_none(), "another pod");
-        assert!(c.get(Kind::Namespace, "ns/p", None).is_none(), "kinds apart");
+        assert!(
+            c.get(Kind::Pod, "ns/p", Some("u2")).is_none(),
+            "another pod"
+        );
+        assert!(
+            c.get(Kind::Namespace, "ns/p", None).is_none(),
+            "kinds apart"
+        );
         c.put(Kind::Namespace, &entry("ns", "n1", 31_000));
         assert!(c.get(Kind::Namespace, "ns", None).is_none(), "expired");
         assert_eq!(c.prune(Duration::from_secs(30)), 1);

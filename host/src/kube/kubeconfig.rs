@@ -207,9 +207,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Connection, KubeconfigError> {
             ctx.cluster
         )));
     }
-    let ca_pem = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+    let ca_pem = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
         (Some(d), _) => Some(base64_decode(d, "certificate-authority-data").map_err(|e| err(e.0))?),
-        (None, Some(p)) => Some(read(&resolve(path, p), "certificate-authority").map_err(|e| err(e.0))?),
+        (None, Some(p)) => {
+            Some(read(&resolve(path, p), "certificate-authority").map_err(|e| err(e.0))?)
+        }
         (None, None) => None,
     };
     if server.starts_with("https://") && ca_pem.is_none() {
@@ -232,7 +237,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Connection, KubeconfigError> {
     }
     let cert = match (&user.client_certificate_data, &user.client_certificate) {
         (Some(d), _) => Some(base64_decode(d, "client-certificate-data").map_err(|e| err(e.0))?),
-        (None, Some(p)) => Some(read(&resolve(path, p), "client-certificate").map_err(|e| err(e.0))?),
+        (None, Some(p)) => {
+            Some(read(&resolve(path, p), "client-certificate").map_err(|e| err(e.0))?)
+        }
         _ => None,
     };
     let key = match (&user.client_key_data, &user.client_key) {
@@ -335,10 +342,16 @@ users:
         };
         let cases = [
             (
-                base("{server: 'https://a', insecure-skip-tls-verify: true}", "{token: t}"),
+                base(
+                    "{server: 'https://a', insecure-skip-tls-verify: true}",
+                    "{token: t}",
+                ),
                 "insecure-skip-tls-verify",
             ),
-            (base("{server: 'https://a'}", "{token: t}"), "certificate-authority"),
+            (
+                base("{server: 'https://a'}", "{token: t}"),
+                "certificate-authority",
+            ),
             (
                 base("{server: 'http://a'}", "{exec: {command: aws}}"),
                 "exec and auth-provider",
@@ -351,8 +364,14 @@ users:
                 base("{server: 'http://a'}", "{client-certificate-data: QQ==}"),
                 "go together",
             ),
-            (base("{certificate-authority-data: QQ==}", "{token: t}"), "server"),
-            ("current-context: nope\ncontexts: []\n".to_string(), "no context named"),
+            (
+                base("{certificate-authority-data: QQ==}", "{token: t}"),
+                "server",
+            ),
+            (
+                "current-context: nope\ncontexts: []\n".to_string(),
+                "no context named",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(p, &text).unwrap_err().to_string();

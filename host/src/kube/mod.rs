@@ -233,10 +233,13 @@ pub fn lookup(
             let mut n = None;
             if need_pod {
                 let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}");
-                let m = client.get_metadata(&path).await.map_err(|error| LookupError {
-                    what: pod_what.clone(),
-                    error,
-                })?;
+                let m = client
+                    .get_metadata(&path)
+                    .await
+                    .map_err(|error| LookupError {
+                        what: pod_what.clone(),
+                        error,
+                    })?;
                 if let Some(u) = uid.filter(|u| !u.is_empty())
                     && m.uid != u
                 {
@@ -254,10 +257,13 @@ pub fn lookup(
             }
             if need_ns {
                 let path = format!("/api/v1/namespaces/{namespace}");
-                let m = client.get_metadata(&path).await.map_err(|error| LookupError {
-                    what: format!("namespace {namespace}"),
-                    error,
-                })?;
+                let m = client
+                    .get_metadata(&path)
+                    .await
+                    .map_err(|error| LookupError {
+                        what: format!("namespace {namespace}"),
+                        error,
+                    })?;
                 n = Some(m);
             }
             Ok((p, n))
@@ -373,7 +379,10 @@ mod tests {
     #[test]
     fn network_settings_default_and_refuse_with_the_field() {
         let d = KubernetesConfig::default();
-        assert_eq!(NetworkSettings::from_network(&Map::new(), &d).unwrap(), None);
+        assert_eq!(
+            NetworkSettings::from_network(&Map::new(), &d).unwrap(),
+            None
+        );
         let s = NetworkSettings::from_network(&plugin(serde_json::json!({})), &d)
             .unwrap()
             .unwrap();
@@ -397,9 +406,18 @@ mod tests {
         );
         for (v, needle) in [
             (serde_json::json!(true), "kubernetes: must be an object"),
-            (serde_json::json!({"podLabels": "yes"}), "kubernetes.podLabels"),
-            (serde_json::json!({"failurePolicy": "retry"}), "kubernetes.failurePolicy"),
-            (serde_json::json!({"labels": true}), "kubernetes.labels: unknown key"),
+            (
+                serde_json::json!({"podLabels": "yes"}),
+                "kubernetes.podLabels",
+            ),
+            (
+                serde_json::json!({"failurePolicy": "retry"}),
+                "kubernetes.failurePolicy",
+            ),
+            (
+                serde_json::json!({"labels": true}),
+                "kubernetes.labels: unknown key",
+            ),
         ] {
             let e = NetworkSettings::from_network(&plugin(v), &d).unwrap_err();
             assert_eq!(e.code, code::INVALID_CONFIG);

@@ -135,8 +135,8 @@ fn tls_acceptor(tls: &Tls<'_>) -> Result<tokio_rustls::TlsAcceptor, String> {
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(tls.key)
-        .map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(tls.key).map_err(|e| format!("{}: {e}", tls.key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -187,7 +187,11 @@ impl KubeEmulator {
     pub fn add_token(&self, token: &str, user: &str, verbs: &[&str], resources: &[&str]) {
         let grants = verbs
             .iter()
-            .flat_map(|v| resources.iter().map(move |r| (v.to_string(), r.to_string())))
+            .flat_map(|v| {
+                resources
+                    .iter()
+                    .map(move |r| (v.to_string(), r.to_string()))
+            })
             .collect();
         self.state.lock().unwrap().tokens.insert(
             token.into(),
@@ -463,7 +467,14 @@ fn object_json(
 }
 
 /// Answers one request (pure, under the state lock).
-fn answer(s: &mut State, method: &str, path: &str, query: &str, auth: Option<&str>, accept: Option<&str>) -> (Option<String>, u16, Value, bool) {
+fn answer(
+    s: &mut State,
+    method: &str,
+    path: &str,
+    query: &str,
+    auth: Option<&str>,
+    accept: Option<&str>,
+) -> (Option<String>, u16, Value, bool) {
     // Authentication first, as the real server's filter chain.
     let token = auth.and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
     let Some(id) = token.and_then(|t| s.tokens.get(t)).cloned() else {
@@ -473,15 +484,27 @@ fn answer(s: &mut State, method: &str, path: &str, query: &str, auth: Option<&st
     let user = Some(id.user.clone());
     for (prefix, code) in &s.failures {
         if path.starts_with(prefix.as_str()) {
-            let (c, v) = status(*code, reason_of(*code), format!("injected failure for {path}"), None);
+            let (c, v) = status(
+                *code,
+                reason_of(*code),
+                format!("injected failure for {path}"),
+                None,
+            );
             return (user, c, v, false);
         }
     }
     let Some((resource, ns, name)) = route(path) else {
-        let (c, v) = status(404, "NotFound", "the server could not find the requested resource".into(), None);
+        let (c, v) = status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        );
         return (user, c, v, false);
     };
-    let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+    let watch = query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1");
     let verb = verb_of(method, name.is_none(), watch);
     if !id.grants.iter().any(|(v, r)| v == verb && r == resource) {
         let scope = match ns {
@@ -495,20 +518,42 @@ fn answer(s: &mut State, method: &str, path: &str, query: &str, auth: Option<&st
         let (c, v) = status(
             403,
             "Forbidden",
-            format!("{subject}: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"\"{scope}", id.user),
+            format!(
+                "{subject}: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"\"{scope}",
+                id.user
+            ),
             Some(json!({"name": name.unwrap_or(""), "kind": resource})),
         );
         return (user, c, v, false);
     }
     if method != "GET" {
-        let (c, v) = status(405, "MethodNotAllowed", format!("{method} is not supported by this emulator"), None);
+        let (c, v) = status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported by this emulator"),
+            None,
+        );
         return (user, c, v, false);
     }
     let Some(partial) = negotiate(accept) else {
-        let (c, v) = status(406, "NotAcceptable", format!("only the following media types are accepted: application/json, {PARTIAL_METADATA}"), None);
+        let (c, v) = status(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json, {PARTIAL_METADATA}"
+            ),
+            None,
+        );
         return (user, c, v, false);
     };
-    let not_found = |what: &str, n: &str| status(404, "NotFound", format!("{what} \"{n}\" not found"), Some(json!({"name": n, "kind": what})));
+    let not_found = |what: &str, n: &str| {
+        status(
+            404,
+            "NotFound",
+            format!("{what} \"{n}\" not found"),
+            Some(json!({"name": n, "kind": what})),
+        )
+    };
     let body = match (resource, ns, name) {
         ("namespaces", _, Some(n)) => match s.namespaces.get(n) {
             Some(o) => object_json("Namespace", None, n, o, partial),
@@ -525,7 +570,11 @@ fn answer(s: &mut State, method: &str, path: &str, query: &str, auth: Option<&st
             }
         },
         ("namespaces", _, None) => {
-            let items: Vec<Value> = s.namespaces.iter().map(|(n, o)| object_json("Namespace", None, n, o, partial)).collect();
+            let items: Vec<Value> = s
+                .namespaces
+                .iter()
+                .map(|(n, o)| object_json("Namespace", None, n, o, partial))
+                .collect();
             list("NamespaceList", items, partial, s.next_rv)
         }
         ("pods", ns, None) => {
@@ -538,7 +587,12 @@ fn answer(s: &mut State, method: &str, path: &str, query: &str, auth: Option<&st
             list("PodList", items, partial, s.next_rv)
         }
         _ => {
-            let (c, v) = status(404, "NotFound", "the server could not find the requested resource".into(), None);
+            let (c, v) = status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+                None,
+            );
             return (user, c, v, false);
         }
     };
@@ -578,8 +632,14 @@ async fn handle(
     }
     let (code, body, partial) = {
         let mut s = state.lock().unwrap();
-        let (user, code, body, partial) =
-            answer(&mut s, &method, &path, &query, auth.as_deref(), accept.as_deref());
+        let (user, code, body, partial) = answer(
+            &mut s,
+            &method,
+            &path,
+            &query,
+            auth.as_deref(),
+            accept.as_deref(),
+        );
         s.journal.push(Seen {
             method: method.clone(),
             path: path.clone(),
@@ -622,12 +682,16 @@ mod tests {
             Some(true)
         );
         assert_eq!(
-            negotiate(Some("application/json;as=Table;v=v1;g=meta.k8s.io, application/json")),
+            negotiate(Some(
+                "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
+            )),
             Some(false)
         );
         assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf")), None);
         assert_eq!(
-            negotiate(Some("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1")),
+            negotiate(Some(
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1"
+            )),
             None
         );
     }
@@ -638,7 +702,10 @@ mod tests {
             route("/api/v1/namespaces/a/pods/b"),
             Some(("pods", Some("a"), Some("b")))
         );
-        assert_eq!(route("/api/v1/namespaces/a"), Some(("namespaces", None, Some("a"))));
+        assert_eq!(
+            route("/api/v1/namespaces/a"),
+            Some(("namespaces", None, Some("a")))
+        );
         assert_eq!(route("/api/v1/nodes"), None);
         assert_eq!(route("/apis/apps/v1/deployments"), None);
         assert_eq!(verb_of("GET", true, true), "watch");
@@ -656,16 +723,43 @@ mod tests {
             },
         );
         let (u, c, v, _) = answer(&mut s, "GET", "/api/v1/namespaces/a/pods/b", "", None, None);
-        assert_eq!((u, c, v["reason"].as_str()), (None, 401, Some("Unauthorized")));
-        let (_, c, v, _) = answer(&mut s, "GET", "/api/v1/namespaces/a", "", Some("Bearer t"), None);
+        assert_eq!(
+            (u, c, v["reason"].as_str()),
+            (None, 401, Some("Unauthorized"))
+        );
+        let (_, c, v, _) = answer(
+            &mut s,
+            "GET",
+            "/api/v1/namespaces/a",
+            "",
+            Some("Bearer t"),
+            None,
+        );
         assert_eq!(c, 403);
         assert_eq!(
             v["message"],
             "namespaces \"a\" is forbidden: User \"system:serviceaccount:kube-system:tenet\" cannot get resource \"namespaces\" in API group \"\" at the cluster scope"
         );
-        let (_, c, v, _) = answer(&mut s, "GET", "/api/v1/namespaces/a/pods/b", "", Some("Bearer t"), None);
-        assert_eq!((c, v["message"].as_str()), (404, Some("pods \"b\" not found")));
-        let (_, c, _, _) = answer(&mut s, "DELETE", "/api/v1/namespaces/a/pods/b", "", Some("Bearer t"), None);
+        let (_, c, v, _) = answer(
+            &mut s,
+            "GET",
+            "/api/v1/namespaces/a/pods/b",
+            "",
+            Some("Bearer t"),
+            None,
+        );
+        assert_eq!(
+            (c, v["message"].as_str()),
+            (404, Some("pods \"b\" not found"))
+        );
+        let (_, c, _, _) = answer(
+            &mut s,
+            "DELETE",
+            "/api/v1/namespaces/a/pods/b",
+            "",
+            Some("Bearer t"),
+            None,
+        );
         assert_eq!(c, 403);
     }
 }
