@@ -56,6 +56,43 @@ pub struct Config {
     pub midonet: MidonetConfig,
     /// Which addresses pipelines may hand out (the operator's authority).
     pub addresses: AddressesConfig,
+    /// The Kubernetes API (pod and namespace labels, when a network's
+    /// configuration asks for them).
+    pub kubernetes: KubernetesConfig,
+}
+
+/// How to reach the Kubernetes API server for pod and namespace labels.
+/// Which networks use it, and what a failure does, is per network (the
+/// conflist's `kubernetes` key, see `kube::NetworkSettings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file (its current context: server, CA, token or
+    /// `tokenFile`, or a client certificate). Unset: in-cluster settings
+    /// (`KUBERNETES_SERVICE_HOST`/`_PORT` and the service-account token and
+    /// CA), which only a process inside a pod has.
+    pub kubeconfig: Option<PathBuf>,
+    /// Bound on the whole lookup of one ADD (connect, TLS, both GETs), in
+    /// milliseconds.
+    pub timeout_ms: u64,
+    /// How long labels read from the API stay in the node-local cache
+    /// (`<state_dir>/kube/`), in seconds. 0 disables the cache.
+    pub cache_ttl_s: u64,
+    /// The failure policy of networks that do not set their own
+    /// (`"fail"`: ADD fails with code 11; `"continue"`: ADD goes on without
+    /// the labels, logged).
+    pub failure_policy: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            timeout_ms: 1000,
+            cache_ttl_s: 30,
+            failure_policy: "fail".into(),
+        }
+    }
 }
 
 /// `[addresses]`: the ranges policy modules may hand out on this node. Only
@@ -448,6 +485,7 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             midonet: MidonetConfig::default(),
             addresses: AddressesConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }

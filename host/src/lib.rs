@@ -16,6 +16,7 @@ pub mod config;
 pub mod ctl;
 pub mod etcd;
 pub mod ipam;
+pub mod kube;
 pub mod logging;
 pub mod netns;
 pub mod plan;

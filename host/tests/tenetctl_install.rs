@@ -256,6 +256,11 @@ fn a_different_conflist_needs_force_and_tenet_toml_is_kept() {
     let c = l.conflist("10-tenet.conflist");
     assert_eq!(c["plugins"][1]["type"], "portmap");
     assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true);
+    // containerd and CRI-O pass pod annotations only to plugins declaring this.
+    assert_eq!(
+        c["plugins"][0]["capabilities"]["io.kubernetes.cri.pod-annotations"],
+        true
+    );
 
     // Another file name, a network name and labels: a second network.
     let r = l.install(&[

@@ -3,6 +3,10 @@
 //! Rules, first match wins:
 //! 1. `labels`: the first of these pod labels that is present (e.g.
 //!    Rainbond's `tenant_id`);
+//!    `namespaceLabels`: then the first of these labels of the pod's
+//!    namespace (e.g. Capsule's `capsule.clastix.io/tenant`), which the
+//!    host passes in `request.extra` as `namespace.label/<key>` when the
+//!    network reads labels from the Kubernetes API;
 //! 2. `map`: an explicit namespace → tenant table;
 //! 3. `prefixes`: `{ prefix, tenant?, strip? }` — a namespace starting with
 //!    `prefix` belongs to `tenant`, or to the namespace itself, minus the
@@ -21,6 +25,7 @@
 //! ```toml
 //! [stage.settings]
 //! labels = ["tenant_id"]
+//! namespaceLabels = ["capsule.clastix.io/tenant"]
 //! map = { "kube-system" = "infra" }
 //! prefixes = [{ prefix = "team-", strip = true }]
 //! regexes = [{ pattern = "(org|biz)-([a-z0-9]+)-.*", tenant = "$2" }]
@@ -39,6 +44,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tenet_policy_sdk::pattern::{Pattern, expand};
 use tenet_policy_sdk::{Level, Plan, PolicyError, Request, Stage, export_stage, kv_get, log};
+
+/// Where the host puts namespace labels in `request.extra`.
+pub const NAMESPACE_LABEL_PREFIX: &str = "namespace.label/";
 
 /// A prefix rule.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -70,6 +78,8 @@ pub struct RegexRule {
 pub struct Settings {
     /// Label keys whose value is the tenant.
     pub labels: Vec<String>,
+    /// Namespace label keys whose value is the tenant (after pod labels).
+    pub namespace_labels: Vec<String>,
     /// Namespace → tenant.
     pub map: BTreeMap<String, String>,
     /// Prefix rules.
@@ -88,6 +98,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             labels: Vec::new(),
+            namespace_labels: Vec::new(),
             map: BTreeMap::new(),
             prefixes: Vec::new(),
             regexes: Vec::new(),
@@ -127,6 +138,12 @@ impl TenantMap {
         for key in &s.labels {
             if let Some(v) = kv_get(&req.labels, key).filter(|v| !v.is_empty()) {
                 return Ok(Some((v.to_string(), "label")));
+            }
+        }
+        for key in &s.namespace_labels {
+            let extra_key = format!("{NAMESPACE_LABEL_PREFIX}{key}");
+            if let Some(v) = kv_get(&req.extra, &extra_key).filter(|v| !v.is_empty()) {
+                return Ok(Some((v.to_string(), "namespace label")));
             }
         }
         if let Some(ns) = req.pod_namespace.as_deref().filter(|n| !n.is_empty()) {
@@ -172,6 +189,11 @@ impl Stage for TenantMap {
         for (i, l) in s.labels.iter().enumerate() {
             if l.is_empty() {
                 return Err(format!("labels[{i}]: must not be empty"));
+            }
+        }
+        for (i, l) in s.namespace_labels.iter().enumerate() {
+            if l.is_empty() {
+                return Err(format!("namespaceLabels[{i}]: must not be empty"));
             }
         }
         if let Some(t) = &s.default_tenant
@@ -269,6 +291,48 @@ mod tests {
         assert_eq!(run(s, ns("biz-shop-prod")).unwrap(), "shop");
         assert_eq!(run(s, ns("other")).unwrap(), "other");
         assert_eq!(run(s, |_| {}).unwrap(), "fallback");
+    }
+
+    #[test]
+    fn namespace_labels_come_after_pod_labels_and_before_rules() {
+        let s = r#"{"labels":["tenant_id"],"namespaceLabels":["capsule.clastix.io/tenant"],"map":{"team-a":"mapped"}}"#;
+        fn with(pod: Option<&'static str>, nsl: Option<&'static str>) -> impl FnOnce(&mut Request) {
+            move |r: &mut Request| {
+                r.pod_namespace = Some("team-a".into());
+                if let Some(v) = pod {
+                    r.labels.push(Kv {
+                        key: "tenant_id".into(),
+                        value: v.into(),
+                    });
+                }
+                if let Some(v) = nsl {
+                    r.extra.push(Kv {
+                        key: "namespace.label/capsule.clastix.io/tenant".into(),
+                        value: v.into(),
+                    });
+                }
+            }
+        }
+        assert_eq!(
+            run(s, with(Some("team-b"), Some("acme"))).unwrap(),
+            "team-b"
+        );
+        assert_eq!(run(s, with(None, Some("acme"))).unwrap(), "acme");
+        assert_eq!(run(s, with(None, None)).unwrap(), "mapped");
+        // A pod label of that name is not a namespace label.
+        assert_eq!(
+            run(s, |r| {
+                r.pod_namespace = Some("x".into());
+                r.labels.push(Kv {
+                    key: "capsule.clastix.io/tenant".into(),
+                    value: "forged".into(),
+                });
+            })
+            .unwrap(),
+            "x"
+        );
+        let e = parse_settings::<TenantMap>(r#"{"namespaceLabels":[""]}"#).unwrap_err();
+        assert!(e.contains("namespaceLabels[0]"), "{e}");
     }
 
     #[test]

@@ -34,7 +34,19 @@ pub struct RuntimeConfig {
     pub dns: Option<Dns>,
     /// `bandwidth`.
     pub bandwidth: Option<Bandwidth>,
+    /// `io.kubernetes.cri.pod-annotations`: the pod's annotations, passed by
+    /// containerd (>= 1.5) and CRI-O when the plugin declares the
+    /// capability. Sorted by key; see [`POD_ANNOTATIONS_DROPPED`].
+    pub pod_annotations: Vec<Kv>,
 }
+
+/// The runtimeConfig key (and capability) of the pod's annotations.
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// Annotations never handed to policy stages: `kubectl apply` stores the
+/// whole object in this one (up to 256 KiB), which no policy reads and
+/// which would exceed the stages' input caps.
+pub const POD_ANNOTATIONS_DROPPED: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
 /// `args.cni` (CONVENTIONS "args in network config").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -217,6 +229,21 @@ fn runtime_config(v: &Value) -> Result<RuntimeConfig, CniError> {
             "servers",
             "searches",
         )?);
+    }
+    if let Some(v) = m.get(POD_ANNOTATIONS_CAPABILITY).filter(|v| !v.is_null()) {
+        let at = format!("runtimeConfig[{POD_ANNOTATIONS_CAPABILITY:?}]");
+        let Value::Object(o) = v else {
+            return Err(invalid(&at, "must be a map of strings"));
+        };
+        for (k, v) in o {
+            let Value::String(v) = v else {
+                return Err(invalid(&format!("{at}[{k:?}]"), "must be a string"));
+            };
+            if !POD_ANNOTATIONS_DROPPED.contains(&k.as_str()) {
+                rc.pod_annotations.push(Kv::new(k, v));
+            }
+        }
+        rc.pod_annotations.sort_by(|a, b| a.key.cmp(&b.key));
     }
     if let Some(v) = field(m, "bandwidth") {
         let at = "runtimeConfig.bandwidth";
@@ -409,6 +436,34 @@ mod tests {
             go.runtime_config.bandwidth.as_ref().unwrap().egress_burst,
             20
         );
+    }
+
+    #[test]
+    fn pod_annotations_capability() {
+        let c = parse(
+            serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"tenet",
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+                "tenet.io/ip": "10.64.1.9",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\":1}",
+                "a": "1"}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtime_config.pod_annotations,
+            vec![Kv::new("a", "1"), Kv::new("tenet.io/ip", "10.64.1.9")]
+        );
+        for bad in [serde_json::json!(["x"]), serde_json::json!({"k": 1})] {
+            let e = parse(
+                serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"t",
+                "runtimeConfig": {"io.kubernetes.cri.pod-annotations": bad}}),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(
+                e.details.contains("io.kubernetes.cri.pod-annotations"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -171,9 +171,23 @@ impl Invocation {
             port_mappings: rc.port_mappings.clone(),
             bandwidth: rc.bandwidth.clone(),
             labels: self.config.args.labels.clone(),
-            annotations: self.config.args.annotations.clone(),
+            annotations: self.annotations(),
             extra: Vec::new(),
         })
+    }
+
+    /// `args.cni.annotations` (the network configuration's, the operator's)
+    /// and then the pod's own annotations from the runtime
+    /// (`io.kubernetes.cri.pod-annotations`) whose key the former do not
+    /// already give.
+    fn annotations(&self) -> Vec<plan::Kv> {
+        let mut out = self.config.args.annotations.clone();
+        for kv in &self.config.runtime_config.pod_annotations {
+            if !out.iter().any(|a| a.key == kv.key) {
+                out.push(kv.clone());
+            }
+        }
+        out
     }
 }
 
@@ -309,6 +323,17 @@ mod tests {
         assert_eq!(r.runtime_dns.unwrap().nameservers, ["1.1.1.1"]);
         assert_eq!(r.port_mappings[0].container_port, 8080);
         assert_eq!(r.labels[0].value, "web");
+        let conf = serde_json::json!({"cniVersion":"1.0.0","name":"net","type":"tenet",
+            "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"tenet.io/ip":"10.0.0.7","b":"pod"}},
+            "args":{"cni":{"annotations":{"b":"conf"}}}});
+        let r = inv(&env, &conf.to_string()).unwrap().to_request().unwrap();
+        assert_eq!(
+            r.annotations,
+            vec![
+                plan::Kv::new("b", "conf"),
+                plan::Kv::new("tenet.io/ip", "10.0.0.7")
+            ]
+        );
         assert!(
             inv(
                 &[("CNI_COMMAND", "GC")],

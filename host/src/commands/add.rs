@@ -9,9 +9,12 @@ use crate::plan::{Dns, Plan};
 /// result in the request's version.
 pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
     let cfg = load_config(env, inv)?;
-    let request = inv
+    let mut request = inv
         .to_request()
         .ok_or_else(|| CniError::new(code::INTERNAL, "internal error", "ADD without a request"))?;
+    // Pod and namespace labels from the API server, when the network asks
+    // for them (before the pipeline: stages decide with them).
+    crate::kube::enrich_for_add(env, &cfg, &inv.config.plugin, &mut request)?;
     let pipeline = load_pipeline(&cfg)?;
     let dns = network_dns(inv);
     let initial = Plan::initial(&request.ifname, request.mac.as_deref(), dns);

@@ -329,8 +329,10 @@ fn conflist(
     let mut tenet = json!({
         "type": "tenet",
         "pipeline": manifest,
-        // Static addresses and MACs are requested through runtimeConfig.
-        "capabilities": { "ips": true, "mac": true },
+        // Static addresses and MACs are requested through runtimeConfig;
+        // containerd (>= 1.5) and CRI-O pass the pod's annotations when
+        // the plugin declares this capability.
+        "capabilities": { "ips": true, "mac": true, "io.kubernetes.cri.pod-annotations": true },
     });
     let obj = tenet.as_object_mut().expect("object literal");
     if effective.module_dirs.first().map(PathBuf::as_path) != Some(module_dir) {
