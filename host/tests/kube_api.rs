@@ -20,8 +20,10 @@ use tenet::kube::{FailurePolicy, KubeError, NetworkSettings, lookup};
 use tenet::plan::Kv;
 
 fn config(dir: &Path, kubeconfig: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.state_dir = dir.join("state");
+    let mut cfg = Config {
+        state_dir: dir.join("state"),
+        ..Default::default()
+    };
     cfg.kubernetes.kubeconfig = Some(kubeconfig.to_owned());
     cfg.kubernetes.timeout_ms = 2000;
     cfg
