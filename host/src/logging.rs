@@ -16,11 +16,19 @@ pub fn init(cfg: &Config) {
             .with_env_filter(filter)
             .with_ansi(false);
         let file = cfg.log_file.as_ref().and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
+            match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // Said once per exec on stderr (the runtime keeps it),
+                    // never silently: the operator reads the file expecting
+                    // everything to be there.
+                    eprintln!(
+                        "tenet: cannot open log file {}: {e}; logging to stderr",
+                        p.display()
+                    );
+                    None
+                }
+            }
         });
         let _ = match file {
             Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),

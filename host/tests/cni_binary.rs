@@ -480,6 +480,37 @@ fn stdout_carries_only_the_protocol_even_at_trace_level() {
     assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
     node.del();
     assert!(!out.stderr.is_empty(), "logs go to stderr");
+    // Every line of the exec is in its invocation's span, so lines of
+    // concurrent execs in one file can be told apart; the steps are timed.
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("step done"))
+        .collect();
+    assert!(!steps.is_empty(), "{}", out.stderr);
+    for l in steps {
+        assert!(
+            l.contains("cni{command=\"ADD\" container=\"") && l.contains("ifname=\"eth0\""),
+            "{l}"
+        );
+        assert!(l.contains(" us="), "{l}");
+    }
+}
+
+#[test]
+fn an_unopenable_log_file_is_reported_on_stderr() {
+    let node = Node::new();
+    let mut env = node.add_env(K8S_ARGS);
+    env.push(("TENET_LOG_FILE", "/nonexistent-dir/tenet.log"));
+    let out = tenet(&node, &env, &conf("1.0.0"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    node.del();
+    assert!(
+        out.stderr
+            .contains("cannot open log file /nonexistent-dir/tenet.log"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

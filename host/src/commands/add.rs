@@ -8,7 +8,7 @@ use crate::plan::{Dns, Plan};
 /// Plans the attachment with the pipeline, applies the plan, and renders the
 /// result in the request's version.
 pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let cfg = load_config(env, inv)?;
+    let (cfg, _span) = load_config(env, inv)?;
     let mut request = inv
         .to_request()
         .ok_or_else(|| CniError::new(code::INTERNAL, "internal error", "ADD without a request"))?;

@@ -57,15 +57,34 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
     match result {
         Ok(out) => Reply::ok(out),
         Err(e) => {
+            let _span = invocation_span(&inv).entered();
             tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "command failed");
             Reply::error(&e, &version)
         }
     }
 }
 
-/// Loads the host configuration with the network's overrides, and sets up
-/// logging (stderr or a file; never stdout).
-pub(crate) fn load_config(env: &[(String, String)], inv: &Invocation) -> Result<Config, CniError> {
+/// The span every line of one exec is logged in, so that lines of
+/// concurrent execs in one log file can be told apart: the command and the
+/// attachment it is about.
+fn invocation_span(inv: &Invocation) -> tracing::Span {
+    tracing::info_span!(
+        "cni",
+        command = inv.command.as_str(),
+        container = inv.env.container_id.as_deref().unwrap_or(""),
+        ifname = inv.env.ifname.as_deref().unwrap_or(""),
+        netns = inv.env.netns.as_deref().unwrap_or(""),
+        network = %inv.config.name,
+    )
+}
+
+/// Loads the host configuration with the network's overrides, sets up
+/// logging (stderr or a file; never stdout) and enters the invocation's span,
+/// which the caller keeps for the rest of the command.
+pub(crate) fn load_config(
+    env: &[(String, String)],
+    inv: &Invocation,
+) -> Result<(Config, tracing::span::EnteredSpan), CniError> {
     let cfg = Config::load(env, Some(&inv.config.plugin)).map_err(|e| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -74,7 +93,7 @@ pub(crate) fn load_config(env: &[(String, String)], inv: &Invocation) -> Result<
         )
     })?;
     crate::logging::init(&cfg);
-    Ok(cfg)
+    Ok((cfg, invocation_span(inv).entered()))
 }
 
 /// Loads the configured pipeline and its precompiled modules.
@@ -125,7 +144,7 @@ pub(crate) fn attachment_key(inv: &Invocation) -> AttachmentKey {
 /// Does not run the pipeline: nothing a module decides can keep a pod's
 /// resources from being freed.
 fn del(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let cfg = load_config(env, inv)?;
+    let (cfg, _span) = load_config(env, inv)?;
     let backends = Backends::open(&cfg)?;
     let engine = backends
         .engine(&cfg)
@@ -138,7 +157,7 @@ fn del(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
 
 /// CHECK verifies what ADD created, naming the first difference.
 fn check(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let cfg = load_config(env, inv)?;
+    let (cfg, _span) = load_config(env, inv)?;
     let prev = inv
         .config
         .prev_result
@@ -160,7 +179,7 @@ fn check(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError>
 /// GC: frees every attachment of the network not in
 /// `cni.dev/valid-attachments`.
 fn gc(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let cfg = load_config(env, inv)?;
+    let (cfg, _span) = load_config(env, inv)?;
     let backends = Backends::open(&cfg)?;
     let engine = backends.engine(&cfg);
     let valid: Vec<(String, String)> = inv
@@ -221,7 +240,7 @@ fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError
             },
         )
     };
-    let cfg = load_config(env, inv).map_err(not_ready)?;
+    let (cfg, _span) = load_config(env, inv).map_err(not_ready)?;
     let pipeline = load_pipeline(&cfg).map_err(not_ready)?;
     settings_valid(&cfg, &pipeline).map_err(not_ready)?;
     let backends = Backends::open(&cfg).map_err(not_ready)?;
