@@ -29,10 +29,7 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
-        assert!(
-            require_root("cni_binary"),
-            "cni_binary runs ADD for real: run it as root (it uses private namespaces)"
-        );
+        require_root("cni_binary (it runs ADD for real)");
         enter_scratch_node().expect("scratch node netns");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
@@ -174,6 +171,7 @@ fn containerd_conf(version: &str) -> String {
 const K8S_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=d1e2a3d4b5e6;K8S_POD_UID=5b1c";
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn version_answers_in_every_version_and_for_podmans_probe() {
     let node = Node::new();
     for v in VERSIONS {
@@ -211,6 +209,7 @@ fn version_answers_in_every_version_and_for_podmans_probe() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn add_runs_the_pipeline_in_every_version() {
     let node = Node::new();
     for v in VERSIONS {
@@ -242,6 +241,7 @@ fn add_runs_the_pipeline_in_every_version() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn del_gc_status_succeed_on_nothing() {
     let node = Node::new();
     for v in VERSIONS {
@@ -276,6 +276,7 @@ fn del_gc_status_succeed_on_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn version_gates_follow_the_spec() {
     let node = Node::new();
     let check = [
@@ -298,6 +299,7 @@ fn version_gates_follow_the_spec() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn check_without_a_record_is_container_unknown() {
     let node = Node::new();
     let check = [
@@ -312,6 +314,7 @@ fn check_without_a_record_is_container_unknown() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn protocol_error_codes() {
     let node = Node::new();
     // 2: unsupported field, naming the key and value.
@@ -398,6 +401,7 @@ fn with_pipeline(node: &Node, name: &str, text: &str, version: &str) -> Out {
 const BASE: &str = "[[stage]]\nname = \"tenant\"\nmodule = \"tenant-map\"\n[[stage]]\nname = \"ipam\"\nmodule = \"ipam-policy\"\n[stage.settings]\npools = [{ name = \"p\", family = \"ipv4\", supernet = \"10.64.0.0/12\", subnetLen = 24 }]\n";
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn policy_error_codes_name_the_stage() {
     let node = Node::new();
     let cases: [(&str, String, u64); 8] = [
@@ -421,6 +425,7 @@ fn policy_error_codes_name_the_stage() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn runtime_only_binary_rebuilds_a_missing_artifact_with_tenetctl() {
     let node = Node::new();
     assert!(!node.cache.exists());
@@ -470,6 +475,7 @@ fn count_files(dir: &Path, ext: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn stdout_carries_only_the_protocol_even_at_trace_level() {
     let node = Node::new();
     let mut env = node.add_env(K8S_ARGS);
@@ -514,6 +520,7 @@ fn an_unopenable_log_file_is_reported_on_stderr() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn podman_style_request_without_namespace() {
     // podman sends no K8S_POD_NAMESPACE; rainbond's tenant-map denies such pods.
     let node = Node::new();

@@ -32,13 +32,13 @@ const TTL_S: u64 = 4;
 
 /// A scratch node whose `tenet` uses a fresh etcd (started inside the node's
 /// namespace, killed when dropped).
-fn setup() -> Option<(Node, EtcdCluster)> {
+fn setup() -> (Node, EtcdCluster) {
     setup_with(TTL_S, 10_000)
 }
 
-fn setup_with(ttl_s: u64, timeout_ms: u64) -> Option<(Node, EtcdCluster)> {
-    let mut node = Node::new("the etcd crash tests")?;
-    let etcd = EtcdCluster::single()?;
+fn setup_with(ttl_s: u64, timeout_ms: u64) -> (Node, EtcdCluster) {
+    let mut node = Node::new("the etcd crash tests");
+    let etcd = EtcdCluster::single();
     node.set_config(&format!(
         r#"store = "etcd"
 node_name = "crash-node"
@@ -51,7 +51,7 @@ cooldown_s = 0
 "#,
         endpoints = etcd.endpoints(),
     ));
-    Some((node, etcd))
+    (node, etcd)
 }
 
 /// `<block>/p/<ordinal>`.
@@ -96,8 +96,9 @@ fn etcd_leftovers(etcd: &EtcdCluster) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and etcd: make test runs it"]
 fn sigkill_at_each_step_then_del_or_gc_leaves_nothing_in_etcd_or_on_the_node() {
-    let Some((node, etcd)) = setup() else { return };
+    let (node, etcd) = setup();
     let mut addresses = HashSet::new();
     node.kill_at_each_step_then_del_or_gc(&STEPS, "team-a", |n, step| {
         // DEL and GC free pending claims themselves: no waiting for leases.
@@ -153,14 +154,13 @@ fn eth0(pod: &Pod) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs root and etcd: make test runs it"]
 fn a_killed_adds_addresses_outlive_the_claim_ttl_and_go_to_no_second_pod() {
     // Issue 13, item 3: ADDs killed after their claim had configured eth0;
     // once a claim lease would have expired, new pods on the same tenant
     // bridge got the same addresses while the killed pods still had them.
     const TTL: u64 = 2;
-    let Some((node, etcd)) = setup_with(TTL, 10_000) else {
-        return;
-    };
+    let (node, etcd) = setup_with(TTL, 10_000);
     let small = small_subnets(&node);
     let from = STEPS.iter().position(|s| *s == "reserve").unwrap();
     let killed: Vec<(Pod, &str)> = STEPS[from..]
@@ -228,14 +228,13 @@ fn a_killed_adds_addresses_outlive_the_claim_ttl_and_go_to_no_second_pod() {
 }
 
 #[test]
+#[ignore = "needs root and etcd: make test runs it"]
 fn an_add_whose_claim_and_rollback_get_no_answer_keeps_its_record_for_gc() {
     // Issue 13, item 4: the claim may commit although its answer never
     // came (etcd stopped, then resumed with the request queued); the
     // rollback's release gets no answer either. The record must stay, so
     // that GC finds the claim.
-    let Some((node, etcd)) = setup_with(TTL_S, 1000) else {
-        return;
-    };
+    let (node, etcd) = setup_with(TTL_S, 1000);
     let pid = etcd.pid(0).unwrap() as i32;
     let p = Pod::new("stalled", "team-a");
     // SAFETY: signals to the etcd process this test started.

@@ -3,10 +3,11 @@
 //! Every test first moves its own thread into a fresh network namespace (the
 //! "node", see `tenet::netns::testing`) and makes pods as namespaces held by
 //! parked threads, so nothing here touches the machine's interfaces and
-//! everything vanishes with the test, pass or fail. Without root the tests
-//! say so and pass vacuously; CI runs them as root.
+//! everything vanishes with the test, pass or fail. They need root, so they
+//! are `#[ignore]`d: plain `cargo test` lists them as ignored, and `make test`
+//! runs them as root with `--include-ignored`.
 //!
-//! Run: `cargo test -p tenet --no-default-features --test netns_root`
+//! Run: `cargo test -p tenet --no-default-features --test netns_root -- --include-ignored`
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,13 +21,10 @@ use tenet::netns::{
     host_ifname, host_link_pod_routes,
 };
 
-/// Enters a scratch node namespace; false (skip) when not root.
-fn node() -> bool {
-    if !require_root("this root test") {
-        return false;
-    }
+/// Enters a scratch node namespace; panics when not root.
+fn node() {
+    require_root("this root test");
     enter_scratch_node().expect("scratch node netns");
-    true
 }
 
 fn ok(out: Output) -> String {
@@ -90,10 +88,9 @@ fn pod_ping(pod: &ScratchNetns, args: &[&str]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn veth_has_mtu_mac_and_both_ends_up() {
-    if !node() {
-        return;
-    }
+    node();
     let pod = ScratchNetns::new().unwrap();
     let n = RtNetns::new().unwrap();
     let s = VethSpec {
@@ -138,10 +135,9 @@ fn veth_has_mtu_mac_and_both_ends_up() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn retried_add_gets_the_same_mac_and_replaces_a_stale_host_end() {
-    if !node() {
-        return;
-    }
+    node();
     let n = RtNetns::new().unwrap();
     let first = {
         let pod = ScratchNetns::new().unwrap();
@@ -177,10 +173,9 @@ fn retried_add_gets_the_same_mac_and_replaces_a_stale_host_end() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn existing_ifname_is_a_distinct_error() {
-    if !node() {
-        return;
-    }
+    node();
     let pod = ScratchNetns::new().unwrap();
     let n = RtNetns::new().unwrap();
     n.create_veth(&spec(&pod, "c-exists", "eth0")).unwrap();
@@ -204,10 +199,9 @@ fn existing_ifname_is_a_distinct_error() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn unusable_and_node_namespaces_are_refused() {
-    if !node() {
-        return;
-    }
+    node();
     let n = RtNetns::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("not-a-netns");
@@ -252,10 +246,9 @@ fn unusable_and_node_namespaces_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn configure_sets_addresses_routes_and_pod_sysctls() {
-    if !node() {
-        return;
-    }
+    node();
     let pod = ScratchNetns::new().unwrap();
     let n = RtNetns::new().unwrap();
     n.create_veth(&spec(&pod, "c-cfg", "eth0")).unwrap();
@@ -388,10 +381,9 @@ fn configure_sets_addresses_routes_and_pod_sysctls() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn delete_is_idempotent() {
-    if !node() {
-        return;
-    }
+    node();
     let n = RtNetns::new().unwrap();
     let pod = ScratchNetns::new().unwrap();
     let s = spec(&pod, "c-del", "eth0");
@@ -444,10 +436,9 @@ fn delete_is_idempotent() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn host_link_reaches_the_node_through_its_gateway() {
-    if !node() {
-        return;
-    }
+    node();
     let n = RtNetns::new().unwrap();
     let pod = ScratchNetns::new().unwrap();
     let s = spec(&pod, "c-hostlink", "eth1");

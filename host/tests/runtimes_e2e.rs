@@ -17,10 +17,12 @@
 //!
 //! Needs root and the packages `podman runc busybox-static golang-go
 //! golang-github-appc-cni-dev containernetworking-plugins iptables nftables`
-//! (`make deps`). When something is missing the test panics if `CI` is set,
-//! and otherwise prints "skipped" and returns.
+//! (`make deps`), so the tests are `#[ignore]`d: plain `cargo test` lists them
+//! as ignored, and `make test` runs them as root with `--include-ignored`.
+//! When one runs and something is missing, it panics naming what (and the
+//! package to install).
 //!
-//! Run: `make build guests && cargo test -p tenet --test runtimes_e2e`
+//! Run: `make build guests && cargo test -p tenet --test runtimes_e2e -- --include-ignored`
 
 mod common;
 
@@ -37,8 +39,8 @@ use tenet::netns::host_ifname;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, is_root};
 
 /// Everything a test needs from the machine; a missing item is a panic
-/// under CI and a skip otherwise.
-fn preflight(needs: &[(&str, &str)]) -> bool {
+/// naming it.
+fn preflight(needs: &[(&str, &str)]) {
     let mut missing = Vec::new();
     if !is_root() {
         missing.push("root (the tests create network namespaces)".to_string());
@@ -48,15 +50,11 @@ fn preflight(needs: &[(&str, &str)]) -> bool {
             missing.push(format!("{path} (Debian package {package})"));
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("skipped: {msg}");
-    false
+    assert!(
+        missing.is_empty(),
+        "needs {} (run as root after `make deps`, or `apt-get install` the packages named)",
+        missing.join(", ")
+    );
 }
 
 const CLIENT_NEEDS: &[(&str, &str)] = &[
@@ -381,10 +379,9 @@ fn pod_out(pod: &ScratchNetns, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root, go, libcni, portmap, iptables, nftables: make test runs it"]
 fn libcni_add_check_del_del() {
-    if !preflight(CLIENT_NEEDS) {
-        return;
-    }
+    preflight(CLIENT_NEEDS);
     enter_scratch_node().expect("scratch node netns");
     let inst = Installed::new(&["--network", "e2e"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -441,10 +438,9 @@ fn libcni_add_check_del_del() {
 }
 
 #[test]
+#[ignore = "needs root, go, libcni, portmap, iptables, nftables: make test runs it"]
 fn libcni_del_with_empty_netns_after_the_pod_is_gone() {
-    if !preflight(CLIENT_NEEDS) {
-        return;
-    }
+    preflight(CLIENT_NEEDS);
     enter_scratch_node().expect("scratch node netns");
     let inst = Installed::new(&["--network", "e2e"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -474,10 +470,9 @@ fn libcni_del_with_empty_netns_after_the_pod_is_gone() {
 }
 
 #[test]
+#[ignore = "needs root, go, libcni, portmap, iptables, nftables: make test runs it"]
 fn libcni_chain_with_portmap() {
-    if !preflight(CLIENT_NEEDS) {
-        return;
-    }
+    preflight(CLIENT_NEEDS);
     enter_scratch_node().expect("scratch node netns");
     let inst = Installed::new(&["--network", "e2e-pm", "--chain-portmap"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -647,10 +642,9 @@ fn parse_inet(out: &str) -> Ipv4Net {
 }
 
 #[test]
+#[ignore = "needs root, podman, runc, busybox, nftables: make test runs it"]
 fn podman_runs_a_container_on_a_tenet_network() {
-    if !preflight(PODMAN_NEEDS) {
-        return;
-    }
+    preflight(PODMAN_NEEDS);
     enter_scratch_node().expect("scratch node netns");
     // podman selects a network by name and sends no pod namespace, so the
     // network carries the Rainbond tenant label for all its containers.

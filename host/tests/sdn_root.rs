@@ -3,10 +3,11 @@
 //!
 //! Each test's thread unshares a fresh "node" namespace first; pods are
 //! namespaces held by parked threads; nft rules and forwarding sysctls are
-//! only ever set inside those namespaces. Without root the tests say so and
-//! pass vacuously; CI runs them as root.
+//! only ever set inside those namespaces. They need root, so they are
+//! `#[ignore]`d: plain `cargo test` lists them as ignored, and `make test`
+//! runs them as root with `--include-ignored`.
 //!
-//! Run: `cargo test -p tenet --no-default-features --test sdn_root`
+//! Run: `cargo test -p tenet --no-default-features --test sdn_root -- --include-ignored`
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
@@ -36,12 +37,10 @@ fn port(host: &str) -> PortSpec {
 const POD_PORT: u16 = 8080;
 const NODE_PORT: u16 = 9090;
 
-fn node() -> bool {
-    if !require_root("this root test") {
-        return false;
-    }
+/// Enters a scratch node namespace; panics when not root.
+fn node() {
+    require_root("this root test");
     enter_scratch_node().expect("scratch node netns");
-    true
 }
 
 /// Turns forwarding on in the test's node namespace (enter_scratch_node has
@@ -198,10 +197,9 @@ const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn tenants_are_isolated_and_cleaned_up() {
-    if !node() {
-        return;
-    }
+    node();
     forwarding_on();
     let n = RtNetns::new().unwrap();
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
@@ -298,10 +296,9 @@ fn tenants_are_isolated_and_cleaned_up() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn ensure_tenant_concurrently_converges() {
-    if !node() {
-        return;
-    }
+    node();
     let t = Tenant::new("racer", 3);
     let subnets = t.subnets();
     const N: usize = 4;
@@ -364,10 +361,9 @@ fn ensure_tenant_concurrently_converges() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn masquerade_is_per_option_and_hides_tenant_addresses() {
-    if !node() {
-        return;
-    }
+    node();
     forwarding_on();
     let n = RtNetns::new().unwrap();
     let masq = LinuxSdn::new(SdnOptions {
@@ -428,10 +424,9 @@ fn masquerade_is_per_option_and_hides_tenant_addresses() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn check_tenant_names_what_is_missing() {
-    if !node() {
-        return;
-    }
+    node();
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
     let t = Tenant::new("checked", 6);
     let br = bridge_name(t.id);
@@ -499,10 +494,9 @@ fn check_tenant_names_what_is_missing() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn attach_and_detach_are_idempotent() {
-    if !node() {
-        return;
-    }
+    node();
     let n = RtNetns::new().unwrap();
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
     let t = Tenant::new("ports", 7);
@@ -542,10 +536,9 @@ fn attach_and_detach_are_idempotent() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn status_reports_nft_problems_as_code_50() {
-    if !node() {
-        return;
-    }
+    node();
     LinuxSdn::new(SdnOptions::default())
         .unwrap()
         .status()
@@ -564,10 +557,9 @@ fn status_reports_nft_problems_as_code_50() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn a_pod_host_link_cannot_reach_tenants() {
-    if !node() {
-        return;
-    }
+    node();
     forwarding_on();
     let n = RtNetns::new().unwrap();
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
@@ -628,10 +620,9 @@ fn a_pod_host_link_cannot_reach_tenants() {
 }
 
 #[test]
+#[ignore = "needs root: make test runs it"]
 fn a_later_ensure_skips_nft_only_while_the_rules_are_in_place() {
-    if !node() {
-        return;
-    }
+    node();
     let t = Tenant::new("fastpath", 9);
     LinuxSdn::new(SdnOptions::default())
         .unwrap()

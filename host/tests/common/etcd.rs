@@ -7,14 +7,16 @@
 //! it):
 //!
 //! ```ignore
-//! let Some(etcd) = EtcdCluster::single() else { return }; // skipped (CI unset)
-//! let endpoints: Vec<String> = etcd.endpoints();           // http://127.0.0.1:<port>
+//! let etcd = EtcdCluster::single();
+//! let endpoints: Vec<String> = etcd.endpoints(); // http://127.0.0.1:<port>
 //! ```
 //!
-//! - `single()` / `three()` return `None` (after printing "skipped") only
-//!   when `/usr/bin/etcd` is missing and `CI` is unset; with `CI` set they
-//!   panic, so CI never passes by skipping. A member that does not become
-//!   healthy is a panic that prints the tail of its log.
+//! - A test that starts etcd is `#[ignore = "needs etcd: ..."]`: plain
+//!   `cargo test` lists it as ignored, `make test` runs it with
+//!   `--include-ignored`. When it runs, a missing `/usr/bin/etcd` is a panic
+//!   naming the package to install (`apt-get install etcd-server`), never a
+//!   pass. A member that does not become healthy is a panic that prints the
+//!   tail of its log.
 //! - `kill(i)` / `kill_leader()` SIGKILL a member (a crash, not a clean
 //!   stop); `restart(i)` starts it again on the same ports and data dir.
 //! - `grpc_calls(i, "Txn")` counts the calls of one kind a member answered
@@ -90,17 +92,12 @@ pub struct EtcdCluster {
     tls: Option<TlsFiles>,
 }
 
-/// True when the etcd binary is there. Missing: panics when `CI` is set,
-/// otherwise prints "skipped" and returns false.
-pub fn etcd_available() -> bool {
-    if Path::new(ETCD_BIN).is_file() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{ETCD_BIN} is missing (install Debian's etcd-server: `make deps`)");
-    }
-    eprintln!("skipped: {ETCD_BIN} is missing (install etcd-server); CI is unset");
-    false
+/// Panics unless the etcd binary is there, naming the package to install.
+pub fn require_etcd() {
+    assert!(
+        Path::new(ETCD_BIN).is_file(),
+        "{ETCD_BIN} is missing: install Debian's etcd-server (`apt-get install etcd-server`, or `make deps`)"
+    );
 }
 
 /// Free loopback ports, all held open until every one is chosen so they
@@ -141,26 +138,24 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl EtcdCluster {
-    /// One member. `None` only when etcd is missing and `CI` is unset.
-    pub fn single() -> Option<Self> {
+    /// One member.
+    pub fn single() -> Self {
         Self::start(1, None)
     }
 
-    /// Three members. `None` only when etcd is missing and `CI` is unset.
-    pub fn three() -> Option<Self> {
+    /// Three members.
+    pub fn three() -> Self {
         Self::start(3, None)
     }
 
     /// One member serving clients over TLS.
-    pub fn single_tls(tls: TlsFiles) -> Option<Self> {
+    pub fn single_tls(tls: TlsFiles) -> Self {
         Self::start(1, Some(tls))
     }
 
     /// `n` members, optionally with client TLS; waits until all are healthy.
-    pub fn start(n: usize, tls: Option<TlsFiles>) -> Option<Self> {
-        if !etcd_available() {
-            return None;
-        }
+    pub fn start(n: usize, tls: Option<TlsFiles>) -> Self {
+        require_etcd();
         let dir = tempfile::Builder::new()
             .prefix("tenet-etcd-")
             .tempdir()
@@ -186,17 +181,15 @@ impl EtcdCluster {
         for i in 0..n {
             cluster.wait_healthy(i);
         }
-        Some(cluster)
+        cluster
     }
 
     /// Three members, each in a network namespace of its own on a bridge
     /// of the caller's namespace (see the module docs), so that one can be
     /// partitioned. Root only; the caller must have entered a scratch node
-    /// namespace first. `None` only when etcd is missing and `CI` is unset.
-    pub fn three_partitionable() -> Option<Self> {
-        if !etcd_available() {
-            return None;
-        }
+    /// namespace first.
+    pub fn three_partitionable() -> Self {
+        require_etcd();
         let dir = tempfile::Builder::new()
             .prefix("tenet-etcd-")
             .tempdir()
@@ -248,7 +241,7 @@ impl EtcdCluster {
         for i in 0..3 {
             cluster.wait_healthy(i);
         }
-        Some(cluster)
+        cluster
     }
 
     fn initial_cluster(&self) -> String {

@@ -374,7 +374,7 @@ fn main() {
         .prefix("tenet-bench-state-")
         .tempdir()
         .expect("temp state dirs");
-    let cluster = etcd::EtcdCluster::single().expect("/usr/bin/etcd is required");
+    let cluster = etcd::EtcdCluster::single();
     let eps = cluster.endpoints();
     println!(
         "etcd 3.4 single member on loopback, {CLIENTS} concurrent clients (one simulated node \
