@@ -95,7 +95,13 @@ bench: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin pipeline_exec
 
 ## bench-add: whole-process ADD/DEL of tenet against the reference bridge +
-## host-local plugins, in scratch network namespaces (root; see docs/runtimes.md).
+## host-local plugins, rainbond and single-tenant pipelines, in scratch network
+## namespaces (root; see docs/perf.md). BENCH_ROUNDS (4) rounds of BENCH_RUNS (15)
+## alternating iterations, ratios per round and their median; BENCH_LOAD=cpu adds
+## one busy loop per CPU (the busy-node figure); BENCH_BASELINE_DIR=<dir with tenet,
+## tenetctl, modules/ of an older build> adds its arms and the ratio new/baseline;
+## BENCH_BIN_DIR / TENET_TEST_MODULES pick the binaries. Ends with the equivalent
+## hyperfine script.
 bench-add: deps build guests
 	$(CARGO) run --release -p tenet-bench --bin add_del
 
