@@ -16,7 +16,11 @@ pub fn init(cfg: &Config) {
             .with_env_filter(filter)
             .with_ansi(false);
         let file = cfg.log_file.as_ref().and_then(|p| {
-            match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
                 Ok(f) => Some(f),
                 Err(e) => {
                     // Said once per exec on stderr (the runtime keeps it),
