@@ -125,13 +125,18 @@ fn sigkill_at_each_step_then_del_or_gc_leaves_nothing_in_etcd_or_on_the_node() {
     assert_eq!(hints.len(), 1, "{hints:?}");
 }
 
-/// The rainbond pipeline with a /28 per tenant (13 addresses for pods), so
-/// that a test can hand out every address of the subnet.
+/// Addresses a pod can get in one /27 tenant subnet: 32 less the network,
+/// broadcast and gateway addresses; more than the kill points, so that the
+/// killed pods leave room for second pods.
+const USABLE: usize = 29;
+
+/// The rainbond pipeline with a /27 per tenant ([`USABLE`] addresses for
+/// pods), so that a test can hand out every address of the subnet.
 fn small_subnets(node: &Node) -> std::path::PathBuf {
     let text = std::fs::read_to_string(common::rainbond())
         .unwrap()
-        .replace("subnetLen = 24", "subnetLen = 28");
-    assert!(text.contains("subnetLen = 28"));
+        .replace("subnetLen = 24", "subnetLen = 27");
+    assert!(text.contains("subnetLen = 27"));
     let p = node.state.parent().unwrap().join("small.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -200,11 +205,11 @@ fn a_killed_adds_addresses_outlive_the_claim_ttl_and_go_to_no_second_pod() {
         after_configure,
         "killed pods carrying eth0"
     );
-    // Second pods take the rest of the /28 (13 addresses), never an address
-    // a killed pod holds, and then the subnet is full.
+    // Second pods take the rest of the /27, never an address a killed pod
+    // holds, and then the subnet is full.
     let mut second = Vec::new();
     let mut got = HashSet::new();
-    for n in 0..13 - killed.len() {
+    for n in 0..USABLE - killed.len() {
         let q = Pod::new(&format!("second{n}"), "team-a");
         let ip = first_ip(&add_with(&node, &q, &small, &[]).ok());
         assert!(!configured.contains(&ip), "{ip} is on a killed pod's eth0");

@@ -691,7 +691,10 @@ fn a_host_link_address_is_the_nodes_to_choose() {
         assert!(p.message.contains("169.254.128.0/17"), "{p}");
     }
     // A pool inside the range is accepted, and replaced by the node's own
-    // host-link pool, which never hands out the metadata services.
+    // host-link pool, which never hands out the metadata services; only the
+    // plan's pool name is kept (docs/security.md: a store holding the range
+    // under that name keeps working; two names over one range are refused
+    // by the store as overlapping pools, never handed out twice).
     let out = run(
         &e,
         &evil(
@@ -704,7 +707,7 @@ fn a_host_link_address_is_the_nodes_to_choose() {
     let pool = eth1.addresses[0].pool.as_ref().unwrap();
     assert_eq!(
         (pool.name.as_str(), pool.supernet.as_str(), pool.subnet_len),
-        ("host-link-v4", "169.254.128.0/17", 17)
+        ("evil", "169.254.128.0/17", 17)
     );
     assert_eq!(pool.exclude, ["169.254.169.0/24", "169.254.170.0/24"]);
     assert_eq!(eth1.addresses[0].static_address, None);
