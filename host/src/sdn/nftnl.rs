@@ -12,6 +12,7 @@
 //! keys follow nftables' register layout: every component of a concatenated
 //! key is padded to 4 bytes, an `ifname` is 16 bytes (IFNAMSIZ), NUL-padded.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::IpAddr;
 
@@ -273,6 +274,35 @@ fn socket() -> io::Result<Socket> {
     Ok(sock)
 }
 
+thread_local! {
+    /// This thread's socket and the network namespace it was opened in.
+    static SOCKET: RefCell<Option<(u64, Socket)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's netfilter socket, opened on first use and
+/// kept for later requests in the same network namespace.
+///
+/// Why kept: releasing a NETLINK_NETFILTER socket waits for nf_tables'
+/// pending destroy work (an RCU grace period, 10-13 ms measured here) when
+/// set elements were deleted, so a DEL that closed a socket after each
+/// port's guard paid it twice (docs/perf.md). Kept open, the work finishes
+/// while the veths are deleted, and the release at exit finds nothing to
+/// wait for. A socket is kept only after a request that read its whole
+/// answer: after an error, unread acks may be left in it, so it is dropped.
+fn with_socket<T>(f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    let sock = match SOCKET.with(|c| c.borrow_mut().take()) {
+        Some((ino, s)) if ino == ns => s,
+        _ => socket()?,
+    };
+    let r = f(&sock);
+    if r.is_ok() {
+        SOCKET.with(|c| *c.borrow_mut() = Some((ns, sock)));
+    }
+    r
+}
+
 /// Netlink messages in `buf[..n]`: (type, payload after the 16-byte header).
 fn messages(buf: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
     let mut out = Vec::new();
@@ -299,7 +329,10 @@ fn error_code(payload: &[u8]) -> io::Result<i32> {
 /// True when the chain exists in this thread's network namespace; false
 /// when the kernel says it (or its table) does not; an error otherwise.
 pub fn chain_exists(table: &str, chain: &str) -> io::Result<bool> {
-    let sock = socket()?;
+    with_socket(|sock| chain_exists_on(sock, table, chain))
+}
+
+fn chain_exists_on(sock: &Socket, table: &str, chain: &str) -> io::Result<bool> {
     sock.send(&chain_request(table, chain, 1), 0)?;
     let mut found = false;
     let mut buf = vec![0u8; 1 << 16];
@@ -328,7 +361,10 @@ pub fn apply_elems(elems: &[Elem], add: bool) -> io::Result<()> {
     if elems.is_empty() {
         return Ok(());
     }
-    let sock = socket()?;
+    with_socket(|sock| apply_elems_on(sock, elems, add))
+}
+
+fn apply_elems_on(sock: &Socket, elems: &[Elem], add: bool) -> io::Result<()> {
     let (msg, mut acks) = batch(elems, add, 1);
     sock.send(&msg, 0)?;
     let mut first_err = None;
@@ -417,7 +453,15 @@ fn parse_elems(payload: &[u8], out: &mut Vec<Vec<u8>>) {
 /// The keys of every element of a set; an empty list when the set or its
 /// table does not exist.
 pub fn dump_elems(family: Family, table: &str, set: &str) -> io::Result<Vec<Vec<u8>>> {
-    let sock = socket()?;
+    with_socket(|sock| dump_elems_on(sock, family, table, set))
+}
+
+fn dump_elems_on(
+    sock: &Socket,
+    family: Family,
+    table: &str,
+    set: &str,
+) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&dump_request(family, table, set, 1), 0)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
