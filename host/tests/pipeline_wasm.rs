@@ -109,7 +109,7 @@ fn run(e: &Env, text: &str) -> Result<tenet::policy::Outcome, PolicyError> {
 /// What a run decided, stage by stage (times left out).
 fn summary(o: &Result<tenet::policy::Outcome, PolicyError>) -> String {
     match o {
-        Err(e) => format!("error {e}"),
+        Err(e) => without_deadline_ms(&format!("error {e}")),
         Ok(o) => o
             .reports
             .iter()
@@ -121,6 +121,24 @@ fn summary(o: &Result<tenet::policy::Outcome, PolicyError>) -> String {
                 format!("{}: {run}: {:?}\n", r.stage, r.plan)
             })
             .collect(),
+    }
+}
+
+/// `text` with the number in "wall-clock deadline of N ms" replaced by `_`:
+/// under a pipeline deadline a stage gets what is left of it, which depends
+/// on how long the earlier stages took, so two runs may name different
+/// figures for the same failure.
+fn without_deadline_ms(text: &str) -> String {
+    const AT: &str = "wall-clock deadline of ";
+    match text.find(AT) {
+        None => text.to_owned(),
+        Some(i) => {
+            let (head, tail) = text.split_at(i + AT.len());
+            format!(
+                "{head}_{}",
+                tail.trim_start_matches(|c: char| c.is_ascii_digit())
+            )
+        }
     }
 }
 
