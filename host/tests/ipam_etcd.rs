@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::etcd::{EtcdCluster, TlsFiles, scan};
@@ -666,6 +667,7 @@ fn run_nodes(
     nodes: usize,
     per_node: usize,
     pool: &Pool,
+    done: &Arc<AtomicUsize>,
 ) -> Vec<(AttachmentKey, IpAddr, Instant)> {
     // One hint file per node, shared by its concurrent ADDs (they race on
     // it as tenet processes of one node do).
@@ -684,10 +686,14 @@ fn run_nodes(
         for i in 0..per_node {
             let s = Arc::clone(s);
             let p = pool.clone();
+            let done = Arc::clone(done);
             threads.push(std::thread::spawn(move || {
                 let k = AttachmentKey::new(NET, format!("n{n}-c{i}"), "eth0");
                 match s.claim(&k, "t", &[v4(&p)]) {
-                    Ok(a) => (k, a[0].address.addr(), Instant::now()),
+                    Ok(a) => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        (k, a[0].address.addr(), Instant::now())
+                    }
                     Err(e) => panic!("{k}: {e} (code {})", e.cni_code()),
                 }
             }));
@@ -710,7 +716,7 @@ fn release_all(endpoints: &[String], got: &[(AttachmentKey, IpAddr, Instant)]) {
 fn eight_nodes_times_fifty_concurrent_adds_get_distinct_addresses() {
     let etcd = EtcdCluster::single();
     let p = pool("p", "10.0.0.0/8", 20, &[]);
-    let got = run_nodes(&etcd.endpoints(), 8, 50, &p);
+    let got = run_nodes(&etcd.endpoints(), 8, 50, &p, &Arc::default());
     let distinct: HashSet<IpAddr> = got.iter().map(|g| g.1).collect();
     assert_eq!(distinct.len(), 400, "an address was handed out twice");
     let s = store(&etcd, "node-0");
@@ -731,17 +737,29 @@ fn a_leader_killed_mid_run_loses_no_address_and_gives_none_twice() {
     let mut etcd = EtcdCluster::three();
     let endpoints = etcd.endpoints();
     let p = pool("p", "10.0.0.0/8", 20, &[]);
+    let before = etcd.leader();
+    let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let runner = {
         let endpoints = endpoints.clone();
         let p = p.clone();
-        std::thread::spawn(move || run_nodes(&endpoints, 8, 50, &p))
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || run_nodes(&endpoints, 8, 50, &p, &done))
     };
-    std::thread::sleep(Duration::from_millis(300));
-    let before = etcd.leader();
+    // The kill goes in as soon as the first claims are through, however
+    // slowly the 400 threads start on a loaded machine (a fixed sleep
+    // once landed before any claim had finished); it synchronises the
+    // fault with the run, it retries nothing.
+    while done.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no claim finished in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let killed_at = Instant::now();
-    let killed = etcd.kill_leader();
-    assert_eq!(killed, before);
+    etcd.kill(before);
+    let killed = before;
     // No retry anywhere: every one of the 400 claims succeeded the first
     // time (`run_nodes` panics otherwise), through the election.
     let got = runner.join().unwrap();
