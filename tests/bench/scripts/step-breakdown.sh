@@ -1,6 +1,8 @@
 #!/bin/bash
-# In-process breakdown of one ADD and one DEL (rainbond pipeline, one
-# resident pod), from tenet's per-step debug lines, plus the exec's wall time.
+# In-process breakdown of ADD (rainbond pipeline, one resident pod): the
+# median of each apply step's "step done ... us=" debug line, and the wall
+# time of ADD and DEL. DEL journals no steps; see where its time goes with
+# `strace -f -tt -T` (docs/perf.md).
 # Run: env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin unshare --net --mount bash tests/bench/scripts/step-breakdown.sh [BIN_DIR] [MODULE_DIR] [RUNS] [PIPELINE]
 set -eu
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
