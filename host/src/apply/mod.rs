@@ -187,8 +187,8 @@ pub struct Engine<'a> {
     state_dir: PathBuf,
     failpoints: Failpoints,
     /// When the engine was made, and the nanoseconds from then to the last
-    /// step's end: each step's duration goes to the debug log, the
-    /// in-process breakdown of an ADD or DEL (docs/perf.md).
+    /// step's end: each journaled step's duration goes to the debug log,
+    /// the in-process breakdown of an ADD (docs/perf.md).
     origin: Instant,
     last_step_ns: AtomicU64,
 }
