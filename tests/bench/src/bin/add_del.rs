@@ -836,6 +836,19 @@ fn main() {
     print!("{}", hyperfine_script(&arms, rounds, runs, load_cpu));
 }
 
+/// Script lines running `command` for every arm's resident pod, inside the
+/// arm's node namespace.
+fn resident_pods(s: &mut String, arms: &[Arm], command: &str) {
+    for a in arms {
+        let _ = writeln!(
+            s,
+            "nsenter --net=\"$D/{}/node\" sh -c {}",
+            a.tag,
+            sq(&script_exec(a, command, RESIDENT_ID, "resident"))
+        );
+    }
+}
+
 /// Single-quotes `s` for sh.
 fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -937,14 +950,7 @@ fn hyperfine_script(arms: &[Arm], rounds: usize, runs: usize, load_cpu: bool) ->
         }
     }
     s.push_str("# The resident pods.\n");
-    for a in arms {
-        let _ = writeln!(
-            s,
-            "nsenter --net=\"$D/{}/node\" sh -c {}",
-            a.tag,
-            sq(&script_exec(a, "ADD", RESIDENT_ID, "resident"))
-        );
-    }
+    resident_pods(&mut s, arms, "ADD");
     let _ = writeln!(
         s,
         "# Per plugin and round: ADD timed with DEL as the untimed --prepare, then DEL\n\
@@ -986,14 +992,7 @@ fn hyperfine_script(arms: &[Arm], rounds: usize, runs: usize, load_cpu: bool) ->
         backward.join("; ")
     );
     s.push_str("# Tear down the resident pods.\n");
-    for a in arms {
-        let _ = writeln!(
-            s,
-            "nsenter --net=\"$D/{}/node\" sh -c {}",
-            a.tag,
-            sq(&script_exec(a, "DEL", RESIDENT_ID, "resident"))
-        );
-    }
+    resident_pods(&mut s, arms, "DEL");
     s.push_str(
         "# Ratios of the medians per round, then their median and range.\n\
          ratio() {  # numerator arm, denominator arm, op (add|del)\n\
