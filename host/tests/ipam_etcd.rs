@@ -1097,7 +1097,7 @@ fn authentication_with_a_user_and_password_file() {
         .unwrap()
         .reserve(&key("w"), "t", &[v4(&pods())])
         .unwrap_err();
-    assert_eq!(e.cni_code(), 120, "{e}");
+    assert_eq!(e.cni_code(), 138, "{e}");
     assert!(e.to_string().contains("authentication failed"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(EtcdStore::connect(&cfg).unwrap().status().is_err());

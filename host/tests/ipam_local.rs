@@ -722,17 +722,17 @@ fn corrupt_state_is_reported_and_never_overwritten() {
     s.reserve(&key("a"), "t", &[v4(&pods())]).unwrap();
     let file = dir.path().join("ipam").join(NET).join("state.json");
     fs::write(&file, b"{\"format\":1,\"generation\":3,\"attachm").unwrap();
-    assert_eq!(code(s.reserve(&key("b"), "t", &[v4(&pods())])).0, 120);
-    assert_eq!(code(s.release(&key("a"))).0, 120);
-    assert_eq!(code(s.list(None)).0, 120);
-    assert_eq!(code(s.status()).0, 120);
+    assert_eq!(code(s.reserve(&key("b"), "t", &[v4(&pods())])).0, 138);
+    assert_eq!(code(s.release(&key("a"))).0, 138);
+    assert_eq!(code(s.list(None)).0, 138);
+    assert_eq!(code(s.status()).0, 138);
     assert_eq!(
         fs::read(&file).unwrap(),
         b"{\"format\":1,\"generation\":3,\"attachm"
     );
     // A newer format is not guessed at either.
     fs::write(&file, br#"{"format":99,"generation":1}"#).unwrap();
-    assert_eq!(code(s.list(None)).0, 120);
+    assert_eq!(code(s.list(None)).0, 138);
 }
 
 #[test]
@@ -746,5 +746,5 @@ fn status_checks_the_state_dir() {
     let root = dir.path().join("ipam");
     fs::remove_dir_all(&root).unwrap();
     fs::write(&root, b"not a directory").unwrap();
-    assert_eq!(code(s.status()).0, 120);
+    assert_eq!(code(s.status()).0, 138);
 }

@@ -921,7 +921,7 @@ fn a_second_attachment_never_takes_the_first_ones_routes() {
     // rolled back, and eth0 keeps its route.
     let j = node
         .run(&attach_env(&pod, "ADD", "net1", clash), &second_conf)
-        .error(120);
+        .error(124);
     assert!(j["details"].as_str().unwrap().contains("0.0.0.0/0"), "{j}");
     assert_eq!(default_routes(&pod), ["eth0 0"]);
     assert!(
@@ -1049,7 +1049,7 @@ fn a_tenant_setup_the_kernel_refuses_leaves_nothing() {
     let p = Pod::new("refused", "team-r");
     let mut env = p.env("ADD");
     env.push(("TENET_PIPELINE", pl.to_str().unwrap()));
-    let j = node.run(&env, &conf()).error(120);
+    let j = node.run(&env, &conf()).error(123);
     assert!(j["msg"].as_str().unwrap().contains("ensure-tenant"), "{j}");
     assert!(j["details"].as_str().unwrap().contains("gateway"), "{j}");
     node.assert_clean();

@@ -542,7 +542,7 @@ fn ls_and_check_show_records_and_differences() {
     assert!(text.contains("1 missing, 1 orphaned"), "{text}");
     // CHECK of the pod says what is wrong.
     let e = a.check_port("acme", &p).unwrap_err();
-    assert_eq!(e.cni_code(), 131, "{e}");
+    assert_eq!(e.cni_code(), 151, "{e}");
 
     api.delete(&format!("/routers/{}", stray["id"].as_str().unwrap()))
         .unwrap();
@@ -659,7 +659,7 @@ fn a_wrong_media_type_is_a_typed_406_and_the_legacy_profile_is_refused() {
     assert_eq!(e.kind, ApiErrorKind::NotAcceptable, "{e}");
     assert_eq!(e.status, Some(406));
     assert!(!e.message.is_empty());
-    assert_eq!(e.cni_code(), 133);
+    assert_eq!(e.cni_code(), 153);
     // tenet does not speak 2015.06 (it ignores client ids): a configuration
     // error naming the key, before any call.
     env.emu.clear_journal();

@@ -435,7 +435,7 @@ fn check_tenant_names_what_is_missing() {
 
     let expect_missing = |what: &str| {
         let e = sdn.check_tenant(t.id, &t.subnets()).unwrap_err();
-        assert_eq!(e.cni_code(), 131, "{e}");
+        assert_eq!(e.cni_code(), 151, "{e}");
         assert!(e.to_string().contains(what), "{e} should name {what}");
     };
     ok(run("ip", &["addr", "del", "10.41.6.1/24", "dev", &br]));
@@ -513,7 +513,7 @@ fn attach_and_detach_are_idempotent() {
     })
     .unwrap();
     let e = sdn.attach(t.id, &port(&host)).unwrap_err();
-    assert_eq!(e.cni_code(), 131, "attach before ensure: {e}");
+    assert_eq!(e.cni_code(), 151, "attach before ensure: {e}");
     let net = sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
     sdn.attach(t.id, &port(&host)).unwrap();
     sdn.attach(t.id, &port(&host)).unwrap();
@@ -532,7 +532,7 @@ fn attach_and_detach_are_idempotent() {
         .unwrap();
     assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
     let e = sdn.attach(t.id, &port("tn000000000000")).unwrap_err();
-    assert_eq!(e.cni_code(), 131);
+    assert_eq!(e.cni_code(), 151);
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl Backends {
             CniError::new(
                 e.cni_code(),
                 "cannot open the local address store",
-                e.to_string(),
+                crate::cni::error::error_chain(&e),
             )
         })?;
         // Host-link addresses mean nothing after a reboot of the node: no
@@ -46,7 +46,7 @@ impl Backends {
             CniError::new(
                 e.cni_code(),
                 "cannot open the local address store",
-                e.to_string(),
+                crate::cni::error::error_chain(&e),
             )
         })?;
         // One etcd connection per exec, shared by the address store and the
@@ -71,7 +71,7 @@ impl Backends {
                     CniError::new(
                         e.cni_code(),
                         "cannot open the etcd address store",
-                        e.to_string(),
+                        crate::cni::error::error_chain(&e),
                     )
                 })?,
             ),
@@ -90,20 +90,33 @@ impl Backends {
                     shared_tenants: cfg.isolation.shared_tenants.clone(),
                 })
                 .map_err(|e| {
-                    CniError::new(e.cni_code(), "cannot open the Linux SDN", e.to_string())
+                    CniError::new(
+                        e.cni_code(),
+                        "cannot open the Linux SDN",
+                        crate::cni::error::error_chain(&e),
+                    )
                 })?,
             ),
             SdnKind::Midonet => {
                 let conn = etcd.clone().expect("opened for MidoNet above");
                 Box::new(
                     crate::sdn::MidonetSdn::connect_shared(cfg, conn).map_err(|e| {
-                        CniError::new(e.cni_code(), "cannot open the MidoNet SDN", e.to_string())
+                        CniError::new(
+                            e.cni_code(),
+                            "cannot open the MidoNet SDN",
+                            crate::cni::error::error_chain(&e),
+                        )
                     })?,
                 )
             }
         };
-        let netns = RtNetns::new()
-            .map_err(|e| CniError::new(e.cni_code(), "cannot open netlink", e.to_string()))?;
+        let netns = RtNetns::new().map_err(|e| {
+            CniError::new(
+                e.cni_code(),
+                "cannot open netlink",
+                crate::cni::error::error_chain(&e),
+            )
+        })?;
         Ok(Self {
             store,
             link_store: Box::new(links),

@@ -50,6 +50,7 @@ pub mod lock;
 pub mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -60,7 +61,7 @@ use crate::cni::{CniError, code};
 use crate::ipam::{AttachmentKey, ClaimState, IpStore, ProcessIdentity};
 use crate::netns::{Netns, VethSpec};
 use crate::plan::{InterfaceKind, Plan};
-use crate::sdn::{PortGuard, PortSpec, Sdn};
+use crate::sdn::{PortGuard, PortSpec, Sdn, SdnError};
 
 pub use backends::Backends;
 pub use failpoint::Failpoints;
@@ -69,27 +70,45 @@ pub use leftovers::leftovers;
 pub use lock::{TENANT_LOCK_TIMEOUT, TenantLock};
 pub use record::{Phase, Record, RecordIface, Records};
 
-/// CNI error codes of the apply engine (backends bring their own).
-pub mod codes {
-    /// ADD for an attachment that already exists (CNI: an error).
-    pub const ALREADY_ATTACHED: u32 = 140;
-    /// CHECK found a resource missing or different from what ADD made.
-    pub const CHECK_FAILED: u32 = 141;
-    /// The attachment records could not be read or written.
-    pub const RECORDS: u32 = 142;
-    /// A failure injected by a failpoint (tests only).
-    pub const INJECTED: u32 = 149;
-}
+/// CNI error codes of the apply engine (140–149 of the one table in
+/// [`crate::cni::codes`]; backends bring their own).
+pub use crate::cni::codes;
 
-/// A failed step, with the CNI code its cause maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A failed step, with the CNI code its cause maps to. The cause is kept
+/// (`source`), and `details` carries its whole chain, so the CNI error's
+/// `details` names the lowest-level reason (the kernel's errno, etcd's
+/// answer) as well as tenet's context.
+#[derive(Debug, Clone)]
 pub struct ApplyError {
-    /// The CNI error code.
+    /// The CNI error code ([`codes`]).
     pub code: u32,
     /// The step (`reserve`, `attach:eth0`, …) or operation.
     pub step: String,
-    /// What went wrong.
+    /// What went wrong: the cause and its sources, `: `-separated.
     pub details: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl PartialEq for ApplyError {
+    fn eq(&self, other: &Self) -> bool {
+        (self.code, &self.step, &self.details) == (other.code, &other.step, &other.details)
+    }
+}
+
+impl Eq for ApplyError {}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.details)
+    }
+}
+
+impl std::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl ApplyError {
@@ -98,6 +117,21 @@ impl ApplyError {
             code,
             step: step.into(),
             details: details.into(),
+            source: None,
+        }
+    }
+
+    /// A step that failed because of `cause`, whose code is `code` (the
+    /// cause's own `cni_code()`, or CHECK's verdict): the cause is kept.
+    fn caused<E>(code: u32, step: impl Into<String>, cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Self {
+            code,
+            step: step.into(),
+            details: crate::cni::error::error_chain(&cause),
+            source: Some(Arc::new(cause)),
         }
     }
 
@@ -112,7 +146,7 @@ impl ApplyError {
 }
 
 fn rec_err(step: &str) -> impl Fn(record::RecordError) -> ApplyError + '_ {
-    move |e| ApplyError::new(codes::RECORDS, step, e.to_string())
+    move |e| ApplyError::caused(codes::RECORDS, step, e)
 }
 
 /// The key under which an attachment's host-link addresses live in the
@@ -246,7 +280,7 @@ impl<'a> Engine<'a> {
                 lock::LockError::Timeout { .. } => code::TRY_AGAIN_LATER,
                 lock::LockError::Io { .. } => codes::RECORDS,
             };
-            ApplyError::new(code, step, e.to_string())
+            ApplyError::caused(code, step, e)
         })
     }
 
@@ -261,11 +295,11 @@ impl<'a> Engine<'a> {
         // namespace (8) must not get as far as creating a tenant network.
         self.netns
             .check_pod_netns(Path::new(netns))
-            .map_err(|e| ApplyError::new(e.cni_code(), "netns", e.to_string()))?;
+            .map_err(|e| ApplyError::caused(e.cni_code(), "netns", e))?;
         // Nor may the plan hand out the node's own addresses or routed
         // ranges (read-only: one address and one route dump).
         crate::plan::node::check(plan, self.netns)
-            .map_err(|e| ApplyError::new(e.cni_code(), "node-check", e.to_string()))?;
+            .map_err(|e| ApplyError::caused(e.cni_code(), "node-check", e))?;
         if let Some(old) = self.records.load(key).map_err(rec_err("record"))? {
             match old.phase {
                 Phase::Ready => {
@@ -358,7 +392,7 @@ impl<'a> Engine<'a> {
             let reqs: Vec<_> = reqs.iter().map(|(_, r)| r.clone()).collect();
             store
                 .claim(k, tenant, &reqs)
-                .map_err(|e| ApplyError::new(e.cni_code(), "reserve", e.to_string()))
+                .map_err(|e| ApplyError::caused(e.cni_code(), "reserve", e))
         };
         let tenant_allocs = claim(self.store, key, &plan.tenant, &treq, false)?;
         let link_allocs = claim(self.link_store, &link_key(key), "host-link", &lreq, true)?;
@@ -405,7 +439,7 @@ impl<'a> Engine<'a> {
                         crate::sdn::SdnError::Failpoint { step, msg } => {
                             ApplyError::new(codes::INJECTED, step, msg)
                         }
-                        e => ApplyError::new(e.cni_code(), "ensure-tenant", e.to_string()),
+                        e => ApplyError::caused(e.cni_code(), "ensure-tenant", e),
                     })?;
                 rec.bridge = Some(net.bridge);
                 self.point("ensure-tenant")?;
@@ -423,7 +457,7 @@ impl<'a> Engine<'a> {
                         mac: Some(i.mac),
                         link_local: link_local_of(i.mac, &i.addrs),
                     })
-                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 done.push(Undo::Veth {
                     ifname: i.name.clone(),
                     host_ifname: i.host_ifname.clone(),
@@ -446,7 +480,7 @@ impl<'a> Engine<'a> {
                         &i.addrs,
                         rec.bridge.as_deref(),
                     ))
-                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 self.point(&step)?;
             }
             for i in layout
@@ -460,7 +494,7 @@ impl<'a> Engine<'a> {
                         &plan.tenant,
                         &port_spec(key, i.host_ifname.clone(), Some(i.mac), &i.addrs),
                     )
-                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 done.push(Undo::Attach {
                     host_ifname: i.host_ifname.clone(),
                 });
@@ -472,7 +506,7 @@ impl<'a> Engine<'a> {
                 let step = format!("host-side:{}", i.name);
                 self.netns
                     .host_side(hs)
-                    .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 self.point(&step)?;
             }
         }
@@ -486,7 +520,7 @@ impl<'a> Engine<'a> {
             let sys: &[(String, String)] = if n == 0 { &sysctls } else { &[] };
             self.netns
                 .configure(netns_path, &i.name, &i.addrs, &i.routes, sys)
-                .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
+                .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
             self.point(&step)?;
         }
         let result = layout::result(&layout, plan, netns, &host_macs);
@@ -532,7 +566,10 @@ impl<'a> Engine<'a> {
                         .delete(Some(Path::new(&rec.netns)), &ifname, &host_ifname)
                         .map_err(|e| e.to_string()),
                 ),
-                Undo::Tenant => note("remove tenant network", self.remove_tenant(&rec.tenant)),
+                Undo::Tenant => note(
+                    "remove tenant network",
+                    self.remove_tenant(&rec.tenant).map_err(|e| e.details),
+                ),
                 Undo::Reserve { link } => {
                     let (store, k) = if link {
                         (self.link_store, link_key(key))
@@ -556,14 +593,12 @@ impl<'a> Engine<'a> {
         problems
     }
 
-    fn remove_tenant(&self, tenant: &str) -> Result<(), String> {
-        let lock = self
-            .tenant_lock(tenant, "remove-tenant")
-            .map_err(|e| e.details)?;
+    fn remove_tenant(&self, tenant: &str) -> Result<(), ApplyError> {
+        let lock = self.tenant_lock(tenant, "remove-tenant")?;
         let removed = self
             .sdn
             .remove_tenant_if_unused(tenant)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApplyError::caused(e.cni_code(), "remove-tenant", e))?;
         if removed && let Err(e) = lock.remove() {
             // A lock file left behind is harmless: the next ADD reuses it.
             tracing::warn!(%tenant, error = %e, "could not remove the tenant's lock file");
@@ -600,7 +635,7 @@ impl<'a> Engine<'a> {
         if !ports.is_empty()
             && let Err(e) = self.remove_tenant(&rec.tenant)
         {
-            errors.push((code::INTERNAL, format!("remove tenant network: {e}")));
+            errors.push((e.code, format!("remove tenant network: {}", e.details)));
         }
         match errors.first() {
             None => Ok(()),
@@ -620,7 +655,7 @@ impl<'a> Engine<'a> {
         for (store, k) in [(self.store, key.clone()), (self.link_store, link_key(key))] {
             store
                 .release(&k)
-                .map_err(|e| ApplyError::new(e.cni_code(), "release", e.to_string()))?;
+                .map_err(|e| ApplyError::caused(e.cni_code(), "release", e))?;
         }
         Ok(())
     }
@@ -637,10 +672,10 @@ impl<'a> Engine<'a> {
                 let host = crate::netns::host_ifname(&key.container_id, &key.ifname);
                 self.netns
                     .delete(netns, &key.ifname, &host)
-                    .map_err(|e| ApplyError::new(e.cni_code(), "delete veth", e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), "delete veth", e))?;
                 self.sdn
                     .unguard_port(&host)
-                    .map_err(|e| ApplyError::new(e.cni_code(), "unguard", e.to_string()))?;
+                    .map_err(|e| ApplyError::caused(e.cni_code(), "unguard", e))?;
                 self.release_claims(key)
             }
         }
@@ -661,6 +696,17 @@ impl<'a> Engine<'a> {
         prev: Option<&CniResult>,
     ) -> Result<(), ApplyError> {
         let fail = |what: String| ApplyError::new(codes::CHECK_FAILED, "check", what);
+        // What the SDN finds missing or different is CHECK's verdict (141);
+        // a failure to look (MidoNet or etcd unreachable: 11, netlink
+        // refused: 123, …) keeps its own code, so the runtime can tell "try
+        // again later" from "this attachment is broken".
+        let sdn_fail = |e: SdnError| {
+            let code = match e {
+                SdnError::Missing { .. } | SdnError::Conflict(_) => codes::CHECK_FAILED,
+                ref other => other.cni_code(),
+            };
+            ApplyError::caused(code, "check", e)
+        };
         let rec = self
             .records
             .load(key)
@@ -691,7 +737,7 @@ impl<'a> Engine<'a> {
             let state = self
                 .netns
                 .inspect(ns, &i.name)
-                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?
+                .map_err(|e| ApplyError::caused(e.cni_code(), "check", e))?
                 .ok_or_else(|| fail(format!("interface {} is missing in {netns}", i.name)))?;
             if !state.up {
                 return Err(fail(format!("interface {} is down", i.name)));
@@ -726,7 +772,7 @@ impl<'a> Engine<'a> {
             let host = self
                 .netns
                 .host_link_exists(&i.host_ifname)
-                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?;
+                .map_err(|e| ApplyError::caused(e.cni_code(), "check", e))?;
             if !host {
                 return Err(fail(format!(
                     "host end {} of {} is missing",
@@ -734,7 +780,7 @@ impl<'a> Engine<'a> {
                 )));
             }
             if i.kind == InterfaceKind::HostLink {
-                self.check_host_side(i).map_err(fail)?;
+                self.check_host_side(i)?;
             }
             let mac = i
                 .mac
@@ -749,7 +795,7 @@ impl<'a> Engine<'a> {
                     &i.addrs,
                     rec.bridge.as_deref(),
                 ))
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(sdn_fail)?;
         }
         let ports: Vec<_> = rec
             .interfaces
@@ -759,7 +805,7 @@ impl<'a> Engine<'a> {
         if !ports.is_empty() {
             self.sdn
                 .check_tenant(&rec.tenant, &rec.subnets)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(sdn_fail)?;
             for i in ports {
                 let mac = i.mac.as_deref().and_then(|m| m.parse().ok());
                 self.sdn
@@ -767,7 +813,7 @@ impl<'a> Engine<'a> {
                         &rec.tenant,
                         &port_spec(key, i.host_ifname.clone(), mac, &i.addrs),
                     )
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(sdn_fail)?;
             }
         }
         for (store, k, kind) in [
@@ -785,7 +831,7 @@ impl<'a> Engine<'a> {
             }
             let held: Vec<_> = store
                 .list(Some(&k.network))
-                .map_err(|e| ApplyError::new(e.cni_code(), "check", e.to_string()))?
+                .map_err(|e| ApplyError::caused(e.cni_code(), "check", e))?
                 .into_iter()
                 .filter(|(o, _, st)| *o == k && *st == ClaimState::Confirmed)
                 .map(|(_, a, _)| a.address.addr())
@@ -811,18 +857,26 @@ impl<'a> Engine<'a> {
 
     /// A host link's node side: the gateway addresses on the host end and a
     /// host route to each pod address through it.
-    fn check_host_side(&self, i: &RecordIface) -> Result<(), String> {
+    /// A failure to look (netlink refused, …) keeps its own code; only
+    /// something missing is CHECK's 141.
+    fn check_host_side(&self, i: &RecordIface) -> Result<(), ApplyError> {
+        let fail = |what: String| ApplyError::new(codes::CHECK_FAILED, "check", what);
         let state = self
             .netns
             .inspect_host_side(&i.host_ifname)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("host end {} of {} is missing", i.host_ifname, i.name))?;
+            .map_err(|e| ApplyError::caused(e.cni_code(), "check", e))?
+            .ok_or_else(|| {
+                fail(format!(
+                    "host end {} of {} is missing",
+                    i.host_ifname, i.name
+                ))
+            })?;
         for g in &i.host_gateways {
             if !state.addrs.contains(g) {
-                return Err(format!(
+                return Err(fail(format!(
                     "gateway address {g} is missing on host end {} of {}",
                     i.host_ifname, i.name
-                ));
+                )));
             }
         }
         for a in &i.addrs {
@@ -832,10 +886,10 @@ impl<'a> Engine<'a> {
                 .iter()
                 .any(|r| r.dst == host && r.gateway.is_none())
             {
-                return Err(format!(
+                return Err(fail(format!(
                     "node route to {host} through host end {} of {} is missing",
                     i.host_ifname, i.name
-                ));
+                )));
             }
         }
         Ok(())
@@ -889,11 +943,13 @@ impl<'a> Engine<'a> {
                 Ok(r) => {
                     out.released.extend(r.released);
                     if let Some(e) = r.errors.first() {
-                        first_err.get_or_insert(ApplyError::new(code::INTERNAL, "gc", e.clone()));
+                        let code = r.error_codes.first().copied();
+                        let code = code.unwrap_or(codes::STORE_FAILURE);
+                        first_err.get_or_insert(ApplyError::new(code, "gc", e.clone()));
                     }
                 }
                 Err(e) => {
-                    first_err.get_or_insert(ApplyError::new(e.cni_code(), "gc", e.to_string()));
+                    first_err.get_or_insert(ApplyError::caused(e.cni_code(), "gc", e));
                 }
             }
         }

@@ -170,6 +170,25 @@ fn check_names_what_changed() {
 }
 
 #[test]
+fn check_keeps_the_code_of_a_failure_to_look() {
+    // CHECK's SDN calls (guard, tenant, port) each fail in turn: the
+    // backend could not answer, which is not "the attachment is broken"
+    // (issue 16: MidoNet unreachable, 11, came out as 141).
+    for n in 1..=3 {
+        let r = Rig::new();
+        let e = r.engine();
+        e.add(&key("c1"), NETNS, &plan("acme")).unwrap();
+        r.sdn.fail_call(n);
+        let err = e.check(&key("c1"), NETNS, None).unwrap_err();
+        assert_eq!(err.code, codes::INJECTED, "call {n}: {err:?}");
+        assert_ne!(err.code, codes::CHECK_FAILED);
+        // The cause is kept, not only its text.
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.to_string().contains("injected"), "{source}");
+    }
+}
+
+#[test]
 fn a_failure_after_every_step_rolls_everything_back() {
     for step in super::failpoint::STEPS_WITH_HOST_LINK {
         let r = Rig::new();
@@ -213,7 +232,7 @@ fn backend_failures_roll_back_too() {
             .engine()
             .add(&key("c1"), NETNS, &plan("acme"))
             .unwrap_err();
-        assert_eq!(err.code, 120, "{err:?}");
+        assert_eq!(err.code, codes::INJECTED, "{err:?}");
         r.assert_empty();
     }
 }

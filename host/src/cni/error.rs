@@ -2,50 +2,9 @@
 
 use serde::Serialize;
 
-/// Every error code tenet produces, in one place. Codes below 100 are the
-/// spec's (SPEC §5 "Error"); 100 and up are tenet's own.
-pub mod code {
-    /// Incompatible CNI version.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// Unsupported field in the network configuration (msg names key and value).
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    /// Container unknown or does not exist.
-    pub const UNKNOWN_CONTAINER: u32 = 3;
-    /// Invalid or missing CNI_* environment variables (msg names them).
-    pub const INVALID_ENV: u32 = 4;
-    /// I/O failure (reading stdin).
-    pub const IO_FAILURE: u32 = 5;
-    /// Failed to decode content (stdin is not valid JSON).
-    pub const DECODE_FAILURE: u32 = 6;
-    /// Invalid network configuration (or tenet configuration).
-    pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later: a transient condition.
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// STATUS: the plugin cannot serve ADD.
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// STATUS: not available, and existing pods may have limited connectivity.
-    pub const LIMITED_CONNECTIVITY: u32 = 51;
-    /// A policy stage denied the pod.
-    pub const POLICY_DENIED: u32 = 100;
-    /// A policy stage trapped.
-    pub const POLICY_TRAP: u32 = 101;
-    /// A policy stage ran out of fuel or memory.
-    pub const POLICY_BUDGET_EXCEEDED: u32 = 102;
-    /// A policy module was refused (digest differs from its pin, forbidden imports).
-    pub const POLICY_MODULE_REFUSED: u32 = 103;
-    /// A plan broke a host invariant.
-    pub const POLICY_INVALID_PLAN: u32 = 104;
-    /// A stage refused its settings.
-    pub const POLICY_INVALID_SETTINGS: u32 = 105;
-    /// A stage found its input unusable, or the request exceeded input caps.
-    pub const POLICY_INVALID_INPUT: u32 = 106;
-    /// A stage reported an internal error.
-    pub const POLICY_INTERNAL: u32 = 107;
-    /// ADD with `TENET_DRY_RUN`: planned, not applied (the plan is in details).
-    pub const DRY_RUN: u32 = 110;
-    /// An internal error in tenet itself.
-    pub const INTERNAL: u32 = 120;
-}
+/// The named codes (the table is [`super::codes`]); `code::X` reads well at
+/// the call sites.
+pub use super::codes as code;
 
 /// A CNI error result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +55,23 @@ impl CniError {
     }
 }
 
+/// `e` and its sources, each once: thiserror messages often embed their
+/// source already (`"netlink add: {source}"`), so a source whose text is
+/// already there is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,12 +86,30 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"cniVersion":"1.0.0","code":4,"msg":"required env variables missing","details":"CNI_IFNAME"})
+            serde_json::json!({"cniVersion":"1.0.0","code":code::INVALID_ENV,"msg":"required env variables missing","details":"CNI_IFNAME"})
         );
-        let v: serde_json::Value =
-            serde_json::from_str(&CniError::new(7, "bad \"quote\"", "").to_json("0.3.1")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &CniError::new(code::INVALID_CONFIG, "bad \"quote\"", "").to_json("0.3.1"),
+        )
+        .unwrap();
         assert_eq!(v.get("details"), None);
         assert_eq!(v["msg"], "bad \"quote\"");
         assert_eq!(e.to_string(), "required env variables missing: CNI_IFNAME");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the store")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("netlink add: {0}")]
+    struct Embeds(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_each_source_once() {
+        let e = Outer(std::io::Error::other("permission denied"));
+        assert_eq!(error_chain(&e), "opening the store: permission denied");
+        let e = Embeds(std::io::Error::other("File exists"));
+        assert_eq!(error_chain(&e), "netlink add: File exists");
     }
 }

@@ -4,6 +4,7 @@
 //! real runtimes send rather than what the spec says they send.
 
 pub mod args;
+pub mod codes;
 pub mod config;
 pub mod env;
 pub mod error;

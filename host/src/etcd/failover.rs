@@ -25,6 +25,8 @@ enum Class {
     Unavailable,
     /// A refusal that every member would repeat.
     Refused,
+    /// gRPC `NotFound`: the lease the request names is gone.
+    LeaseNotFound,
 }
 
 fn classify(e: &etcd_client::Error) -> Class {
@@ -51,6 +53,10 @@ fn classify_status(code: i32, message: &str) -> Class {
         1 | 2 | 4 | 10 | 14 => Class::Retry,
         // FailedPrecondition "etcdserver: not leader".
         9 if message.contains("not leader") => Class::Retry,
+        // NotFound: of etcd's NotFound statuses only "requested lease not
+        // found" answers the KV and lease requests tenet sends (the others
+        // are the cluster, auth and member APIs').
+        5 => Class::LeaseNotFound,
         _ => Class::Refused,
     }
 }
@@ -176,6 +182,14 @@ impl Op {
                     return Ok(r);
                 }
                 Ok(Err(e)) => match classify(&e) {
+                    Class::LeaseNotFound => {
+                        return Err(EtcdError::LeaseNotFound(format!(
+                            "etcd {}: {}: {what}: {}",
+                            member.url(),
+                            self.what,
+                            describe(&e)
+                        )));
+                    }
                     Class::Refused => {
                         return Err(EtcdError::Refused(format!(
                             "etcd {}: {}: {what}: {}",
@@ -266,7 +280,7 @@ impl Op {
             })
             .await
         {
-            Err(EtcdError::Refused(m)) if m.contains("not found") => Ok(()),
+            Err(EtcdError::LeaseNotFound(_)) => Ok(()),
             other => other,
         }
     }
@@ -315,7 +329,7 @@ mod tests {
         );
         assert_eq!(
             classify_status(5, "etcdserver: requested lease not found"),
-            Class::Refused
+            Class::LeaseNotFound
         );
         assert_eq!(
             classify(&etcd_client::Error::InvalidArgs("TLS".into())),

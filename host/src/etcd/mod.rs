@@ -186,9 +186,15 @@ pub enum EtcdError {
     #[error("{0}")]
     Unavailable(String),
     /// etcd answered with a refusal that another member would repeat
-    /// (permission denied, lease not found, a bad request).
+    /// (permission denied, a bad request).
     #[error("{0}")]
     Refused(String),
+    /// etcd answered gRPC `NotFound`: on the KV and lease requests tenet
+    /// sends that is `ErrGRPCLeaseNotFound`, the lease named in the request
+    /// is gone (expired or revoked). Told apart by the status code, not by
+    /// etcd's message.
+    #[error("{0}")]
+    LeaseNotFound(String),
     /// The settings are unusable (no endpoints, an unreadable file); names
     /// the configuration key.
     #[error("{0}")]
@@ -199,7 +205,10 @@ impl EtcdError {
     /// The message, whatever the kind.
     pub fn message(&self) -> &str {
         match self {
-            EtcdError::Unavailable(m) | EtcdError::Refused(m) | EtcdError::Config(m) => m,
+            EtcdError::Unavailable(m)
+            | EtcdError::Refused(m)
+            | EtcdError::LeaseNotFound(m)
+            | EtcdError::Config(m) => m,
         }
     }
 }

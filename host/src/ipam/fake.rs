@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(a1[0].address.to_string(), "10.0.0.2/24");
         fake.confirm(&k1).unwrap();
         let err = fake.reserve(&k2, "t", &[v4()]).unwrap_err();
-        assert_eq!(err.cni_code(), 11);
+        assert_eq!(err.cni_code(), crate::cni::codes::TRY_AGAIN_LATER);
         // The failed call had no effect; the retry gets the next address.
         let a2 = fake.reserve(&k2, "t", &[v4()]).unwrap();
         assert_eq!(a2[0].address.to_string(), "10.0.0.3/24");
@@ -277,7 +277,10 @@ mod tests {
     fn gc_and_confirm_follow_the_real_rules() {
         let fake = FakeIpStore::new();
         let k = AttachmentKey::new("net", "c1", "eth0");
-        assert_eq!(fake.confirm(&k).unwrap_err().cni_code(), 136);
+        assert_eq!(
+            fake.confirm(&k).unwrap_err().cni_code(),
+            crate::cni::codes::CLAIM_LOST
+        );
         fake.reserve(&k, "t", &[v4()]).unwrap();
         fake.confirm(&k).unwrap();
         let report = fake.gc("net", &[]).unwrap();

@@ -45,7 +45,7 @@
 //! attachments (about 200 bytes each), which is right for one machine's pods
 //! but not for tens of thousands; the allocation itself stays flat as a
 //! subnet fills (see `alloc`). An unparsable `state.json` is never
-//! overwritten: it is reported as [`IpamError::Corrupt`] (code 120) for an
+//! overwritten: it is reported as [`IpamError::Corrupt`] (code 138, `codes::STORE_FAILURE`) for an
 //! operator to inspect.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};

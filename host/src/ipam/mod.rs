@@ -160,6 +160,9 @@ pub struct GcReport {
     pub kept_in_flight: Vec<AttachmentKey>,
     /// Errors met on the way; GC carries on past them.
     pub errors: Vec<String>,
+    /// The CNI code of each of `errors`, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_codes: Vec<u32>,
 }
 
 /// The address store backend.
@@ -254,35 +257,9 @@ pub trait IpStore: Send + Sync {
     fn status(&self) -> Result<(), IpamError>;
 }
 
-/// CNI error codes of the address stores (`cni_code`). Codes 1–99 belong to
-/// the CNI spec; tenet's IPAM uses 120 and 130–139.
-pub mod codes {
-    /// Spec code 11, "try again later": the state lock was not acquired in
-    /// time, or the cluster store did not answer (ADD, DEL, GC).
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// Spec code 50, "plugin not available": what STATUS reports for
-    /// [`IpamError::Unavailable`](super::IpamError::Unavailable).
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// The store's state is unreadable or corrupt, or I/O failed.
-    pub const STORE_FAILURE: u32 = 120;
-    /// The tenant's subnet has no free address (also: cooling down).
-    pub const ADDRESSES_EXHAUSTED: u32 = 130;
-    /// The pool has no free subnet left for a new tenant.
-    pub const SUBNETS_EXHAUSTED: u32 = 131;
-    /// A requested static address belongs to another attachment.
-    pub const STATIC_TAKEN: u32 = 132;
-    /// A requested static address is outside the tenant's subnet or the
-    /// pool, or is reserved or excluded.
-    pub const STATIC_OUT_OF_RANGE: u32 = 133;
-    /// The request itself is malformed (no pool, bad CIDR, bad name, …).
-    pub const INVALID_REQUEST: u32 = 134;
-    /// The attachment already holds a different reservation.
-    pub const ATTACHMENT_CONFLICT: u32 = 135;
-    /// A claim to confirm no longer exists.
-    pub const CLAIM_LOST: u32 = 136;
-    /// A pool was redefined while in use, or overlaps another pool.
-    pub const POOL_CONFLICT: u32 = 137;
-}
+/// CNI error codes of the address stores (`cni_code`): 11, 50, and 130–138
+/// of the one table in [`crate::cni::codes`].
+pub use crate::cni::codes;
 
 /// Errors of the address stores. Messages name the pool, tenant, address
 /// and owner involved; [`IpamError::cni_code`] gives the CNI code.
@@ -362,6 +339,14 @@ pub enum IpamError {
         /// What conflicts.
         detail: String,
     },
+    /// The etcd lease a write named is gone (expired or revoked): etcd
+    /// answered gRPC `NotFound`. The etcd store re-grants and retries;
+    /// anywhere else the claim the lease held is lost (code 136).
+    #[error("address store: the lease is gone: {detail}")]
+    LeaseLost {
+        /// etcd's answer, with the member and the operation.
+        detail: String,
+    },
     /// The state lock was not acquired in time.
     #[error("network {network}: address store busy, lock not acquired within {waited:?}")]
     LockTimeout {
@@ -407,7 +392,7 @@ impl IpamError {
             IpamError::StaticOutOfRange { .. } => codes::STATIC_OUT_OF_RANGE,
             IpamError::InvalidRequest { .. } => codes::INVALID_REQUEST,
             IpamError::AttachmentConflict { .. } => codes::ATTACHMENT_CONFLICT,
-            IpamError::ClaimLost { .. } => codes::CLAIM_LOST,
+            IpamError::ClaimLost { .. } | IpamError::LeaseLost { .. } => codes::CLAIM_LOST,
             IpamError::PoolConflict { .. } => codes::POOL_CONFLICT,
             IpamError::LockTimeout { .. } | IpamError::Unavailable { .. } => codes::TRY_AGAIN_LATER,
             IpamError::Corrupt { .. } | IpamError::Io { .. } => codes::STORE_FAILURE,
@@ -486,7 +471,7 @@ mod tests {
                     tenant: "t".into(),
                     subnet: net,
                 },
-                130,
+                codes::ADDRESSES_EXHAUSTED,
             ),
             (
                 IpamError::SubnetsExhausted {
@@ -495,7 +480,7 @@ mod tests {
                     supernet: net,
                     subnet_len: 26,
                 },
-                131,
+                codes::SUBNETS_EXHAUSTED,
             ),
             (
                 IpamError::StaticTaken {
@@ -504,7 +489,7 @@ mod tests {
                     tenant: "t".into(),
                     owner: "o".into(),
                 },
-                132,
+                codes::STATIC_TAKEN,
             ),
             (
                 IpamError::StaticOutOfRange {
@@ -513,39 +498,49 @@ mod tests {
                     tenant: "t".into(),
                     reason: "r".into(),
                 },
-                133,
+                codes::STATIC_OUT_OF_RANGE,
             ),
-            (IpamError::InvalidRequest { reason: "r".into() }, 134),
+            (
+                IpamError::InvalidRequest { reason: "r".into() },
+                codes::INVALID_REQUEST,
+            ),
             (
                 IpamError::AttachmentConflict {
                     key: k.clone(),
                     detail: "d".into(),
                 },
-                135,
+                codes::ATTACHMENT_CONFLICT,
             ),
-            (IpamError::ClaimLost { key: k }, 136),
+            (IpamError::ClaimLost { key: k }, codes::CLAIM_LOST),
+            (
+                IpamError::LeaseLost { detail: "d".into() },
+                codes::CLAIM_LOST,
+            ),
             (
                 IpamError::PoolConflict {
                     pool: "p".into(),
                     detail: "d".into(),
                 },
-                137,
+                codes::POOL_CONFLICT,
             ),
             (
                 IpamError::LockTimeout {
                     network: "n".into(),
                     waited: Duration::from_secs(1),
                 },
-                11,
+                codes::TRY_AGAIN_LATER,
             ),
             (
                 IpamError::Corrupt {
                     path: "x".into(),
                     detail: "d".into(),
                 },
-                120,
+                codes::STORE_FAILURE,
             ),
-            (IpamError::io("x", std::io::Error::other("boom")), 120),
+            (
+                IpamError::io("x", std::io::Error::other("boom")),
+                codes::STORE_FAILURE,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.cni_code(), code, "{e}");

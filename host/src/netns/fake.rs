@@ -378,7 +378,7 @@ mod tests {
         f.create_veth(&spec("eth0")).unwrap();
         let e = f.create_veth(&spec("eth1")).unwrap_err();
         assert!(matches!(e, NetnsError::Injected(ref m) if m == "create_veth"));
-        assert_eq!(e.cni_code(), 120);
+        assert_eq!(e.cni_code(), crate::cni::codes::INJECTED);
         assert!(f.pod_link(Path::new("/run/netns/p1"), "eth1").is_none());
         // Only that one call fails.
         f.create_veth(&spec("eth1")).unwrap();

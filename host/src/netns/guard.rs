@@ -183,7 +183,7 @@ mod tests {
         ] {
             let e = NetnsFile::open(p).unwrap_err();
             assert!(matches!(e, NetnsError::InvalidNetns { .. }), "{p:?}: {e}");
-            assert_eq!(e.cni_code(), 4);
+            assert_eq!(e.cni_code(), crate::cni::codes::INVALID_ENV);
         }
     }
 

@@ -55,15 +55,17 @@
 //!
 //! **Errors and CNI codes** ([`NetnsError::cni_code`]):
 //!
-//! | error | code | why |
+//! | error | code ([`crate::cni::codes`]) | why |
 //! |---|---|---|
-//! | `InvalidNetns` (missing, not a netns) | 4 | `CNI_NETNS` is an invalid environment variable (§5) |
-//! | `NodeNetns` (the plugin's own netns) | 8 | what the reference `skel` answers (`ErrInvalidNetNS`) |
-//! | `InvalidInput` (bad MAC, sysctl key) | 7 | invalid network configuration |
-//! | `Netlink`, `LinkNotFound`, `Injected` | 120 | the kernel refused or the link is gone |
-//! | `Sysctl` | 121 | a pod sysctl could not be written |
-//! | `Namespace` (setns, threads) | 122 | entering the pod failed |
-//! | `IfnameExists` | 140 | CNI §2 requires an error when `CNI_IFNAME` exists |
+//! | `InvalidNetns` (missing, not a netns) | 4 (`INVALID_ENV`) | `CNI_NETNS` is an invalid environment variable (§5) |
+//! | `NodeNetns` (the plugin's own netns) | 8 (`INVALID_NETNS`) | what the reference `skel` answers (`ErrInvalidNetNS`) |
+//! | `InvalidInput` (bad MAC, sysctl key) | 7 (`INVALID_CONFIG`) | invalid network configuration |
+//! | `Netlink`, `LinkNotFound` | 123 (`NETLINK`) | the kernel refused or the link is gone |
+//! | `RouteConflict` | 124 (`ROUTE_CONFLICT`) | another attachment's route is there; never replaced |
+//! | `Injected` (the fake's) | 149 (`INJECTED`) | a test's injected failure |
+//! | `Sysctl` | 121 (`SYSCTL`) | a pod sysctl could not be written |
+//! | `Namespace` (setns, threads) | 122 (`NAMESPACE`) | entering the pod failed |
+//! | `IfnameExists` | 140 (`ALREADY_ATTACHED`) | CNI §2 requires an error when `CNI_IFNAME` exists |
 //!
 //! DEL never reports the first two: a missing or foreign netns means there is
 //! nothing left in it to delete.
@@ -86,6 +88,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use crate::cni::codes;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -399,16 +403,15 @@ impl NetnsError {
     /// The CNI error code this maps to (see the module docs for the table).
     pub fn cni_code(&self) -> u32 {
         match self {
-            NetnsError::InvalidNetns { .. } => 4,
-            NetnsError::NodeNetns { .. } => 8,
-            NetnsError::InvalidInput(_) => 7,
-            NetnsError::Netlink { .. }
-            | NetnsError::LinkNotFound { .. }
-            | NetnsError::RouteConflict { .. }
-            | NetnsError::Injected(_) => 120,
-            NetnsError::Sysctl { .. } => 121,
-            NetnsError::Namespace { .. } => 122,
-            NetnsError::IfnameExists { .. } => 140,
+            NetnsError::InvalidNetns { .. } => codes::INVALID_ENV,
+            NetnsError::NodeNetns { .. } => codes::INVALID_NETNS,
+            NetnsError::InvalidInput(_) => codes::INVALID_CONFIG,
+            NetnsError::Netlink { .. } | NetnsError::LinkNotFound { .. } => codes::NETLINK,
+            NetnsError::RouteConflict { .. } => codes::ROUTE_CONFLICT,
+            NetnsError::Injected(_) => codes::INJECTED,
+            NetnsError::Sysctl { .. } => codes::SYSCTL,
+            NetnsError::Namespace { .. } => codes::NAMESPACE,
+            NetnsError::IfnameExists { .. } => codes::ALREADY_ATTACHED,
         }
     }
 
@@ -593,7 +596,7 @@ mod tests {
             "a:58:0a:01:00:05",
         ] {
             let e = bad.parse::<MacAddr>().unwrap_err();
-            assert_eq!(e.cni_code(), 7, "{bad}");
+            assert_eq!(e.cni_code(), codes::INVALID_CONFIG, "{bad}");
         }
     }
 
@@ -619,22 +622,25 @@ mod tests {
                 reason: "gone".into()
             }
             .cni_code(),
-            4
+            codes::INVALID_ENV
         );
-        assert_eq!(NetnsError::NodeNetns { path: p.clone() }.cni_code(), 8);
+        assert_eq!(
+            NetnsError::NodeNetns { path: p.clone() }.cni_code(),
+            codes::INVALID_NETNS
+        );
         assert_eq!(
             NetnsError::IfnameExists {
                 ifname: "eth0".into(),
                 netns: p
             }
             .cni_code(),
-            140
+            codes::ALREADY_ATTACHED
         );
         assert_eq!(
             NetnsError::netlink("add", rtnetlink::Error::RequestFailed).cni_code(),
-            120
+            codes::NETLINK
         );
-        assert_eq!(NetnsError::Injected("x".into()).cni_code(), 120);
+        assert_eq!(NetnsError::Injected("x".into()).cni_code(), codes::INJECTED);
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod tests {
             "net.ipv4.conf.eth 0.x",
         ] {
             let e = sysctl_path(bad).unwrap_err();
-            assert_eq!(e.cni_code(), 7, "{bad}");
+            assert_eq!(e.cni_code(), crate::cni::codes::INVALID_CONFIG, "{bad}");
         }
     }
 

@@ -32,7 +32,7 @@ pub enum NodeCheckError {
     /// A range of the plan overlaps the node (code 104).
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// The node's addresses or routes could not be read (code 120).
+    /// The node's addresses or routes could not be read (code 123).
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -248,7 +248,7 @@ mod tests {
             ),
         ] {
             let e = check(&plan(net, stat), &node()).unwrap_err();
-            assert_eq!(e.cni_code(), 104);
+            assert_eq!(e.cni_code(), crate::cni::codes::POLICY_INVALID_PLAN);
             let NodeCheckError::Plan(p) = e else { panic!() };
             assert!(p.field.ends_with(field), "{net}: {p}");
             assert!(p.message.contains(what), "{net}: {p}");

@@ -98,15 +98,15 @@
 //! Forwarding (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`) is the
 //! node operator's choice: tenet never writes node sysctls.
 //!
-//! **Errors and CNI codes** ([`SdnError::cni_code`]): invalid input 7,
-//! netlink 120, `nft` failed (or a guard batch refused) 130, a failpoint
-//! 149, a resource missing (CHECK, attach) 131, a
-//! name or address taken by something else 132, `nft` missing or unusable 50
-//! (what STATUS reports).
+//! **Errors and CNI codes** ([`SdnError::cni_code`], named in
+//! [`crate::cni::codes`]): invalid input 7, netlink 123, `nft` failed (or a
+//! guard batch refused) 150, a resource missing (CHECK, attach) 151, a name or
+//! address taken by something else 152, `nft` missing or unusable 50 (what
+//! STATUS reports), a failpoint or the fake's injected failure 149.
 //! The MidoNet backend ([`midonet`]) adds: MidoNet or etcd unreachable, a
 //! tenant busy on another node, or MidoNet's concurrent-modification 409s
-//! persisting, 11; MidoNet rejected a call 133; a MidoNet
-//! server error 134; a corrupt topology record 135; no link network left 136.
+//! persisting, 11; MidoNet rejected a call 153; a MidoNet server error 154; a
+//! corrupt topology record 155; no link network left 156.
 
 pub mod fake;
 mod guard;
@@ -120,6 +120,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::cni::codes;
 use crate::ipam::AttachmentKey;
 use crate::netns::{MacAddr, NetnsError};
 
@@ -223,7 +224,7 @@ pub enum SdnError {
     /// Setting up the netlink runtime failed.
     #[error(transparent)]
     Runtime(#[from] NetnsError),
-    /// A failure injected by [`FakeSdn`].
+    /// A failure injected by [`FakeSdn`] (code 149).
     #[error("injected failure in {0}")]
     Injected(String),
     /// A failure injected by a failpoint (`TENET_FAILPOINT`, test builds;
@@ -235,11 +236,11 @@ pub enum SdnError {
         /// What it says.
         msg: String,
     },
-    /// A MidoNet REST call failed (code 11 when unreachable, 133 rejected,
-    /// 134 server error).
+    /// A MidoNet REST call failed (code 11 when unreachable, 153 rejected,
+    /// 154 server error).
     #[error(transparent)]
     Midonet(#[from] midonet::client::ApiError),
-    /// The MidoNet topology records (etcd) failed (11 unreachable, 135
+    /// The MidoNet topology records (etcd) failed (11 unreachable, 155
     /// corrupt).
     #[error(transparent)]
     Records(#[from] midonet::records::RecordsError),
@@ -247,7 +248,7 @@ pub enum SdnError {
     /// was lost (code 11).
     #[error("{0}")]
     Busy(String),
-    /// No link network left for a new tenant router (code 136).
+    /// No link network left for a new tenant router (code 156).
     #[error("{0}")]
     LinkPoolExhausted(String),
 }
@@ -256,19 +257,18 @@ impl SdnError {
     /// The CNI error code this maps to (see the module docs).
     pub fn cni_code(&self) -> u32 {
         match self {
-            SdnError::InvalidInput(_) => 7,
-            SdnError::Netlink { .. } => 120,
-            SdnError::NftUnavailable(_) => 50,
-            SdnError::Nft { .. } | SdnError::Injected(_) => 130,
-            SdnError::Failpoint { .. } => 149,
-            SdnError::Missing { .. } => 131,
-            SdnError::Conflict(_) => 132,
+            SdnError::InvalidInput(_) => codes::INVALID_CONFIG,
+            SdnError::Netlink { .. } => codes::NETLINK,
+            SdnError::NftUnavailable(_) => codes::NOT_AVAILABLE,
+            SdnError::Nft { .. } => codes::NFT_FAILED,
+            SdnError::Injected(_) | SdnError::Failpoint { .. } => codes::INJECTED,
+            SdnError::Missing { .. } => codes::SDN_MISSING,
+            SdnError::Conflict(_) => codes::SDN_CONFLICT,
             SdnError::Runtime(e) => e.cni_code(),
             SdnError::Midonet(e) => e.cni_code(),
-            SdnError::Records(midonet::records::RecordsError::Unavailable(_)) => 11,
-            SdnError::Records(midonet::records::RecordsError::Corrupt { .. }) => 135,
-            SdnError::Busy(_) => 11,
-            SdnError::LinkPoolExhausted(_) => 136,
+            SdnError::Records(e) => e.cni_code(),
+            SdnError::Busy(_) => codes::TRY_AGAIN_LATER,
+            SdnError::LinkPoolExhausted(_) => codes::LINK_POOL_EXHAUSTED,
         }
     }
 
@@ -523,27 +523,33 @@ mod tests {
         assert_eq!(ok, vec!["10.1.0.1/24".parse::<IpNet>().unwrap()]);
         let e =
             gateways(&[("10.1.0.0/24".parse().unwrap(), "10.2.0.1".parse().unwrap())]).unwrap_err();
-        assert_eq!(e.cni_code(), 7);
+        assert_eq!(e.cni_code(), codes::INVALID_CONFIG);
     }
 
     #[test]
     fn error_codes() {
-        assert_eq!(SdnError::NftUnavailable("x".into()).cni_code(), 50);
+        assert_eq!(
+            SdnError::NftUnavailable("x".into()).cni_code(),
+            codes::NOT_AVAILABLE
+        );
         assert_eq!(
             SdnError::Missing {
                 resource: "x".into()
             }
             .cni_code(),
-            131
+            codes::SDN_MISSING
         );
-        assert_eq!(SdnError::Conflict("x".into()).cni_code(), 132);
+        assert_eq!(
+            SdnError::Conflict("x".into()).cni_code(),
+            codes::SDN_CONFLICT
+        );
         assert_eq!(
             SdnError::Nft {
                 op: "x".into(),
                 stderr: "y".into()
             }
             .cni_code(),
-            130
+            codes::NFT_FAILED
         );
     }
 }

@@ -629,6 +629,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, SdnError::NftUnavailable(_)));
-        assert_eq!(e.cni_code(), 50);
+        assert_eq!(e.cni_code(), crate::cni::codes::NOT_AVAILABLE);
     }
 }

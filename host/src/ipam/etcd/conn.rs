@@ -18,6 +18,7 @@ impl From<EtcdError> for IpamError {
         match e {
             EtcdError::Unavailable(detail) => IpamError::Unavailable { detail },
             EtcdError::Refused(m) => IpamError::io("etcd refused", std::io::Error::other(m)),
+            EtcdError::LeaseNotFound(detail) => IpamError::LeaseLost { detail },
             EtcdError::Config(reason) => IpamError::InvalidRequest { reason },
         }
     }

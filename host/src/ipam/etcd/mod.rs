@@ -1126,7 +1126,10 @@ impl IpStore for EtcdStore {
             match self.release_if_unchanged(&h.key, h.revision) {
                 Ok(true) => report.released.push(h.key),
                 Ok(false) => {}
-                Err(e) => report.errors.push(format!("{}: {e}", h.key)),
+                Err(e) => {
+                    report.error_codes.push(e.cni_code());
+                    report.errors.push(format!("{}: {e}", h.key));
+                }
             }
         }
         if !report.released.is_empty() {

@@ -50,9 +50,10 @@ pub(super) struct Recent {
     pub blocks: Vec<(String, BlockRec, i64)>,
 }
 
-/// etcd refused a put because its lease no longer exists.
+/// etcd refused a put because its lease no longer exists (gRPC
+/// `NotFound`, typed by the connection as [`IpamError::LeaseLost`]).
 fn is_lease_gone(e: &IpamError) -> bool {
-    e.to_string().contains("lease not found")
+    matches!(e, IpamError::LeaseLost { .. })
 }
 
 /// A block as read in this attempt, with its pending ordinals.

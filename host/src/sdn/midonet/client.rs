@@ -172,14 +172,21 @@ impl ApiError {
 
     /// The CNI error code: 11 ("try again later") when MidoNet could not be
     /// reached, was overloaded (503) or kept meeting concurrent
-    /// modifications, 133 when it rejected the request, 134 for other
-    /// server errors.
+    /// modifications, 153 when it rejected the request, 154 for other
+    /// server errors and answers that cannot be read.
     pub fn cni_code(&self) -> u32 {
+        use crate::cni::codes;
         match self.kind {
-            ApiErrorKind::Unreachable | ApiErrorKind::Contended => 11,
-            ApiErrorKind::Server if self.status == Some(503) => 11,
-            ApiErrorKind::Server | ApiErrorKind::InvalidResponse => 134,
-            _ => 133,
+            ApiErrorKind::Unreachable | ApiErrorKind::Contended => codes::TRY_AGAIN_LATER,
+            ApiErrorKind::Server if self.status == Some(503) => codes::TRY_AGAIN_LATER,
+            ApiErrorKind::Server | ApiErrorKind::InvalidResponse => codes::MIDONET_SERVER_ERROR,
+            ApiErrorKind::BadRequest
+            | ApiErrorKind::Unauthorized
+            | ApiErrorKind::NotFound
+            | ApiErrorKind::NotAcceptable
+            | ApiErrorKind::UnsupportedMediaType
+            | ApiErrorKind::Conflict
+            | ApiErrorKind::Status => codes::MIDONET_REJECTED,
         }
     }
 }
@@ -1077,7 +1084,7 @@ mod tests {
         let c = client(vec![dead], false);
         let e = c.delete("/ports/p").unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Unreachable);
-        assert_eq!(e.cni_code(), 11);
+        assert_eq!(e.cni_code(), crate::cni::codes::TRY_AGAIN_LATER);
     }
 
     #[test]
@@ -1118,7 +1125,7 @@ mod tests {
         assert_eq!(e.kind, ApiErrorKind::NotAcceptable);
         assert_eq!(e.status, Some(406));
         assert_eq!(e.message, "Not acceptable media type");
-        assert_eq!(e.cni_code(), 133);
+        assert_eq!(e.cni_code(), crate::cni::codes::MIDONET_REJECTED);
         assert_eq!(
             s.seen.lock().unwrap()[0].header("content-type"),
             Some("application/vnd.org.midonet.Router-v3+json")
@@ -1261,7 +1268,7 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Contended, "{e}");
-        assert_eq!(e.cni_code(), 11);
+        assert_eq!(e.cni_code(), crate::cni::codes::TRY_AGAIN_LATER);
         assert_eq!(e.status, Some(409));
         assert!(e.message.contains(cm), "{e}");
         let posts = s
@@ -1280,7 +1287,7 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Conflict);
-        assert_eq!(e.cni_code(), 133);
+        assert_eq!(e.cni_code(), crate::cni::codes::MIDONET_REJECTED);
     }
 
     #[test]

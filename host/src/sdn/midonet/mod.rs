@@ -115,9 +115,9 @@
 //! written, after [`client::CONFLICT_RETRIES`] re-sends), etcd unreachable,
 //! or another node still building the tenant: 11 (try again later). Bad
 //! configuration (`[midonet]`), a tenant subnet in the link pool: 7. MidoNet
-//! rejected a call (4xx): 133; other MidoNet server errors: 134; a corrupt
-//! record: 135; the link-network pool is exhausted: 136. Missing objects
-//! (CHECK, attach before ensure): 131.
+//! rejected a call (4xx): 153; other MidoNet server errors: 154; a corrupt
+//! record: 155; the link-network pool is exhausted: 156. Missing objects
+//! (CHECK, attach before ensure): 151.
 
 pub mod audit;
 pub mod client;
@@ -945,7 +945,7 @@ mod tests {
             ..MidonetConfig::default()
         };
         let e = MidonetSettings::from_config(&c).unwrap_err();
-        assert_eq!(e.cni_code(), 7);
+        assert_eq!(e.cni_code(), crate::cni::codes::INVALID_CONFIG);
         assert!(e.to_string().contains("midonet.provider_router"), "{e}");
         c.provider_router = Some(Uuid::nil().to_string());
         c.host_id = Some("nope".into());
@@ -986,7 +986,7 @@ mod tests {
         ] {
             std::fs::write(&f, text).unwrap();
             let e = client_options(&cfg).unwrap_err();
-            assert_eq!(e.cni_code(), 7, "{text:?}");
+            assert_eq!(e.cni_code(), crate::cni::codes::INVALID_CONFIG, "{text:?}");
             let m = e.to_string();
             assert!(
                 m.contains("midonet.password_file") && m.contains(why),
@@ -1102,7 +1102,7 @@ mod tests {
         let (sdn, mem) = on_memory(&emu, p, h);
         mem.set_unavailable(true);
         let e = sdn.ensure_tenant("acme", &subnets()).unwrap_err();
-        assert_eq!(e.cni_code(), 11, "{e}");
+        assert_eq!(e.cni_code(), crate::cni::codes::TRY_AGAIN_LATER, "{e}");
         assert!(emu.journal().is_empty(), "no MidoNet call without records");
         mem.set_unavailable(false);
         sdn.ensure_tenant("acme", &subnets()).unwrap();
@@ -1130,7 +1130,7 @@ mod tests {
         // and nothing was created.
         let e = sdn.ensure_tenant("acme", &subnets()).unwrap_err();
         assert!(matches!(e, SdnError::Busy(_)), "{e}");
-        assert_eq!(e.cni_code(), 11);
+        assert_eq!(e.cni_code(), crate::cni::codes::TRY_AGAIN_LATER);
         assert!(emu.objects().bridges.is_empty());
         // The holder "crashes": its lease expires; the next ADD proceeds.
         mem.expire_all_leases();
@@ -1171,7 +1171,7 @@ mod tests {
         let v6: Vec<(IpNet, IpAddr)> =
             vec![("fd00::/64".parse().unwrap(), "fd00::1".parse().unwrap())];
         let e = v4_subnets(&v6).unwrap_err();
-        assert_eq!(e.cni_code(), 7);
+        assert_eq!(e.cni_code(), crate::cni::codes::INVALID_CONFIG);
         let v4: Vec<(IpNet, IpAddr)> =
             vec![("10.1.0.0/24".parse().unwrap(), "10.1.0.1".parse().unwrap())];
         assert_eq!(v4_subnets(&v4).unwrap()[0].1, Ipv4Addr::new(10, 1, 0, 1));

@@ -81,6 +81,17 @@ pub enum RecordsError {
     },
 }
 
+impl RecordsError {
+    /// The CNI error code: 11 (try again later) when the store did not
+    /// answer, 155 for a record that does not parse.
+    pub fn cni_code(&self) -> u32 {
+        match self {
+            RecordsError::Unavailable(_) => crate::cni::codes::TRY_AGAIN_LATER,
+            RecordsError::Corrupt { .. } => crate::cni::codes::TOPOLOGY_CORRUPT,
+        }
+    }
+}
+
 /// The key-value store the topology records live in: a handful of etcd v3
 /// operations (get, prefix list, compare-and-swap transaction, leases).
 pub trait TopologyRecords: Send + Sync {
