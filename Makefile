@@ -116,3 +116,17 @@ fuzz:
 
 clean-cache:
 	rm -rf target/cache
+
+## deny: cargo-deny (deny.toml): licenses, duplicate crates (warnings),
+## sources, and RustSec advisories. cargo-deny is installed when missing. The
+## advisory database is fetched from GitHub; where that cannot be reached
+## (offline machines) the advisories check is skipped and said so.
+.PHONY: deny
+deny:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
+	@if $(CARGO) deny fetch db >/dev/null 2>&1; then \
+		$(CARGO) deny check; \
+	else \
+		echo "deny: the advisory database cannot be fetched here: checking licenses, bans and sources only"; \
+		$(CARGO) deny --offline check licenses bans sources; \
+	fi
