@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use common::etcd::{EtcdCluster, TlsFiles, scan};
 use tenet::config::{Config, SdnKind, StoreKind};
 use tenet::etcd::{EtcdConn, EtcdSettings};
-use tenet::ipam::{AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError};
+use tenet::ipam::{
+    AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError, ManualClock,
+};
 use tenet::plan::{AddressRequest, IpFamily, Pool};
 use tenet::sdn::midonet::etcd::EtcdRecords;
 use tenet::sdn::midonet::records::{Cmp, Op, TopologyRecords};
@@ -381,7 +383,11 @@ fn static_addresses_are_honoured_or_refused() {
 fn release_is_idempotent_and_cooldown_holds_addresses_back() {
     let etcd = EtcdCluster::single();
     let mut o = opts(&etcd, "n");
-    o.cooldown = Duration::from_millis(800);
+    // The store's clock moves only when stepped (etcd's leases keep real
+    // time; only cooldowns and hints read this clock).
+    let clock = ManualClock::new();
+    o.cooldown = Duration::from_secs(30);
+    o.clock = clock.shared();
     let s = EtcdStore::new(o).unwrap();
     let p = pool("p", "10.0.0.0/16", 29, &[]); // hosts .2 – .6
     assert_eq!(addr(&s, "a", "t", &[v4(&p)]), "10.0.0.2/29");
@@ -400,7 +406,9 @@ fn release_is_idempotent_and_cooldown_holds_addresses_back() {
     assert_eq!(addr(&s, "e", "t", &[v4(&p)]), "10.0.0.6/29");
     // Only .2 is free and it is cooling down.
     assert_eq!(code(s.reserve(&key("f"), "t", &[v4(&p)])).0, 130);
-    std::thread::sleep(Duration::from_millis(1000));
+    clock.advance(Duration::from_millis(29_999));
+    assert_eq!(code(s.reserve(&key("f"), "t", &[v4(&p)])).0, 130);
+    clock.advance(Duration::from_millis(1));
     assert_eq!(addr(&s, "f", "t", &[v4(&p)]), "10.0.0.2/29");
 }
 

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tenet::ipam::{
-    AttachmentKey, ClaimState, IpStore, IpamError, LocalOptions, LocalStore, ProcessIdentity,
+    AttachmentKey, ClaimState, IpStore, IpamError, LocalOptions, LocalStore, ManualClock,
+    ProcessIdentity,
 };
 use tenet::plan::{AddressRequest, IpFamily, Pool};
 
@@ -366,8 +367,12 @@ fn subnets_run_out() {
 #[test]
 fn cooldown_holds_released_addresses_back() {
     let dir = tempfile::tempdir().unwrap();
+    // The store's clock moves only when stepped: however long the fsynced
+    // writes take, .2 is still cooling until the test says otherwise.
+    let clock = ManualClock::new();
     let o = LocalOptions {
-        cooldown: Duration::from_millis(400),
+        cooldown: Duration::from_secs(30),
+        clock: clock.shared(),
         ..LocalOptions::default()
     };
     let s = store(dir.path(), o);
@@ -381,15 +386,20 @@ fn cooldown_holds_released_addresses_back() {
     assert_eq!(addr(&s, "e", "t", &[v4(&p)]), "10.0.0.6/29");
     // Only .2 is free and it is cooling down.
     assert_eq!(code(s.reserve(&key("f"), "t", &[v4(&p)])).0, 130);
-    std::thread::sleep(Duration::from_millis(500));
+    // A millisecond short of the cooldown: still held back.
+    clock.advance(Duration::from_millis(29_999));
+    assert_eq!(code(s.reserve(&key("f"), "t", &[v4(&p)])).0, 130);
+    clock.advance(Duration::from_millis(1));
     assert_eq!(addr(&s, "f", "t", &[v4(&p)]), "10.0.0.2/29");
 }
 
 #[test]
 fn a_tenant_keeps_its_subnet_through_the_cooldown() {
     let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
     let o = LocalOptions {
-        cooldown: Duration::from_millis(400),
+        cooldown: Duration::from_secs(30),
+        clock: clock.shared(),
         ..LocalOptions::default()
     };
     let s = store(dir.path(), o);
@@ -403,7 +413,7 @@ fn a_tenant_keeps_its_subnet_through_the_cooldown() {
     assert_eq!(addr(&s, "b", "blue", &[v4(&p)]), "10.0.1.2/24");
     assert_eq!(addr(&s, "c", "red", &[v4(&p)]), "10.0.0.3/24");
     s.release(&key("c")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    clock.advance(Duration::from_secs(30));
     // After the cooldown the subnet goes back to the pool, first free again.
     assert_eq!(addr(&s, "d", "green", &[v4(&p)]), "10.0.0.2/24");
     let tenants: Vec<_> = s

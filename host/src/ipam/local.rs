@@ -89,6 +89,9 @@ pub struct LocalOptions {
     /// turn this off for the same reason: nothing it records outlives a
     /// reboot of the node.
     pub durable: bool,
+    /// The clock cooldowns and stale claims are decided on (the system's;
+    /// tests step a [`ManualClock`](super::ManualClock)).
+    pub clock: std::sync::Arc<dyn super::Clock>,
 }
 
 impl Default for LocalOptions {
@@ -99,6 +102,7 @@ impl Default for LocalOptions {
             pending_timeout: Duration::from_secs(300),
             claimer: None,
             durable: true,
+            clock: super::clock::system(),
         }
     }
 }
@@ -149,12 +153,6 @@ impl ProcessIdentity {
 pub struct LocalStore {
     root: PathBuf,
     options: LocalOptions,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -320,7 +318,7 @@ impl LocalStore {
         let mut st = load(&path)?;
         let ctx = Ctx {
             network,
-            now_ms: now_ms(),
+            now_ms: self.options.clock.now_ms(),
             cooldown_ms: millis(self.options.cooldown),
             is_stale: &claim_is_stale,
         };

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 mod alloc;
+pub mod clock;
 pub mod etcd;
 pub mod fake;
 pub mod local;
@@ -51,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::AddressRequest;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use fake::{FakeIpStore, IpStoreCall};
 pub use local::{LocalOptions, LocalStore, ProcessIdentity};

@@ -228,7 +228,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ipnet::IpNet;
@@ -283,6 +283,9 @@ pub struct EtcdOptions {
     /// execs, so that the next starts there (`<state_dir>/etcd-member`
     /// from a configuration; `None`: not remembered). See [`crate::etcd`].
     pub member_file: Option<PathBuf>,
+    /// The clock cooldowns, hints and lease renewal are decided on (the
+    /// system's; tests step a [`ManualClock`](crate::ipam::ManualClock)).
+    pub clock: std::sync::Arc<dyn crate::ipam::Clock>,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -300,6 +303,7 @@ impl std::fmt::Debug for EtcdOptions {
             .field("tls", &self.tls.is_some())
             .field("hint_dir", &self.hint_dir)
             .field("member_file", &self.member_file)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -323,6 +327,7 @@ impl EtcdOptions {
             tls: None,
             hint_dir: None,
             member_file: None,
+            clock: crate::ipam::clock::system(),
         }
     }
 
@@ -350,6 +355,7 @@ impl EtcdOptions {
             tls: conn.tls,
             hint_dir: Some(cfg.state_dir.join("etcd-hints")),
             member_file: conn.member_file,
+            clock: crate::ipam::clock::system(),
         })
     }
 
@@ -404,12 +410,6 @@ fn hostname() -> Result<String, IpamError> {
         });
     }
     Ok(h)
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(super) fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, IpamError> {
@@ -531,6 +531,11 @@ impl EtcdStore {
         &self.opts
     }
 
+    /// Now, on the store's clock ([`EtcdOptions::clock`]).
+    pub(super) fn now_ms(&self) -> u64 {
+        self.opts.clock.now_ms()
+    }
+
     fn cooldown_ms(&self) -> u64 {
         u64::try_from(self.opts.cooldown.as_millis()).unwrap_or(u64::MAX)
     }
@@ -556,7 +561,7 @@ impl EtcdStore {
         };
         let o = &self.opts;
         let mut f = hint::HintFile::open(f);
-        let Some(mut h) = f.load(&o.prefix, network, &o.node_name, now_ms(), self.ttl_ms()) else {
+        let Some(mut h) = f.load(&o.prefix, network, &o.node_name, self.now_ms(), self.ttl_ms()) else {
             return;
         };
         let mut changed = false;
@@ -703,7 +708,7 @@ impl EtcdStore {
             let hk = self.keys.handle(key);
             let mut compares = vec![Compare::mod_revision(hk.as_str(), CompareOp::Equal, rev)];
             let mut ops = Vec::new();
-            let now = now_ms();
+            let now = self.now_ms();
             let mut done: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for a in &h.allocations {
                 let bk = self.block_key(&key.network, &h, a);
@@ -770,7 +775,7 @@ impl EtcdStore {
             let hk = self.keys.handle(key);
             let mut compares = vec![Compare::mod_revision(hk.as_str(), CompareOp::Equal, rev)];
             let mut ops = vec![TxnOp::delete(hk.as_str(), None)];
-            let now = now_ms();
+            let now = self.now_ms();
             let mut done: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for a in &h.allocations {
                 let bk = self.block_key(&key.network, &h, a);
@@ -869,7 +874,7 @@ impl EtcdStore {
     pub fn blocks(&self, network: Option<&str>) -> Result<Vec<BlockInfo>, IpamError> {
         self.conn.run("listing blocks", |etcd| async move {
             let mut out = Vec::new();
-            let now = now_ms();
+            let now = self.now_ms();
             for n in self.networks_async(&etcd, network).await? {
                 let prefix = self.keys.all_blocks(&n);
                 let kvs = etcd.scan(&prefix, false).await?;
@@ -915,7 +920,7 @@ impl EtcdStore {
     pub fn reclaim_empty(&self, network: &str) -> Result<(usize, usize), IpamError> {
         validate_network_name(network)?;
         self.conn.run("reclaiming empty blocks", |etcd| async move {
-            let now = now_ms();
+            let now = self.now_ms();
             let cd = self.cooldown_ms();
             let k = &self.keys;
             let prefix = k.all_blocks(network);

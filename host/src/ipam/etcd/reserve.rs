@@ -19,7 +19,7 @@ use super::conn::{Etcd, Reads, Written};
 use super::hint::{BlockHint, HintFile, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
 use super::model::{BlockRec, HandleAlloc, HandleRec, PoolRec, SubnetRec};
-use super::{EtcdStore, decode, now_ms};
+use super::{EtcdStore, decode};
 use crate::ipam::alloc::{Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
 use crate::ipam::{Allocation, AttachmentKey, ClaimState, IpamError};
 use crate::plan::AddressRequest;
@@ -556,7 +556,7 @@ pub(super) async fn reserve(
     let mut hint_file = s.hint_file(net).map(HintFile::open);
     let hints = hint_file
         .as_mut()
-        .and_then(|f| f.load(&s.opts.prefix, net, &s.opts.node_name, now_ms(), ttl_ms));
+        .and_then(|f| f.load(&s.opts.prefix, net, &s.opts.node_name, s.now_ms(), ttl_ms));
     // A sticky owner's previous address is not hinted: read.
     let mut source = if hints.is_some() && owner.is_none() && !requests.is_empty() {
         Source::Hints
@@ -619,7 +619,7 @@ pub(super) async fn reserve(
         // one, published for the node's next ADDs in the same transaction.
         // A confirmed claim has none.
         let (lease, publish) = if want == ClaimState::Pending {
-            let now = now_ms();
+            let now = s.now_ms();
             let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
             let shared = view.lease.filter(|l| !distrust_shared && usable(l));
             match (shared, granted) {
@@ -727,7 +727,7 @@ pub(super) async fn reserve(
             tenant,
             owner,
             holder: holder_of(key),
-            now: now_ms(),
+            now: s.now_ms(),
             want,
             lease: lease_id,
             races,
