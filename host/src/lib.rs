@@ -3,10 +3,16 @@
 //! The `tenet` binary parses a CNI invocation ([`cni`]), runs the policy
 //! pipeline ([`policy`]) that turns the request into a [`plan::Plan`],
 //! validates it on the host side ([`plan::validate`]), and answers in the
-//! runtime's CNI version. `tenetctl` drives the same library for operators.
-//! The backends that apply a plan are one trait each: [`netns`] (pod
-//! namespaces, rtnetlink) and [`sdn`] (tenant networks: Linux bridge and
-//! nftables).
+//! runtime's CNI version.
+//! [`apply`] applies the plan through one trait per backend: [`netns`] (pod
+//! namespaces, rtnetlink), [`ipam`] (address stores: the node-local files
+//! or the cluster store in etcd) and [`sdn`] (tenant networks: the Linux
+//! bridge + nftables backend, or MidoNet over its REST API with topology
+//! records in etcd). [`etcd`] is the one etcd connection both share;
+//! [`kube`] reads pod and namespace labels from the Kubernetes API;
+//! [`commands`] runs each CNI verb; every CNI error code is in
+//! [`cni::codes`]. `tenetctl` ([`ctl`], with the `compiler` feature) drives
+//! the same library for operators.
 
 pub mod apply;
 pub mod cni;

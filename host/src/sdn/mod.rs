@@ -1,11 +1,12 @@
-//! Tenant networks on the node: one Linux bridge per tenant, nftables rules
-//! that keep tenants apart, optional masquerading.
+//! Tenant networks: the [`Sdn`] trait the apply engine drives, its errors
+//! and their CNI codes, and two backends: [`LinuxSdn`] (the embedded
+//! default, no services: one Linux bridge per tenant, nftables rules that
+//! keep tenants apart, optional masquerading; documented below) and
+//! [`MidonetSdn`] (module [`midonet`]: a router and bridge per tenant in
+//! MidoNet over its REST API, topology records in etcd). [`FakeSdn`] is a
+//! recording double for the apply engine's unit tests.
 //!
-//! # Design
-//!
-//! [`Sdn`] is the backend trait the apply engine drives; [`LinuxSdn`] is the
-//! embedded implementation (bridge + nftables, no services), [`FakeSdn`] a
-//! recording double. MidoNet implements the same trait elsewhere.
+//! # The Linux backend
 //!
 //! The threat model and every rule with its reason: `docs/isolation.md`.
 //!

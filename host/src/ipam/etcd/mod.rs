@@ -561,7 +561,13 @@ impl EtcdStore {
         };
         let o = &self.opts;
         let mut f = hint::HintFile::open(f);
-        let Some(mut h) = f.load(&o.prefix, network, &o.node_name, self.now_ms(), self.ttl_ms()) else {
+        let Some(mut h) = f.load(
+            &o.prefix,
+            network,
+            &o.node_name,
+            self.now_ms(),
+            self.ttl_ms(),
+        ) else {
             return;
         };
         let mut changed = false;
