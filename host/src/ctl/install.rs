@@ -176,7 +176,17 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
 
     // 2. Modules, then the manifest (which may need its module paths rewritten).
     ensure_dir("--install-module-dir", &module_dest)?;
-    let search = args.modules.options()?.module_dirs;
+    let mut search = args.modules.options()?.module_dirs;
+    // `oci://` modules are pulled (signature checked, with the key of the
+    // tenet.toml in --config-dir) straight into the module dir.
+    search.push(module_dest.clone());
+    super::oci::pull_missing(
+        &manifest,
+        &search,
+        &module_dest,
+        &base.distribution,
+        report.out,
+    )?;
     let mut installed_modules: Vec<PathBuf> = Vec::new();
     let mut rewrites: Vec<(usize, PathBuf)> = Vec::new();
     for (i, stage) in manifest.stages.iter().enumerate() {
@@ -189,6 +199,9 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         })?;
         let dest = match &stage.module {
             ModuleRef::Named(n) => module_dest.join(format!("{n}.wasm")),
+            // Found under the name tenet looks for; the manifest keeps the
+            // reference.
+            ModuleRef::Oci(r) => module_dest.join(r.file_name().unwrap_or_default()),
             ModuleRef::Path(p) => {
                 let file = p.file_name().ok_or_else(|| {
                     CtlError(format!(
