@@ -181,7 +181,7 @@ fn new_build_test_pin_and_add_out_of_tree() {
         e.push(("TENET_MODULE_DIRS", dirs.clone()));
         e
     };
-    fn refs(e: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+    fn refs<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
         e.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
     let ok = Pod::new("journey-ok", "team-a");
