@@ -585,3 +585,75 @@ fn a_corrupt_layer_or_a_foreign_media_type_is_refused() {
     assert!(err.contains("the layer served has digest"), "{err}");
     assert!(empty(&dir), "a refused module was written");
 }
+
+#[test]
+#[ignore = "needs docker-registry, openssl: make test runs it"]
+fn install_pulls_oci_modules_with_the_key_of_its_tenet_toml() {
+    let e = Env::new();
+    let (key, public) = keypair(e.tmp.path(), "a");
+    let reference = e.push("tenant-map", "team/tenant:v1");
+    e.sign(&key, &reference);
+    let pipeline = common::manifest(
+        e.tmp.path(),
+        "p.toml",
+        &format!(
+            "[[stage]]\nname = \"tenant\"\nmodule = \"{reference}\"\n[stage.settings]\nfromNamespace = true\n"
+        ),
+    );
+    let install = |root: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tenetctl"))
+            .arg("install")
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .args(["--tenet-bin", env!("CARGO_BIN_EXE_tenet")])
+            .arg("--bin-dir")
+            .arg(root.join("bin"))
+            .arg("--conf-dir")
+            .arg(root.join("net.d"))
+            .arg("--config-dir")
+            .arg(root.join("etc"))
+            .arg("--install-module-dir")
+            .arg(root.join("modules"))
+            .arg("--cache-dir")
+            .arg(root.join("cache"))
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .env("TENET_CONFIG", "/dev/null")
+            .env_remove("TENET_MODULE_DIRS")
+            .output()
+            .unwrap()
+    };
+    // No key configured: refused, naming what to configure.
+    let bare = e.path("bare");
+    let err = fails(&install(&bare));
+    assert!(
+        err.contains("verify_key") && err.contains(&reference),
+        "{err}"
+    );
+    assert!(empty(&bare.join("modules")));
+
+    let root = e.path("node");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/tenet.toml"),
+        format!(
+            "[distribution]\nverify_key = \"{}\"\ninsecure_registries = [\"{}\"]\n",
+            public.display(),
+            e.reg.addr
+        ),
+    )
+    .unwrap();
+    let out = ok(&install(&root));
+    assert!(out.contains("signature verified"), "{out}");
+    assert_eq!(
+        std::fs::read(
+            root.join("modules")
+                .join(format!("oci-sha256-{}.wasm", digest_of(&reference)))
+        )
+        .unwrap(),
+        module_bytes("tenant-map")
+    );
+    // The installed pipeline keeps the reference.
+    let installed = std::fs::read_to_string(root.join("etc/policies/p.toml")).unwrap();
+    assert!(installed.contains(&reference), "{installed}");
+}
