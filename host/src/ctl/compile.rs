@@ -8,6 +8,10 @@
 //! so that re-pinning from this command's output never blesses a changed
 //! file. `--pin` is the deliberate way to (re)pin: it writes each module
 //! file's digest into the pipeline file, keeping its comments and layout.
+//!
+//! `oci://…@sha256:…` stages whose module no module dir holds are pulled
+//! first, into the first module dir, with `[distribution] verify_key`
+//! (ctl/oci).
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,9 @@
 //! 1. `tenet` and `tenetctl` go into the CNI plugin directory (`--bin-dir`);
 //!    `tenet` runs `tenetctl` from beside itself to rebuild a missing artifact.
 //! 2. The pipeline manifest goes to `<config-dir>/policies/`, the modules it
-//!    names to `--install-module-dir`.
+//!    names to `--install-module-dir`; `oci://…@sha256:…` modules not found
+//!    locally are pulled there, their signature checked with the
+//!    `[distribution] verify_key` of the `tenet.toml` in `--config-dir`.
 //! 3. `<config-dir>/tenet.toml` is written only when absent: an operator's
 //!    file is never replaced.
 //! 4. Every module is precompiled into the artifact cache (the same code as
