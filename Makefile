@@ -12,6 +12,7 @@ APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hy
 APT_PACKAGES += time
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
+APT_PACKAGES += docker-registry
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.

@@ -59,6 +59,26 @@ pub struct Config {
     /// The Kubernetes API (pod and namespace labels, when a network's
     /// configuration asks for them).
     pub kubernetes: KubernetesConfig,
+    /// Pulling `oci://` modules (`[distribution]`; tenetctl only).
+    pub distribution: DistributionConfig,
+}
+
+/// `[distribution]`: how `tenetctl policy compile` and `tenetctl install`
+/// pull the `oci://…@sha256:…` modules a pipeline names (the CNI exec never
+/// pulls: it reads what these put in the module dirs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributionConfig {
+    /// PEM `PUBLIC KEY` (e.g. `cosign.pub`, ECDSA P-256) a pulled module's
+    /// cosign signature must verify with. Unset: pipelines' `oci://`
+    /// modules are not pulled (they must already be in a module dir).
+    pub verify_key: Option<PathBuf>,
+    /// Registries (`host:port`) reached over plain HTTP instead of HTTPS,
+    /// e.g. a registry on loopback. Signatures are checked all the same.
+    pub insecure_registries: Vec<String>,
+    /// PEM CA bundle trusted for HTTPS registries; the system's roots
+    /// (`/etc/ssl/certs/ca-certificates.crt`) when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How to reach the Kubernetes API server for pod and namespace labels.
@@ -486,6 +506,7 @@ impl Default for Config {
             midonet: MidonetConfig::default(),
             addresses: AddressesConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            distribution: DistributionConfig::default(),
         }
     }
 }
@@ -660,6 +681,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.pipeline.as_deref(), Some(Path::new("/net.toml")));
         assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn distribution_section_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenet.toml");
+        std::fs::write(
+            &file,
+            "[distribution]\nverify_key = \"/etc/tenet/cosign.pub\"\n\
+             insecure_registries = [\"127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None).unwrap();
+        assert_eq!(
+            c.distribution.verify_key.as_deref(),
+            Some(Path::new("/etc/tenet/cosign.pub"))
+        );
+        assert_eq!(c.distribution.insecure_registries, ["127.0.0.1:5000"]);
+        std::fs::write(&file, "[distribution]\nverify = \"x\"\n").unwrap();
+        let e = Config::load(&env(&[("TENET_CONFIG", file.to_str().unwrap())]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("verify"), "{e}");
     }
 
     /// A `[midonet]` section that passes [`MidonetConfig::validate`].

@@ -52,6 +52,14 @@ enum PolicyCmd {
     New(ctl::new::NewArgs),
     /// Time and fuel per stage over N runs of a pipeline.
     Bench(ctl::bench::BenchArgs),
+    /// Publish a module to an OCI registry as a Wasm artifact; prints the
+    /// pinned reference (oci://…@sha256:…).
+    Push(ctl::oci::PushArgs),
+    /// Sign a pushed module, cosign-compatible (ECDSA P-256 key, PEM).
+    Sign(ctl::oci::SignArgs),
+    /// Fetch a module from an OCI registry after checking its digests and
+    /// its signature, into a module dir.
+    Pull(ctl::oci::PullArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,9 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::Inspect(a)) => ctl::inspect::run(a, &mut out),
         Top::Policy(PolicyCmd::New(a)) => ctl::new::run(a, &mut out),
         Top::Policy(PolicyCmd::Bench(a)) => ctl::bench::run(a, &mut out),
+        Top::Policy(PolicyCmd::Push(a)) => ctl::oci::push(a, &mut out),
+        Top::Policy(PolicyCmd::Sign(a)) => ctl::oci::sign(a, &mut out),
+        Top::Policy(PolicyCmd::Pull(a)) => ctl::oci::pull(a, &mut out),
         Top::Midonet(c) => ctl::midonet::run(c, &mut out),
         Top::Ipam(c) => ctl::ipam::run(c, &mut out),
     };

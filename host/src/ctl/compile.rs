@@ -8,6 +8,10 @@
 //! so that re-pinning from this command's output never blesses a changed
 //! file. `--pin` is the deliberate way to (re)pin: it writes each module
 //! file's digest into the pipeline file, keeping its comments and layout.
+//!
+//! `oci://…@sha256:…` stages whose module no module dir holds are pulled
+//! first, into the first module dir, with `[distribution] verify_key`
+//! (ctl/oci).
 
 use std::path::{Path, PathBuf};
 
@@ -114,6 +118,13 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     let opts = args.modules.options()?;
     let cache = ArtifactCache::new(&opts.cache_dir);
     let manifest = Manifest::load(&args.pipeline).map_err(CtlError::msg)?;
+    // `oci://` modules no module dir has yet are pulled (signature checked)
+    // into the first module dir, where `tenet` will look for them.
+    if let Some(dest) = opts.module_dirs.first() {
+        let cfg =
+            crate::config::Config::load(&super::process_env(), None).map_err(CtlError::msg)?;
+        super::oci::pull_missing(&manifest, &opts.module_dirs, dest, &cfg.distribution, out)?;
+    }
     let found = find_modules(&manifest, &opts.module_dirs)?;
     if args.pin {
         write_pins(&args.pipeline, &found)?;

@@ -4,7 +4,9 @@
 //! 1. `tenet` and `tenetctl` go into the CNI plugin directory (`--bin-dir`);
 //!    `tenet` runs `tenetctl` from beside itself to rebuild a missing artifact.
 //! 2. The pipeline manifest goes to `<config-dir>/policies/`, the modules it
-//!    names to `--install-module-dir`.
+//!    names to `--install-module-dir`; `oci://…@sha256:…` modules not found
+//!    locally are pulled there, their signature checked with the
+//!    `[distribution] verify_key` of the `tenet.toml` in `--config-dir`.
 //! 3. `<config-dir>/tenet.toml` is written only when absent: an operator's
 //!    file is never replaced.
 //! 4. Every module is precompiled into the artifact cache (the same code as
@@ -176,7 +178,17 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
 
     // 2. Modules, then the manifest (which may need its module paths rewritten).
     ensure_dir("--install-module-dir", &module_dest)?;
-    let search = args.modules.options()?.module_dirs;
+    let mut search = args.modules.options()?.module_dirs;
+    // `oci://` modules are pulled (signature checked, with the key of the
+    // tenet.toml in --config-dir) straight into the module dir.
+    search.push(module_dest.clone());
+    super::oci::pull_missing(
+        &manifest,
+        &search,
+        &module_dest,
+        &base.distribution,
+        report.out,
+    )?;
     let mut installed_modules: Vec<PathBuf> = Vec::new();
     let mut rewrites: Vec<(usize, PathBuf)> = Vec::new();
     for (i, stage) in manifest.stages.iter().enumerate() {
@@ -189,6 +201,9 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         })?;
         let dest = match &stage.module {
             ModuleRef::Named(n) => module_dest.join(format!("{n}.wasm")),
+            // Found under the name tenet looks for; the manifest keeps the
+            // reference.
+            ModuleRef::Oci(r) => module_dest.join(r.file_name().unwrap_or_default()),
             ModuleRef::Path(p) => {
                 let file = p.file_name().ok_or_else(|| {
                     CtlError(format!(

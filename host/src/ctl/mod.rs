@@ -11,6 +11,7 @@ pub mod install;
 pub mod ipam;
 pub mod midonet;
 pub mod new;
+pub mod oci;
 pub mod plan;
 
 use std::path::{Path, PathBuf};

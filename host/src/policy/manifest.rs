@@ -93,6 +93,11 @@ pub enum ModuleRef {
     Named(String),
     /// An explicit path (relative paths are relative to the manifest).
     Path(PathBuf),
+    /// A module published to an OCI registry, pinned by manifest digest
+    /// (`oci://registry/repo@sha256:…`). Resolved from the module dirs as
+    /// `oci-sha256-<hex>.wasm`, written by `tenetctl policy pull`; never
+    /// fetched by the CNI exec (see `policy::oci`).
+    Oci(super::oci::OciRef),
 }
 
 impl std::fmt::Display for ModuleRef {
@@ -100,6 +105,7 @@ impl std::fmt::Display for ModuleRef {
         match self {
             ModuleRef::Named(n) => write!(f, "{n}"),
             ModuleRef::Path(p) => write!(f, "{}", p.display()),
+            ModuleRef::Oci(r) => write!(f, "{r}"),
         }
     }
 }
@@ -318,6 +324,19 @@ fn parse_module_ref(base: &Path, s: &str) -> Result<ModuleRef, String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
+    if s.starts_with(super::oci::SCHEME) {
+        let r = super::oci::OciRef::parse(s)?;
+        if r.digest.is_none() {
+            // A tag can be moved to other content: what runs must not
+            // change behind the pipeline's back.
+            return Err(format!(
+                "{s:?} names a tag; a pipeline takes an OCI module by digest only \
+                 (oci://{}@sha256:…, as printed by `tenetctl policy push` or `tenetctl policy pull`)",
+                r.repo_name()
+            ));
+        }
+        return Ok(ModuleRef::Oci(r));
+    }
     if s.contains('/') || s.ends_with(".wasm") {
         let p = Path::new(s);
         return Ok(ModuleRef::Path(if p.is_absolute() {
@@ -489,6 +508,14 @@ mod tests {
                 "stage[0].timeout_ms",
             ),
             ("timeout_ms = 600000\n", "timeout_ms"),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"oci://r.example/q:v1\"\n",
+                "stage[0].module (a): \"oci://r.example/q:v1\" names a tag",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\nmodule = \"oci://r.example/q@sha256:12\"\n",
+                "stage[0].module",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(text).unwrap_err().to_string();
@@ -496,6 +523,23 @@ mod tests {
             assert!(e.contains(field), "{field} not in {e}");
             assert!(!e.contains('\n'), "multi-line error: {e}");
         }
+    }
+
+    #[test]
+    fn oci_digest_references_are_modules() {
+        let d = "ab".repeat(32);
+        let m = parse(&format!(
+            "[[stage]]\nname = \"q\"\nmodule = \"oci://127.0.0.1:5000/team/q@sha256:{d}\"\n"
+        ))
+        .unwrap();
+        let ModuleRef::Oci(r) = &m.stages[0].module else {
+            panic!("{:?}", m.stages[0].module)
+        };
+        assert_eq!(r.file_name().unwrap(), format!("oci-sha256-{d}.wasm"));
+        assert_eq!(
+            m.stages[0].module.to_string(),
+            format!("oci://127.0.0.1:5000/team/q@sha256:{d}")
+        );
     }
 
     #[test]

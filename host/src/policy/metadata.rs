@@ -448,6 +448,7 @@ fn pipeline_version(manifest: &Manifest, module_dirs: &[PathBuf]) -> String {
             match &spec.module {
                 ModuleRef::Named(n) => n.clone(),
                 ModuleRef::Path(p) => p.display().to_string(),
+                ModuleRef::Oci(r) => r.to_string(),
             },
             spec.sha256
         ));

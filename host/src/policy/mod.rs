@@ -26,6 +26,7 @@ pub mod engine;
 mod host;
 pub mod manifest;
 pub mod metadata;
+pub mod oci;
 mod pipeline;
 
 pub use host::log_limits;

@@ -829,20 +829,42 @@ fn resolve_module_meta(
             Some(m) => Ok((p.clone(), m)),
             None => Err(format!("module file {} not found", p.display())),
         },
-        ModuleRef::Named(n) => dirs
-            .iter()
-            .map(|d| d.join(format!("{n}.wasm")))
-            .find_map(|p| file(&p).map(|m| (p, m)))
-            .ok_or_else(|| {
+        ModuleRef::Named(n) => find_in_dirs(dirs, &format!("{n}.wasm"))
+            .ok_or_else(|| format!("module {n:?} not found in {}", list_dirs(dirs))),
+        // Never fetched here (the CNI exec has no business on the network):
+        // a pull by tenetctl put it in a module dir, or it is missing.
+        ModuleRef::Oci(r) => {
+            let name = r
+                .file_name()
+                .ok_or_else(|| format!("{r}: a pipeline names OCI modules by digest only"))?;
+            find_in_dirs(dirs, &name).ok_or_else(|| {
                 format!(
-                    "module {n:?} not found in {}",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "module {r} has not been pulled: no {name} in {}; pull it with \
+                     `tenetctl policy pull {r} --verify-key KEY.pub --module-dir DIR` \
+                     (or `tenetctl policy compile`/`install` with [distribution] verify_key); \
+                     the CNI plugin never fetches modules",
+                    list_dirs(dirs)
                 )
-            }),
+            })
+        }
     }
+}
+
+/// The first `<dir>/<name>` that is a file, with its metadata.
+fn find_in_dirs(dirs: &[PathBuf], name: &str) -> Option<(PathBuf, std::fs::Metadata)> {
+    dirs.iter().map(|d| d.join(name)).find_map(|p| {
+        std::fs::metadata(&p)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| (p, m))
+    })
+}
+
+fn list_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The imports and exports a loaded component must have, its imports

@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod etcd;
 pub mod kube;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 
