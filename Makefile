@@ -13,6 +13,9 @@ APT_PACKAGES += time
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
 APT_PACKAGES += docker-registry
+# The node image's static binaries (musl-gcc for ring's C code) and the venv
+# of deploy/'s schema validator (make image, make deploy-check).
+APT_PACKAGES += musl-tools python3-venv
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.
@@ -80,7 +83,7 @@ golden: build guests
 	$(TENETCTL_BIN) policy test --module-dir $(MODULE_DIR) --cache-dir target/cache policies/tests
 
 ## test: everything CI runs.
-test: deps lint sdk-example unit-test golden
+test: deps lint sdk-example unit-test golden deploy-check
 
 ## demo: the main job on the embedded default (no services needed): pods of
 ## two tenants in a throwaway node namespace, through the real `tenet`.
@@ -131,3 +134,58 @@ deny:
 		echo "deny: the advisory database cannot be fetched here: checking licenses, bans and sources only"; \
 		$(CARGO) deny --offline check licenses bans sources; \
 	fi
+# ------------------------------------------------------------ deploy / image
+# deploy/ (DaemonSet, RBAC, ConfigMap) and the node image; docs/kubernetes.md.
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE        ?= ghcr.io/tenet/tenet:$(VERSION)
+MUSL_TARGET  := x86_64-unknown-linux-musl
+# Its own target dir: a musl build never invalidates the glibc one.
+MUSL_DIR     := target/musl
+MUSL_OUT     := $(MUSL_DIR)/$(MUSL_TARGET)/ctl
+IMAGE_CTX    := target/image/context
+# deploy/'s schema validator (PyPI kubernetes-validate: the OpenAPI schemas
+# of Kubernetes 1.25-1.37 bundled, strict mode), in a venv of its own.
+DEPLOY_VENV  := target/deploy-venv
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+
+.PHONY: deploy-configmap deploy-check musl image image-test
+
+## deploy-configmap: regenerate deploy/10-configmap.yaml from conf/tenet.toml
+## and policies/rainbond.toml (deploy-check fails when they drift).
+deploy-configmap:
+	deploy/gen-configmap.sh
+
+## deploy-check: deploy/ against the Kubernetes OpenAPI schemas (strict), the
+## RBAC/DaemonSet contract, and negative checks that each can fail.
+deploy-check: apt
+	@if ! $(DEPLOY_VENV)/bin/kubernetes-validate --version 2>/dev/null | grep -qF '$(KUBERNETES_VALIDATE_VERSION)'; then \
+	  /usr/bin/python3 -m venv $(DEPLOY_VENV); \
+	  $(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)'; \
+	fi
+	tests/deploy/check.sh $(DEPLOY_VENV)
+
+## musl: static tenet and tenetctl for the image, both with the `ctl` profile
+## (thin LTO: a cold CI build is minutes shorter than fat LTO).
+musl: apt
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(CARGO) build --profile ctl -p tenet --no-default-features --bin tenet --target $(MUSL_TARGET) --target-dir $(MUSL_DIR)
+	$(CARGO) build --profile ctl -p tenet --bin tenetctl --target $(MUSL_TARGET) --target-dir $(MUSL_DIR)
+
+## image: the node image $(IMAGE) (deploy/Containerfile, FROM scratch) with
+## podman, or buildah when podman is missing. IMAGE=... to tag it otherwise.
+image: musl guests
+	rm -rf $(IMAGE_CTX)
+	install -D -m 0755 -t $(IMAGE_CTX) $(MUSL_OUT)/tenet $(MUSL_OUT)/tenetctl
+	install -D -m 0644 -t $(IMAGE_CTX)/usr/share/tenet/modules \
+	  $(addprefix $(MODULE_DIR)/,tenant-map.wasm ipam-policy.wasm route-dns.wasm rainbond-egress.wasm)
+	install -D -m 0644 -t $(IMAGE_CTX)/usr/share/tenet/policies policies/*.toml
+	install -D -m 0644 conf/tenet.toml $(IMAGE_CTX)/usr/share/tenet/tenet.toml
+	@if command -v podman >/dev/null; then b="podman build"; \
+	 elif command -v buildah >/dev/null; then b="buildah bud"; \
+	 else echo "make image needs podman or buildah" >&2; exit 1; fi; \
+	 $$b --network none --build-arg VERSION=$(VERSION) -f deploy/Containerfile -t $(IMAGE) $(IMAGE_CTX)
+
+## image-test: the image's binaries run with no shell and no network, and its
+## `tenetctl install` sets up a node (tests/deploy/image-test.sh).
+image-test: image
+	tests/deploy/image-test.sh $(IMAGE) $(VERSION)

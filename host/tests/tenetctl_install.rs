@@ -352,3 +352,134 @@ fn errors_name_the_flag_or_path() {
     // Nothing was written for a refused run but what came before the error.
     assert!(!l.p("net.d").exists());
 }
+
+/// Every entry of a directory, for "no temporary file left" checks.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn plugin_source_puts_the_chained_plugins_into_the_bin_dir_before_the_conflist() {
+    let l = Layout::new();
+    let src = l.p("plugins");
+    std::fs::create_dir(&src).unwrap();
+    let src_arg = src.to_str().unwrap();
+
+    // A source that is not a directory (a typo) is refused, not ignored.
+    let nope = l.p("no-such-dir");
+    let r = l.install(&["--chain-portmap", "--plugin-source", nope.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("--plugin-source") && r.stderr.contains("not a directory"),
+        "{}",
+        r.stderr
+    );
+
+    // Neither the source nor the bin dir has portmap: refused, named, and no
+    // conflist names a plugin the runtime cannot find.
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("--plugin-source")
+            && r.stderr.contains("portmap")
+            && r.stderr.contains(src_arg),
+        "{}",
+        r.stderr
+    );
+    assert!(!l.p("net.d/10-tenet.conflist").exists());
+    assert!(!l.p("bin/portmap").exists());
+
+    // Copied, executable, byte for byte, no temporary file left.
+    std::fs::write(src.join("portmap"), b"portmap v1").unwrap();
+    std::fs::write(src.join("bridge"), b"not chained").unwrap();
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("installed plugin"), "{}", r.stdout);
+    assert_eq!(std::fs::read(l.p("bin/portmap")).unwrap(), b"portmap v1");
+    assert_eq!(mode(&l.p("bin/portmap")), 0o755);
+    assert_eq!(
+        names(&l.p("bin")),
+        ["portmap", "tenet", "tenetctl"],
+        "only the chained plugin"
+    );
+    assert_eq!(
+        l.conflist("10-tenet.conflist")["plugins"][1]["type"],
+        "portmap"
+    );
+
+    // Twice: nothing changes.
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("unchanged plugin"), "{}", r.stdout);
+    assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
+
+    // A new plugin in the source replaces the installed one.
+    std::fs::write(src.join("portmap"), b"portmap v2").unwrap();
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("updated   plugin"), "{}", r.stdout);
+    assert_eq!(std::fs::read(l.p("bin/portmap")).unwrap(), b"portmap v2");
+
+    // A source without it keeps the bin dir's copy (a node whose packages
+    // already put portmap there) and says so.
+    std::fs::remove_file(src.join("portmap")).unwrap();
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("note: kept"), "{}", r.stdout);
+    assert_eq!(std::fs::read(l.p("bin/portmap")).unwrap(), b"portmap v2");
+
+    // No --plugin-source and no plugin in the bin dir: installed (a runtime
+    // with several plugin dirs may find it), with a warning naming the flag.
+    let l2 = Layout::new();
+    let r = l2.install(&["--chain-portmap"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("has no `portmap`") && r.stdout.contains("--plugin-source"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn config_file_is_installed_and_replaces_a_different_one() {
+    let l = Layout::new();
+    let given = l.p("given.toml");
+    std::fs::write(&given, "log_level = \"debug\"\n").unwrap();
+    let arg = given.to_str().unwrap().to_owned();
+    let toml_path = l.p("etc/tenet.toml");
+
+    let r = l.install(&["--config-file", &arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("installed config"), "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&toml_path).unwrap(),
+        "log_level = \"debug\"\n"
+    );
+    let r = l.install(&["--config-file", &arg]);
+    assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
+
+    // A changed ConfigMap replaces the node's file.
+    std::fs::write(&given, "log_level = \"info\"\n").unwrap();
+    let r = l.install(&["--config-file", &arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("updated   config"), "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&toml_path).unwrap(),
+        "log_level = \"info\"\n"
+    );
+
+    // A broken file is refused before anything is written.
+    std::fs::write(&given, "pipeline = [\n").unwrap();
+    let r = l.install(&["--config-file", &arg]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("--config-file"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&toml_path).unwrap(),
+        "log_level = \"info\"\n"
+    );
+}

@@ -8,7 +8,9 @@
 //!    locally are pulled there, their signature checked with the
 //!    `[distribution] verify_key` of the `tenet.toml` in `--config-dir`.
 //! 3. `<config-dir>/tenet.toml` is written only when absent: an operator's
-//!    file is never replaced.
+//!    file is never replaced. `--config-file FILE` installs FILE instead,
+//!    replacing a different one (a DaemonSet's ConfigMap is then the node's
+//!    configuration).
 //! 4. Every module is precompiled into the artifact cache (the same code as
 //!    `tenetctl policy compile`, which also validates the settings), so the
 //!    first pod does not pay a compile.
@@ -16,6 +18,10 @@
 //!    pipeline, and also the module, cache and state directories whenever
 //!    `tenet` would not find them through its own configuration file (a
 //!    config dir other than `/etc/tenet`, or flags that differ from it).
+//!    Before it is written, every chained plugin it names (`portmap`) is
+//!    copied from `--plugin-source` into `--bin-dir` (runtimes such as
+//!    containerd 1.6 search one bin dir only), so a runtime never reads a
+//!    conflist naming a plugin it cannot find.
 //!
 //! Every file is written to a temporary name in its directory and renamed
 //! into place (a runtime reading the conf dir, or a `tenet` exec starting from
@@ -60,6 +66,15 @@ pub struct InstallArgs {
     /// podman network's containers into one tenant.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Where the chained plugins the conflist names (`portmap`) are copied
+    /// from into `--bin-dir` (e.g. `/usr/lib/cni`). A plugin missing here but
+    /// already in `--bin-dir` is kept; missing in both is an error.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_source: Option<PathBuf>,
+    /// Install this file as `<config-dir>/tenet.toml`, replacing a different
+    /// one (default: write one only when absent, never replace it).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
     /// Replace an existing conflist that differs from the one tenet would write.
     #[arg(long)]
     pub force: bool,
@@ -133,13 +148,38 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let config_dir = abs("--config-dir", &args.config_dir)?;
     let module_dest = abs("--install-module-dir", &args.install_module_dir)?;
     let source_manifest = abs("--pipeline", &args.pipeline)?;
+    let plugin_source = match &args.plugin_source {
+        Some(d) if !d.is_dir() => {
+            return Err(CtlError(format!(
+                "--plugin-source: {} is not a directory",
+                d.display()
+            )));
+        }
+        Some(d) => Some(abs("--plugin-source", d)?),
+        None => None,
+    };
     let manifest =
         Manifest::load(&source_manifest).map_err(|e| CtlError(format!("--pipeline: {e}")))?;
 
     // The operator's tenet.toml, if there is one, provides the defaults for
     // the cache and state directories.
     let toml_path = config_dir.join("tenet.toml");
-    let existing = if toml_path.exists() {
+    // A given file is checked before anything is written, and then stands
+    // for the node's configuration.
+    let given_config = match &args.config_file {
+        Some(f) => {
+            let f = abs("--config-file", f)?;
+            let text = std::fs::read(&f)
+                .map_err(|e| CtlError(format!("--config-file {}: {e}", f.display())))?;
+            let cfg =
+                load_config_file(&f).map_err(|e| CtlError(format!("--config-file: {}", e.0)))?;
+            Some((text, cfg))
+        }
+        None => None,
+    };
+    let existing = if let Some((_, cfg)) = &given_config {
+        Some(cfg.clone())
+    } else if toml_path.exists() {
         Some(load_config_file(&toml_path)?)
     } else {
         None
@@ -243,8 +283,11 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let c = install_bytes(text.as_bytes(), &manifest_dest, 0o644)?;
     report.line(c, "pipeline", &manifest_dest)?;
 
-    // 3. tenet.toml, only when absent.
-    if existing.is_some() {
+    // 3. tenet.toml: the given one, else only when absent.
+    if let Some((text, _)) = &given_config {
+        let c = install_bytes(text, &toml_path, 0o644)?;
+        report.line(c, "config", &toml_path)?;
+    } else if existing.is_some() {
         report.line(Change::Unchanged, "config", &toml_path)?;
         report.note(&format!(
             "note: kept the existing {} (never overwritten)",
@@ -304,6 +347,17 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         &state_dir,
         &effective,
     );
+    // Chained plugins first: the conflist must not name a missing one.
+    let chained: Vec<&str> = conflist["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["type"].as_str())
+        .filter(|t| *t != "tenet")
+        .collect();
+    for plugin in chained {
+        install_plugin(plugin_source.as_deref(), &bin_dir, plugin, &mut report)?;
+    }
     ensure_dir("--conf-dir", &conf_dir)?;
     let conf_path = conf_dir.join(&args.name);
     let body = serde_json::to_string_pretty(&conflist).map_err(CtlError::msg)? + "\n";
@@ -379,6 +433,49 @@ fn conflist(
         "name": args.network,
         "plugins": plugins,
     })
+}
+
+/// Copies one chained plugin from `--plugin-source` into the bin dir
+/// (atomically, like every other file); a plugin only the bin dir has is kept.
+fn install_plugin(
+    source: Option<&Path>,
+    bin_dir: &Path,
+    plugin: &str,
+    report: &mut Report<'_>,
+) -> Result<(), CtlError> {
+    let dest = bin_dir.join(plugin);
+    let src = source.map(|s| s.join(plugin));
+    match src {
+        Some(src) if src.is_file() => {
+            let c = install_copy(&src, &dest, 0o755)?;
+            report.line(c, "plugin", &dest)
+        }
+        _ if dest.is_file() => {
+            report.line(Change::Unchanged, "plugin", &dest)?;
+            if let Some(s) = source {
+                report.note(&format!(
+                    "note: kept {} ({} has no `{plugin}`)",
+                    dest.display(),
+                    s.display()
+                ))?;
+            }
+            Ok(())
+        }
+        Some(src) => Err(CtlError(format!(
+            "--plugin-source: {} is not a file and --bin-dir {} has no `{plugin}`; \
+             the conflist chains it",
+            src.display(),
+            bin_dir.display()
+        ))),
+        // Runtimes with several plugin dirs (podman, libcni's CNI_PATH) may
+        // find it elsewhere: say so, do not fail.
+        None => report.note(&format!(
+            "note: --bin-dir {} has no `{plugin}`, which the conflist chains; a runtime \
+             that searches only that dir (containerd 1.6) fails every ADD: pass \
+             --plugin-source DIR (e.g. /usr/lib/cni) to copy it there",
+            bin_dir.display()
+        )),
+    }
 }
 
 fn tenet_toml(pipeline: &Path, module_dir: &Path, cache_dir: &Path, state_dir: &Path) -> String {
