@@ -234,7 +234,14 @@ impl<'a> Engine<'a> {
     fn point(&self, step: &str) -> Result<(), ApplyError> {
         let now = self.origin.elapsed().as_nanos() as u64;
         let last = self.last_step_ns.swap(now, Ordering::Relaxed);
-        tracing::debug!(step, us = now.saturating_sub(last) / 1000, "step done");
+        let us = now.saturating_sub(last) / 1000;
+        tracing::debug!(step, us, "step done");
+        crate::metrics::note(|r| {
+            r.steps.push(crate::metrics::StepSample {
+                name: step.to_owned(),
+                us,
+            })
+        });
         self.failpoints
             .after(step)
             .map_err(|m| ApplyError::new(codes::INJECTED, step, m))
@@ -362,6 +369,13 @@ impl<'a> Engine<'a> {
         };
         let tenant_allocs = claim(self.store, key, &plan.tenant, &treq, false)?;
         let link_allocs = claim(self.link_store, &link_key(key), "host-link", &lreq, true)?;
+        crate::metrics::note(|r| {
+            r.claimed = tenant_allocs
+                .iter()
+                .chain(&link_allocs)
+                .map(|a| format!("{}/{}", a.pool, a.address.addr()))
+                .collect()
+        });
         self.point("reserve")?;
 
         let mut layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
@@ -649,6 +663,13 @@ impl<'a> Engine<'a> {
     fn teardown(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
         self.teardown_dataplane(rec, netns)?;
         self.release_claims(&rec.key)?;
+        crate::metrics::note(|r| {
+            r.freed.extend(
+                rec.interfaces
+                    .iter()
+                    .flat_map(|i| i.addrs.iter().map(|a| a.addr().to_string())),
+            )
+        });
         self.records.remove(&rec.key).map_err(rec_err("record"))
     }
 
