@@ -867,15 +867,29 @@ impl<'a> Engine<'a> {
     /// the stores free unrecorded claims. Keeps going past errors; the first
     /// is returned after everything was tried.
     pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<GcSummary, ApplyError> {
-        let mut out = GcSummary::default();
-        let mut first_err: Option<ApplyError> = None;
         let is_valid = |k: &AttachmentKey| {
             valid
                 .iter()
                 .any(|(c, i)| *c == k.container_id && *i == k.ifname)
         };
+        self.gc_where(network, valid, |rec| !is_valid(&rec.key))
+    }
+
+    /// GC of the records of `network` that `remove` picks (the node
+    /// agent's: attachments whose sandbox the runtime no longer lists),
+    /// except ADDs still running; then the stores free claims that no record
+    /// and no `valid` attachment names. Records created while this runs are
+    /// never picked unless `remove` says so.
+    pub fn gc_where(
+        &self,
+        network: &str,
+        valid: &[(String, String)],
+        remove: impl Fn(&Record) -> bool,
+    ) -> Result<GcSummary, ApplyError> {
+        let mut out = GcSummary::default();
+        let mut first_err: Option<ApplyError> = None;
         for rec in self.records.list(Some(network)).map_err(rec_err("gc"))? {
-            if is_valid(&rec.key) {
+            if !remove(&rec) {
                 continue;
             }
             let writer = ProcessIdentity {
