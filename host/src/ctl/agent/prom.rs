@@ -67,12 +67,12 @@ impl Histogram {
 }
 
 /// A bounded map: past [`MAX_SERIES`] keys, new keys go to `other`.
-fn slot<'m, K: Ord + Clone, V>(
-    map: &'m mut BTreeMap<K, V>,
+fn slot<K: Ord + Clone, V>(
+    map: &mut BTreeMap<K, V>,
     key: K,
     other: K,
     new: impl Fn() -> V,
-) -> &'m mut V {
+) -> &mut V {
     let key = if map.len() >= MAX_SERIES && !map.contains_key(&key) {
         other
     } else {
