@@ -12,6 +12,9 @@ APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hy
 APT_PACKAGES += time
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
+# The kubelet path (host/tests/cri_e2e.rs): containerd's CRI, and the
+# Prometheus project's own text parser (Python client) for the agent's /metrics.
+APT_PACKAGES += containerd python3-prometheus-client
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.

@@ -114,10 +114,7 @@ impl Node {
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.ctd.log_tail()));
         assert_clean(&self.inst, "after RemovePodSandbox");
         let left = self.cri.list_pod_sandbox().unwrap();
-        assert!(
-            left.iter().all(|s| s.id != id),
-            "sandbox {id} still listed"
-        );
+        assert!(left.iter().all(|s| s.id != id), "sandbox {id} still listed");
     }
 
     /// Stops and removes every sandbox in `ids`, then checks the node is
@@ -203,7 +200,10 @@ fn assert_bridge(rec: &Value, subnet: &str) {
         .unwrap()
         .iter()
         .any(|a| net.contains(&a["local"].as_str().unwrap().parse::<Ipv4Addr>().unwrap()));
-    assert!(gw_in_subnet, "bridge {bridge} has no gateway in {subnet}: {out}");
+    assert!(
+        gw_in_subnet,
+        "bridge {bridge} has no gateway in {subnet}: {out}"
+    );
 }
 
 // ------------------------------------------------------------------ tests
@@ -325,7 +325,10 @@ fn tenant_from_the_namespace_label_through_the_api() {
     assert_eq!(
         paths,
         [
-            ("/api/v1/namespaces/team-a/pods/web-0".to_string(), user.clone()),
+            (
+                "/api/v1/namespaces/team-a/pods/web-0".to_string(),
+                user.clone()
+            ),
             ("/api/v1/namespaces/team-a".to_string(), user),
         ],
         "tenet read the pod and its namespace with its token"
@@ -375,6 +378,9 @@ impl Agent {
             // (the default minimum age guards ADDs the runtime has not
             // listed yet; the live pod here is listed).
             .args(["--gc-min-age", "1s"])
+            .arg("--conf-dir")
+            .arg(inst.path("net.d"))
+            .args(["--network", NETWORK])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -388,11 +394,16 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// An HTTP/1.0 GET (no chunked replies): (status, body).
+    /// An HTTP GET, the connection closed after the reply: (status, body).
     fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = std::net::TcpStream::connect(&self.addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
         let mut reply = String::new();
         s.read_to_string(&mut reply).ok()?;
         let (head, body) = reply.split_once("\r\n\r\n")?;
@@ -435,10 +446,7 @@ print(json.dumps(out))
         Path::new("/usr/lib/python3/dist-packages/prometheus_client").is_dir(),
         "needs the Prometheus text parser (Debian package python3-prometheus-client)"
     );
-    let out = common::run_with_stdin(
-        Command::new("/usr/bin/python3").args(["-c", SCRIPT]),
-        text,
-    );
+    let out = common::run_with_stdin(Command::new("/usr/bin/python3").args(["-c", SCRIPT]), text);
     assert!(
         out.status.success(),
         "the exposition does not parse: {}\n{text}",
@@ -500,7 +508,11 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
         node.cri.list_pod_sandbox().unwrap().is_empty(),
         "the runtime still knows a sandbox after the wipe"
     );
-    assert_eq!(node_links("tn"), host_ends(&gone), "host ends after the wipe");
+    assert_eq!(
+        node_links("tn"),
+        host_ends(&gone),
+        "host ends after the wipe"
+    );
     assert_eq!(node.record(&gone)["tenant"], "team-a");
 
     // A live pod the agent must leave alone.
@@ -515,7 +527,10 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
     assert!(ready, "/readyz never 200:\n{}", agent.log());
     let started = Instant::now();
     let freed = wait_for(interval * 3, || {
-        node.inst.records().iter().all(|r| !r.to_string().contains(&gone))
+        node.inst
+            .records()
+            .iter()
+            .all(|r| !r.to_string().contains(&gone))
             && node_links("tn").is_disjoint(&host_ends(&gone))
     });
     assert!(
@@ -525,11 +540,22 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
         node.inst.records(),
         agent.log()
     );
-    eprintln!("GC freed the forgotten sandbox after {:?}", started.elapsed());
+    eprintln!(
+        "GC freed the forgotten sandbox after {:?}",
+        started.elapsed()
+    );
     // The live pod is untouched, after another full period too.
     std::thread::sleep(interval + Duration::from_millis(500));
-    assert_eq!(node.record(&live), live_rec, "the live pod's record changed");
-    assert_eq!(node_links("tn"), host_ends(&live), "host ends of the live pod");
+    assert_eq!(
+        node.record(&live),
+        live_rec,
+        "the live pod's record changed"
+    );
+    assert_eq!(
+        node_links("tn"),
+        host_ends(&live),
+        "host ends of the live pod"
+    );
     // The forgotten pod's address is free: a new pod gets it.
     let again = node.run_pod("team-a", "web-0", "7d0e-again", &[("tenet.io/ip", ip)]);
     assert_eq!(node.status(&again).1, ip);
@@ -552,10 +578,16 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
             })
             .map(|s| s.value)
     };
-    let adds = value("tenet_cni_operations_total", &[("command", "ADD"), ("code", "0")]);
+    let adds = value(
+        "tenet_cni_operations_total",
+        &[("command", "ADD"), ("code", "0")],
+    );
     assert!(adds.is_some_and(|n| n >= 3.0), "ADDs: {adds:?}\n{body}");
     let removed = value("tenet_agent_gc_removed_total", &[]);
-    assert!(removed.is_some_and(|n| n >= 1.0), "GC removed: {removed:?}\n{body}");
+    assert!(
+        removed.is_some_and(|n| n >= 1.0),
+        "GC removed: {removed:?}\n{body}"
+    );
     // Histograms are consistent: the +Inf bucket is the count.
     for (name, typ) in families.iter().filter(|(_, t)| t == "histogram") {
         for s in samples.iter().filter(|s| s.name == format!("{name}_count")) {

@@ -104,7 +104,11 @@ impl Installed {
         let mut out = Vec::new();
         let dir = self.path("state").join("attachments");
         for net in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(net.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if f.file_name().to_string_lossy().starts_with('.') {
                     continue;
                 }

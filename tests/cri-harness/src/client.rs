@@ -15,8 +15,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::v1::runtime_service_client::RuntimeServiceClient;
 use crate::v1::{
     ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxStatusRequest,
-    PodSandboxStatusResponse, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest, VersionRequest, VersionResponse,
+    PodSandboxStatusResponse, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    VersionRequest, VersionResponse,
 };
 
 /// A failed call: the gRPC status (code and the runtime's message).
@@ -51,13 +51,15 @@ impl CriClient {
             .connect_timeout(timeout)
             .timeout(timeout);
         let channel = rt
-            .block_on(endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(&path).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            })))
+            .block_on(
+                endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                })),
+            )
             .map_err(|e| format!("connect {}: {e:?}", socket.display()))?;
         Ok(CriClient {
             rt,
