@@ -237,6 +237,18 @@ fn static_address_from_the_pod_annotation_and_tenant_from_the_pipeline() {
     assert_eq!(node_links("tn"), host_ends(&id));
     assert!(!tenant_chains().is_empty(), "no tenant chains after ADD");
 
+    // A containerd restart (kill, start on the same state) keeps the pod
+    // and its address; the later DELs still find everything.
+    node.ctd.restart();
+    node.cri = node.ctd.client();
+    // (containerd 1.6.20 reports an empty network.ip for it after the
+    // restart; the pod's own view is what counts here.)
+    let (state, _, again) = node.status(&id);
+    assert_eq!(state, PodSandboxState::SandboxReady, "after a restart");
+    assert_pod_has_exactly(again.pid, ip);
+    assert_eq!(again.pid, info.pid, "the sandbox process survived");
+    assert_eq!(node_links("tn"), host_ends(&id));
+
     node.stop_and_remove(&id);
 
     // The address went back: another pod asking for it gets it.
