@@ -16,6 +16,9 @@ APT_PACKAGES += docker-registry
 # The node image's static binaries (musl-gcc for ring's C code) and the venv
 # of deploy/'s schema validator (make image, make deploy-check).
 APT_PACKAGES += musl-tools python3-venv
+# The kubelet path (host/tests/cri_e2e.rs): containerd's CRI, and the
+# Prometheus project's own text parser (Python client) for the agent's /metrics.
+APT_PACKAGES += containerd python3-prometheus-client
 
 # Release binaries: `tenet` is built runtime-only (no Cranelift: it never
 # compiles Wasm on the hot path); `tenetctl` carries the compiler.

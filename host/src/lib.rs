@@ -24,6 +24,7 @@ pub mod etcd;
 pub mod ipam;
 pub mod kube;
 pub mod logging;
+pub mod metrics;
 pub mod netns;
 pub mod plan;
 pub mod policy;

@@ -58,7 +58,13 @@ fn snapshot(n: &Node) -> String {
     }
     let mut files = Vec::new();
     if n.state.exists() {
-        for e in walk(&n.state) {
+        // Not `metrics/`: every exec, refused or not, appends its record
+        // there for the node agent (crate::metrics), which is no state.
+        let metrics = tenet::metrics::dir(&n.state);
+        for e in walk(&n.state)
+            .into_iter()
+            .filter(|e| !e.starts_with(&metrics))
+        {
             files.push(format!("{}: {:?}", e.display(), std::fs::read(&e).unwrap()));
         }
     }

@@ -268,7 +268,14 @@ impl<'a> Engine<'a> {
     fn point(&self, step: &str) -> Result<(), ApplyError> {
         let now = self.origin.elapsed().as_nanos() as u64;
         let last = self.last_step_ns.swap(now, Ordering::Relaxed);
-        tracing::debug!(step, us = now.saturating_sub(last) / 1000, "step done");
+        let us = now.saturating_sub(last) / 1000;
+        tracing::debug!(step, us, "step done");
+        crate::metrics::note(|r| {
+            r.steps.push(crate::metrics::StepSample {
+                name: step.to_owned(),
+                us,
+            })
+        });
         self.failpoints
             .after(step)
             .map_err(|m| ApplyError::new(codes::INJECTED, step, m))
@@ -396,6 +403,13 @@ impl<'a> Engine<'a> {
         };
         let tenant_allocs = claim(self.store, key, &plan.tenant, &treq, false)?;
         let link_allocs = claim(self.link_store, &link_key(key), "host-link", &lreq, true)?;
+        crate::metrics::note(|r| {
+            r.claimed = tenant_allocs
+                .iter()
+                .chain(&link_allocs)
+                .map(|a| format!("{}/{}", a.pool, a.address.addr()))
+                .collect()
+        });
         self.point("reserve")?;
 
         let mut layout = resolve(plan, &key.container_id, &tenant_allocs, &link_allocs)
@@ -684,6 +698,13 @@ impl<'a> Engine<'a> {
     fn teardown(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
         self.teardown_dataplane(rec, netns)?;
         self.release_claims(&rec.key)?;
+        crate::metrics::note(|r| {
+            r.freed.extend(
+                rec.interfaces
+                    .iter()
+                    .flat_map(|i| i.addrs.iter().map(|a| a.addr().to_string())),
+            )
+        });
         self.records.remove(&rec.key).map_err(rec_err("record"))
     }
 
@@ -900,15 +921,29 @@ impl<'a> Engine<'a> {
     /// the stores free unrecorded claims. Keeps going past errors; the first
     /// is returned after everything was tried.
     pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<GcSummary, ApplyError> {
-        let mut out = GcSummary::default();
-        let mut first_err: Option<ApplyError> = None;
         let is_valid = |k: &AttachmentKey| {
             valid
                 .iter()
                 .any(|(c, i)| *c == k.container_id && *i == k.ifname)
         };
+        self.gc_where(network, valid, |rec| !is_valid(&rec.key))
+    }
+
+    /// GC of the records of `network` that `remove` picks (the node
+    /// agent's: attachments whose sandbox the runtime no longer lists),
+    /// except ADDs still running; then the stores free claims that no record
+    /// and no `valid` attachment names. Records created while this runs are
+    /// never picked unless `remove` says so.
+    pub fn gc_where(
+        &self,
+        network: &str,
+        valid: &[(String, String)],
+        remove: impl Fn(&Record) -> bool,
+    ) -> Result<GcSummary, ApplyError> {
+        let mut out = GcSummary::default();
+        let mut first_err: Option<ApplyError> = None;
         for rec in self.records.list(Some(network)).map_err(rec_err("gc"))? {
-            if is_valid(&rec.key) {
+            if !remove(&rec) {
                 continue;
             }
             let writer = ProcessIdentity {

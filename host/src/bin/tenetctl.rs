@@ -33,6 +33,9 @@ enum Top {
     /// Look at and reconcile the address store (local or etcd).
     #[command(subcommand)]
     Ipam(ctl::ipam::IpamCmd),
+    /// The node agent: keeps artifacts current, collects attachments whose
+    /// pod sandbox is gone (CRI), serves /metrics, /readyz and /healthz.
+    Agent(Box<ctl::agent::AgentArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Top::Policy(PolicyCmd::Pull(a)) => ctl::oci::pull(a, &mut out),
         Top::Midonet(c) => ctl::midonet::run(c, &mut out),
         Top::Ipam(c) => ctl::ipam::run(c, &mut out),
+        Top::Agent(a) => ctl::agent::run(a, &mut out),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

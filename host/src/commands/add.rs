@@ -19,6 +19,7 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
     let dns = network_dns(inv);
     let initial = Plan::initial(&request.ifname, request.mac.as_deref(), dns);
     let outcome = pipeline.run(&request, initial).map_err(|e| e.to_cni())?;
+    note_pipeline(&pipeline, &outcome);
     if dry_run(env) {
         // Never a success: a runtime must not take a dry run for a pod
         // with a network.
@@ -38,6 +39,37 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
         .add(&key, &request.netns, &outcome.plan)
         .map_err(|e| e.to_cni("ADD"))?;
     Ok(result.render(&inv.cni_version).to_string())
+}
+
+/// The stages' time and fuel, and whether they ran from the bundle, for
+/// the exec record (`crate::metrics`).
+fn note_pipeline(pipeline: &crate::policy::Pipeline, outcome: &crate::policy::Outcome) {
+    use crate::metrics::StageSample;
+    use crate::policy::StageRun;
+    crate::metrics::note(|r| {
+        r.tenant = outcome.plan.tenant.clone();
+        if !outcome.reports.is_empty() {
+            r.bundled = Some(pipeline.is_bundled());
+        }
+        r.stages = outcome
+            .reports
+            .iter()
+            .map(|s| match &s.run {
+                StageRun::Ran { fuel, elapsed } => StageSample {
+                    name: s.stage.clone(),
+                    us: elapsed.as_micros() as u64,
+                    fuel: *fuel,
+                    skipped: false,
+                },
+                StageRun::Skipped(_) => StageSample {
+                    name: s.stage.clone(),
+                    us: 0,
+                    fuel: 0,
+                    skipped: true,
+                },
+            })
+            .collect();
+    });
 }
 
 /// `TENET_DRY_RUN` set (and not `0`): ADD stops after planning with code

@@ -46,6 +46,11 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
         Err(e) => return Reply::error(&e, &cni::error_version(stdin)),
     };
     let version = inv.cni_version.clone();
+    // VERSION is the runtime probing, not an operation: no record.
+    if inv.command != Command::Version {
+        crate::metrics::begin(inv.command.as_str());
+        crate::metrics::note(|r| r.network = inv.config.name.clone());
+    }
     let result = match inv.command {
         Command::Version => Ok(cni::version_reply(Some(&inv.cni_version))),
         Command::Add => add::add(env, &inv),
@@ -54,6 +59,7 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
         Command::Gc => gc(env, &inv),
         Command::Status => status(env, &inv),
     };
+    crate::metrics::finish(result.as_ref().map_or_else(|e| e.code, |_| 0));
     match result {
         Ok(out) => Reply::ok(out),
         Err(e) => {
@@ -93,6 +99,7 @@ pub(crate) fn load_config(
         )
     })?;
     crate::logging::init(&cfg);
+    crate::metrics::set_state_dir(&cfg.state_dir);
     Ok((cfg, invocation_span(inv).entered()))
 }
 

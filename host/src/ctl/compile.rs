@@ -116,8 +116,34 @@ fn pin_mismatches(found: &[Found], cache: &ArtifactCache) -> Vec<String> {
 /// Precompiles every stage of a pipeline and validates its settings.
 pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     let opts = args.modules.options()?;
+    compile_pipeline(&args.pipeline, args.pin, &opts, out)?;
+    Ok(0)
+}
+
+/// What [`compile_pipeline`] made ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// Each stage's module file and its digest (unpinned stages whose file
+    /// exists).
+    pub modules: Vec<(PathBuf, String)>,
+    /// The bundle artifact, when the stages compose into one.
+    pub bundle: Option<PathBuf>,
+    /// How many stages the pipeline has.
+    pub stages: usize,
+}
+
+/// `tenetctl policy compile` with explicit options (the node agent's
+/// upkeep runs this too): checks the pins, builds every missing artifact
+/// and the bundle into the cache, validates the settings, and reports on
+/// `out`.
+pub fn compile_pipeline(
+    path: &Path,
+    pin: bool,
+    opts: &crate::policy::PipelineOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Compiled, CtlError> {
     let cache = ArtifactCache::new(&opts.cache_dir);
-    let manifest = Manifest::load(&args.pipeline).map_err(CtlError::msg)?;
+    let manifest = Manifest::load(path).map_err(CtlError::msg)?;
     // `oci://` modules no module dir has yet are pulled (signature checked)
     // into the first module dir, where `tenet` will look for them.
     if let Some(dest) = opts.module_dirs.first() {
@@ -126,28 +152,28 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         super::oci::pull_missing(&manifest, &opts.module_dirs, dest, &cfg.distribution, out)?;
     }
     let found = find_modules(&manifest, &opts.module_dirs)?;
-    if args.pin {
-        write_pins(&args.pipeline, &found)?;
+    if pin {
+        write_pins(path, &found)?;
     } else {
         let problems = pin_mismatches(&found, &cache);
         if !problems.is_empty() {
             return Err(CtlError(format!(
                 "{}: pins do not match what would run (nothing compiled; re-pin deliberately with --pin once the modules are the ones you mean to run):\n  {}",
-                args.pipeline.display(),
+                path.display(),
                 problems.join("\n  ")
             )));
         }
     }
     // Loading builds every missing artifact into the cache (in-process
     // compiler) and refuses modules with forbidden imports or wrong digests.
-    let (manifest, pipeline) = load_pipeline(&args.pipeline, &opts)?;
+    let (manifest, pipeline) = load_pipeline(path, opts)?;
     // Settings against each module's schema first (errors name the field),
     // then the modules' own checks.
     crate::policy::metadata::check_manifest(&manifest, &opts.module_dirs)
-        .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
+        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
     pipeline
         .validate_settings()
-        .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
+        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
     for spec in &manifest.stages {
         let digest = match (&spec.sha256, found.iter().find(|f| f.stage == spec.name)) {
             (Some(pin), _) => pin.clone(),
@@ -207,7 +233,11 @@ pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
         manifest.stages.len()
     )
     .map_err(CtlError::msg)?;
-    Ok(0)
+    Ok(Compiled {
+        modules: found.into_iter().filter_map(|f| f.file).collect(),
+        bundle: pipeline.bundle_artifact(),
+        stages: manifest.stages.len(),
+    })
 }
 
 /// Writes each stage's module file digest into the pipeline file as its

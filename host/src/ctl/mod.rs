@@ -2,6 +2,7 @@
 //! and engine profile as the CNI binary (so `plan` and `policy test` run
 //! exactly what production runs). Each subcommand has its own module.
 
+pub mod agent;
 pub mod bench;
 pub mod compile;
 pub mod demo;

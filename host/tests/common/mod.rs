@@ -7,6 +7,7 @@
 
 pub mod cni;
 pub mod etcd;
+pub mod install;
 pub mod kube;
 pub mod registry;
 
