@@ -663,10 +663,9 @@ mod tests {
             .captures("")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            c[1], None,
-            "as the regex crate: an empty iteration is not taken"
-        );
+        // The regex crate takes one empty iteration here (group 1 = ""):
+        // an open difference, see fuzz/README.md.
+        assert_eq!(c[1], None, "an empty iteration is not taken");
     }
 
     #[test]
