@@ -116,10 +116,15 @@ bench-add: deps build guests
 bench-etcd: deps
 	$(CARGO) run --profile ctl -p tenet-bench --bin etcd_alloc
 
-## fuzz: the stdin/env parser (FUZZ_SECONDS, default 600).
+## fuzz: one fuzz target (FUZZ_TARGET=parse_invocation|sdk_json|sdk_pattern, default parse_invocation; FUZZ_SECONDS, default 600).
+# See fuzz/README.md. A target's dictionary, fuzz/dicts/TARGET.dict, is used
+# when there is one; an input running over 10 s is a finding (-timeout).
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && mkdir -p corpus/parse_invocation && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse_invocation corpus/parse_invocation -- -max_total_time=$${FUZZ_SECONDS:-600}
+	cd fuzz && t=$(or $(FUZZ_TARGET),parse_invocation) && mkdir -p corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- \
+	  -max_total_time=$(or $(FUZZ_SECONDS),600) -timeout=10 -print_final_stats=1 \
+	  $$(test -f dicts/$$t.dict && echo -dict=dicts/$$t.dict)
 
 clean-cache:
 	rm -rf target/cache

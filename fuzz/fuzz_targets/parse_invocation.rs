@@ -46,7 +46,10 @@ fuzz_target!(|input: Input| {
         None => input.stdin.clone(),
     };
     let env = vec![
-        ("CNI_COMMAND".to_string(), COMMANDS[input.command as usize % COMMANDS.len()].to_string()),
+        (
+            "CNI_COMMAND".to_string(),
+            COMMANDS[input.command as usize % COMMANDS.len()].to_string(),
+        ),
         ("CNI_CONTAINERID".to_string(), input.container_id.clone()),
         ("CNI_NETNS".to_string(), input.netns.clone()),
         ("CNI_IFNAME".to_string(), input.ifname.clone()),
@@ -69,7 +72,8 @@ fuzz_target!(|input: Input| {
         }
         Err(e) => {
             assert!(CODES.contains(&e.code), "undocumented code {}: {e}", e.code);
-            let doc: serde_json::Value = serde_json::from_str(&e.to_json(&cni::error_version(&stdin))).expect("error JSON");
+            let doc: serde_json::Value =
+                serde_json::from_str(&e.to_json(&cni::error_version(&stdin))).expect("error JSON");
             assert_eq!(doc["code"], e.code);
         }
     }

@@ -281,6 +281,10 @@ impl<'a> Decoder<'a> {
         if self.pos == digits {
             return Err(err("expected a value"));
         }
+        // JSON has no leading zeros (`01`, `-00`): refuse, as serde_json does.
+        if self.s[digits] == b'0' && self.pos - digits > 1 {
+            return Err(err("leading zero in a number"));
+        }
         if let Some(b'.' | b'e' | b'E') = self.s.get(self.pos) {
             return Err(err("settings numbers must be integers"));
         }
@@ -482,6 +486,9 @@ mod tests {
             "\"\\ud800\"",
             "-",
             "{1:2}",
+            "01",
+            "-00",
+            "[007]",
         ] {
             assert!(from_str::<serde::de::IgnoredAny>(bad).is_err(), "{bad:?}");
         }
