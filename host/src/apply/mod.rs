@@ -458,7 +458,13 @@ impl<'a> Engine<'a> {
                 self.sdn
                     .attach(
                         &plan.tenant,
-                        &port_spec(key, i.host_ifname.clone(), Some(i.mac), &i.addrs),
+                        &port_spec(
+                            key,
+                            i.host_ifname.clone(),
+                            Some(i.mac),
+                            &i.addrs,
+                            &plan.annotations,
+                        ),
                     )
                     .map_err(|e| ApplyError::new(e.cni_code(), &step, e.to_string()))?;
                 done.push(Undo::Attach {
@@ -765,7 +771,7 @@ impl<'a> Engine<'a> {
                 self.sdn
                     .check_port(
                         &rec.tenant,
-                        &port_spec(key, i.host_ifname.clone(), mac, &i.addrs),
+                        &port_spec(key, i.host_ifname.clone(), mac, &i.addrs, &rec.annotations),
                     )
                     .map_err(|e| fail(e.to_string()))?;
             }
@@ -924,12 +930,14 @@ fn port_spec(
     host_ifname: String,
     mac: Option<crate::netns::MacAddr>,
     addrs: &[IpNet],
+    annotations: &[crate::plan::Kv],
 ) -> PortSpec {
     PortSpec {
         key: key.clone(),
         host_ifname,
         mac,
         addresses: addrs.to_vec(),
+        annotations: annotations.to_vec(),
     }
 }
 
