@@ -31,6 +31,7 @@ fn port(host: &str) -> PortSpec {
         host_ifname: host.to_owned(),
         mac: None,
         addresses: Vec::new(),
+        annotations: Vec::new(),
     }
 }
 
@@ -644,5 +645,54 @@ fn a_later_ensure_skips_nft_only_while_the_rules_are_in_place() {
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
     sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
     sdn.check_tenant(t.id, &t.subnets()).unwrap();
+    assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
+}
+
+#[test]
+#[ignore = "needs root: make test runs it"]
+fn the_host_alias_annotation_labels_the_host_end() {
+    use tenet::plan::Kv;
+    use tenet::sdn::HOST_ALIAS;
+    node();
+    let n = RtNetns::new().unwrap();
+    let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
+    let t = Tenant::new("alias", 8);
+    let pod = ScratchNetns::new().unwrap();
+    let host = host_ifname("a1", "eth0");
+    n.create_veth(&VethSpec {
+        container_id: "a1".into(),
+        ifname: "eth0".into(),
+        host_ifname: host.clone(),
+        netns: pod.path().to_owned(),
+        mtu: None,
+        mac: None,
+        link_local: None,
+    })
+    .unwrap();
+    sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
+    let with = |alias: &str| PortSpec {
+        annotations: vec![
+            Kv::new("quota.example.com/tier", "gold"),
+            Kv::new(HOST_ALIAS, alias),
+        ],
+        ..port(&host)
+    };
+    let ifalias = |h: &str| {
+        serde_json::from_str::<Value>(&ok(run("ip", &["-j", "link", "show", h]))).unwrap()[0]
+            ["ifalias"]
+            .clone()
+    };
+    sdn.attach(t.id, &with("team-a/web-1")).unwrap();
+    assert_eq!(ifalias(&host), "team-a/web-1");
+    sdn.check_port(t.id, &with("team-a/web-1")).unwrap();
+    // CHECK compares with the record's annotation: a changed alias is named.
+    let e = sdn.check_port(t.id, &with("team-b/db")).unwrap_err();
+    assert!(e.to_string().contains("team-b/db"), "{e}");
+    // A repeated ADD with another alias converges on it (one request).
+    sdn.attach(t.id, &with("team-a/web-2")).unwrap();
+    assert_eq!(ifalias(&host), "team-a/web-2");
+    // Without the annotation the backend neither needs nor touches an alias.
+    sdn.check_port(t.id, &port(&host)).unwrap();
+    sdn.detach(t.id, &port(&host).key, &host).unwrap();
     assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
 }

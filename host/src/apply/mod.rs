@@ -506,7 +506,13 @@ impl<'a> Engine<'a> {
                 self.sdn
                     .attach(
                         &plan.tenant,
-                        &port_spec(key, i.host_ifname.clone(), Some(i.mac), &i.addrs),
+                        &port_spec(
+                            key,
+                            i.host_ifname.clone(),
+                            Some(i.mac),
+                            &i.addrs,
+                            &plan.annotations,
+                        ),
                     )
                     .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 done.push(Undo::Attach {
@@ -832,7 +838,7 @@ impl<'a> Engine<'a> {
                 self.sdn
                     .check_port(
                         &rec.tenant,
-                        &port_spec(key, i.host_ifname.clone(), mac, &i.addrs),
+                        &port_spec(key, i.host_ifname.clone(), mac, &i.addrs, &rec.annotations),
                     )
                     .map_err(sdn_fail)?;
             }
@@ -1015,12 +1021,14 @@ fn port_spec(
     host_ifname: String,
     mac: Option<crate::netns::MacAddr>,
     addrs: &[IpNet],
+    annotations: &[crate::plan::Kv],
 ) -> PortSpec {
     PortSpec {
         key: key.clone(),
         host_ifname,
         mac,
         addresses: addrs.to_vec(),
+        annotations: annotations.to_vec(),
     }
 }
 

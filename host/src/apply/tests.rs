@@ -402,5 +402,16 @@ fn the_plans_annotations_are_kept_in_the_record() {
     e.add(&key("c1"), NETNS, &p).unwrap();
     let rec = e.records().load(&key("c1")).unwrap().unwrap();
     assert_eq!(rec.annotations, p.annotations);
+    // ... and reach the backend with the port (it acts on the keys it knows).
+    let given: Vec<_> = r
+        .sdn
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            crate::sdn::fake::SdnCall::Attach { annotations, .. } => Some(annotations),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(given, vec![p.annotations.clone()]);
     e.del(&key("c1"), Some(NETNS)).unwrap();
 }

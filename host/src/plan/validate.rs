@@ -279,6 +279,40 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanEr
                 ),
             );
         }
+        if a.key.starts_with("tenet.io/") {
+            check_backend_annotation(plan, i, a).map_err(|m| PlanError {
+                field: format!("annotations[{i}]"),
+                message: m,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `tenet.io/` annotation keys are the backends' (documented in
+/// docs/policy-authoring.md): only known keys, each once, with a value the
+/// backend can use. A typo fails the plan instead of being ignored.
+fn check_backend_annotation(plan: &Plan, i: usize, a: &crate::plan::Kv) -> Result<(), String> {
+    use crate::sdn::{BACKEND_ANNOTATIONS, HOST_ALIAS, HOST_ALIAS_MAX};
+    if !BACKEND_ANNOTATIONS.contains(&a.key.as_str()) {
+        return Err(format!(
+            "{:?} is not a tenet.io annotation a backend knows (known: {})",
+            clip(&a.key),
+            BACKEND_ANNOTATIONS.join(", ")
+        ));
+    }
+    if plan.annotations[..i].iter().any(|b| b.key == a.key) {
+        return Err(format!("{} is set twice", a.key));
+    }
+    if a.key == HOST_ALIAS
+        && (a.value.is_empty()
+            || a.value.len() > HOST_ALIAS_MAX
+            || !a.value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()))
+    {
+        return Err(format!(
+            "{HOST_ALIAS} must be 1-{HOST_ALIAS_MAX} printable ASCII bytes, got {:?}",
+            clip(&a.value)
+        ));
     }
     Ok(())
 }
@@ -1114,6 +1148,35 @@ mod tests {
         rejects(
             |p| p.annotations.push(Kv::new("k y", "v")),
             "annotations[0]",
+        );
+    }
+
+    #[test]
+    fn backend_annotations_are_known_keys_with_usable_values() {
+        use crate::sdn::HOST_ALIAS;
+        let mut p = good();
+        p.annotations = vec![
+            Kv::new("quota.example.com/tier", "gold"),
+            Kv::new(HOST_ALIAS, "team-a/web-1 gold"),
+        ];
+        validate(&p, &request()).unwrap();
+        // A misspelt tenet.io key fails instead of being ignored.
+        rejects(
+            |p| p.annotations.push(Kv::new("tenet.io/host-alais", "x")),
+            "annotations[0]",
+        );
+        for bad in ["", "tab\there", "é", &"x".repeat(129)] {
+            rejects(
+                |p| p.annotations.push(Kv::new(HOST_ALIAS, bad)),
+                "annotations[0]",
+            );
+        }
+        rejects(
+            |p| {
+                p.annotations.push(Kv::new(HOST_ALIAS, "a"));
+                p.annotations.push(Kv::new(HOST_ALIAS, "b"));
+            },
+            "annotations[1]",
         );
     }
 }

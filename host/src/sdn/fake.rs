@@ -29,6 +29,8 @@ pub enum SdnCall {
         tenant: String,
         /// Host end.
         host_ifname: String,
+        /// The plan annotations the backend was given.
+        annotations: Vec<crate::plan::Kv>,
     },
     /// [`Sdn::detach`] (the host end).
     Detach(String),
@@ -188,6 +190,7 @@ impl Sdn for FakeSdn {
         let mut g = self.record(SdnCall::Attach {
             tenant: tenant.to_owned(),
             host_ifname: host_ifname.to_owned(),
+            annotations: port.annotations.clone(),
         })?;
         if !g.tenants.contains_key(tenant) {
             return Err(SdnError::Missing {
@@ -288,6 +291,7 @@ mod tests {
             host_ifname: host.into(),
             mac: None,
             addresses: Vec::new(),
+            annotations: Vec::new(),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::netns::rtnl::{
     link_is_up, link_kind, set_up,
 };
 
-/// The bridge's ifalias, if set.
+/// A link's ifalias, if set.
 fn link_alias(l: &LinkMessage) -> Option<&str> {
     l.attributes.iter().find_map(|a| match a {
         rtnetlink::packet_route::link::LinkAttribute::IfAlias(s) => Some(s.as_str()),
@@ -387,36 +387,34 @@ impl Sdn for LinuxSdn {
     fn attach(&self, tenant: &str, port: &PortSpec) -> Result<(), SdnError> {
         check_tenant_id(tenant)?;
         let host_ifname = port.host_ifname.as_str();
+        let alias = port.annotation(super::HOST_ALIAS);
         let (bridge, b) = self.the_bridge(tenant)?;
         let node = self.rtnl.node();
         self.rtnl.block_on(async {
-            let port = link_by_name(node, host_ifname)
+            let link = link_by_name(node, host_ifname)
                 .await
                 .map_err(|e| SdnError::netlink(format!("get {host_ifname}"), e))?
                 .ok_or_else(|| SdnError::Missing {
                     resource: format!("host interface {host_ifname}"),
                 })?;
             let bidx = b.header.index;
-            match link_controller(&port) {
-                Some(c) if c == bidx => {}
-                other => {
-                    if other.is_some() {
-                        warn!(%host_ifname, %bridge, "moving a port from another bridge");
-                    }
-                    node.link()
-                        .set(
-                            LinkUnspec::new_with_index(port.header.index)
-                                .controller(bidx)
-                                .build(),
-                        )
-                        .execute()
-                        .await
-                        .map_err(|e| {
-                            SdnError::netlink(format!("attach {host_ifname} to {bridge}"), e)
-                        })?;
+            let controller = link_controller(&link);
+            let alias_stale = alias.is_some_and(|a| link_alias(&link) != Some(a));
+            if controller != Some(bidx) || alias_stale {
+                if controller.is_some_and(|c| c != bidx) {
+                    warn!(%host_ifname, %bridge, "moving a port from another bridge");
                 }
+                // One request: the controller and the operator-visible
+                // alias (a plan annotation) together.
+                let mut set = LinkUnspec::new_with_index(link.header.index).controller(bidx);
+                if let Some(a) = alias {
+                    set = set.alias(a.to_string());
+                }
+                node.link().set(set.build()).execute().await.map_err(|e| {
+                    SdnError::netlink(format!("attach {host_ifname} to {bridge}"), e)
+                })?;
             }
-            set_up(node, port.header.index)
+            set_up(node, link.header.index)
                 .await
                 .map_err(|e| SdnError::netlink(format!("set {host_ifname} up"), e))
         })
@@ -583,6 +581,16 @@ impl Sdn for LinuxSdn {
             if !link_is_up(&l) {
                 return Err(SdnError::Missing {
                     resource: format!("host interface {host_ifname} is down; its up state"),
+                });
+            }
+            if let Some(a) = port.annotation(super::HOST_ALIAS)
+                && link_alias(&l) != Some(a)
+            {
+                return Err(SdnError::Missing {
+                    resource: format!(
+                        "alias {a:?} of host interface {host_ifname} (plan annotation {})",
+                        super::HOST_ALIAS
+                    ),
                 });
             }
             Ok(())

@@ -185,6 +185,35 @@ pub struct PortSpec {
     pub mac: Option<MacAddr>,
     /// The pod's addresses on this port, with their subnet's prefix.
     pub addresses: Vec<IpNet>,
+    /// The plan's annotations (already validated). A backend acts on the
+    /// keys it documents ([`HOST_ALIAS`]) and ignores the rest.
+    pub annotations: Vec<crate::plan::Kv>,
+}
+
+/// Plan annotation a stage sets to label the pod's host-side interfaces:
+/// the Linux backend writes it as the ifalias of each SDN port's host end
+/// (`ip link` shows it beside the `tn…` name), so an operator can tell whose
+/// interface it is without reading records. Validated in
+/// `plan::validate` (printable, at most [`HOST_ALIAS_MAX`] bytes).
+pub const HOST_ALIAS: &str = "tenet.io/host-alias";
+
+/// Longest [`HOST_ALIAS`] value (the kernel allows 255; `ip link` output
+/// stays readable).
+pub const HOST_ALIAS_MAX: usize = 128;
+
+/// Annotation keys under `tenet.io/` that some backend acts on. Any other
+/// `tenet.io/` key in a plan is refused, so a misspelt key fails loudly
+/// instead of being silently ignored.
+pub const BACKEND_ANNOTATIONS: &[&str] = &[HOST_ALIAS];
+
+impl PortSpec {
+    /// The value of a plan annotation, if the plan set it.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.value.as_str())
+    }
 }
 
 /// Errors of the SDN backends.

@@ -1089,6 +1089,7 @@ mod tests {
             host_ifname: format!("tn{n}"),
             mac: None,
             addresses: vec![format!("10.1.0.{}/24", 10 + n).parse().unwrap()],
+            annotations: Vec::new(),
         }
     }
 
