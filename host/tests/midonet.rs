@@ -141,6 +141,7 @@ fn pod(tenant_net: u8, n: usize) -> PortSpec {
         host_ifname: format!("tn{n:08x}"),
         mac: None,
         addresses: vec![format!("10.{tenant_net}.0.{}/24", 10 + n).parse().unwrap()],
+        annotations: Vec::new(),
     }
 }
 
