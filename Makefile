@@ -12,6 +12,7 @@ APT_PACKAGES := iproute2 nftables iputils-ping jq containernetworking-plugins hy
 APT_PACKAGES += time
 # Real CNI callers for the end-to-end tests (host/tests/runtimes_e2e.rs).
 APT_PACKAGES += podman runc busybox-static golang-go golang-github-appc-cni-dev
+# A real OCI registry for the distribution tests (host/tests/oci_distribution.rs).
 APT_PACKAGES += docker-registry
 # The node image's static binaries (musl-gcc for ring's C code) and the venv
 # of deploy/'s schema validator (make image, make deploy-check).
