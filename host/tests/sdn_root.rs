@@ -35,6 +35,22 @@ fn port(host: &str) -> PortSpec {
     }
 }
 
+/// A veth for container `cid` with its eth0 in `pod`; the host end's name.
+fn pod_veth(n: &RtNetns, pod: &ScratchNetns, cid: &str) -> String {
+    let host = host_ifname(cid, "eth0");
+    n.create_veth(&VethSpec {
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        host_ifname: host.clone(),
+        netns: pod.path().to_owned(),
+        mtu: None,
+        mac: None,
+        link_local: None,
+    })
+    .unwrap();
+    host
+}
+
 const POD_PORT: u16 = 8080;
 const NODE_PORT: u16 = 9090;
 
@@ -502,17 +518,7 @@ fn attach_and_detach_are_idempotent() {
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
     let t = Tenant::new("ports", 7);
     let pod = ScratchNetns::new().unwrap();
-    let host = host_ifname("p1", "eth0");
-    n.create_veth(&VethSpec {
-        container_id: "p1".into(),
-        ifname: "eth0".into(),
-        host_ifname: host.clone(),
-        netns: pod.path().to_owned(),
-        mtu: None,
-        mac: None,
-        link_local: None,
-    })
-    .unwrap();
+    let host = pod_veth(&n, &pod, "p1");
     let e = sdn.attach(t.id, &port(&host)).unwrap_err();
     assert_eq!(e.cni_code(), 151, "attach before ensure: {e}");
     let net = sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
@@ -658,17 +664,7 @@ fn the_host_alias_annotation_labels_the_host_end() {
     let sdn = LinuxSdn::new(SdnOptions::default()).unwrap();
     let t = Tenant::new("alias", 8);
     let pod = ScratchNetns::new().unwrap();
-    let host = host_ifname("a1", "eth0");
-    n.create_veth(&VethSpec {
-        container_id: "a1".into(),
-        ifname: "eth0".into(),
-        host_ifname: host.clone(),
-        netns: pod.path().to_owned(),
-        mtu: None,
-        mac: None,
-        link_local: None,
-    })
-    .unwrap();
+    let host = pod_veth(&n, &pod, "a1");
     sdn.ensure_tenant(t.id, &t.subnets()).unwrap();
     let with = |alias: &str| PortSpec {
         annotations: vec![

@@ -54,6 +54,23 @@ unsafe extern "C" {
 const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
 const SIGKILL: std::ffi::c_ulong = 9;
 
+/// Makes the kernel kill `cmd`'s process when the thread that spawned it
+/// ends, so a test that panics or is killed leaves no server behind (the
+/// registry helper uses it too).
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one async-signal-safe syscall.
+    unsafe {
+        cmd.pre_exec(|| {
+            if prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// The etcd binary from Debian's `etcd-server` package.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 
@@ -320,17 +337,7 @@ impl EtcdCluster {
                     .arg(ca);
             }
         }
-        // SAFETY: the closure runs in the forked child before exec and
-        // only makes one async-signal-safe syscall.
-        unsafe {
-            cmd.pre_exec(|| {
-                if prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut cmd);
         m.child = Some(cmd.spawn().expect("spawn /usr/bin/etcd"));
     }
 

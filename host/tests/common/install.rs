@@ -7,37 +7,15 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
 /// Runs a command with a deadline (a hung runtime must fail the test, not
-/// wedge it); the child is killed when the deadline passes.
-pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("wait {what}: {e}")),
-        Err(_) => {
-            // SAFETY: signalling our own child, not yet reaped (the waiter
-            // thread is still blocked on it).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{what} did not finish within {timeout:?}");
-        }
-    }
-}
+/// wedge it): the containerd harness's.
+pub use cri_harness::containerd::run;
 
 /// Output bytes as text (lossy).
 pub fn text(b: &[u8]) -> String {

@@ -11,16 +11,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-unsafe extern "C" {
-    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-}
-const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
-const SIGKILL: std::ffi::c_ulong = 9;
 
 /// The registry binary from Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -83,16 +76,7 @@ impl Registry {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory here.
-        unsafe {
-            cmd.pre_exec(|| {
-                if prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        super::etcd::die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start docker-registry");
         let reg = Registry { child, dir, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
