@@ -146,7 +146,14 @@ pub fn compile_pipeline(
     let manifest = Manifest::load(path).map_err(CtlError::msg)?;
     // `oci://` modules no module dir has yet are pulled (signature checked)
     // into the first module dir, where `tenet` will look for them.
-    if let Some(dest) = opts.module_dirs.first() {
+    // The configuration (its [distribution] key) is read only when there is
+    // something to pull, so a pipeline without missing `oci://` modules
+    // compiles whatever TENET_CONFIG holds.
+    let missing_oci = manifest.stages.iter().any(|s| {
+        matches!(s.module, crate::policy::ModuleRef::Oci(_))
+            && crate::policy::resolve_module_path(&s.module, &opts.module_dirs).is_err()
+    });
+    if missing_oci && let Some(dest) = opts.module_dirs.first() {
         let cfg =
             crate::config::Config::load(&super::process_env(), None).map_err(CtlError::msg)?;
         super::oci::pull_missing(&manifest, &opts.module_dirs, dest, &cfg.distribution, out)?;
