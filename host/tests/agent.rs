@@ -506,7 +506,11 @@ fn the_agent_writes_the_nodes_kubeconfig_and_follows_token_rotation() {
     agent.wait_for("/metrics", "the kubeconfig refresh recovers", |_, body| {
         value(&scrape(body), "tenet_agent_kubeconfig_ok", &[]) == 1.0
     });
-    assert_eq!(std::fs::read(&kc).unwrap(), good, "same content: not rewritten");
+    assert_eq!(
+        std::fs::read(&kc).unwrap(),
+        good,
+        "same content: not rewritten"
+    );
 }
 
 /// `tenetctl agent --once` with every pass failing: exit 1, each failure

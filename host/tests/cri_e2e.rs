@@ -641,7 +641,11 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
         stdout.contains("gc: runtime") && stdout.contains("2 sandboxes, removed 0"),
         "{stdout}"
     );
-    assert_eq!(node.record(&live), live_rec, "--once left the live pod alone");
+    assert_eq!(
+        node.record(&live),
+        live_rec,
+        "--once left the live pod alone"
+    );
 
     node.stop_and_remove_all(&[&live, &again]);
     eprintln!("total: {:?}", t0.elapsed());

@@ -196,7 +196,8 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
     }
     let ca_path = sa_dir.join("ca.crt");
     let ca = read_capped(&ca_path, "CA", MAX_CA)?;
-    check_ca(&ca).map_err(|m| CtlError(format!("service-account CA {}: {m}", ca_path.display())))?;
+    check_ca(&ca)
+        .map_err(|m| CtlError(format!("service-account CA {}: {m}", ca_path.display())))?;
     use base64::Engine as _;
     let file = File {
         api_version: "v1",
@@ -391,7 +392,8 @@ mod tests {
             }
             s
         };
-        let cases: Vec<(tempfile::TempDir, Vec<(String, String)>, &str)> = vec![
+        type Env = Vec<(String, String)>;
+        let cases: Vec<(tempfile::TempDir, Env, &str)> = vec![
             (bad_sa(None, Some(&ca)), e.clone(), "token"),
             (bad_sa(Some(" \n"), Some(&ca)), e.clone(), "token"),
             (bad_sa(Some("a b"), Some(&ca)), e.clone(), "token"),
@@ -405,7 +407,11 @@ mod tests {
                 e.clone(),
                 "ca.crt",
             ),
-            (bad_sa(Some("t"), Some(&ca)), vec![], "KUBERNETES_SERVICE_HOST"),
+            (
+                bad_sa(Some("t"), Some(&ca)),
+                vec![],
+                "KUBERNETES_SERVICE_HOST",
+            ),
             (
                 bad_sa(Some("t"), Some(&ca)),
                 env("10.96.0.1", "https"),

@@ -424,8 +424,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         || args.kubeconfig_interval.is_zero()
     {
         return Err(CtlError(
-            "--gc-interval, --upkeep-interval and --kubeconfig-interval must be more than 0"
-                .into(),
+            "--gc-interval, --upkeep-interval and --kubeconfig-interval must be more than 0".into(),
         ));
     }
     let mut env = super::process_env();
