@@ -4,7 +4,10 @@
 //! upkeep rebuilding the bundle after a module file is replaced (the next
 //! exec runs from a bundle). GC over CRI is tested end to end against
 //! containerd elsewhere; here the agent's CRI socket does not exist, and
-//! its GC must remove nothing.
+//! its GC must remove nothing. Without root: the node's kubeconfig the
+//! agent writes from a (fake) service account for the Kubernetes API
+//! emulator, followed through a token rotation and kept when the service
+//! account breaks; `--once` reporting each failed pass.
 
 mod common;
 
@@ -49,6 +52,12 @@ impl Agent {
             .args(["--upkeep-interval", "300ms", "--gc-interval", "1s"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (a `tenetctl agent --listen 127.0.0.1:0 …` with stdout
+    /// piped) and reads the address it serves on.
+    fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd.spawn().expect("tenetctl agent starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -266,5 +275,297 @@ fn agent_refuses_a_missing_config_and_a_bad_duration() {
     assert!(
         err.contains("--gc-interval") && err.contains("unknown unit"),
         "{err}"
+    );
+}
+
+// ------------------------------------------------- the node's kubeconfig
+
+/// The kube_api test's pipeline: the tenant from a namespace label.
+const KUBE_PIPELINE: &str = r#"
+[[stage]]
+name = "tenant"
+module = "tenant-map"
+[stage.settings]
+labels = ["tenant_id"]
+namespaceLabels = ["capsule.clastix.io/tenant"]
+fromNamespace = true
+
+[[stage]]
+name = "ipam"
+module = "ipam-policy"
+[stage.settings]
+pools = [{ name = "pods-v4", family = "ipv4", supernet = "10.64.0.0/12", subnetLen = 24 }]
+
+[[stage]]
+name = "routes"
+module = "route-dns"
+[stage.settings]
+defaultRoute = true
+"#;
+
+/// A `tenet` ADD in dry-run mode for pod team-a/web-0 of a network reading
+/// labels from the API: its CNI reply.
+fn dry_run_add(config: &Path, uid: &str, cni_path: &Path) -> serde_json::Value {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "kube-net", "type": "tenet", "kubernetes": {},
+    });
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID={uid}"
+    );
+    let out = common::run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_tenet"))
+            .env_clear()
+            .env("TENET_CONFIG", config)
+            .env("TENET_DRY_RUN", "1")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "c1")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", cni_path),
+        &conf.to_string(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The tenant of a dry-run reply's plan (code 110), or the reply.
+fn planned_tenant(reply: &serde_json::Value) -> Result<String, String> {
+    if reply["code"] != 110 {
+        return Err(reply.to_string());
+    }
+    let d = reply["details"].as_str().unwrap();
+    let plan: serde_json::Value = serde_json::from_str(d.strip_prefix("plan: ").unwrap()).unwrap();
+    Ok(plan["tenant"].as_str().unwrap().to_owned())
+}
+
+/// Polls `cond` every 100 ms for up to `secs` seconds.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < end, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kubeconfig_token(path: &Path) -> Option<String> {
+    match tenet::kube::kubeconfig::from_file(path).ok()?.auth {
+        tenet::kube::kubeconfig::Auth::Token(t) => Some(t),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_agent_writes_the_nodes_kubeconfig_and_follows_token_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let emu = common::kube::start(dir);
+    emu.put_namespace("team-a", &[("capsule.clastix.io/tenant", "acme")]);
+    let uid = emu.put_pod("team-a", "web-0", &[], None);
+    let port = emu.url().rsplit(':').next().unwrap().to_owned();
+
+    // The pod's service account, as kubelet mounts it.
+    let sa = dir.join("serviceaccount");
+    std::fs::create_dir(&sa).unwrap();
+    std::fs::write(sa.join("token"), common::kube::TOKEN).unwrap();
+    std::fs::copy(dir.join("ca.crt"), sa.join("ca.crt")).unwrap();
+    // The host's /etc/tenet.
+    let etc = dir.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let kc = etc.join("kubeconfig");
+    let pipeline = common::manifest(dir, "pipeline.toml", KUBE_PIPELINE);
+    let config = etc.join("tenet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pipeline = {:?}\nstate_dir = {:?}\ncache_dir = {:?}\nmodule_dirs = [{:?}]\n\
+             [kubernetes]\nkubeconfig = {:?}\ntimeout_ms = 2000\ncache_ttl_s = 0\n",
+            pipeline,
+            dir.join("state"),
+            common::shared_cache(),
+            common::modules_dir(),
+            kc
+        ),
+    )
+    .unwrap();
+    let conf_dir = dir.join("net.d");
+    std::fs::create_dir(&conf_dir).unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenetctl"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .args(["--log", "info", "agent", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--conf-dir")
+        .arg(&conf_dir)
+        .args(["--cri-socket", "/nonexistent/tenet-test-cri.sock"])
+        .args(["--gc-interval", "1h", "--upkeep-interval", "1h"])
+        .arg("--write-kubeconfig")
+        .arg(&kc)
+        .arg("--service-account-dir")
+        .arg(&sa)
+        .args(["--kubeconfig-interval", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let agent = Agent::spawn(cmd);
+
+    // Written from the service account, for the emulator, mode 0600.
+    eventually(60, "the kubeconfig is written", || kc.is_file());
+    assert_eq!(
+        std::fs::metadata(&kc).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let c = tenet::kube::kubeconfig::from_file(&kc).unwrap();
+    assert_eq!(c.server, emu.url());
+    assert_eq!(
+        c.ca_pem.as_deref(),
+        Some(&std::fs::read(dir.join("ca.crt")).unwrap()[..])
+    );
+    assert_eq!(kubeconfig_token(&kc).as_deref(), Some(common::kube::TOKEN));
+
+    // The agent's upkeep has built the pipeline's artifacts.
+    agent.wait_for("/readyz", "agent ready", |st, _| st == 200);
+    // A tenet ADD with that kubeconfig reads the namespace's labels.
+    assert_eq!(
+        planned_tenant(&dry_run_add(&config, &uid, dir)).as_deref(),
+        Ok("acme")
+    );
+    let j = emu.journal();
+    assert!(
+        j.iter().any(|s| s.path == "/api/v1/namespaces/team-a"
+            && s.status == 200
+            && s.user.as_deref() == Some(common::kube::USER)),
+        "{j:?}"
+    );
+
+    // The token rotates: the API server accepts only the new one. Until the
+    // service account's file changes, the node's kubeconfig holds the old
+    // one and an ADD is refused with 401 (code 11, kubelet retries).
+    emu.add_token(
+        "rotated-token",
+        common::kube::USER,
+        &["get", "list", "watch"],
+        &["pods", "namespaces"],
+    );
+    assert!(emu.remove_token(common::kube::TOKEN));
+    let r = dry_run_add(&config, &uid, dir);
+    assert_eq!(r["code"], 11, "{r}");
+    assert!(r["details"].as_str().unwrap().contains("401"), "{r}");
+    // kubelet writes the new token; within a refresh period the kubeconfig
+    // has it, and the next ADD succeeds.
+    let fresh = sa.join("token.new");
+    std::fs::write(&fresh, "rotated-token\n").unwrap();
+    std::fs::rename(&fresh, sa.join("token")).unwrap();
+    eventually(60, "the rotated token reaches the kubeconfig", || {
+        kubeconfig_token(&kc).as_deref() == Some("rotated-token")
+    });
+    assert_eq!(
+        std::fs::metadata(&kc).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(
+        planned_tenant(&dry_run_add(&config, &uid, dir)).as_deref(),
+        Ok("acme")
+    );
+
+    // A broken service account (a CA that is not a certificate, then no
+    // token at all): the agent says so, naming the file, and the working
+    // kubeconfig is kept.
+    let good = std::fs::read(&kc).unwrap();
+    std::fs::write(sa.join("ca.crt"), "not a certificate\n").unwrap();
+    let ca_path = sa.join("ca.crt").display().to_string();
+    agent.wait_for("/readyz", "readyz names the bad CA file", |st, body| {
+        st == 503 && body.contains("kubeconfig:") && body.contains(&ca_path)
+    });
+    let s = scrape(&agent.get("/metrics").1);
+    assert_eq!(value(&s, "tenet_agent_kubeconfig_ok", &[]), 0.0);
+    assert_eq!(std::fs::read(&kc).unwrap(), good, "the kubeconfig was kept");
+    std::fs::copy(dir.join("ca.crt"), sa.join("ca.crt")).unwrap();
+    std::fs::remove_file(sa.join("token")).unwrap();
+    let token_path = sa.join("token").display().to_string();
+    agent.wait_for("/readyz", "readyz names the missing token", |st, body| {
+        st == 503 && body.contains(&token_path)
+    });
+    assert_eq!(std::fs::read(&kc).unwrap(), good, "the kubeconfig was kept");
+    assert_eq!(
+        planned_tenant(&dry_run_add(&config, &uid, dir)).as_deref(),
+        Ok("acme"),
+        "ADDs go on with the kept kubeconfig"
+    );
+    // Repaired: the gauge is 1 again.
+    std::fs::write(sa.join("token"), "rotated-token").unwrap();
+    agent.wait_for("/metrics", "the kubeconfig refresh recovers", |_, body| {
+        value(&scrape(body), "tenet_agent_kubeconfig_ok", &[]) == 1.0
+    });
+    assert_eq!(
+        std::fs::read(&kc).unwrap(),
+        good,
+        "same content: not rewritten"
+    );
+}
+
+/// `tenetctl agent --once` with every pass failing: exit 1, each failure
+/// named on stdout.
+#[test]
+fn agent_once_reports_each_failed_pass_and_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tenet.toml");
+    std::fs::write(
+        &config,
+        format!("state_dir = {:?}\n", tmp.path().join("state")),
+    )
+    .unwrap();
+    let sa = tmp.path().join("sa");
+    std::fs::create_dir(&sa).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenetctl"))
+        .env_clear()
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "6443")
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .arg("--conf-dir")
+        .arg(tmp.path())
+        .args(["--cri-socket", "/nonexistent/tenet-test-cri.sock"])
+        .arg("--write-kubeconfig")
+        .arg(tmp.path().join("kubeconfig"))
+        .arg("--service-account-dir")
+        .arg(&sa)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+            .to_owned()
+    };
+    let kc = line("kubeconfig: ");
+    assert!(
+        kc.contains("failed") && kc.contains(&sa.join("token").display().to_string()),
+        "{kc}"
+    );
+    assert!(!tmp.path().join("kubeconfig").exists());
+    let up = line("upkeep: ");
+    assert!(up.contains("failed") && up.contains("no pipeline"), "{up}");
+    let gc = line("gc: ");
+    assert!(
+        gc.contains("failed") && gc.contains("/nonexistent/tenet-test-cri.sock"),
+        "{gc}"
     );
 }

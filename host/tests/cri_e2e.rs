@@ -615,6 +615,38 @@ fn the_agent_frees_what_a_wiped_runtime_forgot() {
     }
 
     drop(agent);
+
+    // `tenetctl agent --once` against the same containerd: one upkeep and
+    // one GC pass, exit 0; both live sandboxes listed, nothing removed.
+    let out = Command::new(common::binary("tenetctl"))
+        .args(["agent", "--once", "--config"])
+        .arg(node.inst.path("etc/tenet.toml"))
+        .arg("--cri-socket")
+        .arg(node.ctd.socket())
+        .arg("--conf-dir")
+        .arg(node.inst.path("net.d"))
+        .args(["--network", NETWORK])
+        .stdin(Stdio::null())
+        .output()
+        .expect("tenetctl agent --once");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("upkeep: ok"), "{stdout}");
+    assert!(
+        stdout.contains("gc: runtime") && stdout.contains("2 sandboxes, removed 0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        node.record(&live),
+        live_rec,
+        "--once left the live pod alone"
+    );
+
     node.stop_and_remove_all(&[&live, &again]);
     eprintln!("total: {:?}", t0.elapsed());
 }

@@ -37,6 +37,11 @@ impl Layout {
 
     /// `tenetctl install` with every directory inside the temp dir.
     fn install(&self, extra: &[&str]) -> Run {
+        self.install_env(extra, &[])
+    }
+
+    /// [`Layout::install`] with more environment variables.
+    fn install_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Run {
         let o = Command::new(common::binary("tenetctl"))
             .arg("install")
             .arg("--pipeline")
@@ -51,6 +56,10 @@ impl Layout {
             .args(["--state-dir", self.p("state").to_str().unwrap()])
             .args(extra)
             .env("TENET_CONFIG", "/dev/null")
+            // The runner may itself be in a pod: only `env` says so.
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         Run {
@@ -394,18 +403,32 @@ fn plugin_source_puts_the_chained_plugins_into_the_bin_dir_before_the_conflist()
     assert!(!l.p("net.d/10-tenet.conflist").exists());
     assert!(!l.p("bin/portmap").exists());
 
-    // Copied, executable, byte for byte, no temporary file left.
+    // portmap is there but not loopback, which containerd's CRI runs from
+    // the same bin dir for every sandbox: refused the same way.
     std::fs::write(src.join("portmap"), b"portmap v1").unwrap();
     std::fs::write(src.join("bridge"), b"not chained").unwrap();
+    let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("loopback") && r.stderr.contains("containerd's CRI"),
+        "{}",
+        r.stderr
+    );
+    assert!(!l.p("net.d/10-tenet.conflist").exists());
+
+    // Copied, executable, byte for byte, no temporary file left.
+    std::fs::write(src.join("loopback"), b"loopback v1").unwrap();
     let r = l.install(&["--chain-portmap", "--plugin-source", src_arg]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("installed plugin"), "{}", r.stdout);
     assert_eq!(std::fs::read(l.p("bin/portmap")).unwrap(), b"portmap v1");
     assert_eq!(mode(&l.p("bin/portmap")), 0o755);
+    assert_eq!(std::fs::read(l.p("bin/loopback")).unwrap(), b"loopback v1");
+    assert_eq!(mode(&l.p("bin/loopback")), 0o755);
     assert_eq!(
         names(&l.p("bin")),
-        ["portmap", "tenet", "tenetctl"],
-        "only the chained plugin"
+        ["loopback", "portmap", "tenet", "tenetctl"],
+        "the chained plugin and loopback, nothing else"
     );
     assert_eq!(
         l.conflist("10-tenet.conflist")["plugins"][1]["type"],
@@ -482,4 +505,71 @@ fn config_file_is_installed_and_replaces_a_different_one() {
         std::fs::read_to_string(&toml_path).unwrap(),
         "log_level = \"info\"\n"
     );
+}
+
+/// `--write-kubeconfig`: the node's kubeconfig for the CNI exec, from the
+/// pod's in-cluster settings (the DaemonSet's init container).
+#[test]
+fn install_writes_the_nodes_kubeconfig_from_the_service_account() {
+    let l = Layout::new();
+    let sa = l.p("sa");
+    std::fs::create_dir(&sa).unwrap();
+    common::kube::make_certs(&sa);
+    std::fs::write(sa.join("token"), "sa-token-1\n").unwrap();
+    let kc = l.p("etc/kubeconfig");
+    let flags = [
+        "--write-kubeconfig",
+        kc.to_str().unwrap(),
+        "--service-account-dir",
+        sa.to_str().unwrap(),
+    ];
+    let env = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+    let r = l.install_env(&flags, &env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("installed kubeconfig"), "{}", r.stdout);
+    assert_eq!(mode(&kc), 0o600);
+    let c = tenet::kube::kubeconfig::from_file(&kc).unwrap();
+    assert_eq!(c.server, "https://10.96.0.1:443");
+    assert_eq!(
+        c.auth,
+        tenet::kube::kubeconfig::Auth::Token("sa-token-1".into())
+    );
+    assert_eq!(
+        c.ca_pem.as_deref(),
+        Some(&std::fs::read(sa.join("ca.crt")).unwrap()[..])
+    );
+    // Twice: nothing changes.
+    let r = l.install_env(&flags, &env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("unchanged kubeconfig"), "{}", r.stdout);
+    assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
+
+    // A broken service account: refused naming the file, the node's
+    // kubeconfig kept.
+    let before = std::fs::read(&kc).unwrap();
+    std::fs::write(sa.join("token"), "").unwrap();
+    let r = l.install_env(&flags, &env);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(sa.join("token").to_str().unwrap()) && r.stderr.contains("empty"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&kc).unwrap(), before);
+    // Outside a pod: refused naming the variable, before anything is
+    // written.
+    let l2 = Layout::new();
+    let kc2 = l2.p("etc/kubeconfig");
+    let r = l2.install(&[
+        "--write-kubeconfig",
+        kc2.to_str().unwrap(),
+        "--service-account-dir",
+        sa.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("KUBERNETES_SERVICE_HOST"), "{}", r.stderr);
+    assert!(!l2.p("bin").exists() && !kc2.exists());
 }

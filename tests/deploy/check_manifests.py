@@ -7,7 +7,8 @@
 - the DaemonSet keeps its contract: host network, every taint tolerated,
   system-node-critical, the install and agent command lines, the probes and
   scrape annotations, no privileged container, the image tag is the
-  workspace version.
+  workspace version, and the node's kubeconfig written by both containers
+  where the ConfigMap's tenet.toml looks for it.
 
 Usage: check_manifests.py REPO_ROOT. Exits 1 naming every violation.
 """
@@ -83,7 +84,8 @@ agent = containers["agent"]
 check(
     agent["command"]
     == ["/tenetctl", "agent", "--config", "/etc/tenet/tenet.toml", "--listen", "0.0.0.0:9490",
-        "--cri-socket", "/run/containerd/containerd.sock", "--gc-interval", "60s"],
+        "--cri-socket", "/run/containerd/containerd.sock", "--gc-interval", "60s",
+        "--write-kubeconfig", "/etc/tenet/kubeconfig", "--kubeconfig-interval", "60s"],
     f"agent command: {agent['command']}",
 )
 check(agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9490}, "readiness probe")
@@ -92,6 +94,22 @@ check(agent["securityContext"]["capabilities"].get("add") == ["NET_ADMIN", "SYS_
 install = containers["install"]
 check(install["command"][:2] == ["/tenetctl", "install"], "init container runs tenetctl install")
 check("add" not in install["securityContext"]["capabilities"], "install needs no capability")
+
+# The CNI exec runs on the host: both containers write the kubeconfig the
+# ConfigMap's tenet.toml names, into the host's /etc/tenet, writable.
+KUBECONFIG = "/etc/tenet/kubeconfig"
+check(f"--write-kubeconfig={KUBECONFIG}" in install["command"], f"install must --write-kubeconfig={KUBECONFIG}")
+check(
+    re.search(r'^\[kubernetes\]\s*\nkubeconfig = "' + re.escape(KUBECONFIG) + '"', cm["data"]["tenet.toml"], re.M),
+    f"the ConfigMap's tenet.toml must set [kubernetes] kubeconfig = {KUBECONFIG!r}",
+)
+check(pod.get("automountServiceAccountToken", True) is not False, "the service-account token must be mounted")
+for name in ["install", "agent"]:
+    mounts = [m for m in containers[name]["volumeMounts"] if m["name"] == "tenet-etc"]
+    check(
+        len(mounts) == 1 and mounts[0]["mountPath"] == "/etc/tenet" and not mounts[0].get("readOnly"),
+        f"{name}: tenet-etc must be mounted writable at /etc/tenet (the kubeconfig is replaced by rename)",
+    )
 
 # Every host path the containers write is mounted at the same path inside
 # them (install writes these paths into the conflist and tenet.toml).

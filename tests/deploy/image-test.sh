@@ -54,10 +54,16 @@ echo "ok: files are exactly the binaries, 4 modules, 2 pipelines, tenet.toml; no
 # 4. The DaemonSet's install, into host directories mounted at their own
 #    paths (as the DaemonSet does), from the image's files: binaries,
 #    modules, pipeline, the given tenet.toml, artifacts compiled for this
-#    CPU by the static tenetctl, portmap from the plugin source, conflist.
+#    CPU by the static tenetctl, portmap and loopback from the plugin
+#    source, the node's kubeconfig from a stand-in service account (as
+#    kubelet mounts it) and the service variables, conflist.
 n="$tmp/node"
-mkdir -p "$n/plugins" "$n/config"
+mkdir -p "$n/plugins" "$n/config" "$n/sa"
 printf 'portmap stand-in\n' >"$n/plugins/portmap"
+printf 'loopback stand-in\n' >"$n/plugins/loopback"
+printf 'image-test-token\n' >"$n/sa/token"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=image-test-ca -keyout "$n/sa/ca.key" -out "$n/sa/ca.crt" 2>/dev/null
 cat >"$n/config/tenet.toml" <<TOML
 pipeline = "$n/etc/policies/rainbond.toml"
 module_dirs = ["$n/modules"]
@@ -66,17 +72,23 @@ state_dir = "$n/state"
 TOML
 install_run() {
   # As the DaemonSet runs it: no capability at all, no privilege escalation.
-  run --cap-drop=all --security-opt=no-new-privileges --tmpfs /tmp -v "$n:$n" "$image" /tenetctl install \
+  run --cap-drop=all --security-opt=no-new-privileges --tmpfs /tmp -v "$n:$n" \
+    -e KUBERNETES_SERVICE_HOST=10.96.0.1 -e KUBERNETES_SERVICE_PORT=443 "$image" /tenetctl install \
     --pipeline=/usr/share/tenet/policies/rainbond.toml --module-dir=/usr/share/tenet/modules \
     --config-file="$n/config/tenet.toml" --chain-portmap --plugin-source="$n/plugins" --force \
+    --write-kubeconfig="$n/etc/kubeconfig" --service-account-dir="$n/sa" \
     --bin-dir="$n/bin" --conf-dir="$n/net.d" --config-dir="$n/etc" --install-module-dir="$n/modules"
 }
 out=$(install_run) || fail "tenetctl install in the image failed: $out"
 echo "$out" | grep -q 'tenet is installed' || fail "install said: $out"
 [ "$(echo "$out" | grep -c 'installed artifact')" -eq 4 ] || fail "want 4 artifacts: $out"
-for f in bin/tenet bin/tenetctl bin/portmap etc/tenet.toml etc/policies/rainbond.toml net.d/10-tenet.conflist; do
+for f in bin/tenet bin/tenetctl bin/portmap bin/loopback etc/tenet.toml etc/policies/rainbond.toml \
+  etc/kubeconfig net.d/10-tenet.conflist; do
   [ -s "$n/$f" ] || fail "install left no $f"
 done
+[ "$(stat -c %a "$n/etc/kubeconfig")" = 600 ] || fail "etc/kubeconfig is mode $(stat -c %a "$n/etc/kubeconfig"), not 600"
+grep -q 'server: https://10.96.0.1:443' "$n/etc/kubeconfig" && grep -q 'token: image-test-token' "$n/etc/kubeconfig" \
+  || fail "etc/kubeconfig: $(sed 's/token: .*/token: …/' "$n/etc/kubeconfig")"
 cmp -s "$n/config/tenet.toml" "$n/etc/tenet.toml" || fail "etc/tenet.toml is not the given file"
 jq -e '.plugins | map(.type) == ["tenet", "portmap"]' "$n/net.d/10-tenet.conflist" >/dev/null \
   || fail "conflist: $(cat "$n/net.d/10-tenet.conflist")"

@@ -116,7 +116,7 @@ fn pin_mismatches(found: &[Found], cache: &ArtifactCache) -> Vec<String> {
 /// Precompiles every stage of a pipeline and validates its settings.
 pub fn run(args: &CompileArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     let opts = args.modules.options()?;
-    compile_pipeline(&args.pipeline, args.pin, &opts, out)?;
+    compile_pipeline(&args.pipeline, args.pin, &opts, None, out)?;
     Ok(0)
 }
 
@@ -136,10 +136,16 @@ pub struct Compiled {
 /// upkeep runs this too): checks the pins, builds every missing artifact
 /// and the bundle into the cache, validates the settings, and reports on
 /// `out`.
+///
+/// `dist` is the `[distribution]` configuration missing `oci://` modules are
+/// pulled with (the node agent passes its own configuration's); `None` reads
+/// it from the process's configuration (`TENET_CONFIG`), only when something
+/// must be pulled.
 pub fn compile_pipeline(
     path: &Path,
     pin: bool,
     opts: &crate::policy::PipelineOptions,
+    dist: Option<&crate::config::DistributionConfig>,
     out: &mut dyn std::io::Write,
 ) -> Result<Compiled, CtlError> {
     let cache = ArtifactCache::new(&opts.cache_dir);
@@ -154,9 +160,16 @@ pub fn compile_pipeline(
             && crate::policy::resolve_module_path(&s.module, &opts.module_dirs).is_err()
     });
     if missing_oci && let Some(dest) = opts.module_dirs.first() {
-        let cfg =
-            crate::config::Config::load(&super::process_env(), None).map_err(CtlError::msg)?;
-        super::oci::pull_missing(&manifest, &opts.module_dirs, dest, &cfg.distribution, out)?;
+        let loaded;
+        let dist = match dist {
+            Some(d) => d,
+            None => {
+                loaded = crate::config::Config::load(&super::process_env(), None)
+                    .map_err(CtlError::msg)?;
+                &loaded.distribution
+            }
+        };
+        super::oci::pull_missing(&manifest, &opts.module_dirs, dest, dist, out)?;
     }
     let found = find_modules(&manifest, &opts.module_dirs)?;
     if pin {

@@ -18,10 +18,15 @@
 //!    pipeline, and also the module, cache and state directories whenever
 //!    `tenet` would not find them through its own configuration file (a
 //!    config dir other than `/etc/tenet`, or flags that differ from it).
-//!    Before it is written, every chained plugin it names (`portmap`) is
-//!    copied from `--plugin-source` into `--bin-dir` (runtimes such as
-//!    containerd 1.6 search one bin dir only), so a runtime never reads a
-//!    conflist naming a plugin it cannot find.
+//!    Before it is written, every chained plugin it names (`portmap`), and
+//!    `loopback` (which containerd's CRI runs for every sandbox), is copied
+//!    from `--plugin-source` into `--bin-dir` (runtimes such as containerd
+//!    1.6 search one bin dir only), so a runtime never reads a conflist
+//!    naming a plugin it cannot find.
+//!
+//! With `--write-kubeconfig FILE` (the DaemonSet's init container), the
+//! node's kubeconfig for the CNI exec is written from the pod's in-cluster
+//! settings before the conflist ([`super::node_kubeconfig`]).
 //!
 //! Every file is written to a temporary name in its directory and renamed
 //! into place (a runtime reading the conf dir, or a `tenet` exec starting from
@@ -66,7 +71,8 @@ pub struct InstallArgs {
     /// podman network's containers into one tenant.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Where the chained plugins the conflist names (`portmap`) are copied
+    /// Where the chained plugins the conflist names (`portmap`) and
+    /// `loopback` (containerd's CRI runs it for every sandbox) are copied
     /// from into `--bin-dir` (e.g. `/usr/lib/cni`). A plugin missing here but
     /// already in `--bin-dir` is kept; missing in both is an error.
     #[arg(long, value_name = "DIR")]
@@ -96,13 +102,19 @@ pub struct InstallArgs {
     /// `tenet.toml`'s, else tenet's built-in default).
     #[command(flatten)]
     pub modules: ModuleArgs,
+    /// `--write-kubeconfig`, `--service-account-dir`.
+    #[command(flatten)]
+    pub kubeconfig: super::node_kubeconfig::KubeconfigArgs,
 }
 
 /// What one step did to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub enum Change {
+    /// The file did not exist.
     Created,
+    /// The file existed with other content or mode.
     Updated,
+    /// The file already was as it should be: not written.
     Unchanged,
 }
 
@@ -160,6 +172,17 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     };
     let manifest =
         Manifest::load(&source_manifest).map_err(|e| CtlError(format!("--pipeline: {e}")))?;
+    // The in-cluster settings are checked before anything is written.
+    let kubeconfig = match &args.kubeconfig.write_kubeconfig {
+        Some(dest) => Some((
+            abs("--write-kubeconfig", dest)?,
+            super::node_kubeconfig::render(
+                &super::process_env(),
+                &args.kubeconfig.service_account_dir,
+            )?,
+        )),
+        None => None,
+    };
 
     // The operator's tenet.toml, if there is one, provides the defaults for
     // the cache and state directories.
@@ -299,6 +322,13 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         report.line(c, "config", &toml_path)?;
     }
 
+    // 3b. The node's kubeconfig for the CNI exec (before the conflist: an
+    // exec that reads labels needs it from its first ADD).
+    if let Some((dest, text)) = &kubeconfig {
+        let c = super::node_kubeconfig::write_text(text, dest)?;
+        report.line(c, "kubeconfig", dest)?;
+    }
+
     // 4. Precompile every module (validates the settings too).
     let cache = ArtifactCache::new(&cache_dir);
     let mut fresh = Vec::new();
@@ -355,8 +385,26 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         .filter_map(|p| p["type"].as_str())
         .filter(|t| *t != "tenet")
         .collect();
+    let chains_loopback = chained.contains(&"loopback");
     for plugin in chained {
-        install_plugin(plugin_source.as_deref(), &bin_dir, plugin, &mut report)?;
+        install_plugin(
+            plugin_source.as_deref(),
+            &bin_dir,
+            plugin,
+            "the conflist chains it",
+            &mut report,
+        )?;
+    }
+    // containerd's CRI also runs `loopback` for every sandbox, from the
+    // same single bin dir: a node set up from --plugin-source needs it too.
+    if plugin_source.is_some() && !chains_loopback {
+        install_plugin(
+            plugin_source.as_deref(),
+            &bin_dir,
+            "loopback",
+            "containerd's CRI runs it for every pod sandbox",
+            &mut report,
+        )?;
     }
     ensure_dir("--conf-dir", &conf_dir)?;
     let conf_path = conf_dir.join(&args.name);
@@ -441,6 +489,7 @@ fn install_plugin(
     source: Option<&Path>,
     bin_dir: &Path,
     plugin: &str,
+    why: &str,
     report: &mut Report<'_>,
 ) -> Result<(), CtlError> {
     let dest = bin_dir.join(plugin);
@@ -463,7 +512,7 @@ fn install_plugin(
         }
         Some(src) => Err(CtlError(format!(
             "--plugin-source: {} is not a file and --bin-dir {} has no `{plugin}`; \
-             the conflist chains it",
+             {why}",
             src.display(),
             bin_dir.display()
         ))),
@@ -581,7 +630,9 @@ fn install_copy(src: &Path, dest: &Path, mode: u32) -> Result<Change, CtlError> 
 }
 
 /// Writes `bytes` to `dest` unless it already holds exactly them with `mode`.
-fn install_bytes(bytes: &[u8], dest: &Path, mode: u32) -> Result<Change, CtlError> {
+/// Writes `bytes` to `dest` with `mode`, atomically, unless it already holds
+/// them with that mode.
+pub(crate) fn install_bytes(bytes: &[u8], dest: &Path, mode: u32) -> Result<Change, CtlError> {
     let change = match std::fs::metadata(dest) {
         Ok(m) => {
             let same_mode = m.permissions().mode() & 0o7777 == mode;
@@ -617,9 +668,11 @@ fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        f.write_all(bytes)?;
-        // The umask may have narrowed the creation mode.
+        // Before any byte is written: the umask may have narrowed the
+        // creation mode, and a stale temporary file left by a crash keeps
+        // its own (a kubeconfig holds a credential).
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, dest)?;

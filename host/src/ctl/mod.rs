@@ -12,6 +12,7 @@ pub mod install;
 pub mod ipam;
 pub mod midonet;
 pub mod new;
+pub mod node_kubeconfig;
 pub mod oci;
 pub mod plan;
 

@@ -202,6 +202,12 @@ impl KubeEmulator {
         );
     }
 
+    /// Revokes a bearer token (as when a bound service-account token's pod
+    /// is deleted): requests carrying it get 401.
+    pub fn remove_token(&self, token: &str) -> bool {
+        self.state.lock().unwrap().tokens.remove(token).is_some()
+    }
+
     /// Creates or replaces a namespace with `labels` (plus the
     /// `kubernetes.io/metadata.name` label the API server adds).
     pub fn put_namespace(&self, name: &str, labels: &[(&str, &str)]) {

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::CtlError;
+use super::install::Change;
 use crate::apply::{Backends, Records};
 use crate::config::Config;
 use crate::plan::InterfaceKind;
@@ -70,10 +71,19 @@ pub struct AgentArgs {
     /// The network (conflist `name`) whose attachments this agent keeps.
     #[arg(long, value_name = "NAME", default_value = "tenet")]
     pub network: String,
-    /// Run one upkeep and one GC pass, print what they did, and exit
-    /// (status 1 if either failed).
+    /// Run one upkeep and one GC pass (and one kubeconfig write with
+    /// `--write-kubeconfig`), print what they did, and exit (status 1 if
+    /// any failed).
     #[arg(long)]
     pub once: bool,
+    /// `--write-kubeconfig`, `--service-account-dir`: keep the node's
+    /// kubeconfig for the CNI exec current.
+    #[command(flatten)]
+    pub kubeconfig: super::node_kubeconfig::KubeconfigArgs,
+    /// Time between rewrites of `--write-kubeconfig` (service-account tokens
+    /// rotate; kubelet renews a projected one at 80 % of its lifetime).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub kubeconfig_interval: Duration,
 }
 
 /// Parses `500ms`, `60s`, `2m`, `1h` (a bare number is seconds).
@@ -150,6 +160,8 @@ struct Status {
     gc_removed: u64,
     gc_runs: BTreeMap<String, u64>,
     rebuilds: BTreeMap<String, u64>,
+    /// The last kubeconfig write (None: not configured, or not run yet).
+    kubeconfig: Option<Result<(), String>>,
 }
 
 impl Agent {
@@ -199,6 +211,30 @@ impl Agent {
         };
         *st.rebuilds.entry(result.into()).or_default() += 1;
         r.map(drop)
+    }
+
+    /// Writes `--write-kubeconfig` again from the service account (the
+    /// token may have rotated); a failure keeps the previous file.
+    fn refresh_kubeconfig(&self) -> Option<Result<Change, String>> {
+        let dest = self.args.kubeconfig.write_kubeconfig.as_ref()?;
+        let r = super::node_kubeconfig::write(
+            &self.env,
+            &self.args.kubeconfig.service_account_dir,
+            dest,
+        )
+        .map_err(|e| e.0);
+        match &r {
+            Ok(Change::Unchanged) => {
+                tracing::debug!(path = %dest.display(), "kubeconfig unchanged");
+            }
+            Ok(c) => tracing::info!(path = %dest.display(), change = ?c, "kubeconfig written"),
+            Err(e) => {
+                tracing::warn!(path = %dest.display(), error = %e, "kubeconfig not written (the previous one is kept)");
+            }
+        }
+        let mut st = self.status.lock().expect("status lock");
+        st.kubeconfig = Some(r.clone().map(drop));
+        Some(r)
     }
 
     fn gc(&self) -> Result<gc::Report, String> {
@@ -325,6 +361,7 @@ impl Agent {
             g.gc_removed = st.gc_removed;
             g.gc_runs = st.gc_runs.clone();
             g.rebuilds = st.rebuilds.clone();
+            g.kubeconfig_ok = st.kubeconfig.as_ref().map(Result::is_ok);
         }
         let ex = self.execs.lock().expect("execs lock");
         http::Response {
@@ -336,6 +373,9 @@ impl Agent {
 
     fn readyz(&self) -> http::Response {
         let mut why = Vec::new();
+        if let Some(Err(e)) = &self.status.lock().expect("status lock").kubeconfig {
+            why.push(format!("kubeconfig: {e}"));
+        }
         match self.config() {
             Err(e) => why.push(format!("configuration: {e}")),
             Ok(cfg) => {
@@ -379,9 +419,12 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
             args.config.display()
         )));
     }
-    if args.gc_interval.is_zero() || args.upkeep_interval.is_zero() {
+    if args.gc_interval.is_zero()
+        || args.upkeep_interval.is_zero()
+        || args.kubeconfig_interval.is_zero()
+    {
         return Err(CtlError(
-            "--gc-interval and --upkeep-interval must be more than 0".into(),
+            "--gc-interval, --upkeep-interval and --kubeconfig-interval must be more than 0".into(),
         ));
     }
     let mut env = super::process_env();
@@ -400,8 +443,21 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         status: Mutex::new(Status::default()),
     });
     if args.once {
+        let kc = agent.refresh_kubeconfig();
         let up = agent.upkeep();
         let gc = agent.gc();
+        if let (Some(r), Some(dest)) = (&kc, &args.kubeconfig.write_kubeconfig) {
+            match r {
+                Ok(c) => writeln!(
+                    out,
+                    "kubeconfig: {} {}",
+                    format!("{c:?}").to_lowercase(),
+                    dest.display()
+                ),
+                Err(e) => writeln!(out, "kubeconfig: failed: {e}"),
+            }
+            .map_err(CtlError::msg)?;
+        }
         writeln!(
             out,
             "upkeep: {}",
@@ -425,13 +481,16 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
             Err(e) => writeln!(out, "gc: failed: {e}"),
         }
         .map_err(CtlError::msg)?;
-        return Ok(i32::from(up.is_err() || gc.is_err()));
+        let kc_failed = kc.is_some_and(|r| r.is_err());
+        return Ok(i32::from(up.is_err() || gc.is_err() || kc_failed));
     }
     let (listener, addr) =
         http::bind(args.listen).map_err(|e| CtlError(format!("--listen {}: {e}", args.listen)))?;
     // Tests and scripts bind port 0 and read the address from here.
     writeln!(out, "listening on http://{addr}").map_err(CtlError::msg)?;
     out.flush().map_err(CtlError::msg)?;
+    // The kubeconfig first: it takes milliseconds, the upkeep may compile.
+    agent.refresh_kubeconfig();
     let _ = agent.upkeep();
     let a = Arc::clone(&agent);
     let handler: Arc<http::Handler> = Arc::new(move |p: &str| a.route(p));
@@ -443,8 +502,13 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     // The first GC after one period: a node that just booted lets the
     // runtime restore its sandboxes first.
     let mut next_gc = Instant::now() + args.gc_interval;
+    let mut next_kubeconfig = Instant::now() + args.kubeconfig_interval;
     loop {
         let now = Instant::now();
+        if now >= next_kubeconfig {
+            agent.refresh_kubeconfig();
+            next_kubeconfig = Instant::now() + args.kubeconfig_interval;
+        }
         if now >= next_upkeep {
             let _ = agent.upkeep();
             next_upkeep = Instant::now() + args.upkeep_interval;
@@ -457,7 +521,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         if let Ok(cfg) = agent.config() {
             agent.take_execs(&cfg);
         }
-        let wake = next_upkeep.min(next_gc);
+        let wake = next_upkeep.min(next_gc).min(next_kubeconfig);
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
 }

@@ -161,6 +161,9 @@ pub struct AgentGauges {
     pub gc_runs: BTreeMap<String, u64>,
     /// Upkeep rebuilds by result (`ok`, `error`).
     pub rebuilds: BTreeMap<String, u64>,
+    /// The last write of the node's kubeconfig succeeded (None: the agent
+    /// does not write one).
+    pub kubeconfig_ok: Option<bool>,
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -307,6 +310,12 @@ pub fn render(agg: &ExecAggregates, g: &AgentGauges) -> String {
         "tenet_artifacts_current",
         "1 when the pipeline's artifacts and bundle are built for the files on disk.",
         Some(g.artifacts_current),
+    );
+    bool_gauge(
+        &mut o,
+        "tenet_agent_kubeconfig_ok",
+        "1 when the last refresh of the node's kubeconfig (--write-kubeconfig) succeeded.",
+        g.kubeconfig_ok,
     );
     head(
         &mut o,

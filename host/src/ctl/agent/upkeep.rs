@@ -114,7 +114,10 @@ impl Upkeep {
             authority: cfg.addresses.authority().map_err(|e| e.to_string())?,
         };
         let mut sink = Vec::new();
-        let compiled = compile_pipeline(path, false, &opts, &mut sink).map_err(|e| e.0)?;
+        // `oci://` modules are pulled with the agent's own configuration
+        // (`--config`), not whatever TENET_CONFIG the process has.
+        let compiled = compile_pipeline(path, false, &opts, Some(&cfg.distribution), &mut sink)
+            .map_err(|e| e.0)?;
         // As `tenetctl install` does: the digest index lets `tenet` find the
         // artifact of an unpinned module without hashing it on each exec.
         let cache = ArtifactCache::new(&cfg.cache_dir);
@@ -131,5 +134,43 @@ impl Upkeep {
         });
         self.built_from = Some(fp);
         Ok(Tick::Rebuilt(compiled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing `oci://` module is pulled with the agent's configuration's
+    /// `[distribution]`, not the process's TENET_CONFIG: the key the error
+    /// names is the one this configuration gives.
+    #[test]
+    fn oci_modules_are_pulled_with_the_agents_distribution_settings() {
+        let d = tempfile::tempdir().unwrap();
+        let pipeline = d.path().join("p.toml");
+        std::fs::write(
+            &pipeline,
+            format!(
+                "[[stage]]\nname = \"tenant\"\nmodule = \"oci://127.0.0.1:9/tenet/tenant-map@sha256:{}\"\n",
+                "a".repeat(64)
+            ),
+        )
+        .unwrap();
+        let modules = d.path().join("modules");
+        std::fs::create_dir(&modules).unwrap();
+        let key = d.path().join("agent-only.pub");
+        let mut cfg = Config {
+            pipeline: Some(pipeline),
+            module_dirs: vec![modules],
+            cache_dir: d.path().join("cache"),
+            state_dir: d.path().join("state"),
+            ..Default::default()
+        };
+        cfg.distribution.verify_key = Some(key.clone());
+        let e = Upkeep::default().tick(&cfg).unwrap_err();
+        assert!(
+            e.contains("[distribution] verify_key") && e.contains(&key.display().to_string()),
+            "{e}"
+        );
     }
 }
