@@ -153,6 +153,7 @@ fn install_writes_everything() {
     assert_eq!(t["moduleDirs"][0], l.p("modules").to_str().unwrap());
     assert_eq!(t["cacheDir"], l.p("cache").to_str().unwrap());
     assert_eq!(t["stateDir"], l.p("state").to_str().unwrap());
+    assert!(t.get("kubernetes").is_none(), "no API lookups unless asked");
     // The report says what it did; every artifact exists.
     assert_eq!(
         r.stdout.matches("installed binary").count(),
@@ -522,6 +523,7 @@ fn install_writes_the_nodes_kubeconfig_from_the_service_account() {
         kc.to_str().unwrap(),
         "--service-account-dir",
         sa.to_str().unwrap(),
+        "--kubernetes-labels",
     ];
     let env = [
         ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
@@ -540,6 +542,13 @@ fn install_writes_the_nodes_kubeconfig_from_the_service_account() {
     assert_eq!(
         c.ca_pem.as_deref(),
         Some(&std::fs::read(sa.join("ca.crt")).unwrap()[..])
+    );
+    // --kubernetes-labels: the network reads pod and namespace labels (the
+    // failure policy stays tenet.toml's).
+    let t = &l.conflist("10-tenet.conflist")["plugins"][0];
+    assert_eq!(
+        t["kubernetes"],
+        serde_json::json!({ "podLabels": true, "namespaceLabels": true })
     );
     // Twice: nothing changes.
     let r = l.install_env(&flags, &env);

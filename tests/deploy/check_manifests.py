@@ -99,6 +99,7 @@ check("add" not in install["securityContext"]["capabilities"], "install needs no
 # ConfigMap's tenet.toml names, into the host's /etc/tenet, writable.
 KUBECONFIG = "/etc/tenet/kubeconfig"
 check(f"--write-kubeconfig={KUBECONFIG}" in install["command"], f"install must --write-kubeconfig={KUBECONFIG}")
+check("--kubernetes-labels" in install["command"], "install must --kubernetes-labels (tenant rules read pod and namespace labels)")
 check(
     re.search(r'^\[kubernetes\]\s*\nkubeconfig = "' + re.escape(KUBECONFIG) + '"', cm["data"]["tenet.toml"], re.M),
     f"the ConfigMap's tenet.toml must set [kubernetes] kubeconfig = {KUBECONFIG!r}",

@@ -71,6 +71,13 @@ pub struct InstallArgs {
     /// podman network's containers into one tenant.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Read each pod's labels and its namespace's labels from the API server
+    /// at ADD (the conflist's `kubernetes` key), so tenant rules on labels
+    /// work under kubelet. Needs `[kubernetes]` in tenet.toml (a kubeconfig,
+    /// e.g. from `--write-kubeconfig`); when the API cannot be read the ADD
+    /// fails with code 11 unless `[kubernetes] failure_policy = "continue"`.
+    #[arg(long)]
+    pub kubernetes_labels: bool,
     /// Where the chained plugins the conflist names (`portmap`) and
     /// `loopback` (containerd's CRI runs it for every sandbox) are copied
     /// from into `--bin-dir` (e.g. `/usr/lib/cni`). A plugin missing here but
@@ -467,6 +474,13 @@ fn conflist(
             .map(|(k, v)| json!({ "key": k, "value": v }))
             .collect();
         obj.insert("args".into(), json!({ "cni": { "labels": l } }));
+    }
+    if args.kubernetes_labels {
+        // The failure policy is left to tenet.toml's [kubernetes] section.
+        obj.insert(
+            "kubernetes".into(),
+            json!({ "podLabels": true, "namespaceLabels": true }),
+        );
     }
     let mut plugins = vec![tenet];
     if args.chain_portmap {
