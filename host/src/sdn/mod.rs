@@ -110,11 +110,8 @@
 //! corrupt topology record 155; no link network left 156.
 
 pub mod fake;
-mod guard;
 mod linux;
 pub mod midonet;
-mod nft;
-mod nftnl;
 
 use std::net::IpAddr;
 
@@ -126,10 +123,10 @@ use crate::ipam::AttachmentKey;
 use crate::netns::{MacAddr, NetnsError};
 
 pub use fake::{FakeSdn, SdnCall};
-pub use guard::{PortGuard, link_local};
 pub use linux::LinuxSdn;
+pub use linux::guard::{PortGuard, link_local};
+pub use linux::nft::{ServiceScope, TABLE};
 pub use midonet::MidonetSdn;
-pub use nft::{ServiceScope, TABLE};
 
 /// Options of the Linux backend.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,10 @@
 //! The embedded SDN: a Linux bridge per tenant, nftables isolation and
 //! per-port source guards.
 
+pub(super) mod guard;
+pub(super) mod nft;
+mod nftnl;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -12,9 +16,8 @@ use tracing::{debug, info, warn};
 
 use sha2::Digest;
 
-use super::guard::{self, GUARD_SETS, PortGuard};
-use super::nft::{self, TenantRules, fwd_chain, gw_chain, nat_chain};
-use super::nftnl;
+use guard::{GUARD_SETS, PortGuard};
+use nft::{TenantRules, fwd_chain, gw_chain, nat_chain};
 use super::{
     PortSpec, Sdn, SdnError, SdnOptions, TenantNet, alias_ident, bridge_alias, bridge_candidates,
     bridge_mac, check_tenant_id, gateways, tenant_ident,

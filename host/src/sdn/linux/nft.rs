@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::SdnError;
+use crate::sdn::SdnError;
 
 /// The tables tenet owns: `inet tenet` (forwarding, the node's gateways,
 /// host-link guards) and `bridge tenet` (bridge-port guards).
