@@ -110,8 +110,6 @@ use tracing::{debug, info, warn};
 
 use sha2::Digest;
 
-use guard::{GUARD_SETS, PortGuard};
-use nft::{TenantRules, fwd_chain, gw_chain, nat_chain};
 use super::{
     PortSpec, Sdn, SdnError, SdnOptions, TenantNet, alias_ident, bridge_alias, bridge_candidates,
     bridge_mac, check_tenant_id, gateways, tenant_ident,
@@ -124,6 +122,8 @@ use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
 };
+use guard::{GUARD_SETS, PortGuard};
+use nft::{TenantRules, fwd_chain, gw_chain, nat_chain};
 
 /// A link's ifalias, if set.
 fn link_alias(l: &LinkMessage) -> Option<&str> {
