@@ -237,7 +237,7 @@ use serde::de::DeserializeOwned;
 use self::conn::{Conn, Etcd};
 use self::keys::{Keys, unesc};
 use self::model::{BlockRec, HandleRec, SubnetRec};
-use super::alloc::ParsedPool;
+use super::pool::ParsedPool;
 use super::{
     Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
     validate_network_name,
@@ -1188,7 +1188,7 @@ impl IpStore for EtcdStore {
                         unesc(tenant).unwrap_or_default(),
                     );
                     let s: SubnetRec = decode(&key, kv.value())?;
-                    let g = super::alloc::Geom::of(s.subnet);
+                    let g = super::pool::Geom::of(s.subnet);
                     out.push(TenantSubnet {
                         network: n.clone(),
                         allocated: count
@@ -1198,7 +1198,7 @@ impl IpStore for EtcdStore {
                         pool,
                         tenant,
                         subnet: s.subnet,
-                        gateway: super::alloc::to_ip(g.gateway(), g.v4),
+                        gateway: super::pool::to_ip(g.gateway(), g.v4),
                         empty_since_ms: None,
                     });
                 }

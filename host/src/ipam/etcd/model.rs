@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::ipam::alloc::{AttachmentRecord, to_u128};
+use crate::ipam::pool::to_u128;
 use crate::ipam::{Allocation, AttachmentKey, ClaimState};
 
 /// `pool/<pool>`: a pool's geometry as first used (its tenant subnets are
@@ -175,19 +175,6 @@ pub(super) struct HandleRec {
 impl HandleRec {
     pub fn key(&self, network: &str) -> AttachmentKey {
         AttachmentKey::new(network, self.container_id.clone(), self.ifname.clone())
-    }
-
-    /// The shape the shared request check (`check_same_request`) reads.
-    pub fn as_record(&self) -> AttachmentRecord {
-        AttachmentRecord {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-            tenant: self.tenant.clone(),
-            state: self.state,
-            claim: None,
-            created_ms: self.created_ms,
-            allocations: self.allocations(),
-        }
     }
 
     pub fn allocations(&self) -> Vec<Allocation> {

@@ -20,7 +20,7 @@ use super::hint::{BlockHint, HintFile, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
 use super::model::{BlockRec, HandleAlloc, HandleRec, PoolRec, SubnetRec};
 use super::{EtcdStore, decode};
-use crate::ipam::alloc::{Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
+use crate::ipam::pool::{Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
 use crate::ipam::{Allocation, AttachmentKey, ClaimState, IpamError};
 use crate::plan::AddressRequest;
 
@@ -659,7 +659,7 @@ pub(super) async fn reserve(
         };
 
         if let Some((h, hrev)) = &view.handle {
-            check_same_request(key, &h.as_record(), tenant, requests)?;
+            check_same_request(key, &h.tenant, &h.allocations(), tenant, requests)?;
             let hk = k.handle(key);
             match (h.state, want) {
                 (ClaimState::Confirmed, ClaimState::Pending) => return Ok(h.allocations()),
