@@ -36,8 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::keys::esc;
-use super::model::BlockRec;
-use super::reserve::NodeLease;
+use super::model::{BlockRec, NodeLease};
 
 /// Format of the file; another version is ignored (and overwritten).
 const VERSION: u32 = 1;

@@ -205,3 +205,14 @@ mod tests {
         assert_eq!(v6.ordinal("fd00::5".parse().unwrap()), 5);
     }
 }
+
+/// `<prefix>/leases/<node>`: the lease this node's pending claims are
+/// written under, shared by its ADDs while it has at least half a TTL left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NodeLease {
+    pub id: i64,
+    /// When it expires at the latest (ms since the epoch, the granting
+    /// node's clock: the same node reads it).
+    pub expires_ms: u64,
+}

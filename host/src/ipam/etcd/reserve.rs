@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use super::conn::{Etcd, Reads, Written};
 use super::hint::{BlockHint, HintFile, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
-use super::model::{BlockRec, HandleAlloc, HandleRec, PoolRec, SubnetRec};
+use super::model::{BlockRec, HandleAlloc, HandleRec, NodeLease, PoolRec, SubnetRec};
 use super::{EtcdStore, decode};
 use crate::ipam::pool::{Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
 use crate::ipam::{Allocation, AttachmentKey, ClaimState, IpamError};
@@ -26,17 +26,6 @@ use crate::plan::AddressRequest;
 
 /// Most attempts one reserve makes before giving up with code 11.
 const MAX_ATTEMPTS: u32 = 100;
-
-/// `<prefix>/leases/<node>`: the lease this node's pending claims are
-/// written under, shared by its ADDs while it has at least half a TTL left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct NodeLease {
-    pub id: i64,
-    /// When it expires at the latest (ms since the epoch, the granting
-    /// node's clock: the same node reads it).
-    pub expires_ms: u64,
-}
 
 /// What a successful reserve wrote, so that confirm in the same process can
 /// skip its reads (its transaction compares all of it).
