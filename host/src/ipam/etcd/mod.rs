@@ -222,6 +222,7 @@ mod conn;
 mod hint;
 mod keys;
 mod model;
+mod plan;
 mod reserve;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -600,7 +601,7 @@ impl EtcdStore {
         &self,
         etcd: &Etcd,
         key: &AttachmentKey,
-    ) -> Result<Option<(HandleRec, i64, BTreeMap<String, reserve::BlockView>)>, IpamError> {
+    ) -> Result<Option<(HandleRec, i64, BTreeMap<String, plan::BlockView>)>, IpamError> {
         let hk = self.keys.handle(key);
         let r = etcd.read(vec![(hk.clone(), false)]).await?;
         let Some(kv) = r[0].first() else {
@@ -658,7 +659,7 @@ impl EtcdStore {
         // Common case: this instance made the reservation, so the write can
         // go out without reading first; its compares catch any change.
         if let Some(r) = self.forget(key) {
-            let blocks: BTreeMap<String, reserve::BlockView> = r
+            let blocks: BTreeMap<String, plan::BlockView> = r
                 .blocks
                 .into_iter()
                 .map(|(bk, rec, rev)| {
@@ -671,7 +672,7 @@ impl EtcdStore {
                         .collect();
                     (
                         bk.clone(),
-                        reserve::BlockView {
+                        plan::BlockView {
                             rec,
                             rev,
                             val: Vec::new(),
@@ -708,7 +709,7 @@ impl EtcdStore {
         key: &AttachmentKey,
         mut h: HandleRec,
         rev: i64,
-        mut blocks: BTreeMap<String, reserve::BlockView>,
+        mut blocks: BTreeMap<String, plan::BlockView>,
     ) -> Result<bool, IpamError> {
         {
             let hk = self.keys.handle(key);
