@@ -48,6 +48,42 @@ pub(super) struct PlanCtx<'a> {
     pub races: u32,
 }
 
+/// Checks a reserve's request before any I/O: a tenant, a non-empty sticky
+/// owner if any, every pool parsed, and no pool given two geometries.
+pub(super) fn check_request(
+    key: &AttachmentKey,
+    tenant: &str,
+    owner: Option<&str>,
+    requests: &[AddressRequest],
+) -> Result<Vec<ParsedPool>, IpamError> {
+    if tenant.is_empty() {
+        return Err(IpamError::InvalidRequest {
+            reason: format!("{key}: empty tenant"),
+        });
+    }
+    if owner.is_some_and(str::is_empty) {
+        return Err(IpamError::InvalidRequest {
+            reason: format!("{key}: empty sticky owner"),
+        });
+    }
+    let mut parsed: Vec<ParsedPool> = Vec::with_capacity(requests.len());
+    for r in requests {
+        let p = ParsedPool::parse(r)?;
+        if let Some(q) = parsed.iter().find(|q| q.name == p.name)
+            && (q.supernet != p.supernet || q.subnet_len != p.subnet_len)
+        {
+            return Err(IpamError::InvalidRequest {
+                reason: format!(
+                    "pool {} is given two different definitions in one request",
+                    p.name
+                ),
+            });
+        }
+        parsed.push(p);
+    }
+    Ok(parsed)
+}
+
 /// The holder a pending key records: `container/ifname`.
 pub(super) fn holder_of(key: &AttachmentKey) -> String {
     format!("{}/{}", key.container_id, key.ifname)
@@ -1374,6 +1410,29 @@ mod tests {
             !w.compares
                 .iter()
                 .any(|c| matches!(c, Cmp::Value(k, _) if *k == keys.pool(NET, "p")))
+        );
+    }
+
+    #[test]
+    fn a_request_is_checked_before_any_io() {
+        let key = AttachmentKey::new(NET, "c1", "eth0");
+        let mut other = req(None);
+        other.pool.as_mut().unwrap().subnet_len = 25;
+        for (tenant, owner, reqs) in [
+            ("", None, vec![req(None)]),
+            ("t", Some(""), vec![req(None)]),
+            ("t", None, vec![req(None), other]),
+        ] {
+            assert!(matches!(
+                check_request(&key, tenant, owner, &reqs),
+                Err(IpamError::InvalidRequest { .. })
+            ));
+        }
+        assert_eq!(
+            check_request(&key, "t", Some("o"), &[req(None)])
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -21,8 +21,8 @@ use super::hint::{HintFile, Hints};
 use super::keys::{BlockKey, Keys, parse_block_key, unesc};
 use super::model::{BlockRec, HandleRec, NodeLease, PoolRec, SubnetRec};
 use super::plan::{
-    BlockView, Fetch, Fetched, PlanCtx, PlanError, PoolSnap, View, Writes, holder_of, next_rand,
-    plan,
+    BlockView, Fetch, Fetched, PlanCtx, PlanError, PoolSnap, View, Writes, check_request,
+    holder_of, next_rand, plan,
 };
 use super::{EtcdStore, decode};
 use crate::ipam::pool::{ParsedPool, check_same_request};
@@ -331,32 +331,8 @@ pub(super) async fn reserve(
     owner: Option<&str>,
     want: ClaimState,
 ) -> Result<Vec<Allocation>, IpamError> {
-    if tenant.is_empty() {
-        return Err(IpamError::InvalidRequest {
-            reason: format!("{key}: empty tenant"),
-        });
-    }
-    if owner.is_some_and(str::is_empty) {
-        return Err(IpamError::InvalidRequest {
-            reason: format!("{key}: empty sticky owner"),
-        });
-    }
     // Everything about the request itself is checked before any I/O.
-    let mut parsed: Vec<ParsedPool> = Vec::with_capacity(requests.len());
-    for r in requests {
-        let p = ParsedPool::parse(r)?;
-        if let Some(q) = parsed.iter().find(|q| q.name == p.name)
-            && (q.supernet != p.supernet || q.subnet_len != p.subnet_len)
-        {
-            return Err(IpamError::InvalidRequest {
-                reason: format!(
-                    "pool {} is given two different definitions in one request",
-                    p.name
-                ),
-            });
-        }
-        parsed.push(p);
-    }
+    let parsed = check_request(key, tenant, owner, requests)?;
     let mut names: Vec<&str> = Vec::new();
     for p in &parsed {
         if !names.contains(&p.name.as_str()) {
@@ -429,106 +405,32 @@ pub(super) async fn reserve(
             }
         };
 
-        // A pending claim's lease: the node's current one while it has at
-        // least half a TTL left (no grant on the common path), else a new
-        // one, published for the node's next ADDs in the same transaction.
-        // A confirmed claim has none.
-        let (lease, new_lease) = if want == ClaimState::Pending {
-            let now = s.now_ms();
-            let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
-            let shared = view.lease.filter(|l| !distrust_shared && usable(l));
-            match (shared, granted) {
-                (Some(l), _) => (Some(l), None),
-                (None, Some((id, exp)))
-                    if usable(&NodeLease {
-                        id,
-                        expires_ms: exp,
-                    }) =>
-                {
-                    let l = NodeLease {
-                        id,
-                        expires_ms: exp,
-                    };
-                    (Some(l), Some(l))
-                }
-                _ => {
-                    let id = etcd.grant(s.opts.claim_ttl).await?;
-                    let exp = now.saturating_add(ttl_ms);
-                    granted = Some((id, exp));
-                    let l = NodeLease {
-                        id,
-                        expires_ms: exp,
-                    };
-                    (Some(l), Some(l))
-                }
-            }
-        } else {
-            (None, None)
-        };
+        // The claim's lease (see `claim_lease`).
+        let (lease, new_lease) =
+            claim_lease(s, &etcd, want, view.lease, distrust_shared, &mut granted).await?;
         let lease_id = lease.map(|l| l.id);
-        let lease_key = k.node_lease(&s.opts.node_name);
-        let publish = |w: &mut Writes| {
-            if let Some(l) = &new_lease {
-                w.put(&lease_key, super::encode(l), None);
-            }
-        };
-
         if let Some((h, hrev)) = &view.handle {
-            check_same_request(key, &h.tenant, &h.allocations(), tenant, requests)?;
-            let hk = k.handle(key);
-            match (h.state, want) {
-                (ClaimState::Confirmed, ClaimState::Pending) => return Ok(h.allocations()),
-                (ClaimState::Confirmed, ClaimState::Confirmed) => {
-                    // A retried ADD (or this call's own earlier attempt,
-                    // whose answer was lost): the same claim. Rewritten as
-                    // it is, so that its revision moves: a reconciler that
-                    // looked at it before this ADD and releases only
-                    // unchanged handles (`tenetctl ipam gc`) cannot free it
-                    // under the pod.
-                    let mut w = Writes::default();
-                    w.unchanged(&hk, *hrev, &[]);
-                    w.put(&hk, super::encode(h), None);
-                    let (compares, ops) = w.into_txn();
-                    match etcd.write_or_read(compares, ops, &[]).await? {
-                        Written::Done(_) => return Ok(h.allocations()),
-                        Written::Lost(_) => continue,
-                    }
-                }
-                (ClaimState::Pending, ClaimState::Confirmed) => {
-                    // A two-phase reserve of this attachment left it
-                    // pending: confirm it (or, if its lease ran out
-                    // meanwhile, start over).
-                    match s.confirm_with(&etcd, key).await {
-                        Ok(()) => return Ok(h.allocations()),
-                        Err(IpamError::ClaimLost { .. }) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                (ClaimState::Pending, ClaimState::Pending) => {}
-            }
-            // A retried ADD takes the pending claim over: same addresses,
-            // re-leased so the new process has the whole TTL.
-            let mut w = Writes::default();
-            w.unchanged(&hk, *hrev, &[]);
-            w.put(&hk, super::encode(h), lease_id);
-            for a in &h.allocations {
-                let bk = k.block(net, &a.allocation.pool, tenant, &a.block_node, a.block);
-                w.put(
-                    &Keys::pend(&bk, a.ordinal),
-                    holder_of(key).into_bytes(),
-                    lease_id,
-                );
-            }
-            publish(&mut w);
-            let (compares, ops) = w.into_txn();
-            match etcd.write_or_read(compares, ops, &full_set().ops).await {
-                Ok(Written::Done(_)) => return Ok(h.allocations()),
-                Ok(Written::Lost(r)) => source = Source::Returned(r, full_set().clone()),
-                Err(e) if is_lease_gone(&e) => {
+            let retaken = retake(
+                s,
+                &etcd,
+                key,
+                tenant,
+                requests,
+                want,
+                (h, *hrev),
+                lease_id,
+                new_lease,
+                full_set(),
+            )
+            .await?;
+            match retaken {
+                Retake::Done(allocs) => return Ok(allocs),
+                Retake::Again => {}
+                Retake::Lost(r) => source = Source::Returned(r, full_set().clone()),
+                Retake::LeaseGone => {
                     distrust_shared = true;
                     granted = None;
                 }
-                Err(e) => return Err(e),
             }
             continue;
         }
@@ -668,6 +570,139 @@ pub(super) async fn reserve(
             "{key}: reserve lost {MAX_ATTEMPTS} races for the same addresses; try again"
         ),
     })
+}
+
+/// A pending claim's lease and the new node lease to publish, if any: the
+/// node's current lease while it has at least half a TTL left (no grant on
+/// the common path), else one granted now (`granted` keeps it for the next
+/// attempts), published for the node's next ADDs in the same transaction.
+/// A confirmed claim has none.
+async fn claim_lease(
+    s: &EtcdStore,
+    etcd: &Etcd,
+    want: ClaimState,
+    current: Option<NodeLease>,
+    distrust_shared: bool,
+    granted: &mut Option<(i64, u64)>,
+) -> Result<(Option<NodeLease>, Option<NodeLease>), IpamError> {
+    if want != ClaimState::Pending {
+        return Ok((None, None));
+    }
+    let ttl_ms = s.ttl_ms();
+    let now = s.now_ms();
+    let usable = |l: &NodeLease| l.expires_ms >= now.saturating_add(ttl_ms / 2);
+    let shared = current.filter(|l| !distrust_shared && usable(l));
+    Ok(match (shared, *granted) {
+        (Some(l), _) => (Some(l), None),
+        (None, Some((id, exp)))
+            if usable(&NodeLease {
+                id,
+                expires_ms: exp,
+            }) =>
+        {
+            let l = NodeLease {
+                id,
+                expires_ms: exp,
+            };
+            (Some(l), Some(l))
+        }
+        _ => {
+            let id = etcd.grant(s.opts.claim_ttl).await?;
+            let exp = now.saturating_add(ttl_ms);
+            *granted = Some((id, exp));
+            let l = NodeLease {
+                id,
+                expires_ms: exp,
+            };
+            (Some(l), Some(l))
+        }
+    })
+}
+
+/// What retaking an existing handle came to.
+enum Retake {
+    /// The claim is this call's: its addresses.
+    Done(Vec<Allocation>),
+    /// Start the attempt over from a fresh read.
+    Again,
+    /// A compare was lost: plan again from the reads that came back.
+    Lost(Reads),
+    /// The lease is gone: grant another and try again.
+    LeaseGone,
+}
+
+/// The attachment already has a handle (`h`, at revision `hrev`): a
+/// retried ADD or reserve takes it over if it asks for the same addresses.
+#[allow(clippy::too_many_arguments)]
+async fn retake(
+    s: &EtcdStore,
+    etcd: &Etcd,
+    key: &AttachmentKey,
+    tenant: &str,
+    requests: &[AddressRequest],
+    want: ClaimState,
+    (h, hrev): (&HandleRec, i64),
+    lease_id: Option<i64>,
+    new_lease: Option<NodeLease>,
+    full: &ReadSet,
+) -> Result<Retake, IpamError> {
+    let k = &s.keys;
+    let net = key.network.as_str();
+    check_same_request(key, &h.tenant, &h.allocations(), tenant, requests)?;
+    let hk = k.handle(key);
+    match (h.state, want) {
+        (ClaimState::Confirmed, ClaimState::Pending) => return Ok(Retake::Done(h.allocations())),
+        (ClaimState::Confirmed, ClaimState::Confirmed) => {
+            // A retried ADD (or this call's own earlier attempt,
+            // whose answer was lost): the same claim. Rewritten as
+            // it is, so that its revision moves: a reconciler that
+            // looked at it before this ADD and releases only
+            // unchanged handles (`tenetctl ipam gc`) cannot free it
+            // under the pod.
+            let mut w = Writes::default();
+            w.unchanged(&hk, hrev, &[]);
+            w.put(&hk, super::encode(h), None);
+            let (compares, ops) = w.into_txn();
+            return match etcd.write_or_read(compares, ops, &[]).await? {
+                Written::Done(_) => Ok(Retake::Done(h.allocations())),
+                Written::Lost(_) => Ok(Retake::Again),
+            };
+        }
+        (ClaimState::Pending, ClaimState::Confirmed) => {
+            // A two-phase reserve of this attachment left it
+            // pending: confirm it (or, if its lease ran out
+            // meanwhile, start over).
+            return match s.confirm_with(etcd, key).await {
+                Ok(()) => Ok(Retake::Done(h.allocations())),
+                Err(IpamError::ClaimLost { .. }) => Ok(Retake::Again),
+                Err(e) => Err(e),
+            };
+        }
+        (ClaimState::Pending, ClaimState::Pending) => {}
+    }
+    // A retried ADD takes the pending claim over: same addresses,
+    // re-leased so the new process has the whole TTL.
+    let mut w = Writes::default();
+    w.unchanged(&hk, hrev, &[]);
+    w.put(&hk, super::encode(h), lease_id);
+    for a in &h.allocations {
+        let bk = k.block(net, &a.allocation.pool, tenant, &a.block_node, a.block);
+        w.put(
+            &Keys::pend(&bk, a.ordinal),
+            holder_of(key).into_bytes(),
+            lease_id,
+        );
+    }
+    if let Some(l) = &new_lease {
+        w.put(&k.node_lease(&s.opts.node_name), super::encode(l), None);
+    }
+    let (compares, ops) = w.into_txn();
+    match etcd.write_or_read(compares, ops, &full.ops).await {
+        Ok(Written::Done(_)) => Ok(Retake::Done(h.allocations())),
+        Ok(Written::Lost(r)) => Ok(Retake::Lost(r)),
+        Err(e) if is_lease_gone(&e) => Ok(Retake::LeaseGone),
+        Err(e) => Err(e),
+    }
 }
 
 fn seed() -> u64 {
