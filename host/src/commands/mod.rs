@@ -97,13 +97,8 @@ pub(crate) fn load_config(
     env: &[(String, String)],
     inv: &Invocation,
 ) -> Result<(Config, tracing::span::EnteredSpan), CniError> {
-    let cfg = Config::load(env, Some(&inv.config.plugin)).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid tenet configuration",
-            e.to_string(),
-        )
-    })?;
+    let cfg = Config::load(env, Some(&inv.config.plugin))
+        .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     crate::logging::init(&cfg);
     crate::metrics::set_state_dir(&cfg.state_dir);
     Ok((cfg, invocation_span(inv).entered()))
@@ -118,13 +113,10 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
             "set `pipeline` in /etc/tenet/tenet.toml, TENET_PIPELINE, or the network configuration",
         ));
     };
-    let authority = cfg.addresses.authority().map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid tenet configuration",
-            e.to_string(),
-        )
-    })?;
+    let authority = cfg
+        .addresses
+        .authority()
+        .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     let cache = ArtifactCache::new(&cfg.cache_dir);
     let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
         CniError::new(
