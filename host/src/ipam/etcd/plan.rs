@@ -520,7 +520,7 @@ impl Attempt<'_> {
             let mut own: Vec<(u128, &String)> = view
                 .own
                 .iter()
-                .filter(|bk| self.blocks.get(*bk).is_some_and(|b| &b.rec.node == me))
+                .filter(|bk| self.blocks.get(*bk).is_some_and(|b| b.rec.node == me))
                 .map(|bk| (to_u128(self.blocks[bk].rec.cidr.network()), bk))
                 .collect();
             own.sort();
