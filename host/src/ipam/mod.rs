@@ -43,7 +43,7 @@
 //! | `pool.rs` | pool geometry both stores share, stateless: a pool parsed from a request, a tenant subnet's layout, static addresses, the retry check |
 //! | `alloc.rs` | the local allocator: one network's state in memory (records, carved subnets, next-fit over used ranges), no I/O |
 //! | `local.rs` | [`LocalStore`]: `alloc` loaded and saved under a file lock |
-//! | `etcd/` | [`EtcdStore`]: the cluster store (keys, records, the node's hint file, reserve/claim transactions) |
+//! | `etcd/` | [`EtcdStore`]: the cluster store. `keys.rs` the key layout, `model.rs` the records, `hint.rs` the node's hint file, `plan.rs` the allocation planner (pure: a view of the keys read in, the transaction out), `reserve.rs` the reserve/claim I/O loop around it, `conn.rs` the connection |
 //! | `fake.rs` | [`FakeIpStore`]: `alloc` in a mutex, for the apply engine's unit tests |
 //! | `clock.rs` | the stores' wall clock |
 
