@@ -165,7 +165,7 @@ impl AddressesConfig {
             self.host_links.clone(),
             self.host_link_exclude.clone(),
         )
-        .map_err(|e| ConfigError(format!("tenet configuration: {e}")))
+        .map_err(|reason| ConfigError::Addresses { reason })
     }
 }
 
@@ -531,10 +531,56 @@ struct NetworkOverrides {
     log_file: Option<PathBuf>,
 }
 
-/// A configuration that cannot be used; the message names the source and key.
+/// A configuration that cannot be used; the message names the source and
+/// key. Every variant is CNI code 7 ([`ConfigError::cni_code`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// `TENET_CONFIG` names a file that does not exist.
+    #[error("TENET_CONFIG: {path} does not exist")]
+    MissingFile {
+        /// The file named.
+        path: String,
+    },
+    /// The network configuration's tenet keys do not parse.
+    #[error("network configuration: {source}")]
+    Network {
+        /// What serde said, naming the key.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A layer (file, environment or network configuration) holds a value
+    /// of the wrong shape.
+    #[error("tenet configuration ({origin}): {source}")]
+    Invalid {
+        /// The layer at fault, as figment names it.
+        origin: String,
+        /// What figment said, naming the key.
+        #[source]
+        source: Box<figment::Error>,
+    },
+    /// The `[midonet]` section is unusable.
+    #[error("tenet configuration ({file}): {reason}")]
+    Midonet {
+        /// The configuration file.
+        file: String,
+        /// Which key is at fault and why.
+        reason: String,
+    },
+    /// The address authority (`[addresses]`: pools, host links) is
+    /// unusable.
+    #[error("tenet configuration: {reason}")]
+    Addresses {
+        /// Which key is at fault and why.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The CNI error code: an invalid configuration, 7.
+    pub fn cni_code(&self) -> u32 {
+        crate::cni::codes::INVALID_CONFIG
+    }
+}
 
 impl Config {
     /// Loads layers 1-3 from the process environment, plus the network
@@ -553,7 +599,9 @@ impl Config {
         if Path::new(file).exists() {
             fig = fig.merge(Toml::file(file));
         } else if get("TENET_CONFIG").is_some() {
-            return Err(ConfigError(format!("TENET_CONFIG: {file} does not exist")));
+            return Err(ConfigError::MissingFile {
+                path: file.to_owned(),
+            });
         }
         // Only the variables we know, from the list we are given (tests pass
         // their own); other TENET_* names belong to other tools and are ignored.
@@ -593,21 +641,27 @@ impl Config {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             ))
-            .map_err(|e| ConfigError(format!("network configuration: {e}")))?;
+            .map_err(|source| ConfigError::Network { source })?;
             fig = fig.merge(Serialized::globals(o));
         }
         let cfg: Config = fig.extract().map_err(|e| {
-            let source = e
+            let origin = e
                 .metadata
                 .as_ref()
                 .map(|m| m.name.to_string())
                 .unwrap_or_default();
-            ConfigError(format!("tenet configuration ({source}): {e}"))
+            ConfigError::Invalid {
+                origin,
+                source: Box::new(e),
+            }
         })?;
         if cfg.sdn == SdnKind::Midonet {
             cfg.midonet
                 .validate()
-                .map_err(|e| ConfigError(format!("tenet configuration ({file}): {e}")))?;
+                .map_err(|reason| ConfigError::Midonet {
+                    file: file.to_owned(),
+                    reason,
+                })?;
         }
         Ok(cfg)
     }

@@ -13,6 +13,13 @@
 //! [`commands`] runs each CNI verb; every CNI error code is in
 //! [`cni::codes`]. `tenetctl` ([`ctl`], with the `compiler` feature) drives
 //! the same library for operators.
+//!
+//! Each backend folder keeps its trait, errors and shared types in
+//! `mod.rs` and its implementations beside it (`sdn/linux/`,
+//! `sdn/midonet/`, `ipam/local.rs`, `ipam/etcd/`, a recording fake);
+//! pure logic sits in its own module, apart from the I/O that drives it
+//! (`ipam/pool.rs`, `ipam/etcd/plan.rs`, `apply/layout.rs`,
+//! `sdn/linux/guard.rs`). The README's folder table maps the tree.
 
 pub mod apply;
 pub mod cni;

@@ -1,12 +1,18 @@
-//! The CNI commands: one function per command, orchestration only.
+//! The CNI commands: one module per command, orchestration only (`add`,
+//! `del`, `check`, `gc`, `status`; VERSION is answered here from
+//! [`cni::version_reply`]). This module holds the dispatch ([`run`]) and what
+//! the commands share: loading the configuration and the pipeline, the
+//! invocation's log span, the attachment key.
 //!
 //! [`run`] is the whole `tenet` binary minus process plumbing, so tests can
 //! drive it in-process with an explicit environment and stdin.
 
 mod add;
+mod check;
+mod del;
+mod gc;
+mod status;
 
-use crate::apply::{Backends, Failpoints};
-use crate::cni::result::CniResult;
 use crate::cni::{self, CniError, Command, Invocation, code};
 use crate::config::Config;
 use crate::ipam::AttachmentKey;
@@ -54,10 +60,10 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
     let result = match inv.command {
         Command::Version => Ok(cni::version_reply(Some(&inv.cni_version))),
         Command::Add => add::add(env, &inv),
-        Command::Check => check(env, &inv),
-        Command::Del => del(env, &inv),
-        Command::Gc => gc(env, &inv),
-        Command::Status => status(env, &inv),
+        Command::Check => check::check(env, &inv),
+        Command::Del => del::del(env, &inv),
+        Command::Gc => gc::gc(env, &inv),
+        Command::Status => status::status(env, &inv),
     };
     crate::metrics::finish(result.as_ref().map_or_else(|e| e.code, |_| 0));
     match result {
@@ -91,13 +97,8 @@ pub(crate) fn load_config(
     env: &[(String, String)],
     inv: &Invocation,
 ) -> Result<(Config, tracing::span::EnteredSpan), CniError> {
-    let cfg = Config::load(env, Some(&inv.config.plugin)).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid tenet configuration",
-            e.to_string(),
-        )
-    })?;
+    let cfg = Config::load(env, Some(&inv.config.plugin))
+        .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     crate::logging::init(&cfg);
     crate::metrics::set_state_dir(&cfg.state_dir);
     Ok((cfg, invocation_span(inv).entered()))
@@ -112,13 +113,10 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
             "set `pipeline` in /etc/tenet/tenet.toml, TENET_PIPELINE, or the network configuration",
         ));
     };
-    let authority = cfg.addresses.authority().map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid tenet configuration",
-            e.to_string(),
-        )
-    })?;
+    let authority = cfg
+        .addresses
+        .authority()
+        .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     let cache = ArtifactCache::new(&cfg.cache_dir);
     let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
         CniError::new(
@@ -145,115 +143,4 @@ pub(crate) fn attachment_key(inv: &Invocation) -> AttachmentKey {
         inv.env.container_id.clone().unwrap_or_default(),
         inv.env.ifname.clone().unwrap_or_default(),
     )
-}
-
-/// DEL: tears down what ADD made; succeeds on partial or missing state.
-/// Does not run the pipeline: nothing a module decides can keep a pod's
-/// resources from being freed.
-fn del(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let (cfg, _span) = load_config(env, inv)?;
-    let backends = Backends::open(&cfg)?;
-    let engine = backends
-        .engine(&cfg)
-        .with_failpoints(Failpoints::from_env(env));
-    engine
-        .del(&attachment_key(inv), inv.env.netns.as_deref())
-        .map_err(|e| e.to_cni("DEL"))?;
-    Ok(String::new())
-}
-
-/// CHECK verifies what ADD created, naming the first difference.
-fn check(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let (cfg, _span) = load_config(env, inv)?;
-    let prev = inv
-        .config
-        .prev_result
-        .as_ref()
-        .map(CniResult::parse)
-        .transpose()?;
-    let backends = Backends::open(&cfg)?;
-    let engine = backends.engine(&cfg);
-    engine
-        .check(
-            &attachment_key(inv),
-            inv.env.netns.as_deref().unwrap_or_default(),
-            prev.as_ref(),
-        )
-        .map_err(|e| e.to_cni("CHECK"))?;
-    Ok(String::new())
-}
-
-/// GC: frees every attachment of the network not in
-/// `cni.dev/valid-attachments`.
-fn gc(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let (cfg, _span) = load_config(env, inv)?;
-    let backends = Backends::open(&cfg)?;
-    let engine = backends.engine(&cfg);
-    let valid: Vec<(String, String)> = inv
-        .config
-        .valid_attachments
-        .iter()
-        .map(|a| (a.container_id.clone(), a.ifname.clone()))
-        .collect();
-    let summary = engine
-        .gc(&inv.config.name, &valid)
-        .map_err(|e| e.to_cni("GC"))?;
-    tracing::info!(
-        torn_down = summary.torn_down.len(),
-        in_flight = summary.in_flight.len(),
-        released = summary.released.len(),
-        "GC done"
-    );
-    Ok(String::new())
-}
-
-/// STATUS: every stage's settings pass its module's schema and its own
-/// `validate-settings` (a typo in a setting would fail every ADD with 105).
-/// The verdict is cached per version of the pipeline and its modules, so
-/// only the first STATUS after a change runs the modules.
-fn settings_valid(cfg: &Config, pipeline: &Pipeline) -> Result<(), CniError> {
-    let Some(path) = cfg.pipeline.as_deref() else {
-        return Ok(());
-    };
-    let cache = ArtifactCache::new(&cfg.cache_dir);
-    let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid pipeline manifest",
-            e.to_string(),
-        )
-    })?;
-    crate::policy::metadata::status_check(
-        path,
-        &manifest,
-        pipeline,
-        &cfg.module_search_path(),
-        &cache,
-    )
-    .map_err(|e| e.to_cni())
-}
-
-/// STATUS: ready when the pipeline and its artifacts load, every stage's
-/// settings are valid, and every backend answers; code 50 otherwise.
-fn status(env: &[(String, String)], inv: &Invocation) -> Result<String, CniError> {
-    let not_ready = |e: CniError| {
-        CniError::new(
-            code::NOT_AVAILABLE,
-            "tenet is not ready",
-            if e.details.is_empty() {
-                e.msg
-            } else {
-                format!("{}: {}", e.msg, e.details)
-            },
-        )
-    };
-    let (cfg, _span) = load_config(env, inv).map_err(not_ready)?;
-    let pipeline = load_pipeline(&cfg).map_err(not_ready)?;
-    settings_valid(&cfg, &pipeline).map_err(not_ready)?;
-    let backends = Backends::open(&cfg).map_err(not_ready)?;
-    backends
-        .engine(&cfg)
-        .status()
-        .map_err(|e| not_ready(e.to_cni("STATUS")))?;
-    Ok(String::new())
 }

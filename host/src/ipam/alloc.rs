@@ -1,4 +1,4 @@
-//! The allocator core: one network's address state, in memory and free of
+//! The local allocator: one network's address state, in memory and free of
 //! I/O, shared by [`LocalStore`](super::local::LocalStore) (which loads and
 //! saves it under a lock) and [`FakeIpStore`](super::fake::FakeIpStore)
 //! (which keeps it in a mutex).
@@ -11,15 +11,20 @@
 //! used addresses, so finding a free address costs a few `O(log n)` look-ups
 //! however full the subnet is (runs of used addresses are skipped in one
 //! step), not a scan of every allocation.
+//!
+//! Pool geometry (parsing a pool, carving arithmetic, a subnet's reserved
+//! addresses, static addresses) is [`super::pool`], which the etcd store
+//! shares; nothing outside the local and fake stores imports this module.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::pool::{Excludes, Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
 use super::{Allocation, AttachmentKey, ClaimState, GcReport, IpamError, TenantSubnet};
-use crate::plan::{AddressRequest, IpFamily};
+use crate::plan::AddressRequest;
 
 /// Version of the on-disk state format; bumped on incompatible changes.
 pub(crate) const FORMAT: u32 = 1;
@@ -132,23 +137,7 @@ mod attachments_as_list {
 }
 
 // ---------------------------------------------------------------------------
-// Address arithmetic
-
-pub(crate) fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-pub(crate) fn to_ip(v: u128, v4: bool) -> IpAddr {
-    if v4 {
-        // Callers only pass values inside a v4 subnet.
-        IpAddr::V4(Ipv4Addr::from(v as u32))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(v))
-    }
-}
+// The used-address index
 
 /// Closed interval set over addresses, coalesced: no two intervals touch, so
 /// "first address ≥ x not covered" is one look-up.
@@ -205,170 +194,6 @@ impl RangeSet {
         if x < e {
             self.map.insert(x + 1, e);
         }
-    }
-}
-
-/// A pool's exclusions, sorted and merged.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Excludes(Vec<(u128, u128)>);
-
-impl Excludes {
-    pub(crate) fn covering(&self, x: u128) -> Option<u128> {
-        let i = self.0.partition_point(|(s, _)| *s <= x);
-        if i == 0 {
-            return None;
-        }
-        let (_, e) = self.0[i - 1];
-        (e >= x).then_some(e)
-    }
-
-    /// True when every address of `[a, b]` is excluded.
-    pub(crate) fn covers_all(&self, a: u128, b: u128) -> bool {
-        self.covering(a).is_some_and(|e| e >= b)
-    }
-}
-
-/// Geometry of one tenant subnet.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Geom {
-    pub net: u128,
-    pub last: u128,
-    pub v4: bool,
-    pub prefix: u8,
-}
-
-impl Geom {
-    pub(crate) fn of(subnet: IpNet) -> Self {
-        Geom {
-            net: to_u128(subnet.network()),
-            last: to_u128(subnet.broadcast()),
-            v4: matches!(subnet, IpNet::V4(_)),
-            prefix: subnet.prefix_len(),
-        }
-    }
-    pub(crate) fn gateway(&self) -> u128 {
-        self.net + 1
-    }
-    pub(crate) fn first_host(&self) -> u128 {
-        self.net + 2
-    }
-    /// Last assignable address: v4 keeps its broadcast back.
-    pub(crate) fn last_host(&self) -> u128 {
-        if self.v4 { self.last - 1 } else { self.last }
-    }
-    pub(crate) fn subnet(&self) -> IpNet {
-        IpNet::new(to_ip(self.net, self.v4), self.prefix).expect("prefix checked")
-    }
-    pub(crate) fn contains(&self, x: u128) -> bool {
-        self.net <= x && x <= self.last
-    }
-}
-
-/// A pool from a request, parsed and checked.
-#[derive(Debug, Clone)]
-pub(crate) struct ParsedPool {
-    pub name: String,
-    pub supernet: IpNet,
-    pub subnet_len: u8,
-    pub exclude_src: Vec<String>,
-    pub excludes: Excludes,
-    pub v4: bool,
-}
-
-impl ParsedPool {
-    pub(crate) fn parse(req: &AddressRequest) -> Result<Self, IpamError> {
-        let invalid = |reason: String| IpamError::InvalidRequest { reason };
-        let pool = req
-            .pool
-            .as_ref()
-            .ok_or_else(|| invalid("address request has no pool".into()))?;
-        if pool.name.is_empty() {
-            return Err(invalid("pool has an empty name".into()));
-        }
-        let supernet: IpNet = pool.supernet.parse().map_err(|_| {
-            invalid(format!(
-                "pool {}: supernet {:?} is not a CIDR",
-                pool.name, pool.supernet
-            ))
-        })?;
-        let supernet = supernet.trunc();
-        let v4 = matches!(supernet, IpNet::V4(_));
-        let want_v4 = req.family == IpFamily::Ipv4;
-        if v4 != want_v4 {
-            return Err(invalid(format!(
-                "pool {}: supernet {supernet} does not match the requested family {:?}",
-                pool.name, req.family
-            )));
-        }
-        // A v4 subnet needs room for network, gateway, broadcast and one
-        // host (/30); a v6 one for subnet-router anycast, gateway and a host.
-        let max_len = if v4 { 30 } else { 126 };
-        let min_len = supernet.prefix_len().max(if v4 { 0 } else { 1 });
-        if pool.subnet_len < min_len || pool.subnet_len > max_len {
-            return Err(invalid(format!(
-                "pool {}: subnet length /{} must lie between the supernet's /{} and /{max_len}",
-                pool.name,
-                pool.subnet_len,
-                supernet.prefix_len()
-            )));
-        }
-        let mut ranges = Vec::new();
-        for x in &pool.exclude {
-            ranges.push(parse_exclude(&pool.name, x, v4)?);
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
-        for (s, e) in ranges {
-            match merged.last_mut() {
-                Some((_, le)) if s <= le.saturating_add(1) => *le = (*le).max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        Ok(ParsedPool {
-            name: pool.name.clone(),
-            supernet,
-            subnet_len: pool.subnet_len,
-            exclude_src: pool.exclude.clone(),
-            excludes: Excludes(merged),
-            v4,
-        })
-    }
-
-    fn same_geometry(&self, other: &ParsedPool) -> bool {
-        self.supernet == other.supernet && self.subnet_len == other.subnet_len
-    }
-
-    pub(crate) fn subnet_size(&self) -> u128 {
-        let bits = if self.v4 { 32 } else { 128 };
-        // `parse` keeps a v6 subnet_len ≥ 1, so the shift stays below 128.
-        1u128 << (bits - u32::from(self.subnet_len))
-    }
-}
-
-fn parse_exclude(pool: &str, x: &str, v4: bool) -> Result<(u128, u128), IpamError> {
-    let bad = || IpamError::InvalidRequest {
-        reason: format!("pool {pool}: exclude {x:?} is not a CIDR, an address or an a-b range"),
-    };
-    let fam = |ip: &IpAddr| ip.is_ipv4() == v4;
-    if let Some((a, b)) = x.split_once('-') {
-        let a: IpAddr = a.trim().parse().map_err(|_| bad())?;
-        let b: IpAddr = b.trim().parse().map_err(|_| bad())?;
-        if !fam(&a) || !fam(&b) || to_u128(a) > to_u128(b) {
-            return Err(bad());
-        }
-        Ok((to_u128(a), to_u128(b)))
-    } else if x.contains('/') {
-        let n: IpNet = x.trim().parse().map_err(|_| bad())?;
-        if !fam(&n.addr()) {
-            return Err(bad());
-        }
-        Ok((to_u128(n.network()), to_u128(n.broadcast())))
-    } else {
-        let a: IpAddr = x.trim().parse().map_err(|_| bad())?;
-        if !fam(&a) {
-            return Err(bad());
-        }
-        Ok((to_u128(a), to_u128(a)))
     }
 }
 
@@ -496,7 +321,7 @@ impl NetworkState {
         if let Some(rec) = self.attachments.get_mut(&id) {
             // A retried ADD: hand back what it already holds, if it asks for
             // the same thing. The new caller takes over a pending claim.
-            check_same_request(key, rec, tenant, requests)?;
+            check_same_request(key, &rec.tenant, &rec.allocations, tenant, requests)?;
             let allocs = rec.allocations.clone();
             let changed = rec.state == ClaimState::Pending && rec.claim != Some(claim);
             if changed {
@@ -1052,89 +877,10 @@ fn next_fit(
     })
 }
 
-pub(crate) fn parse_static(pool: &ParsedPool, tenant: &str, s: &str) -> Result<u128, IpamError> {
-    let (ip, prefix) = match s.parse::<IpNet>() {
-        Ok(n) => (n.addr(), Some(n.prefix_len())),
-        Err(_) => (
-            s.parse::<IpAddr>().map_err(|_| IpamError::InvalidRequest {
-                reason: format!("static address {s:?} is not an address"),
-            })?,
-            None,
-        ),
-    };
-    if ip.is_ipv4() != pool.v4 {
-        return Err(IpamError::InvalidRequest {
-            reason: format!("static address {s} is not of pool {}'s family", pool.name),
-        });
-    }
-    if let Some(p) = prefix
-        && p != pool.subnet_len
-    {
-        return Err(IpamError::InvalidRequest {
-            reason: format!(
-                "static address {s} has prefix /{p} but pool {}'s tenant subnets are /{}",
-                pool.name, pool.subnet_len
-            ),
-        });
-    }
-    if !pool.supernet.contains(&ip) {
-        return Err(IpamError::StaticOutOfRange {
-            address: ip,
-            pool: pool.name.clone(),
-            tenant: tenant.to_owned(),
-            reason: format!("it is outside the pool's supernet {}", pool.supernet),
-        });
-    }
-    Ok(to_u128(ip))
-}
-
-/// A retried reserve must ask for what the record holds.
-pub(crate) fn check_same_request(
-    key: &AttachmentKey,
-    rec: &AttachmentRecord,
-    tenant: &str,
-    requests: &[AddressRequest],
-) -> Result<(), IpamError> {
-    let conflict = |detail: String| IpamError::AttachmentConflict {
-        key: key.clone(),
-        detail,
-    };
-    if rec.tenant != tenant {
-        return Err(conflict(format!(
-            "it belongs to tenant {}, not {tenant}",
-            rec.tenant
-        )));
-    }
-    if rec.allocations.len() != requests.len() {
-        return Err(conflict(format!(
-            "it holds {} addresses, {} requested",
-            rec.allocations.len(),
-            requests.len()
-        )));
-    }
-    for (a, r) in rec.allocations.iter().zip(requests) {
-        let pool = r.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("");
-        let fam_ok = a.address.addr().is_ipv4() == (r.family == IpFamily::Ipv4);
-        let static_ok = r.static_address.as_deref().is_none_or(|s| {
-            s.parse::<IpNet>()
-                .map(|n| n.addr())
-                .or_else(|_| s.parse::<IpAddr>())
-                == Ok(a.address.addr())
-        });
-        if a.pool != pool || !fam_ok || !static_ok {
-            return Err(conflict(format!(
-                "it holds {} from pool {}, which does not match the request",
-                a.address, a.pool
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Pool;
+    use crate::plan::{IpFamily, Pool};
 
     fn req(family: IpFamily, supernet: &str, len: u8) -> AddressRequest {
         AddressRequest {

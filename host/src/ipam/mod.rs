@@ -34,6 +34,18 @@
 //!
 //! [`IpamError::cni_code`] maps every error to a CNI error code; the plugin
 //! codes are the constants in [`codes`], defined there and nowhere else.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `mod.rs` (here) | the [`IpStore`] trait, [`Allocation`], [`AttachmentKey`], [`IpamError`] |
+//! | `pool.rs` | pool geometry both stores share, stateless: a pool parsed from a request, a tenant subnet's layout, static addresses, the retry check |
+//! | `alloc.rs` | the local allocator: one network's state in memory (records, carved subnets, next-fit over used ranges), no I/O |
+//! | `local.rs` | [`LocalStore`]: `alloc` loaded and saved under a file lock |
+//! | `etcd/` | [`EtcdStore`]: the cluster store. `keys.rs` the key layout, `model.rs` the records, `hint.rs` the node's hint file, `plan.rs` the allocation planner (pure: a view of the keys read in, the transaction out), `reserve.rs` the reserve/claim I/O loop around it, `conn.rs` the connection |
+//! | `fake.rs` | [`FakeIpStore`]: `alloc` in a mutex, for the apply engine's unit tests |
+//! | `clock.rs` | the stores' wall clock |
 
 #![deny(missing_docs)]
 
@@ -42,6 +54,7 @@ pub mod clock;
 pub mod etcd;
 pub mod fake;
 pub mod local;
+mod pool;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -7,7 +7,7 @@
 //! block the address is taken in holds exactly the hinted value (the value
 //! itself, so that a revision number reused after an etcd restore cannot
 //! pass), which implies the hinted pool and subnet records (see
-//! `Writes::record_used` in `reserve.rs`). A write that loses its compares
+//! `Writes::record_used` in `plan.rs`). A write that loses its compares
 //! returns the fresh handle and blocks in its failure branch. A missing,
 //! unreadable, torn, foreign or corrupt file, or one whose subnet does not
 //! hold its blocks, is simply not used; losing it costs one read.
@@ -36,8 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::keys::esc;
-use super::model::BlockRec;
-use super::reserve::NodeLease;
+use super::model::{BlockRec, NodeLease};
 
 /// Format of the file; another version is ignored (and overwritten).
 const VERSION: u32 = 1;

@@ -222,6 +222,7 @@ mod conn;
 mod hint;
 mod keys;
 mod model;
+mod plan;
 mod reserve;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -237,7 +238,7 @@ use serde::de::DeserializeOwned;
 use self::conn::{Conn, Etcd};
 use self::keys::{Keys, unesc};
 use self::model::{BlockRec, HandleRec, SubnetRec};
-use super::alloc::ParsedPool;
+use super::pool::ParsedPool;
 use super::{
     Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
     validate_network_name,
@@ -600,7 +601,7 @@ impl EtcdStore {
         &self,
         etcd: &Etcd,
         key: &AttachmentKey,
-    ) -> Result<Option<(HandleRec, i64, BTreeMap<String, reserve::BlockView>)>, IpamError> {
+    ) -> Result<Option<(HandleRec, i64, BTreeMap<String, plan::BlockView>)>, IpamError> {
         let hk = self.keys.handle(key);
         let r = etcd.read(vec![(hk.clone(), false)]).await?;
         let Some(kv) = r[0].first() else {
@@ -658,7 +659,7 @@ impl EtcdStore {
         // Common case: this instance made the reservation, so the write can
         // go out without reading first; its compares catch any change.
         if let Some(r) = self.forget(key) {
-            let blocks: BTreeMap<String, reserve::BlockView> = r
+            let blocks: BTreeMap<String, plan::BlockView> = r
                 .blocks
                 .into_iter()
                 .map(|(bk, rec, rev)| {
@@ -671,7 +672,7 @@ impl EtcdStore {
                         .collect();
                     (
                         bk.clone(),
-                        reserve::BlockView {
+                        plan::BlockView {
                             rec,
                             rev,
                             val: Vec::new(),
@@ -708,7 +709,7 @@ impl EtcdStore {
         key: &AttachmentKey,
         mut h: HandleRec,
         rev: i64,
-        mut blocks: BTreeMap<String, reserve::BlockView>,
+        mut blocks: BTreeMap<String, plan::BlockView>,
     ) -> Result<bool, IpamError> {
         {
             let hk = self.keys.handle(key);
@@ -1188,7 +1189,7 @@ impl IpStore for EtcdStore {
                         unesc(tenant).unwrap_or_default(),
                     );
                     let s: SubnetRec = decode(&key, kv.value())?;
-                    let g = super::alloc::Geom::of(s.subnet);
+                    let g = super::pool::Geom::of(s.subnet);
                     out.push(TenantSubnet {
                         network: n.clone(),
                         allocated: count
@@ -1198,7 +1199,7 @@ impl IpStore for EtcdStore {
                         pool,
                         tenant,
                         subnet: s.subnet,
-                        gateway: super::alloc::to_ip(g.gateway(), g.v4),
+                        gateway: super::pool::to_ip(g.gateway(), g.v4),
                         empty_since_ms: None,
                     });
                 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::ipam::alloc::{AttachmentRecord, to_u128};
+use crate::ipam::pool::to_u128;
 use crate::ipam::{Allocation, AttachmentKey, ClaimState};
 
 /// `pool/<pool>`: a pool's geometry as first used (its tenant subnets are
@@ -177,19 +177,6 @@ impl HandleRec {
         AttachmentKey::new(network, self.container_id.clone(), self.ifname.clone())
     }
 
-    /// The shape the shared request check (`check_same_request`) reads.
-    pub fn as_record(&self) -> AttachmentRecord {
-        AttachmentRecord {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-            tenant: self.tenant.clone(),
-            state: self.state,
-            claim: None,
-            created_ms: self.created_ms,
-            allocations: self.allocations(),
-        }
-    }
-
     pub fn allocations(&self) -> Vec<Allocation> {
         self.allocations
             .iter()
@@ -217,4 +204,15 @@ mod tests {
         assert_eq!(v6.size(), 64);
         assert_eq!(v6.ordinal("fd00::5".parse().unwrap()), 5);
     }
+}
+
+/// `<prefix>/leases/<node>`: the lease this node's pending claims are
+/// written under, shared by its ADDs while it has at least half a TTL left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NodeLease {
+    pub id: i64,
+    /// When it expires at the latest (ms since the epoch, the granting
+    /// node's clock: the same node reads it).
+    pub expires_ms: u64,
 }

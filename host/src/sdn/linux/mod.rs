@@ -1,5 +1,103 @@
-//! The embedded SDN: a Linux bridge per tenant, nftables isolation and
-//! per-port source guards.
+//! The embedded SDN backend ([`LinuxSdn`]): a Linux bridge per tenant,
+//! nftables isolation and per-port source guards. Submodules: `nft` (the
+//! ruleset's script builders and the `nft` child process), `nftnl` (set
+//! elements over netlink, ADD's fast path), `guard` (a port's guard
+//! elements, pure).
+//!
+//! The threat model and every rule with its reason: `docs/isolation.md`.
+//!
+//! **Names.** A tenant's bridge is `tb-` + 12 hex digits of `sha256(tenant)`
+//! ([`bridge_name`](super::bridge_name), 15 bytes, the kernel's limit):
+//! tenant ids are arbitrary strings, and nothing a tenant controls ends up
+//! verbatim in an interface name or an nft script. A name is never trusted
+//! alone: the bridge records its tenant in its ifalias
+//! (`tenet:<rules stamp>:<tenant>`, [`bridge_alias`]), a tenant's bridge is
+//! the first of its candidate names ([`bridge_candidates`]) recording that
+//! tenant, and a new bridge takes the first free candidate under a per-name
+//! lock, so two tenants whose ids hash alike never share a bridge. The bridge gets a fixed, locally administered
+//! MAC derived from the tenant, because a bridge otherwise takes the
+//! smallest MAC of its ports and changes it as pods come and go, which leaves
+//! stale gateway entries in pods' neighbour caches. The bridge holds the
+//! tenant's gateway addresses with the subnet's prefix, so the node routes
+//! for the tenant, and answers ARP only for them (`arp_ignore = 1`).
+//!
+//! **Rules.** tenet owns two tables, `inet tenet` and `bridge tenet`.
+//! Everything tenant-specific is a per-tenant chain named after the bridge
+//! plus elements of shared verdict maps that jump to it, so a tenant's rules
+//! are listed and removed exactly, by name, without rule handles; everything
+//! pod-specific is data in sets ([`PortGuard`]), added and deleted over
+//! netlink in one batch per ADD or DEL, so no pod needs an `nft` fork:
+//!
+//! ```text
+//! table inet tenet {
+//!   map fwd_from { type ifname : verdict }     "tb-X" : jump fwd-tb-X
+//!   map gw4 / gw6 { type ipv4_addr / ipv6_addr : verdict }   gateway : jump gw-tb-X
+//!   map masq4 / masq6 { …; interval }          subnet : jump nat-tb-X
+//!   map svc_from { type ifname : verdict }     "tn<host link>" : jump svc-tb-X
+//!   set svc_shared { type ifname }             shared tenants' bridges
+//!   set port_v4 / port_v6 { type ifname . ipv4_addr / ipv6_addr }   every port's sources
+//!   chain prerouting (filter hook prerouting priority raw) { iifname "tn*" jump port_guard }
+//!   chain port_guard { no redirects/RAs; iifname . saddr in port_v4/v6 accept; DAD; drop }
+//!   chain forward (filter hook forward) {
+//!     iifname vmap @fwd_from                     # a tenant's own traffic: its chain decides
+//!     iifname "tb-*" drop                        # a bridge without rules forwards nothing
+//!     iifname "tn*" oifname "tb-*" ct status dnat ct direction original accept  # services
+//!                                                # ("same" scope: iifname vmap @svc_from)
+//!     iifname "tn*" oifname { "tb-*", "tn*" } drop   # host links reach no tenant, no host link
+//!     oifname "tn*" ct state established,related accept
+//!     oifname "tn*" drop
+//!   }
+//!   chain input (filter hook input) { ip daddr vmap @gw4; ip6 daddr vmap @gw6 }
+//!   chain postrouting (nat hook postrouting) { ip saddr vmap @masq4; ip6 saddr vmap @masq6 }
+//!   chain fwd-tb-X { oifname "tb-X" accept
+//!                    oifname { "tb-*", "tn*" } ct status dnat ct direction reply accept
+//!                    oifname "tb-*" ct status dnat ct direction original accept  # or jump svc-tb-X
+//!                    oifname { "tb-*", "tn*" } drop; accept }
+//!   chain gw-tb-X  { iifname "tb-X" accept; iifname { "tb-*", "tn*" } drop }
+//!   chain svc-tb-X { oifname "tb-X" accept; oifname @svc_shared accept }
+//!   chain nat-tb-X { oifname != "tb-*" oifname != "tn*" masquerade }  # empty when off
+//! }
+//! table bridge tenet {
+//!   set port_mac { type ifname . ether_addr }  set port_v4 / port_v6 { … }
+//!   chain prerouting (filter hook prerouting priority -300) { iifname "tn*" jump port_guard }
+//!   chain port_guard { ether saddr must be the port's; ARP checked field by field;
+//!                      no redirects/RAs; saddr in port_v4/v6 accept; DAD; drop }
+//! }
+//! ```
+//!
+//! So a packet from tenant X is forwarded only back into X's bridge, out of
+//! the node, or as part of a service flow the node DNATed; a host link
+//! carries only pod ↔ node traffic and service flows; a port sends only from
+//! its own MAC and addresses (fail closed: a `tn*` port without elements
+//! sends nothing); and a tenant gateway address on the node answers only its
+//! own bridge (and the outside). Traffic between pods of one tenant is
+//! bridged and never reaches the inet hooks (unless `br_netfilter` is
+//! loaded, in which case `oifname "tb-X" accept` lets it through). `tb-*` are
+//! tenet's bridges and `tn*` the host ends of its veths
+//! ([`crate::netns::host_ifname`]).
+//!
+//! Every change for one tenant is one `nft -f -` transaction: the tables,
+//! sets, maps and base chains are declared (idempotent), the base chains are
+//! flushed and rewritten with their fixed rules, the tenant's chains are
+//! flushed and rewritten, and its map elements are added (re-adding an
+//! identical element is a no-op). Two ADDs that race therefore converge to
+//! the same ruleset. Removal lists the table as JSON and deletes exactly the
+//! elements that jump to the tenant's chains (host links' `svc_from`
+//! elements included), then the chains. The bridge is created (recording
+//! its tenant) before its rules, its gateway addresses are added after them,
+//! and it is deleted before its rules.
+//!
+//! `nft` is run as a child process (`nft -f -`, script on stdin): it is the
+//! supported interface to nftables, its transactions are atomic, and no
+//! netlink-nftables crate is as complete; the cost (a fork+exec of a few
+//! milliseconds per ADD) is measured against the budget elsewhere.
+//!
+//! Forwarding (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`) is the
+//! node operator's choice: tenet never writes node sysctls.
+
+pub(super) mod guard;
+pub(super) mod nft;
+mod nftnl;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -12,9 +110,6 @@ use tracing::{debug, info, warn};
 
 use sha2::Digest;
 
-use super::guard::{self, GUARD_SETS, PortGuard};
-use super::nft::{self, TenantRules, fwd_chain, gw_chain, nat_chain};
-use super::nftnl;
 use super::{
     PortSpec, Sdn, SdnError, SdnOptions, TenantNet, alias_ident, bridge_alias, bridge_candidates,
     bridge_mac, check_tenant_id, gateways, tenant_ident,
@@ -27,6 +122,8 @@ use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
 };
+use guard::{GUARD_SETS, PortGuard};
+use nft::{TenantRules, fwd_chain, gw_chain, nat_chain};
 
 /// A link's ifalias, if set.
 fn link_alias(l: &LinkMessage) -> Option<&str> {

@@ -2,7 +2,7 @@
 //! elements (pure; the Linux backend adds and deletes them over netlink).
 //!
 //! The guard *rules* are fixed (installed with the base ruleset, see the
-//! module docs of [`crate::sdn`]); what changes per pod is data:
+//! module docs of [`super`], the Linux backend); what changes per pod is data:
 //!
 //! | set | key | for |
 //! |---|---|---|

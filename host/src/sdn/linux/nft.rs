@@ -1,6 +1,6 @@
 //! nftables scripts for tenant isolation (pure builders, unit-tested) and the
 //! `nft` child process that applies them. See the module docs of
-//! [`crate::sdn`] for the ruleset's design.
+//! [`super`] (the Linux backend) for the ruleset's design.
 //!
 //! Only values tenet derives itself reach a script: bridge names (`tb-` + hex)
 //! and addresses formatted from parsed `IpAddr`/`IpNet`; tenant ids never do.
@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::SdnError;
+use crate::sdn::SdnError;
 
 /// The tables tenet owns: `inet tenet` (forwarding, the node's gateways,
 /// host-link guards) and `bridge tenet` (bridge-port guards).
