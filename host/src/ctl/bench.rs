@@ -43,13 +43,14 @@ fn us(d: Duration) -> String {
 /// Runs `tenetctl policy bench`.
 pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     if args.requests == 0 {
-        return Err(CtlError("--requests: must be at least 1".into()));
+        return Err(CtlError::Message("--requests: must be at least 1".into()));
     }
     let mut request = match &args.request {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .map_err(|e| CtlError(format!("{}: {e}", p.display())))?;
-            serde_json::from_str(&text).map_err(|e| CtlError(format!("{}: {e}", p.display())))?
+                .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?
         }
         None => super::plan::sample_request(),
     };
@@ -66,7 +67,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         let started = std::time::Instant::now();
         let outcome = pipeline
             .run(&request, super::plan::initial_plan(&request))
-            .map_err(|e| CtlError(format!("the pipeline failed: {e}")))?;
+            .map_err(|e| CtlError::Message(format!("the pipeline failed: {e}")))?;
         totals.push(started.elapsed());
         for (i, r) in outcome.reports.iter().enumerate() {
             if let StageRun::Ran { fuel: f, elapsed } = r.run {
@@ -75,7 +76,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
             }
         }
     }
-    let w = |out: &mut dyn std::io::Write, s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    let w =
+        |out: &mut dyn std::io::Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
     w(
         out,
         format!(

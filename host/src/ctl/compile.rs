@@ -62,12 +62,12 @@ fn find_modules(manifest: &Manifest, dirs: &[PathBuf]) -> Result<Vec<Found>, Ctl
         .map(|s| {
             let file = match crate::policy::resolve_module_path(&s.module, dirs) {
                 Ok(p) => {
-                    let d =
-                        sha256_file(&p).map_err(|e| CtlError(format!("{}: {e}", p.display())))?;
+                    let d = sha256_file(&p)
+                        .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?;
                     Some((p, d))
                 }
                 Err(_) if s.sha256.is_some() => None,
-                Err(m) => return Err(CtlError(format!("stage {:?}: {m}", s.name))),
+                Err(m) => return Err(CtlError::Message(format!("stage {:?}: {m}", s.name))),
             };
             Ok(Found {
                 stage: s.name.clone(),
@@ -149,7 +149,7 @@ pub fn compile_pipeline(
     out: &mut dyn std::io::Write,
 ) -> Result<Compiled, CtlError> {
     let cache = ArtifactCache::new(&opts.cache_dir);
-    let manifest = Manifest::load(path).map_err(CtlError::msg)?;
+    let manifest = Manifest::load(path).map_err(CtlError::from_err)?;
     // `oci://` modules no module dir has yet are pulled (signature checked)
     // into the first module dir, where `tenet` will look for them.
     // The configuration (its [distribution] key) is read only when there is
@@ -165,7 +165,7 @@ pub fn compile_pipeline(
             Some(d) => d,
             None => {
                 loaded = crate::config::Config::load(&super::process_env(), None)
-                    .map_err(CtlError::msg)?;
+                    .map_err(CtlError::from_err)?;
                 &loaded.distribution
             }
         };
@@ -177,7 +177,7 @@ pub fn compile_pipeline(
     } else {
         let problems = pin_mismatches(&found, &cache);
         if !problems.is_empty() {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "{}: pins do not match what would run (nothing compiled; re-pin deliberately with --pin once the modules are the ones you mean to run):\n  {}",
                 path.display(),
                 problems.join("\n  ")
@@ -190,10 +190,10 @@ pub fn compile_pipeline(
     // Settings against each module's schema first (errors name the field),
     // then the modules' own checks.
     crate::policy::metadata::check_manifest(&manifest, &opts.module_dirs)
-        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))?;
     pipeline
         .validate_settings()
-        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))?;
     for spec in &manifest.stages {
         let digest = match (&spec.sha256, found.iter().find(|f| f.stage == spec.name)) {
             (Some(pin), _) => pin.clone(),
@@ -209,7 +209,7 @@ pub fn compile_pipeline(
         cache
             .recorded(&digest)
             .and_then(|t| t.check(&digest, &[&digest]))
-            .map_err(|m| CtlError(format!("stage {:?}: {m}", spec.name)))?;
+            .map_err(|m| CtlError::Message(format!("stage {:?}: {m}", spec.name)))?;
         writeln!(
             out,
             "{:<16} sha256={digest} artifact={}{}",
@@ -221,7 +221,7 @@ pub fn compile_pipeline(
                 ""
             }
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
     }
     // Loading also composed the stages into one bundle artifact (one file
     // to map per exec instead of one per stage).
@@ -234,7 +234,7 @@ pub fn compile_pipeline(
         ),
         None => Ok(()),
     }
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     for spec in manifest
         .stages
         .iter()
@@ -245,14 +245,14 @@ pub fn compile_pipeline(
             "note: stage {:?} has failure = \"ignore\": whenever it traps, runs out of budget or returns an invalid plan (which pod input can cause) it is skipped, so a denial it would have made does not happen (docs/security.md)",
             spec.name
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
     }
     writeln!(
         out,
         "settings valid; {} stages ready",
         manifest.stages.len()
     )
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     Ok(Compiled {
         modules: found.into_iter().filter_map(|f| f.file).collect(),
         bundle: pipeline.bundle_artifact(),
@@ -264,17 +264,17 @@ pub fn compile_pipeline(
 /// `sha256` key, keeping everything else of the file as it is.
 fn write_pins(pipeline: &Path, found: &[Found]) -> Result<(), CtlError> {
     let text = std::fs::read_to_string(pipeline)
-        .map_err(|e| CtlError(format!("{}: {e}", pipeline.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", pipeline.display())))?;
     let mut doc: toml_edit::DocumentMut = text
         .parse()
-        .map_err(|e| CtlError(format!("{}: {e}", pipeline.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", pipeline.display())))?;
     let stages = doc
         .get_mut("stage")
         .and_then(|s| s.as_array_of_tables_mut())
-        .ok_or_else(|| CtlError(format!("{}: no [[stage]] to pin", pipeline.display())))?;
+        .ok_or_else(|| CtlError::Message(format!("{}: no [[stage]] to pin", pipeline.display())))?;
     for (table, f) in stages.iter_mut().zip(found) {
         let Some((path, digest)) = &f.file else {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "stage {:?}: its module file is missing, so there is nothing to pin (pinned {})",
                 f.stage,
                 f.pin.as_deref().unwrap_or("-")
@@ -304,35 +304,35 @@ fn write_pins(pipeline: &Path, found: &[Found]) -> Result<(), CtlError> {
         .and_then(|()| std::fs::rename(&tmp, pipeline))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            CtlError(format!("{}: {e}", pipeline.display()))
+            CtlError::Message(format!("{}: {e}", pipeline.display()))
         })
 }
 
 /// Compiles one module into the cache.
 pub fn run_module(args: &CompileModuleArgs) -> Result<i32, CtlError> {
-    let bytes =
-        std::fs::read(&args.wasm).map_err(|e| CtlError(format!("{}: {e}", args.wasm.display())))?;
+    let bytes = std::fs::read(&args.wasm)
+        .map_err(|e| CtlError::Message(format!("{}: {e}", args.wasm.display())))?;
     // The digest of the very bytes compiled (not of a second read).
     let digest = crate::policy::cache::sha256_hex(&bytes);
     if let Some(want) = &args.sha256
         && !want.eq_ignore_ascii_case(&digest)
     {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "{} has sha256 {digest}, expected {want}",
             args.wasm.display()
         )));
     }
-    let eng = engine::new_engine().map_err(CtlError::msg)?;
+    let eng = engine::new_engine().map_err(CtlError::from_err)?;
     let cwasm = engine::precompile(&eng, &bytes)
-        .map_err(|e| CtlError(format!("{}: {}", args.wasm.display(), e.root_cause())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {}", args.wasm.display(), e.root_cause())))?;
     let cache = ArtifactCache::new(&args.cache_dir);
     cache
         .store(&digest, &cwasm, &[&digest])
-        .map_err(|e| CtlError(format!("{}: {e}", args.cache_dir.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", args.cache_dir.display())))?;
     // Lets `tenet` find this unpinned module's artifact without hashing it.
     cache
         .remember_digest(&args.wasm, &digest)
-        .map_err(|e| CtlError(format!("{}: {e}", args.cache_dir.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", args.cache_dir.display())))?;
     Ok(0)
 }
 

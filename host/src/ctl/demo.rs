@@ -76,11 +76,11 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let tenet = match &args.tenet {
         Some(p) => p.clone(),
         None => std::env::current_exe()
-            .map_err(CtlError::msg)?
+            .map_err(CtlError::from_err)?
             .with_file_name("tenet"),
     };
     if !tenet.is_file() {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "--tenet: {} does not exist (run `make build`)",
             tenet.display()
         )));
@@ -88,7 +88,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     // Precompile the modules once, so every `tenet` run loads artifacts.
     let opts = args.modules.options()?;
     load_pipeline(&pipeline, &opts)?;
-    let tmp = tempfile::tempdir().map_err(CtlError::msg)?;
+    let tmp = tempfile::tempdir().map_err(CtlError::from_err)?;
     let state = tmp.path().join("state");
     let ctx = Ctx {
         tenet,
@@ -110,7 +110,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         .join()
         .unwrap_or_else(|_| (Err(CtlError::msg("the demo thread panicked")), Vec::new()))
     });
-    out.write_all(&text).map_err(CtlError::msg)?;
+    out.write_all(&text).map_err(CtlError::from_err)?;
     code
 }
 
@@ -143,7 +143,7 @@ impl Ctx {
             .env("TENET_PIPELINE", &self.pipeline)
             .env(
                 "TENET_MODULE_DIRS",
-                std::env::join_paths(&self.modules).map_err(CtlError::msg)?,
+                std::env::join_paths(&self.modules).map_err(CtlError::from_err)?,
             )
             .env("TENET_CACHE_DIR", &self.cache)
             .env("TENET_STATE_DIR", &self.state)
@@ -151,14 +151,14 @@ impl Ctx {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| CtlError(format!("{}: {e}", self.tenet.display())))?;
+            .map_err(|e| CtlError::Message(format!("{}: {e}", self.tenet.display())))?;
         if let Some(mut i) = child.stdin.take() {
-            i.write_all(conf.as_bytes()).map_err(CtlError::msg)?;
+            i.write_all(conf.as_bytes()).map_err(CtlError::from_err)?;
         }
-        let o = child.wait_with_output().map_err(CtlError::msg)?;
+        let o = child.wait_with_output().map_err(CtlError::from_err)?;
         let stdout = String::from_utf8_lossy(&o.stdout);
         if !o.status.success() {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "tenet {command} for {}: {}{}",
                 pod.name,
                 stdout.trim(),
@@ -168,20 +168,21 @@ impl Ctx {
         if stdout.trim().is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(stdout.trim()).map_err(CtlError::msg)
+        serde_json::from_str(stdout.trim()).map_err(CtlError::from_err)
     }
 }
 
 fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
-    enter_scratch_node().map_err(|e| CtlError(format!("creating the demo node namespace: {e}")))?;
+    enter_scratch_node()
+        .map_err(|e| CtlError::Message(format!("creating the demo node namespace: {e}")))?;
     // Forwarding on in the throwaway node (a per-namespace sysctl; the
     // machine's own is untouched), as on a real node: otherwise "cannot
     // reach" below would prove nothing about tenet's isolation rules.
     for key in ["ipv4/ip_forward", "ipv6/conf/all/forwarding"] {
         std::fs::write(format!("/proc/sys/net/{key}"), "1")
-            .map_err(|e| CtlError(format!("net.{key} in the demo node: {e}")))?;
+            .map_err(|e| CtlError::Message(format!("net.{key} in the demo node: {e}")))?;
     }
-    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
     w(out, "tenet demo: a throwaway node namespace with pods of two tenants; the real `tenet` binary, rainbond pipeline\n".into())?;
     let mut pods = Vec::new();
     for (name, namespace) in [
@@ -189,7 +190,7 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
         ("web-1", "team-a"),
         ("api-0", "team-b"),
     ] {
-        let ns = ScratchNetns::new().map_err(CtlError::msg)?;
+        let ns = ScratchNetns::new().map_err(CtlError::from_err)?;
         pods.push(Pod {
             name,
             namespace,
@@ -257,11 +258,11 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
     for p in &pods {
         ctx.cni("DEL", p)?;
     }
-    let left = crate::apply::leftovers(&ctx.state).map_err(CtlError::msg)?;
+    let left = crate::apply::leftovers(&ctx.state).map_err(CtlError::from_err)?;
     for p in &pods {
         let o =
             p.ns.cmd("ip", &["-o", "link", "show"])
-                .map_err(CtlError::msg)?;
+                .map_err(CtlError::from_err)?;
         let links = String::from_utf8_lossy(&o.stdout);
         if links.lines().count() != 1 {
             failures.push(format!("pod {} still has interfaces: {links}", p.name));

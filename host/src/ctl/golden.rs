@@ -196,7 +196,7 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CtlError> {
     for p in paths {
         if p.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| CtlError(format!("{}: {e}", p.display())))?
+                .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
@@ -219,7 +219,7 @@ pub fn run(args: &TestArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
     let opts = args.modules.options()?;
     let files = collect(&args.cases)?;
     if files.is_empty() {
-        return Err(CtlError("no test cases found".into()));
+        return Err(CtlError::Message("no test cases found".into()));
     }
     let (mut passed, mut failed) = (0, 0);
     for file in files {
@@ -240,15 +240,15 @@ pub fn run(args: &TestArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                 format!("FAIL {}: {e}", file.display())
             }
         };
-        writeln!(out, "{line}").map_err(CtlError::msg)?;
+        writeln!(out, "{line}").map_err(CtlError::from_err)?;
     }
     if passed + failed == 0 {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "no test case matches --filter {:?}",
             args.filter.as_deref().unwrap_or_default()
         )));
     }
-    writeln!(out, "{passed} passed, {failed} failed").map_err(CtlError::msg)?;
+    writeln!(out, "{passed} passed, {failed} failed").map_err(CtlError::from_err)?;
     Ok(if failed == 0 { 0 } else { 1 })
 }
 

@@ -68,19 +68,21 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
     } else {
         ModuleRef::Named(args.module.clone())
     };
-    let path = crate::policy::resolve_module_path(&module, &opts.module_dirs).map_err(CtlError)?;
-    let bytes = std::fs::read(&path).map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+    let path = crate::policy::resolve_module_path(&module, &opts.module_dirs)
+        .map_err(CtlError::Message)?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))?;
     let digest = sha256_hex(&bytes);
-    let eng = engine::new_engine().map_err(CtlError::msg)?;
+    let eng = engine::new_engine().map_err(CtlError::from_err)?;
     let component = Component::new(&eng, &bytes).map_err(|e| {
-        CtlError(format!(
+        CtlError::Message(format!(
             "{}: not a valid component: {}",
             path.display(),
             e.root_cause()
         ))
     })?;
     let ty = component.component_type();
-    let mut w = |s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    let mut w = |s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
     w(format!("module   {}", path.display()))?;
     w(format!("size     {} bytes", bytes.len()))?;
     w(format!("sha256   {digest}"))?;
@@ -118,7 +120,7 @@ pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlE
             match &m.settings_schema {
                 Some(schema) => w(format!(
                     "settings schema\n{}",
-                    serde_json::to_string_pretty(schema).map_err(CtlError::msg)?
+                    serde_json::to_string_pretty(schema).map_err(CtlError::from_err)?
                 ))?,
                 None => {
                     w("settings schema: none (settings are checked by the module only)".into())?

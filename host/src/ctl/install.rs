@@ -146,11 +146,12 @@ impl Report<'_> {
         if change != Change::Unchanged {
             self.changed += 1;
         }
-        writeln!(self.out, "{} {what:<9} {}", change.word(), path.display()).map_err(CtlError::msg)
+        writeln!(self.out, "{} {what:<9} {}", change.word(), path.display())
+            .map_err(CtlError::from_err)
     }
 
     fn note(&mut self, text: &str) -> Result<(), CtlError> {
-        writeln!(self.out, "{text}").map_err(CtlError::msg)
+        writeln!(self.out, "{text}").map_err(CtlError::from_err)
     }
 }
 
@@ -160,7 +161,8 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     check_network_name(&args.network)?;
     let labels = parse_labels(&args.labels)?;
     let abs = |flag: &str, p: &Path| {
-        std::path::absolute(p).map_err(|e| CtlError(format!("{flag} {}: {e}", p.display())))
+        std::path::absolute(p)
+            .map_err(|e| CtlError::Message(format!("{flag} {}: {e}", p.display())))
     };
     let bin_dir = abs("--bin-dir", &args.bin_dir)?;
     let conf_dir = abs("--conf-dir", &args.conf_dir)?;
@@ -169,7 +171,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let source_manifest = abs("--pipeline", &args.pipeline)?;
     let plugin_source = match &args.plugin_source {
         Some(d) if !d.is_dir() => {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "--plugin-source: {} is not a directory",
                 d.display()
             )));
@@ -177,8 +179,8 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         Some(d) => Some(abs("--plugin-source", d)?),
         None => None,
     };
-    let manifest =
-        Manifest::load(&source_manifest).map_err(|e| CtlError(format!("--pipeline: {e}")))?;
+    let manifest = Manifest::load(&source_manifest)
+        .map_err(|e| CtlError::Message(format!("--pipeline: {e}")))?;
     // The in-cluster settings are checked before anything is written.
     let kubeconfig = match &args.kubeconfig.write_kubeconfig {
         Some(dest) => Some((
@@ -200,9 +202,8 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         Some(f) => {
             let f = abs("--config-file", f)?;
             let text = std::fs::read(&f)
-                .map_err(|e| CtlError(format!("--config-file {}: {e}", f.display())))?;
-            let cfg =
-                load_config_file(&f).map_err(|e| CtlError(format!("--config-file: {}", e.0)))?;
+                .map_err(|e| CtlError::Message(format!("--config-file {}: {e}", f.display())))?;
+            let cfg = load_config_file(&f).map_err(|e| CtlError::context("--config-file", e))?;
             Some((text, cfg))
         }
         None => None,
@@ -228,13 +229,13 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
 
     // 1. Binaries.
     let tenetctl_src = std::env::current_exe()
-        .map_err(|e| CtlError(format!("cannot locate the running tenetctl: {e}")))?;
+        .map_err(|e| CtlError::Message(format!("cannot locate the running tenetctl: {e}")))?;
     let tenet_src = match &args.tenet_bin {
         Some(p) => abs("--tenet-bin", p)?,
         None => tenetctl_src.with_file_name("tenet"),
     };
     if !tenet_src.is_file() {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "--tenet-bin: {} is not a file (default: `tenet` beside tenetctl)",
             tenet_src.display()
         )));
@@ -263,7 +264,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let mut rewrites: Vec<(usize, PathBuf)> = Vec::new();
     for (i, stage) in manifest.stages.iter().enumerate() {
         let src = crate::policy::resolve_module_path(&stage.module, &search).map_err(|e| {
-            CtlError(format!(
+            CtlError::Message(format!(
                 "--pipeline {}: stage {:?}: {e} (add --module-dir)",
                 source_manifest.display(),
                 stage.name
@@ -276,7 +277,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
             ModuleRef::Oci(r) => module_dest.join(r.file_name().unwrap_or_default()),
             ModuleRef::Path(p) => {
                 let file = p.file_name().ok_or_else(|| {
-                    CtlError(format!(
+                    CtlError::Message(format!(
                         "stage {:?}: module path has no file name",
                         stage.name
                     ))
@@ -296,7 +297,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let policies = config_dir.join("policies");
     ensure_dir("--config-dir", &policies)?;
     let manifest_name = source_manifest.file_name().ok_or_else(|| {
-        CtlError(format!(
+        CtlError::Message(format!(
             "--pipeline: {} has no file name",
             source_manifest.display()
         ))
@@ -340,7 +341,8 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let cache = ArtifactCache::new(&cache_dir);
     let mut fresh = Vec::new();
     for m in &installed_modules {
-        let digest = sha256_file(m).map_err(|e| CtlError(format!("{}: {e}", m.display())))?;
+        let digest =
+            sha256_file(m).map_err(|e| CtlError::Message(format!("{}: {e}", m.display())))?;
         fresh.push((m.clone(), cache.path_for(&digest).is_file(), digest));
     }
     let compile_args = compile::CompileArgs {
@@ -358,7 +360,7 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         // artifact of an unpinned module without hashing it on each exec.
         cache
             .remember_digest(m, digest)
-            .map_err(|e| CtlError(format!("--cache-dir {}: {e}", cache_dir.display())))?;
+            .map_err(|e| CtlError::Message(format!("--cache-dir {}: {e}", cache_dir.display())))?;
         let art = cache.path_for(digest);
         let c = if *had {
             Change::Unchanged
@@ -415,12 +417,12 @@ pub fn run(args: &InstallArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     }
     ensure_dir("--conf-dir", &conf_dir)?;
     let conf_path = conf_dir.join(&args.name);
-    let body = serde_json::to_string_pretty(&conflist).map_err(CtlError::msg)? + "\n";
+    let body = serde_json::to_string_pretty(&conflist).map_err(CtlError::from_err)? + "\n";
     if conf_path.exists() && !args.force {
         let old = read("--conf-dir", &conf_path)?;
         let same = serde_json::from_str::<Value>(&old).is_ok_and(|v| v == conflist);
         if !same {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "{} exists and differs from the conflist tenet would write; \
                  pass --force to replace it (or --name to write another file)",
                 conf_path.display()
@@ -524,7 +526,7 @@ fn install_plugin(
             }
             Ok(())
         }
-        Some(src) => Err(CtlError(format!(
+        Some(src) => Err(CtlError::Message(format!(
             "--plugin-source: {} is not a file and --bin-dir {} has no `{plugin}`; \
              {why}",
             src.display(),
@@ -561,7 +563,7 @@ fn tenet_toml(pipeline: &Path, module_dir: &Path, cache_dir: &Path, state_dir: &
 
 fn load_config_file(path: &Path) -> Result<Config, CtlError> {
     let env = [("TENET_CONFIG".to_string(), path.display().to_string())];
-    Config::load(&env, None).map_err(|e| CtlError(format!("{}: {e}", path.display())))
+    Config::load(&env, None).map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))
 }
 
 fn rewrite_module_paths(
@@ -570,29 +572,33 @@ fn rewrite_module_paths(
     rewrites: &[(usize, PathBuf)],
 ) -> Result<String, CtlError> {
     let mut doc: toml::Table =
-        toml::from_str(text).map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+        toml::from_str(text).map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))?;
     let stages = doc
         .get_mut("stage")
         .and_then(toml::Value::as_array_mut)
-        .ok_or_else(|| CtlError(format!("{}: no [[stage]] array", path.display())))?;
+        .ok_or_else(|| CtlError::Message(format!("{}: no [[stage]] array", path.display())))?;
     for (i, dest) in rewrites {
         let stage = stages
             .get_mut(*i)
             .and_then(toml::Value::as_table_mut)
-            .ok_or_else(|| CtlError(format!("{}: stage[{i}] is not a table", path.display())))?;
+            .ok_or_else(|| {
+                CtlError::Message(format!("{}: stage[{i}] is not a table", path.display()))
+            })?;
         stage.insert(
             "module".into(),
             toml::Value::String(dest.display().to_string()),
         );
     }
-    toml::to_string(&doc).map_err(|e| CtlError(format!("{}: {e}", path.display())))
+    toml::to_string(&doc).map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))
 }
 
 fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, CtlError> {
     raw.iter()
         .map(|l| match l.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CtlError(format!("--label: {l:?} is not KEY=VALUE"))),
+            _ => Err(CtlError::Message(format!(
+                "--label: {l:?} is not KEY=VALUE"
+            ))),
         })
         .collect()
 }
@@ -606,7 +612,7 @@ fn check_conflist_name(name: &str) -> Result<(), CtlError> {
         || !name.ends_with(".conflist")
         || name.len() == ".conflist".len()
     {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "--name: {name:?} must be a plain file name ending in .conflist (e.g. 10-tenet.conflist)"
         )));
     }
@@ -623,7 +629,7 @@ fn check_network_name(name: &str) -> Result<(), CtlError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !ok {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "--network: {name:?} is not a CNI network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
         )));
     }
@@ -631,15 +637,18 @@ fn check_network_name(name: &str) -> Result<(), CtlError> {
 }
 
 fn ensure_dir(flag: &str, dir: &Path) -> Result<(), CtlError> {
-    std::fs::create_dir_all(dir).map_err(|e| CtlError(format!("{flag} {}: {e}", dir.display())))
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CtlError::Message(format!("{flag} {}: {e}", dir.display())))
 }
 
 fn read(flag: &str, path: &Path) -> Result<String, CtlError> {
-    std::fs::read_to_string(path).map_err(|e| CtlError(format!("{flag} {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| CtlError::Message(format!("{flag} {}: {e}", path.display())))
 }
 
 fn install_copy(src: &Path, dest: &Path, mode: u32) -> Result<Change, CtlError> {
-    let bytes = std::fs::read(src).map_err(|e| CtlError(format!("{}: {e}", src.display())))?;
+    let bytes =
+        std::fs::read(src).map_err(|e| CtlError::Message(format!("{}: {e}", src.display())))?;
     install_bytes(&bytes, dest, mode)
 }
 
@@ -656,9 +665,10 @@ pub(crate) fn install_bytes(bytes: &[u8], dest: &Path, mode: u32) -> Result<Chan
             Change::Updated
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Change::Created,
-        Err(e) => return Err(CtlError(format!("{}: {e}", dest.display()))),
+        Err(e) => return Err(CtlError::Message(format!("{}: {e}", dest.display()))),
     };
-    write_atomic(dest, bytes, mode).map_err(|e| CtlError(format!("{}: {e}", dest.display())))?;
+    write_atomic(dest, bytes, mode)
+        .map_err(|e| CtlError::Message(format!("{}: {e}", dest.display())))?;
     Ok(change)
 }
 

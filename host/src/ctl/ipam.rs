@@ -123,7 +123,7 @@ impl Store {
 }
 
 fn ipam_err(e: IpamError) -> CtlError {
-    CtlError(format!("{e} (code {})", e.cni_code()))
+    CtlError::Message(format!("{e} (code {})", e.cni_code()))
 }
 
 fn open(a: &StoreArgs, node: Option<&str>) -> Result<Store, CtlError> {
@@ -131,13 +131,13 @@ fn open(a: &StoreArgs, node: Option<&str>) -> Result<Store, CtlError> {
 }
 
 fn open_with_state(a: &StoreArgs, node: Option<&str>) -> Result<Opened, CtlError> {
-    let mut cfg = Config::load(&process_env(), None).map_err(CtlError::msg)?;
+    let mut cfg = Config::load(&process_env(), None).map_err(CtlError::from_err)?;
     let kind = match a.store.as_deref() {
         None => cfg.store,
         Some("local") => StoreKind::Local,
         Some("etcd") => StoreKind::Etcd,
         Some(other) => {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "--store: {other:?} is not a store (use local or etcd)"
             )));
         }
@@ -159,15 +159,19 @@ fn open_with_state(a: &StoreArgs, node: Option<&str>) -> Result<Opened, CtlError
     let store = match kind {
         StoreKind::Local => {
             if node.is_some() {
-                return Err(CtlError("--node applies to --store etcd only".into()));
+                return Err(CtlError::Message(
+                    "--node applies to --store etcd only".into(),
+                ));
             }
             LocalStore::open(&cfg.state_dir, LocalOptions::default())
                 .map(Store::Local)
-                .map_err(|e| CtlError(format!("--state-dir {}: {e}", cfg.state_dir.display())))
+                .map_err(|e| {
+                    CtlError::Message(format!("--state-dir {}: {e}", cfg.state_dir.display()))
+                })
         }
         StoreKind::Etcd => EtcdStore::connect(&cfg)
             .map(|s| Store::Etcd(Box::new(s)))
-            .map_err(|e| CtlError(format!("etcd {}: {e}", cfg.etcd.endpoints.join(",")))),
+            .map_err(|e| CtlError::Message(format!("etcd {}: {e}", cfg.etcd.endpoints.join(",")))),
     }?;
     Ok(Opened {
         store,
@@ -187,7 +191,7 @@ fn in_flight(
     Ok(records
         .list(Some(network))
         .map_err(|e| {
-            CtlError(format!(
+            CtlError::Message(format!(
                 "attachment records in {}: {e}",
                 state_dir.display()
             ))
@@ -238,9 +242,9 @@ fn ls(a: &ListArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&v).map_err(CtlError::msg)?
+            serde_json::to_string_pretty(&v).map_err(CtlError::from_err)?
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
         return Ok(0);
     }
     let line = |cols: [&str; 7]| {
@@ -262,7 +266,7 @@ fn ls(a: &ListArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
             "STATE"
         ])
     )
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     for (k, al, st) in &rows {
         let address = al.address.to_string();
         let row = line([
@@ -274,7 +278,7 @@ fn ls(a: &ListArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
             address.as_str(),
             state(*st),
         ]);
-        writeln!(out, "{row}").map_err(CtlError::msg)?;
+        writeln!(out, "{row}").map_err(CtlError::from_err)?;
     }
     Ok(0)
 }
@@ -299,9 +303,9 @@ fn show(a: &ListArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&v).map_err(CtlError::msg)?
+            serde_json::to_string_pretty(&v).map_err(CtlError::from_err)?
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
         return Ok(0);
     }
     // Per pool: tenants and allocated addresses.
@@ -313,7 +317,7 @@ fn show(a: &ListArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         e.0 += 1;
         e.1 += s.allocated;
     }
-    let p = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    let p = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
     p(
         out,
         format!(
@@ -387,12 +391,12 @@ fn read_valid(path: Option<&PathBuf>) -> Result<HashSet<(String, String)>, CtlEr
     };
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
-            .map_err(|e| CtlError(format!("--valid -: reading stdin: {e}")))?
+            .map_err(|e| CtlError::Message(format!("--valid -: reading stdin: {e}")))?
     } else {
         std::fs::read_to_string(path)
-            .map_err(|e| CtlError(format!("--valid {}: {e}", path.display())))?
+            .map_err(|e| CtlError::Message(format!("--valid {}: {e}", path.display())))?
     };
-    let bad = |why: String| CtlError(format!("--valid {}: {why}", path.display()));
+    let bad = |why: String| CtlError::Message(format!("--valid {}: {why}", path.display()));
     if text.trim_start().starts_with('[') {
         #[derive(serde::Deserialize)]
         struct Att {
@@ -487,7 +491,9 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let opened = open_with_state(&a.store, a.node.as_deref())?;
     let store = &opened.store;
     if a.reclaim && matches!(store, Store::Local(_)) {
-        return Err(CtlError("--reclaim applies to --store etcd only".into()));
+        return Err(CtlError::Message(
+            "--reclaim applies to --store etcd only".into(),
+        ));
     }
     let (first, _) = candidates(store, &a.network, &valid)?;
     let mut confirmed = first;
@@ -512,7 +518,7 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let mut changed = 0;
     for c in &confirmed {
         if a.dry_run {
-            writeln!(out, "would release {}", c.key).map_err(CtlError::msg)?;
+            writeln!(out, "would release {}", c.key).map_err(CtlError::from_err)?;
             continue;
         }
         let done = match store {
@@ -522,7 +528,7 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
         .map_err(ipam_err)?;
         if done {
             released += 1;
-            writeln!(out, "released {}", c.key).map_err(CtlError::msg)?;
+            writeln!(out, "released {}", c.key).map_err(CtlError::from_err)?;
         } else {
             changed += 1;
         }
@@ -536,12 +542,12 @@ fn gc(a: &GcArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
             out,
             "reclaimed {blocks} empty blocks, {subnets} empty subnets"
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
     }
     writeln!(
         out,
         "{released} released, {pending} pending kept (ADD in flight), {changed} changed since the first look"
     )
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     Ok(0)
 }

@@ -29,12 +29,12 @@ pub struct LsArgs {
 }
 
 fn connect() -> Result<MidonetSdn, CtlError> {
-    let cfg = Config::load(&process_env(), None).map_err(CtlError::msg)?;
-    MidonetSdn::connect(&cfg).map_err(|e| CtlError(format!("midonet: {e}")))
+    let cfg = Config::load(&process_env(), None).map_err(CtlError::from_err)?;
+    MidonetSdn::connect(&cfg).map_err(|e| CtlError::Message(format!("midonet: {e}")))
 }
 
 fn io(e: std::io::Error) -> CtlError {
-    CtlError(format!("writing output: {e}"))
+    CtlError::Message(format!("writing output: {e}"))
 }
 
 /// Runs a `tenetctl midonet` subcommand; returns the exit code.
@@ -48,7 +48,7 @@ pub fn run(cmd: &MidonetCmd, out: &mut dyn Write) -> Result<i32, CtlError> {
 
 /// `ls` on a connected backend.
 pub fn ls(sdn: &MidonetSdn, tenant: Option<&str>, out: &mut dyn Write) -> Result<i32, CtlError> {
-    let views = sdn.topology(tenant).map_err(CtlError::msg)?;
+    let views = sdn.topology(tenant).map_err(CtlError::from_err)?;
     if views.is_empty() {
         writeln!(out, "no tenant topology recorded").map_err(io)?;
         return Ok(if tenant.is_some() { 1 } else { 0 });
@@ -103,7 +103,7 @@ pub fn ls(sdn: &MidonetSdn, tenant: Option<&str>, out: &mut dyn Write) -> Result
 
 /// `check` on a connected backend: 0 when records and MidoNet agree, 1 when not.
 pub fn check(sdn: &MidonetSdn, out: &mut dyn Write) -> Result<i32, CtlError> {
-    let a = sdn.audit().map_err(CtlError::msg)?;
+    let a = sdn.audit().map_err(CtlError::from_err)?;
     for m in &a.missing {
         writeln!(out, "missing: {m}").map_err(io)?;
     }

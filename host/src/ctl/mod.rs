@@ -32,15 +32,71 @@ pub struct ModuleArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// A CLI failure: a message naming the file and field at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CtlError(pub String);
+/// A CLI failure. Its `Display` is the whole message an operator reads
+/// (naming the flag, file or field at fault); when another part of tenet or
+/// the system failed, that error is kept as the source, so callers (the
+/// agent, tests) can look at what failed instead of parsing text.
+#[derive(Debug)]
+pub enum CtlError {
+    /// A refusal the command words itself: bad flags, files or state.
+    Message(String),
+    /// A failure underneath, with the command's context when it adds one.
+    Failed {
+        /// What the command was doing (`None`: the source says it all).
+        context: Option<String>,
+        /// The error that caused it.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
 
 impl CtlError {
-    /// Wraps anything displayable.
+    /// A message the command words itself.
     pub fn msg(m: impl std::fmt::Display) -> Self {
-        CtlError(m.to_string())
+        CtlError::Message(m.to_string())
+    }
+
+    /// A failure underneath, kept as the source (`map_err(CtlError::from_err)`).
+    pub fn from_err(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        CtlError::Failed {
+            context: None,
+            source: e.into(),
+        }
+    }
+
+    /// A failure underneath, after what the command was doing.
+    pub fn context(
+        context: impl std::fmt::Display,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        CtlError::Failed {
+            context: Some(context.to_string()),
+            source: e.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CtlError::Message(m) => f.write_str(m),
+            CtlError::Failed {
+                context: Some(c),
+                source,
+            } => write!(f, "{c}: {source}"),
+            CtlError::Failed {
+                context: None,
+                source,
+            } => write!(f, "{source}"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CtlError::Message(_) => None,
+            CtlError::Failed { source, .. } => Some(source.as_ref()),
+        }
     }
 }
 
@@ -59,10 +115,10 @@ pub fn process_env() -> Vec<(String, String)> {
 impl ModuleArgs {
     /// Pipeline options from the configuration plus these flags.
     pub fn options(&self) -> Result<PipelineOptions, CtlError> {
-        let cfg = Config::load(&process_env(), None).map_err(CtlError::msg)?;
+        let cfg = Config::load(&process_env(), None).map_err(CtlError::from_err)?;
         let mut module_dirs = self.module_dirs.clone();
         module_dirs.extend(cfg.module_search_path());
-        let authority = cfg.addresses.authority().map_err(CtlError::msg)?;
+        let authority = cfg.addresses.authority().map_err(CtlError::from_err)?;
         Ok(PipelineOptions {
             module_dirs,
             cache_dir: self.cache_dir.clone().unwrap_or(cfg.cache_dir),
@@ -78,8 +134,32 @@ pub fn load_pipeline(
     path: &Path,
     opts: &PipelineOptions,
 ) -> Result<(Manifest, Pipeline), CtlError> {
-    let manifest = Manifest::load(path).map_err(CtlError::msg)?;
-    let pipeline = Pipeline::load(&manifest, opts)
-        .map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+    let manifest = Manifest::load(path).map_err(CtlError::from_err)?;
+    let pipeline =
+        Pipeline::load(&manifest, opts).map_err(|e| CtlError::context(path.display(), e))?;
     Ok((manifest, pipeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CtlError;
+    use std::error::Error;
+
+    #[test]
+    fn a_failure_underneath_is_kept_as_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = CtlError::context("/etc/tenet/tenet.toml", io);
+        assert_eq!(e.to_string(), "/etc/tenet/tenet.toml: denied");
+        let src = e.source().expect("source kept");
+        let io = src.downcast_ref::<std::io::Error>().expect("the io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+
+        let e = CtlError::from_err(std::io::Error::other("gone"));
+        assert_eq!(e.to_string(), "gone");
+        assert!(e.source().is_some());
+
+        let e = CtlError::msg("--pipeline: not a file");
+        assert_eq!(e.to_string(), "--pipeline: not a file");
+        assert!(e.source().is_none());
+    }
 }

@@ -73,9 +73,9 @@ fn sdk_dependency(explicit: Option<&Path>) -> Result<String, CtlError> {
         Some(p) => {
             let p = p
                 .canonicalize()
-                .map_err(|e| CtlError(format!("--sdk-path {}: {e}", p.display())))?;
+                .map_err(|e| CtlError::Message(format!("--sdk-path {}: {e}", p.display())))?;
             if !p.join("Cargo.toml").is_file() {
-                return Err(CtlError(format!(
+                return Err(CtlError::Message(format!(
                     "--sdk-path {}: no Cargo.toml there",
                     p.display()
                 )));
@@ -89,7 +89,7 @@ fn sdk_dependency(explicit: Option<&Path>) -> Result<String, CtlError> {
 /// Runs `tenetctl policy new`.
 pub fn run(args: &NewArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     if !valid_name(&args.name) {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "NAME: {:?} is not a module name (1-63 of [a-z0-9-], starting with a letter)",
             args.name
         )));
@@ -103,7 +103,7 @@ pub fn run(args: &NewArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "{}: exists and is not empty; choose another --dir",
             dir.display()
         )));
@@ -120,9 +120,10 @@ pub fn run(args: &NewArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| CtlError(format!("{}: {e}", parent.display())))?;
+                .map_err(|e| CtlError::Message(format!("{}: {e}", parent.display())))?;
         }
-        std::fs::write(&path, text).map_err(|e| CtlError(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, text)
+            .map_err(|e| CtlError::Message(format!("{}: {e}", path.display())))?;
     }
     let d = dir.display();
     writeln!(
@@ -130,7 +131,7 @@ pub fn run(args: &NewArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError
         "created {d} (module {name}, SDK {sdk})\n\nnext:\n  cd {d}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  tenetctl policy test --module-dir <tenet modules> tests/golden",
         name = args.name
     )
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     Ok(0)
 }
 

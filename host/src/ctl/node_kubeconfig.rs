@@ -112,10 +112,11 @@ const HEADER: &str = "# Written by tenetctl (--write-kubeconfig) from the tenet 
 # when the token rotates; do not edit (docs/kubernetes.md).\n";
 
 fn read_capped(path: &Path, what: &str, cap: usize) -> Result<Vec<u8>, CtlError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CtlError(format!("service-account {what} {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        CtlError::Message(format!("service-account {what} {}: {e}", path.display()))
+    })?;
     if bytes.len() > cap {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "service-account {what} {}: {} bytes, more than {cap}",
             path.display(),
             bytes.len()
@@ -133,7 +134,7 @@ fn server(env: &[(String, String)]) -> Result<String, CtlError> {
             .map(|(_, v)| v.trim().to_owned())
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
-                CtlError(format!(
+                CtlError::Message(format!(
                     "{k} is not set: --write-kubeconfig reads the in-cluster settings, \
                      which only a process in a pod has"
                 ))
@@ -145,14 +146,14 @@ fn server(env: &[(String, String)]) -> Result<String, CtlError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
     if !host_ok {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "KUBERNETES_SERVICE_HOST {host:?} is not a host name or address"
         )));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
         _ => {
-            return Err(CtlError(format!(
+            return Err(CtlError::Message(format!(
                 "KUBERNETES_SERVICE_PORT {port:?} is not a port number"
             )));
         }
@@ -174,14 +175,14 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
     let token = read_capped(&token_path, "token", MAX_TOKEN)?;
     let token = std::str::from_utf8(&token)
         .map_err(|_| {
-            CtlError(format!(
+            CtlError::Message(format!(
                 "service-account token {}: not text",
                 token_path.display()
             ))
         })?
         .trim();
     if token.is_empty() {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "service-account token {}: empty",
             token_path.display()
         )));
@@ -189,7 +190,7 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
     // A bearer token is one HTTP header value: no spaces, no control
     // characters (a JWT is base64url and dots).
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "service-account token {}: holds spaces or control characters",
             token_path.display()
         )));
@@ -197,7 +198,7 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
     let ca_path = sa_dir.join("ca.crt");
     let ca = read_capped(&ca_path, "CA", MAX_CA)?;
     check_ca(&ca)
-        .map_err(|m| CtlError(format!("service-account CA {}: {m}", ca_path.display())))?;
+        .map_err(|m| CtlError::Message(format!("service-account CA {}: {m}", ca_path.display())))?;
     use base64::Engine as _;
     let file = File {
         api_version: "v1",
@@ -229,11 +230,11 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
         }],
         current_context: "tenet",
     };
-    let yaml = serde_yaml_ng::to_string(&file).map_err(CtlError::msg)?;
+    let yaml = serde_yaml_ng::to_string(&file).map_err(CtlError::from_err)?;
     let text = format!("{HEADER}{yaml}");
     // What tenet will read back must be what was meant.
     let back = kubeconfig::parse(Path::new("/kubeconfig"), &text).map_err(|e| {
-        CtlError(format!(
+        CtlError::Message(format!(
             "internal error: the kubeconfig written does not read back: {e}"
         ))
     })?;
@@ -241,7 +242,7 @@ pub fn render(env: &[(String, String)], sa_dir: &Path) -> Result<String, CtlErro
         || back.ca_pem.as_deref() != Some(&ca[..])
         || back.auth != Auth::Token(token.to_owned())
     {
-        return Err(CtlError(
+        return Err(CtlError::Message(
             "internal error: the kubeconfig written reads back differently".into(),
         ));
     }
@@ -281,10 +282,10 @@ pub fn write_text(text: &str, dest: &Path) -> Result<Written, CtlError> {
         && !d.is_dir()
     {
         std::fs::create_dir_all(d)
-            .map_err(|e| CtlError(format!("--write-kubeconfig {}: {e}", d.display())))?;
+            .map_err(|e| CtlError::Message(format!("--write-kubeconfig {}: {e}", d.display())))?;
     }
     install_bytes(text.as_bytes(), dest, 0o600)
-        .map_err(|e| CtlError(format!("--write-kubeconfig: {e}")))
+        .map_err(|e| CtlError::Message(format!("--write-kubeconfig: {e}")))
 }
 
 #[cfg(test)]

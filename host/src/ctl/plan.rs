@@ -94,9 +94,9 @@ impl PlanArgs {
         let mut r = match &self.request {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
-                    .map_err(|e| CtlError(format!("{}: {e}", p.display())))?;
+                    .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?;
                 serde_json::from_str(&text)
-                    .map_err(|e| CtlError(format!("{}: {e}", p.display())))?
+                    .map_err(|e| CtlError::Message(format!("{}: {e}", p.display())))?
             }
             None => sample_request(),
         };
@@ -132,17 +132,18 @@ pub fn initial_plan(r: &Request) -> Plan {
 pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     let request = args.request()?;
     let opts = args.modules.options()?;
-    let mut manifest = Manifest::load(&args.pipeline).map_err(CtlError::msg)?;
+    let mut manifest = Manifest::load(&args.pipeline).map_err(CtlError::from_err)?;
     for o in &args.settings {
         let (stage, json) = o
             .split_once('=')
-            .ok_or_else(|| CtlError(format!("--settings {o:?}: expected STAGE=JSON")))?;
+            .ok_or_else(|| CtlError::Message(format!("--settings {o:?}: expected STAGE=JSON")))?;
         let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| CtlError(format!("--settings {stage}: not JSON: {e}")))?;
+            .map_err(|e| CtlError::Message(format!("--settings {stage}: not JSON: {e}")))?;
         override_settings(&mut manifest, stage, &value)
-            .map_err(|e| CtlError(format!("--settings {e}")))?;
+            .map_err(|e| CtlError::Message(format!("--settings {e}")))?;
     }
-    let w = |out: &mut dyn std::io::Write, s: String| writeln!(out, "{s}").map_err(CtlError::msg);
+    let w =
+        |out: &mut dyn std::io::Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
     // Settings against each module's schema before any module runs.
     if let Err(e) = crate::policy::metadata::check_manifest(&manifest, &opts.module_dirs) {
         let cni = e.to_cni();
@@ -153,7 +154,7 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
         return Ok(1);
     }
     let pipeline = Pipeline::load(&manifest, &opts)
-        .map_err(|e| CtlError(format!("{}: {e}", args.pipeline.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", args.pipeline.display())))?;
     let result = pipeline.run(&request, initial_plan(&request));
     match result {
         Ok(outcome) => {
@@ -174,7 +175,7 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                 let doc = json!({ "pipeline": manifest.path, "request": request, "stages": stages, "plan": outcome.plan });
                 w(
                     out,
-                    serde_json::to_string_pretty(&doc).map_err(CtlError::msg)?,
+                    serde_json::to_string_pretty(&doc).map_err(CtlError::from_err)?,
                 )?;
             } else {
                 w(
@@ -200,7 +201,7 @@ pub fn run(args: &PlanArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErro
                     )?;
                     w(
                         out,
-                        serde_json::to_string_pretty(&r.plan).map_err(CtlError::msg)?,
+                        serde_json::to_string_pretty(&r.plan).map_err(CtlError::from_err)?,
                     )?;
                     for d in dropped(&before, &r.plan) {
                         warnings += 1;

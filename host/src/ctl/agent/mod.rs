@@ -222,7 +222,7 @@ impl Agent {
             &self.args.kubeconfig.service_account_dir,
             dest,
         )
-        .map_err(|e| e.0);
+        .map_err(|e| e.to_string());
         match &r {
             Ok(Change::Unchanged) => {
                 tracing::debug!(path = %dest.display(), "kubeconfig unchanged");
@@ -414,7 +414,7 @@ impl Agent {
 /// Runs the agent (forever, unless `--once`).
 pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlError> {
     if !args.config.is_file() {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "--config {}: no such file",
             args.config.display()
         )));
@@ -423,7 +423,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         || args.upkeep_interval.is_zero()
         || args.kubeconfig_interval.is_zero()
     {
-        return Err(CtlError(
+        return Err(CtlError::Message(
             "--gc-interval, --upkeep-interval and --kubeconfig-interval must be more than 0".into(),
         ));
     }
@@ -456,7 +456,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
                 ),
                 Err(e) => writeln!(out, "kubeconfig: failed: {e}"),
             }
-            .map_err(CtlError::msg)?;
+            .map_err(CtlError::from_err)?;
         }
         writeln!(
             out,
@@ -466,7 +466,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
                 Err(e) => format!("failed: {e}"),
             }
         )
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
         match &gc {
             Ok(r) => writeln!(
                 out,
@@ -480,15 +480,15 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
             ),
             Err(e) => writeln!(out, "gc: failed: {e}"),
         }
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
         let kc_failed = kc.is_some_and(|r| r.is_err());
         return Ok(i32::from(up.is_err() || gc.is_err() || kc_failed));
     }
-    let (listener, addr) =
-        http::bind(args.listen).map_err(|e| CtlError(format!("--listen {}: {e}", args.listen)))?;
+    let (listener, addr) = http::bind(args.listen)
+        .map_err(|e| CtlError::Message(format!("--listen {}: {e}", args.listen)))?;
     // Tests and scripts bind port 0 and read the address from here.
-    writeln!(out, "listening on http://{addr}").map_err(CtlError::msg)?;
-    out.flush().map_err(CtlError::msg)?;
+    writeln!(out, "listening on http://{addr}").map_err(CtlError::from_err)?;
+    out.flush().map_err(CtlError::from_err)?;
     // The kubeconfig first: it takes milliseconds, the upkeep may compile.
     agent.refresh_kubeconfig();
     let _ = agent.upkeep();
@@ -497,7 +497,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     std::thread::Builder::new()
         .name("agent-http".into())
         .spawn(move || http::serve(listener, handler))
-        .map_err(CtlError::msg)?;
+        .map_err(CtlError::from_err)?;
     let mut next_upkeep = Instant::now() + args.upkeep_interval;
     // The first GC after one period: a node that just booted lets the
     // runtime restore its sandboxes first.

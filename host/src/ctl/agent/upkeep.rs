@@ -117,7 +117,7 @@ impl Upkeep {
         // `oci://` modules are pulled with the agent's own configuration
         // (`--config`), not whatever TENET_CONFIG the process has.
         let compiled = compile_pipeline(path, false, &opts, Some(&cfg.distribution), &mut sink)
-            .map_err(|e| e.0)?;
+            .map_err(|e| e.to_string())?;
         // As `tenetctl install` does: the digest index lets `tenet` find the
         // artifact of an unpinned module without hashing it on each exec.
         let cache = ArtifactCache::new(&cfg.cache_dir);

@@ -133,11 +133,11 @@ pub struct PullArgs {
 }
 
 fn load_config() -> Result<Config, CtlError> {
-    Config::load(&super::process_env(), None).map_err(CtlError::msg)
+    Config::load(&super::process_env(), None).map_err(CtlError::from_err)
 }
 
 fn parse_ref(s: &str) -> Result<OciRef, CtlError> {
-    OciRef::parse(s).map_err(CtlError)
+    OciRef::parse(s).map_err(CtlError::Message)
 }
 
 /// RFC 3339 UTC time of Unix seconds (no calendar crate for one field).
@@ -167,21 +167,22 @@ fn check_component(bytes: &[u8], path: &Path) -> Result<(Vec<String>, Vec<String
     use wasmtime::component::Component;
     // Component binary: magic, then version 0x0d and layer 1.
     if !bytes.starts_with(b"\0asm\x0d\0\x01\0") {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "{}: not a Wasm component (a core module or another file); build with --target wasm32-wasip2",
             path.display()
         )));
     }
-    let eng = crate::policy::engine::new_engine().map_err(CtlError::msg)?;
+    let eng = crate::policy::engine::new_engine().map_err(CtlError::from_err)?;
     let component = Component::new(&eng, bytes).map_err(|e| {
-        CtlError(format!(
+        CtlError::Message(format!(
             "{}: not a valid component: {}",
             path.display(),
             e.root_cause()
         ))
     })?;
-    crate::policy::check_module(&eng, &component)
-        .map_err(|m| CtlError(format!("{}: tenet would refuse it: {m}", path.display())))?;
+    crate::policy::check_module(&eng, &component).map_err(|m| {
+        CtlError::Message(format!("{}: tenet would refuse it: {m}", path.display()))
+    })?;
     let ty = component.component_type();
     let imports = ty.imports(&eng).map(|(n, _)| n.to_owned()).collect();
     let exports = ty.exports(&eng).map(|(n, _)| n.to_owned()).collect();
@@ -198,13 +199,13 @@ pub fn push(args: &PushArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     }
     let r = parse_ref(&text)?;
     if r.digest.is_some() {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "{}: push to a tag (oci://HOST/REPO:TAG); the digest is computed and printed",
             args.reference
         )));
     }
     let bytes = std::fs::read(&args.module)
-        .map_err(|e| CtlError(format!("{}: {e}", args.module.display())))?;
+        .map_err(|e| CtlError::Message(format!("{}: {e}", args.module.display())))?;
     let (imports, exports) = check_component(&bytes, &args.module)?;
     let layer_digest = format!("sha256:{}", sha256_hex(&bytes));
     let created = rfc3339(
@@ -220,7 +221,7 @@ pub fn push(args: &PushArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         "layerDigests": [layer_digest],
         "component": { "exports": exports, "imports": imports },
     }))
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     let mut annotations = serde_json::Map::new();
     annotations.insert("org.opencontainers.image.created".into(), json!(created));
     if let Ok(Some(m)) = crate::policy::metadata::read(&bytes) {
@@ -235,9 +236,9 @@ pub fn push(args: &PushArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
             }
         }
     }
-    let mut reg =
-        Registry::new(&args.net.transport(&cfg), &r.registry, &r.repository).map_err(CtlError)?;
-    let at = |m: String| CtlError(format!("push to {r}: {m}"));
+    let mut reg = Registry::new(&args.net.transport(&cfg), &r.registry, &r.repository)
+        .map_err(CtlError::Message)?;
+    let at = |m: String| CtlError::Message(format!("push to {r}: {m}"));
     reg.push_blob(&bytes).map_err(at)?;
     let config_digest = reg.push_blob(&config).map_err(at)?;
     let manifest = serde_json::to_vec(&json!({
@@ -247,13 +248,13 @@ pub fn push(args: &PushArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         "layers": [{ "mediaType": WASM_LAYER, "digest": layer_digest, "size": bytes.len() }],
         "annotations": annotations,
     }))
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     let tag = r.tag.clone().unwrap_or_default();
     let digest = reg
         .put_manifest(&tag, OCI_MANIFEST, &manifest)
         .map_err(at)?;
     let hex = digest.trim_start_matches("sha256:");
-    writeln!(out, "{}", r.pinned(hex)).map_err(CtlError::msg)?;
+    writeln!(out, "{}", r.pinned(hex)).map_err(CtlError::from_err)?;
     Ok(0)
 }
 
@@ -267,15 +268,15 @@ pub fn sign(args: &SignArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     let cfg = load_config()?;
     let r = parse_ref(&args.reference)?;
     let Some(hex) = r.digest.clone() else {
-        return Err(CtlError(format!(
+        return Err(CtlError::Message(format!(
             "{}: sign a digest (oci://…@sha256:…, as `policy push` printed), not a tag that can move",
             args.reference
         )));
     };
-    let key = SigningKey::load(&args.key).map_err(CtlError)?;
-    let mut reg =
-        Registry::new(&args.net.transport(&cfg), &r.registry, &r.repository).map_err(CtlError)?;
-    let at = |m: String| CtlError(format!("sign {r}: {m}"));
+    let key = SigningKey::load(&args.key).map_err(CtlError::Message)?;
+    let mut reg = Registry::new(&args.net.transport(&cfg), &r.registry, &r.repository)
+        .map_err(CtlError::Message)?;
+    let at = |m: String| CtlError::Message(format!("sign {r}: {m}"));
     // Sign only what the registry has, under that digest.
     let served = reg.get_manifest(&format!("sha256:{hex}")).map_err(at)?;
     match served {
@@ -289,7 +290,7 @@ pub fn sign(args: &SignArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     }
     let digest = format!("sha256:{hex}");
     let payload = keys::payload(&r.repo_name(), &digest);
-    let sig = keys::b64(&key.sign(&payload).map_err(CtlError)?);
+    let sig = keys::b64(&key.sign(&payload).map_err(CtlError::Message)?);
     let payload_digest = reg.push_blob(&payload).map_err(at)?;
     let tag = signature_tag(&hex);
     // Keep the signatures already there (cosign appends; several keys may
@@ -327,7 +328,7 @@ pub fn sign(args: &SignArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     let config_digest = reg.push_blob(&config).map_err(at)?;
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -335,7 +336,7 @@ pub fn sign(args: &SignArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         "config": { "mediaType": IMAGE_CONFIG, "digest": config_digest, "size": config.len() },
         "layers": layers,
     }))
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     reg.put_manifest(&tag, OCI_MANIFEST, &manifest)
         .map_err(at)?;
     writeln!(
@@ -343,7 +344,7 @@ pub fn sign(args: &SignArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         "signed {r} (signature at oci://{}:{tag})",
         r.repo_name()
     )
-    .map_err(CtlError::msg)?;
+    .map_err(CtlError::from_err)?;
     Ok(0)
 }
 
@@ -562,10 +563,10 @@ pub fn pull(args: &PullArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
     let cfg = load_config()?;
     let r = parse_ref(&args.reference)?;
     let key = match &args.verify_key {
-        Some(p) => Some(VerifyKey::load(p, "--verify-key").map_err(CtlError)?),
+        Some(p) => Some(VerifyKey::load(p, "--verify-key").map_err(CtlError::Message)?),
         None if args.insecure_no_verify => None,
         None => {
-            return Err(CtlError(
+            return Err(CtlError::Message(
                 "--verify-key KEY.pub is required (or --insecure-no-verify)".into(),
             ));
         }
@@ -577,7 +578,7 @@ pub fn pull(args: &PullArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
                 && n.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
-                return Err(CtlError(format!(
+                return Err(CtlError::Message(format!(
                     "--name {n:?}: a module name is 1-63 of [a-z0-9-]"
                 )));
             }
@@ -593,7 +594,7 @@ pub fn pull(args: &PullArgs, out: &mut dyn std::io::Write) -> Result<i32, CtlErr
         &args.module_dir,
         file_name.as_deref(),
     )
-    .map_err(CtlError)?;
+    .map_err(CtlError::Message)?;
     report_pull(&p, out)?;
     Ok(0)
 }
@@ -611,7 +612,7 @@ fn report_pull(p: &Pulled, out: &mut dyn std::io::Write) -> Result<(), CtlError>
             ", NOT VERIFIED"
         }
     )
-    .map_err(CtlError::msg)
+    .map_err(CtlError::from_err)
 }
 
 /// Pulls every `oci://` module of `manifest` that no module dir has yet,
@@ -631,20 +632,21 @@ pub fn pull_missing(
             continue;
         }
         let key_path = dist.verify_key.clone().ok_or_else(|| {
-            CtlError(format!(
+            CtlError::Message(format!(
                 "stage {:?}: module {r} is not in the module dirs, and no [distribution] verify_key \
                  is configured to pull it with (or run `tenetctl policy pull {r} --verify-key KEY.pub --module-dir {}`)",
                 stage.name,
                 dest.display()
             ))
         })?;
-        let key = VerifyKey::load(&key_path, "[distribution] verify_key").map_err(CtlError)?;
+        let key =
+            VerifyKey::load(&key_path, "[distribution] verify_key").map_err(CtlError::Message)?;
         let transport = Transport {
             insecure: dist.insecure_registries.clone(),
             ca_file: dist.ca_file.clone(),
         };
         let p = pull_module(&transport, r, None, Some(&key), dest, None)
-            .map_err(|m| CtlError(format!("stage {:?}: {m}", stage.name)))?;
+            .map_err(|m| CtlError::Message(format!("stage {:?}: {m}", stage.name)))?;
         report_pull(&p, out)?;
     }
     Ok(())
