@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tenet::netns::testing::{ScratchNetns, enter_scratch_node, require_root};
 use tenet::netns::{
-    HostLinkSpec, MacAddr, Netns, NetnsError, ResolvedRoute, RtNetns, VethSpec, derive_mac,
-    host_ifname, host_link_pod_routes,
+    HostLinkSpec, MacAddr, Netns, NetnsError, ResolvedRoute, RtNetns, VethSpec, attachment_group,
+    derive_mac, host_ifname, host_link_pod_routes,
 };
 
 /// Enters a scratch node namespace; panics when not root.
@@ -58,6 +58,7 @@ fn spec(pod: &ScratchNetns, cid: &str, ifname: &str) -> VethSpec {
         mtu: None,
         mac: None,
         link_local: None,
+        group: None,
     }
 }
 
@@ -222,6 +223,7 @@ fn unusable_and_node_namespaces_are_refused() {
                 mtu: None,
                 mac: None,
                 link_local: None,
+                group: None,
             }
         };
         let e = n.create_veth(&s).unwrap_err();
@@ -378,6 +380,96 @@ fn configure_sets_addresses_routes_and_pod_sysctls() {
         n.configure(pod.path(), "eth7", &addrs, &[], &[]),
         Err(NetnsError::LinkNotFound { .. })
     ));
+}
+
+#[test]
+#[ignore = "needs root: make test runs it"]
+fn a_group_is_deleted_in_one_request_only_when_it_holds_exactly_our_veths() {
+    node();
+    let n = RtNetns::new().unwrap();
+    let pod = ScratchNetns::new().unwrap();
+    let alive = |name: &str| {
+        pod.cmd("ip", &["link", "show", name])
+            .unwrap()
+            .status
+            .success()
+    };
+    let make = |cid: &str, ifname: &str, g: u32| {
+        n.create_veth(&VethSpec {
+            group: Some(g),
+            ..spec(&pod, cid, ifname)
+        })
+        .unwrap();
+        let l = &pod_json(&pod, &["-j", "link", "show", ifname])[0];
+        // iproute2 prints a group it has no name for as a signed number.
+        assert_eq!(l["group"], (g as i32).to_string(), "{l}");
+    };
+
+    // An attachment's group (above what iproute2 can even set, 0-255).
+    let g = attachment_group("c-grp", "eth0");
+    assert!(!n.group_in_use(pod.path(), g).unwrap());
+    make("c-grp", "eth0", g);
+    make("c-grp", "eth1", g);
+    assert!(n.group_in_use(pod.path(), g).unwrap());
+    // The host ends stay in the default group: nothing is ever deleted by
+    // group in the node.
+    let h = &ip_json(&["-j", "link", "show", &host_ifname("c-grp", "eth0")])[0];
+    assert_eq!(h["group"], "default", "{h}");
+    // Group 0 is everyone's: refused.
+    assert!(!n.delete_group(pod.path(), 0, &["eth0", "eth1"]).unwrap());
+    // One of ours missing from the request: nothing deleted.
+    assert!(!n.delete_group(pod.path(), g, &["eth0"]).unwrap());
+    assert!(alive("eth0") && alive("eth1"));
+    // Exactly ours: both pairs go, pod and host ends, with one request.
+    assert!(n.delete_group(pod.path(), g, &["eth1", "eth0"]).unwrap());
+    assert!(!alive("eth0") && !alive("eth1"));
+    for ifname in ["eth0", "eth1"] {
+        assert!(!n.host_link_exists(&host_ifname("c-grp", ifname)).unwrap());
+    }
+    // Nothing left in the group: nothing to do, and no error.
+    assert!(!n.delete_group(pod.path(), g, &["eth0", "eth1"]).unwrap());
+
+    // Foreign members, in a group iproute2 can set.
+    let g = 200;
+    make("c-grp2", "eth0", g);
+    make("c-grp2", "eth1", g);
+    ok(pod
+        .cmd(
+            "ip",
+            &["link", "add", "other0", "group", "200", "type", "bridge"],
+        )
+        .unwrap());
+    assert!(!n.delete_group(pod.path(), g, &["eth0", "eth1"]).unwrap());
+    assert!(alive("eth0") && alive("eth1") && alive("other0"));
+    // Ours, but one of our names is no longer a veth: nothing deleted.
+    ok(pod
+        .cmd("ip", &["link", "set", "other0", "group", "default"])
+        .unwrap());
+    ok(pod
+        .cmd("ip", &["link", "set", "eth1", "name", "spare1"])
+        .unwrap());
+    ok(pod
+        .cmd(
+            "ip",
+            &["link", "add", "eth1", "group", "200", "type", "bridge"],
+        )
+        .unwrap());
+    assert!(!n.delete_group(pod.path(), g, &["eth0", "eth1"]).unwrap());
+    assert!(alive("eth0") && alive("eth1") && alive("spare1"));
+    ok(pod.cmd("ip", &["link", "del", "eth1"]).unwrap());
+    ok(pod
+        .cmd("ip", &["link", "set", "spare1", "name", "eth1"])
+        .unwrap());
+    assert!(n.delete_group(pod.path(), g, &["eth0", "eth1"]).unwrap());
+    assert!(!alive("eth0") && !alive("eth1"));
+    assert!(alive("other0"), "a link outside the group stays");
+
+    // A pod namespace that is gone, or the node's own: nothing deleted.
+    assert!(
+        !n.delete_group(Path::new("/nonexistent/netns"), g, &["eth0"])
+            .unwrap()
+    );
+    assert!(!n.delete_group(&node_path(), g, &["eth0"]).unwrap());
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn pod_veth(n: &RtNetns, pod: &ScratchNetns, cid: &str) -> String {
         mtu: None,
         mac: None,
         link_local: None,
+        group: None,
     })
     .unwrap();
     host
@@ -158,6 +159,7 @@ fn add_pod(n: &RtNetns, sdn: &LinuxSdn, t: &Tenant, cid: &str, host: u8) -> Pod 
         netns: ns.path().to_owned(),
         mtu: None,
         mac: None,
+        group: None,
         link_local: Some(link_local(mac)),
     };
     n.create_veth(&spec).unwrap();
@@ -400,6 +402,7 @@ fn masquerade_is_per_option_and_hides_tenant_addresses() {
         mtu: None,
         mac: None,
         link_local: None,
+        group: None,
     })
     .unwrap();
     n.configure(
@@ -584,6 +587,7 @@ fn a_pod_host_link_cannot_reach_tenants() {
         mtu: None,
         mac: None,
         link_local: None,
+        group: None,
     })
     .unwrap();
     let gw: IpAddr = "169.254.128.1".parse().unwrap();

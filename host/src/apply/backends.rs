@@ -110,7 +110,9 @@ impl Backends {
                 )
             }
         };
-        let netns = RtNetns::new().map_err(|e| {
+        // Backends serve one operation (the CNI binary, and each probe or GC
+        // pass of the agent opens its own): pod sockets are kept for it.
+        let netns = RtNetns::for_one_operation().map_err(|e| {
             CniError::new(
                 e.cni_code(),
                 "cannot open netlink",

@@ -354,6 +354,7 @@ impl<'a> Engine<'a> {
             subnets: Vec::new(),
             bridge: None,
             annotations: plan.annotations.clone(),
+            group: None,
             result: None,
         };
         let mut done = Vec::new();
@@ -458,6 +459,19 @@ impl<'a> Engine<'a> {
                 rec.bridge = Some(net.bridge);
                 self.point("ensure-tenant")?;
             }
+            // One interface group for all of this attachment's pod ends,
+            // unless a link in the pod already uses it (then none: DEL goes
+            // link by link). Recorded at `ready`; a record without it is
+            // torn down link by link, which is always correct.
+            let group = crate::netns::attachment_group(&key.container_id, &key.ifname);
+            let group = match self.netns.group_in_use(netns_path, group) {
+                Ok(false) => Some(group),
+                Ok(true) => {
+                    tracing::info!(%key, group, "interface group in use in the pod; not grouping");
+                    None
+                }
+                Err(e) => return Err(ApplyError::caused(e.cni_code(), "veth", e)),
+            };
             for i in &layout.interfaces {
                 let step = format!("veth:{}", i.name);
                 let info = self
@@ -470,6 +484,7 @@ impl<'a> Engine<'a> {
                         mtu: i.mtu,
                         mac: Some(i.mac),
                         link_local: link_local_of(i.mac, &i.addrs),
+                        group,
                     })
                     .map_err(|e| ApplyError::caused(e.cni_code(), &step, e))?;
                 done.push(Undo::Veth {
@@ -479,6 +494,7 @@ impl<'a> Engine<'a> {
                 host_macs.push(info.host_mac);
                 self.point(&step)?;
             }
+            rec.group = group;
             // The guards before the ports join anything: a `tn*` port
             // without its guard sends nothing, so the order fails closed.
             for i in &layout.interfaces {
@@ -637,8 +653,20 @@ impl<'a> Engine<'a> {
                 errors.push((e.cni_code(), format!("unguard {}: {e}", i.host_ifname)));
             }
         }
+        // All pod ends in one request when ADD grouped them: one
+        // unregister batch, so DEL waits for the kernel once, not once per
+        // veth. The per-link pass below then only checks the host ends.
+        let mut pod_netns = netns;
+        if let (Some(g), Some(ns)) = (rec.group, netns) {
+            let names: Vec<&str> = rec.interfaces.iter().map(|i| i.name.as_str()).collect();
+            match self.netns.delete_group(ns, g, &names) {
+                Ok(true) => pod_netns = None,
+                Ok(false) => {}
+                Err(e) => errors.push((e.cni_code(), format!("delete interface group {g}: {e}"))),
+            }
+        }
         for i in rec.interfaces.iter().rev() {
-            if let Err(e) = self.netns.delete(netns, &i.name, &i.host_ifname) {
+            if let Err(e) = self.netns.delete(pod_netns, &i.name, &i.host_ifname) {
                 errors.push((e.cni_code(), format!("delete veth {}: {e}", i.host_ifname)));
             }
         }

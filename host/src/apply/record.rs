@@ -101,6 +101,12 @@ pub struct Record {
     /// and operators), as planned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<crate::plan::Kv>,
+    /// The interface group all the pod ends share
+    /// ([`crate::netns::attachment_group`]), once they were made in it: DEL
+    /// then deletes them with one request. Absent (an older record, or a
+    /// group already in use in the pod) means link by link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
     /// The ADD result in CNI 1.1.0 form, once ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -293,6 +299,7 @@ mod tests {
             subnets: vec![],
             bridge: None,
             annotations: Vec::new(),
+            group: None,
             result: None,
         }
     }

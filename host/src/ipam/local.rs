@@ -30,11 +30,15 @@
 //!
 //! # Crash safety
 //!
-//! A write goes to a fresh temp file in the same directory, is `fsync`ed,
-//! renamed over `state.json`, and the directory is `fsync`ed. `rename(2)`
-//! replaces the name atomically, so at every instant `state.json` is either
-//! the complete old state or the complete new one, whichever step a crash
-//! interrupts; after the directory `fsync` the new state survives power loss.
+//! A write goes to a fresh temp file in the same directory, is `fsync`ed
+//! (unless [`LocalOptions::durable`] is off), and renamed over
+//! `state.json`. `rename(2)` replaces the name atomically, so at every
+//! instant `state.json` is either the complete old state or the complete
+//! new one, whichever step a crash interrupts, and the data fsync keeps a
+//! power cut from leaving a torn or empty file. The directory is not
+//! fsynced: a power cut may roll the state back to an earlier complete
+//! version, which loses nothing that outlives the cut
+//! ([`LocalOptions::durable`] says why).
 //! Readers only ever open `state.json`, so they need no lock and never see a
 //! partial file; a temp file left by a crash is ignored by readers and
 //! deleted by the next writer (which, holding the lock, knows no write is in
@@ -81,13 +85,19 @@ pub struct LocalOptions {
     /// default) means this process, which is right for the CNI binary; a
     /// long-lived daemon serving CNI calls would name its caller.
     pub claimer: Option<ProcessIdentity>,
-    /// fsync writes that change who holds what (reserve, release, GC).
-    /// Default true. A confirmation is never fsynced: lost to a power cut,
-    /// it leaves a pending claim whose claimer is gone, i.e. stale, and the
-    /// pod it confirmed is gone with the power too (its veths and netns
-    /// live in memory). A store of node-local addresses (host links) can
-    /// turn this off for the same reason: nothing it records outlives a
-    /// reboot of the node.
+    /// fsync the data of writes that change who holds what (claim,
+    /// reserve, release, GC) before renaming them into place, so a power
+    /// cut never leaves a torn or empty `state.json`. Default true. The
+    /// rename itself is not made durable (no directory fsync): a power cut
+    /// may roll the state back to an earlier complete version, which loses
+    /// only what the cut destroyed anyway: the pods it claimed for are gone
+    /// with the power (their veths and netns live in memory), and the
+    /// attachment records (the journal, not fsynced either) roll back
+    /// alike; a release rolled back leaves a claim that the runtime's GC
+    /// frees. A confirmation is never fsynced: lost to a power cut, it
+    /// leaves a pending claim whose claimer is gone, i.e. stale. A store of
+    /// node-local addresses (host links) turns this off for the same
+    /// reason.
     pub durable: bool,
     /// The clock cooldowns and stale claims are decided on (the system's;
     /// tests step a [`ManualClock`](super::ManualClock)).
@@ -186,13 +196,32 @@ fn fsync_dir(dir: &Path) -> Result<(), IpamError> {
 /// Replaces `dir/name` with `bytes` atomically and durably: temp file,
 /// write, fsync, rename, fsync the directory.
 fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
-    atomic_write_with(dir, name, bytes, true)
+    atomic_write_with(dir, name, bytes, Durability::Full)
 }
 
-/// [`atomic_write`], with the fsyncs only when `durable`: without them a
-/// crash of the process still leaves the old or the new file (rename is
-/// atomic), only a power cut may lose the write.
-fn atomic_write_with(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), IpamError> {
+/// How much of a write must survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// No fsync: a crash of the process still leaves the old or the new
+    /// file (rename is atomic); a power cut may lose the write and, on a
+    /// filesystem without rename-over heuristics, leave an empty file.
+    None,
+    /// The new file's data is fsynced before the rename, the directory is
+    /// not: after a power cut `state.json` is the complete old or new
+    /// version, never a torn or empty one; only the newest renames may be
+    /// rolled back to an earlier complete version.
+    Data,
+    /// Data and the directory: the write survives a power cut.
+    Full,
+}
+
+/// [`atomic_write`], with only the fsyncs `sync` asks for.
+fn atomic_write_with(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    sync: Durability,
+) -> Result<(), IpamError> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -205,7 +234,7 @@ fn atomic_write_with(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Res
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        if durable {
+        if sync != Durability::None {
             f.sync_all()?;
         }
         drop(f);
@@ -216,7 +245,11 @@ fn atomic_write_with(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Res
         let _ = fs::remove_file(&tmp);
         return Err(IpamError::io(format!("writing {}", target.display()), e));
     }
-    if durable { fsync_dir(dir) } else { Ok(()) }
+    if sync == Durability::Full {
+        fsync_dir(dir)
+    } else {
+        Ok(())
+    }
 }
 
 /// Loads a state file; a missing file is an empty state.
@@ -300,7 +333,7 @@ impl LocalStore {
         self.mutate_with(network, self.options.durable, f)
     }
 
-    /// [`Self::mutate`], fsyncing only when `durable`.
+    /// [`Self::mutate`], fsyncing the data only when `durable`.
     fn mutate_with<T>(
         &self,
         network: &str,
@@ -330,7 +363,16 @@ impl LocalStore {
                 path: path.display().to_string(),
                 detail: format!("cannot serialise state: {e}"),
             })?;
-            atomic_write_with(&dir, STATE_FILE, &bytes, durable)?;
+            // The state's data, not the rename: what a rolled-back rename
+            // loses after a power cut is what the cut destroyed anyway (see
+            // `LocalOptions::durable`), while a torn or empty state.json
+            // would stop every later ADD (`IpamError::Corrupt`).
+            let sync = if durable {
+                Durability::Data
+            } else {
+                Durability::None
+            };
+            atomic_write_with(&dir, STATE_FILE, &bytes, sync)?;
             tracing::debug!(network, generation = st.generation, "ipam state written");
         }
         Ok(out)
@@ -429,6 +471,29 @@ impl IpStore for LocalStore {
         })
     }
 
+    /// Reserve and confirm under one lock with one write: the same end
+    /// state as the two steps, for one load, one rename and one set of
+    /// fsyncs instead of two. No pending claim reaches the disk; a crash
+    /// before the rename leaves nothing, after it a confirmed claim that the
+    /// attachment record (written before) lets DEL and GC free.
+    fn claim(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        key.validate()?;
+        let out = self.mutate(&key.network, |st, ctx| {
+            let claim = self.claim(ctx.now_ms);
+            let (out, reserved) = st.reserve(ctx, key, tenant, requests, claim)?;
+            let confirmed = st.confirm(key)?;
+            Ok((out, reserved || confirmed))
+        })?;
+        tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
+            "claimed");
+        Ok(out)
+    }
+
     fn release(&self, key: &AttachmentKey) -> Result<Vec<Allocation>, IpamError> {
         key.validate()?;
         // DEL of a network we never saw must not create its directory.
@@ -513,6 +578,39 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(ProcessIdentity::of(pid).is_none());
+    }
+
+    #[test]
+    fn a_claim_is_one_confirmed_write_and_idempotent() {
+        use crate::plan::{IpFamily, Pool};
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), LocalOptions::default()).unwrap();
+        let key = AttachmentKey::new("net", "c1", "eth0");
+        let req = AddressRequest {
+            family: IpFamily::Ipv4,
+            pool: Some(Pool {
+                name: "pods".into(),
+                supernet: "10.9.0.0/16".into(),
+                subnet_len: 24,
+                exclude: vec![],
+            }),
+            static_address: None,
+        };
+        let got = IpStore::claim(&store, &key, "t", std::slice::from_ref(&req)).unwrap();
+        assert_eq!(got.len(), 1);
+        let st = store.read("net").unwrap();
+        assert_eq!(st.generation, 1, "reserve and confirm in one write");
+        let rows = store.list(Some("net")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].2, ClaimState::Confirmed);
+        // Again: the same address, nothing written.
+        let again = IpStore::claim(&store, &key, "t", &[req]).unwrap();
+        assert_eq!(again, got);
+        assert_eq!(store.read("net").unwrap().generation, 1);
+        // A release is one more write and frees it.
+        assert_eq!(store.release(&key).unwrap().len(), 1);
+        assert_eq!(store.read("net").unwrap().generation, 2);
+        assert!(store.list(Some("net")).unwrap().is_empty());
     }
 
     #[test]

@@ -330,6 +330,7 @@ mod tests {
             mtu: Some(1450),
             mac: None,
             link_local: None,
+            group: None,
         }
     }
 

@@ -38,6 +38,14 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
 pub(crate) struct Rtnl {
     // Field order matters: handles drop before the runtime that drives them.
     node: Handle,
+    /// Sockets already opened in pod namespaces, by namespace identity, when
+    /// `keep_pods` (see [`RtNetns::for_one_operation`]): an operation
+    /// touches one pod several times (each veth, each configure), and
+    /// opening a socket there costs a helper thread. A socket keeps its
+    /// namespace alive, so the identity cannot be reused meanwhile, and a
+    /// dead pod's namespace lingers until the cache is dropped.
+    pods: std::sync::Mutex<Vec<(super::guard::NsId, Handle)>>,
+    keep_pods: bool,
     node_ns: NetnsFile,
     rt: tokio::runtime::Runtime,
 }
@@ -71,7 +79,13 @@ impl Rtnl {
             (conn, handle)
         };
         rt.spawn(conn);
-        Ok(Self { node, node_ns, rt })
+        Ok(Self {
+            node,
+            pods: std::sync::Mutex::new(Vec::new()),
+            keep_pods: false,
+            node_ns,
+            rt,
+        })
     }
 
     pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
@@ -97,6 +111,17 @@ impl Rtnl {
     /// A netlink handle bound to `ns`: the socket is opened on a helper
     /// thread inside `ns` and stays bound there.
     pub(crate) fn handle_in(&self, ns: &NetnsFile) -> Result<Handle, NetnsError> {
+        let id = ns.id();
+        let cached = self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, h)| h.clone());
+        if let Some(h) = cached {
+            return Ok(h);
+        }
         let rt = self.rt.handle().clone();
         let (conn, handle) = run_in(ns, move || {
             let _entered = rt.enter();
@@ -107,6 +132,12 @@ impl Rtnl {
             source,
         })?;
         self.rt.spawn(conn);
+        if self.keep_pods {
+            self.pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((id, handle.clone()));
+        }
         Ok(handle)
     }
 }
@@ -142,6 +173,22 @@ pub(crate) async fn del_link(h: &Handle, index: u32) -> Result<(), rtnetlink::Er
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
         r => r,
     }
+}
+
+/// The link's interface group (`IFLA_GROUP`).
+pub(crate) fn link_group(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Group(g) => Some(*g),
+        _ => None,
+    })
+}
+
+/// The link's name.
+pub(crate) fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
 }
 
 pub(crate) fn link_mac(m: &LinkMessage) -> Option<MacAddr> {
@@ -529,6 +576,17 @@ impl RtNetns {
         Ok(Self { rtnl: Rtnl::new()? })
     }
 
+    /// Like [`Self::new`], for one CNI operation: the netlink socket opened
+    /// in a pod's namespace is kept and reused by every later call for that
+    /// pod (no helper thread each time) until this value is dropped. Those
+    /// sockets keep their namespaces alive meanwhile, so a long-lived user
+    /// that sees many pods should use [`Self::new`] instead.
+    pub fn for_one_operation() -> Result<Self, NetnsError> {
+        let mut rtnl = Rtnl::new()?;
+        rtnl.keep_pods = true;
+        Ok(Self { rtnl })
+    }
+
     async fn create_pair(
         &self,
         spec: &VethSpec,
@@ -542,7 +600,14 @@ impl RtNetns {
             // The fd is only read while the request is built and sent below,
             // and `ns` outlives this call.
             .setns_by_fd(ns.as_fd().as_raw_fd());
-        let mut host = LinkVeth::new(&spec.host_ifname, &spec.ifname);
+        if let Some(g) = spec.group {
+            // Only the pod end: the node namespace is the host's, and a
+            // deletion by group never runs there.
+            peer = peer.append_extra_attribute(LinkAttribute::Group(g));
+        }
+        // The host end comes up with its creation (one request fewer); the
+        // pod end only once its IPv6 address generation is off.
+        let mut host = LinkVeth::new(&spec.host_ifname, &spec.ifname).up();
         if let Some(mtu) = spec.mtu {
             peer = peer.mtu(mtu);
             host = host.mtu(mtu);
@@ -620,9 +685,6 @@ impl RtNetns {
         set_up(pod, pod_link.header.index)
             .await
             .map_err(nl("set pod link up"))?;
-        set_up(self.rtnl.node(), host_link.header.index)
-            .await
-            .map_err(nl("set host link up"))?;
         Ok(VethInfo {
             mac: link_mac(&pod_link).ok_or_else(|| {
                 NetnsError::InvalidInput(format!("{} has no MAC address", spec.ifname))
@@ -812,6 +874,77 @@ impl Netns for RtNetns {
                 }
                 Ok(None) => Ok(()),
                 Err(e) => Err(NetnsError::netlink(format!("get {host_ifname}"), e)),
+            }
+        })
+    }
+
+    fn group_in_use(&self, netns: &Path, group: u32) -> Result<bool, NetnsError> {
+        let ns = self.rtnl.open_pod(netns)?;
+        let pod = self.rtnl.handle_in(&ns)?;
+        let links = self
+            .rtnl
+            .block_on(all_links(&pod))
+            .map_err(|e| NetnsError::netlink("list pod links", e))?;
+        Ok(links.iter().any(|l| link_group(l) == Some(group)))
+    }
+
+    fn delete_group(&self, netns: &Path, group: u32, ifnames: &[&str]) -> Result<bool, NetnsError> {
+        for n in ifnames {
+            check_ifname(n)?;
+        }
+        if group == 0 {
+            // Every link starts in group 0: never delete by it.
+            return Ok(false);
+        }
+        let ns = match self.rtnl.open_pod(netns) {
+            Ok(ns) => ns,
+            Err(e @ (NetnsError::InvalidNetns { .. } | NetnsError::NodeNetns { .. })) => {
+                debug!(error = %e, "no pod namespace to delete a group in");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let pod = self.rtnl.handle_in(&ns)?;
+        self.rtnl.block_on(async {
+            let links = all_links(&pod)
+                .await
+                .map_err(|e| NetnsError::netlink("list pod links", e))?;
+            let members: Vec<&LinkMessage> = links
+                .iter()
+                .filter(|l| link_group(l) == Some(group))
+                .collect();
+            // Exactly this attachment's veths, each once: anything else in
+            // the group (a link someone else put there, a name that is not
+            // ours, one of ours missing or no longer a veth) and nothing is
+            // deleted by group.
+            let mut names: Vec<&str> = members.iter().filter_map(|l| link_name(l)).collect();
+            names.sort_unstable();
+            let mut want: Vec<&str> = ifnames.to_vec();
+            want.sort_unstable();
+            want.dedup();
+            let exact = names == want
+                && members.len() == want.len()
+                && members
+                    .iter()
+                    .all(|l| matches!(link_kind(l), Some(InfoKind::Veth)));
+            if !exact {
+                if !members.is_empty() {
+                    warn!(group, ?names, ?want, "interface group is not exactly this attachment's veths; deleting link by link");
+                }
+                return Ok(false);
+            }
+            let mut req = pod.link().del(0);
+            req.message_mut()
+                .attributes
+                .push(LinkAttribute::Group(group));
+            match req.execute().await {
+                Ok(()) => Ok(true),
+                // Already gone between the listing and now.
+                Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(true),
+                Err(e) => Err(NetnsError::netlink(
+                    format!("delete interface group {group}"),
+                    e,
+                )),
             }
         })
     }

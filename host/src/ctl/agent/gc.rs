@@ -258,6 +258,7 @@ mod tests {
             subnets: vec![],
             bridge: None,
             annotations: vec![],
+            group: None,
             result: None,
         };
         records.store(&rec).unwrap();
