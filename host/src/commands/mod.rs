@@ -105,6 +105,21 @@ pub(crate) fn load_config(
 }
 
 /// Loads the configured pipeline and its precompiled modules.
+/// The pipeline manifest at `path`, parsed once per version of the file
+/// (ADD and STATUS).
+pub(crate) fn load_manifest(
+    path: &std::path::Path,
+    cache: &ArtifactCache,
+) -> Result<Manifest, CniError> {
+    Manifest::load_cached(path, cache).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid pipeline manifest",
+            e.to_string(),
+        )
+    })
+}
+
 pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
     let Some(path) = cfg.pipeline.as_deref() else {
         return Err(CniError::new(
@@ -118,13 +133,7 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
         .authority()
         .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     let cache = ArtifactCache::new(&cfg.cache_dir);
-    let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid pipeline manifest",
-            e.to_string(),
-        )
-    })?;
+    let manifest = load_manifest(path, &cache)?;
     let opts = PipelineOptions {
         module_dirs: cfg.module_search_path(),
         cache_dir: cfg.cache_dir.clone(),

@@ -1,10 +1,9 @@
 //! STATUS: is the plugin ready to serve ADD?
 
-use super::{load_config, load_pipeline};
+use super::{load_config, load_manifest, load_pipeline};
 use crate::apply::Backends;
 use crate::cni::{CniError, Invocation, code};
 use crate::config::Config;
-use crate::policy::Manifest;
 use crate::policy::Pipeline;
 use crate::policy::cache::ArtifactCache;
 
@@ -17,13 +16,7 @@ fn settings_valid(cfg: &Config, pipeline: &Pipeline) -> Result<(), CniError> {
         return Ok(());
     };
     let cache = ArtifactCache::new(&cfg.cache_dir);
-    let manifest = Manifest::load_cached(path, &cache).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid pipeline manifest",
-            e.to_string(),
-        )
-    })?;
+    let manifest = load_manifest(path, &cache)?;
     crate::policy::metadata::status_check(
         path,
         &manifest,

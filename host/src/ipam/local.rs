@@ -446,6 +446,29 @@ fn remove_stray_temp_files(dir: &Path) {
     }
 }
 
+impl LocalStore {
+    /// Reserve (and, when `confirm`, confirm in the same write) under one
+    /// lock: `IpStore::reserve` and `IpStore::claim`.
+    fn reserve_and(
+        &self,
+        key: &AttachmentKey,
+        tenant: &str,
+        requests: &[AddressRequest],
+        confirm: bool,
+    ) -> Result<Vec<Allocation>, IpamError> {
+        key.validate()?;
+        let out = self.mutate(&key.network, |st, ctx| {
+            let claim = self.claim(ctx.now_ms);
+            let (out, reserved) = st.reserve(ctx, key, tenant, requests, claim)?;
+            let confirmed = confirm && st.confirm(key)?;
+            Ok((out, reserved || confirmed))
+        })?;
+        tracing::debug!(%key, tenant, confirm, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
+            "reserved");
+        Ok(out)
+    }
+}
+
 impl IpStore for LocalStore {
     fn reserve(
         &self,
@@ -453,14 +476,7 @@ impl IpStore for LocalStore {
         tenant: &str,
         requests: &[AddressRequest],
     ) -> Result<Vec<Allocation>, IpamError> {
-        key.validate()?;
-        let out = self.mutate(&key.network, |st, ctx| {
-            let claim = self.claim(ctx.now_ms);
-            st.reserve(ctx, key, tenant, requests, claim)
-        })?;
-        tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
-            "reserved");
-        Ok(out)
+        self.reserve_and(key, tenant, requests, false)
     }
 
     fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError> {
@@ -482,16 +498,7 @@ impl IpStore for LocalStore {
         tenant: &str,
         requests: &[AddressRequest],
     ) -> Result<Vec<Allocation>, IpamError> {
-        key.validate()?;
-        let out = self.mutate(&key.network, |st, ctx| {
-            let claim = self.claim(ctx.now_ms);
-            let (out, reserved) = st.reserve(ctx, key, tenant, requests, claim)?;
-            let confirmed = st.confirm(key)?;
-            Ok((out, reserved || confirmed))
-        })?;
-        tracing::debug!(%key, tenant, addresses = ?out.iter().map(|a| a.address).collect::<Vec<_>>(),
-            "claimed");
-        Ok(out)
+        self.reserve_and(key, tenant, requests, true)
     }
 
     fn release(&self, key: &AttachmentKey) -> Result<Vec<Allocation>, IpamError> {
