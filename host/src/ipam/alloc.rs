@@ -527,16 +527,7 @@ impl NetworkState {
                 continue;
             }
             if *name == p.name {
-                if rec.supernet != p.supernet || rec.subnet_len != p.subnet_len {
-                    return Err(IpamError::PoolConflict {
-                        pool: p.name.clone(),
-                        detail: format!(
-                            "recorded as {} with /{} subnets, now requested as {} with /{}; \
-                             release its tenants' addresses first",
-                            rec.supernet, rec.subnet_len, p.supernet, p.subnet_len
-                        ),
-                    });
-                }
+                p.check_geometry(rec.supernet, rec.subnet_len)?;
             } else if rec.supernet.contains(&p.supernet) || p.supernet.contains(&rec.supernet) {
                 return Err(IpamError::PoolConflict {
                     pool: p.name.clone(),

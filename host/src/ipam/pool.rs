@@ -101,6 +101,22 @@ pub(crate) struct ParsedPool {
 }
 
 impl ParsedPool {
+    /// Refuses this pool when it is recorded with another geometry (both
+    /// stores: a pool's geometry may not change while it holds subnets).
+    pub(crate) fn check_geometry(&self, supernet: IpNet, subnet_len: u8) -> Result<(), IpamError> {
+        if supernet == self.supernet && subnet_len == self.subnet_len {
+            return Ok(());
+        }
+        Err(IpamError::PoolConflict {
+            pool: self.name.clone(),
+            detail: format!(
+                "recorded as {supernet} with /{subnet_len} subnets, now requested as {} with /{}; \
+                 release its tenants' addresses first",
+                self.supernet, self.subnet_len
+            ),
+        })
+    }
+
     pub(crate) fn parse(req: &AddressRequest) -> Result<Self, IpamError> {
         let invalid = |reason: String| IpamError::InvalidRequest { reason };
         let pool = req

@@ -729,17 +729,7 @@ impl Attempt<'_> {
         let pk = self.cx.keys.pool(&self.key.network, &p.name);
         match self.pools.get(&p.name) {
             Some((rec, rev, val)) => {
-                if rec.supernet != p.supernet || rec.subnet_len != p.subnet_len {
-                    return Err(IpamError::PoolConflict {
-                        pool: p.name.clone(),
-                        detail: format!(
-                            "recorded as {} with /{} subnets, now requested as {} with /{}; \
-                             release its tenants' addresses first",
-                            rec.supernet, rec.subnet_len, p.supernet, p.subnet_len
-                        ),
-                    }
-                    .into());
-                }
+                p.check_geometry(rec.supernet, rec.subnet_len)?;
                 self.w.record_used(self.complete, &pk, *rev, val);
             }
             // A new pool is checked against every other pool: only a full
