@@ -191,6 +191,12 @@ pub struct IsolationConfig {
     /// Tenants every pod reaches through services even with `"same"`
     /// (cluster DNS lives in `kube-system`).
     pub shared_tenants: Vec<String>,
+    /// What the DEL of a tenant's last pod does with the tenant's bridge
+    /// and rules: `true` (default) keeps them, idle, for the tenant's next
+    /// pod, so that DEL costs what any other does; CNI GC, the node agent's
+    /// passes, and the ADD of another tenant whose subnet overlaps remove
+    /// an idle network. `false` removes them in that DEL.
+    pub keep_idle_tenants: bool,
 }
 
 impl Default for IsolationConfig {
@@ -198,6 +204,7 @@ impl Default for IsolationConfig {
         Self {
             service_tenants: ServiceTenants::Any,
             shared_tenants: vec!["kube-system".into()],
+            keep_idle_tenants: true,
         }
     }
 }

@@ -76,6 +76,8 @@ fn add_check_del_del_and_isolation() {
     node.assert_clean();
     // CHECK after DEL: container unknown.
     node.run(&a1.env("CHECK"), &conf()).error(3);
+    // Both tenants' networks stayed, idle, for their next pods; GC takes them.
+    node.gc_idle_tenants(2);
 }
 
 #[test]

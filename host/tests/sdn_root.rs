@@ -696,3 +696,172 @@ fn the_host_alias_annotation_labels_the_host_end() {
     sdn.detach(t.id, &port(&host).key, &host).unwrap();
     assert!(sdn.remove_tenant_if_unused(t.id).unwrap());
 }
+
+/// The backend with its tenant locks in `dir` (the apply engine's
+/// `<state_dir>/locks`).
+fn sdn_with_locks(dir: &std::path::Path) -> LinuxSdn {
+    LinuxSdn::new(SdnOptions {
+        lock_dir: dir.to_owned(),
+        ..SdnOptions::default()
+    })
+    .unwrap()
+}
+
+fn ifindex(name: &str) -> u64 {
+    let v: Value = serde_json::from_str(&ok(run("ip", &["-j", "link", "show", name]))).unwrap();
+    v[0]["ifindex"].as_u64().unwrap()
+}
+
+/// The addresses on `name`, as `ip` prints them (`10.41.1.1/24`).
+fn link_addresses(name: &str) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&ok(run("ip", &["-j", "addr", "show", "dev", name]))).unwrap();
+    v[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: make test runs it"]
+fn an_idle_tenant_network_is_reused_replaced_and_reaped() {
+    node();
+    forwarding_on();
+    let locks = tempfile::tempdir().unwrap();
+    let n = RtNetns::new().unwrap();
+    let sdn = sdn_with_locks(locks.path());
+    assert!(sdn.keeps_idle_tenants(), "the default");
+    let _node_listener = TcpListener::bind(("::", NODE_PORT)).unwrap();
+    let (ta, tb) = (Tenant::new("tenant-a", 1), Tenant::new("tenant-b", 2));
+    let (bra, brb) = (bridge_name(ta.id), bridge_name(tb.id));
+    let a1 = add_pod(&n, &sdn, &ta, "a1", 11);
+    let b1 = add_pod(&n, &sdn, &tb, "b1", 21);
+
+    // A's last pod leaves: its network stays, idle, and nothing reaps a
+    // network with a port.
+    remove_pod(&n, &sdn, &a1);
+    let index = ifindex(&bra);
+    // The tenant's next pod finds it as it was: the same bridge.
+    let a2 = add_pod(&n, &sdn, &ta, "a2", 12);
+    assert_eq!(ifindex(&bra), index, "the idle bridge was not reused");
+    assert!(reach(&a2.ns, ta.gw4, NODE_PORT, YES), "a2 -> its gateway");
+    remove_pod(&n, &sdn, &a2);
+
+    // Idle, then asked for with another subnet (the store gave the old one
+    // back and carved anew): a new network, nothing of the old subnet left.
+    let moved = Tenant::new("tenant-a", 3);
+    let a3 = add_pod(&n, &sdn, &moved, "a3", 13);
+    sdn.check_tenant(moved.id, &moved.subnets()).unwrap();
+    let addrs = link_addresses(&bra);
+    assert!(
+        addrs.contains(&"10.41.3.1/24".to_owned())
+            && !addrs.iter().any(|a| a.starts_with("10.41.1.")),
+        "{addrs:?}"
+    );
+    assert!(
+        ruleset_mentions("10.41.1.").is_empty(),
+        "elements of the old subnet left: {:?}",
+        ruleset_mentions("10.41.1.")
+    );
+    assert!(
+        reach(&a3.ns, moved.gw4, NODE_PORT, YES),
+        "a3 -> its gateway"
+    );
+    remove_pod(&n, &sdn, &a3);
+
+    // GC: the idle network goes with its rules and its lock file; B, whose
+    // pod is still there, stays and works.
+    assert_eq!(sdn.reap_idle_tenants().unwrap(), vec![bra.clone()]);
+    assert!(!link_exists(&bra), "bridge {bra} left behind");
+    assert_eq!(ruleset_mentions(&bra), Vec::<String>::new());
+    assert!(
+        !locks.path().join(format!("{bra}.lock")).exists(),
+        "lock file of {bra} left"
+    );
+    assert!(link_exists(&brb));
+    sdn.check_tenant(tb.id, &tb.subnets()).unwrap();
+    assert!(reach(&b1.ns, tb.gw4, NODE_PORT, YES), "b1 -> its gateway");
+    assert_eq!(sdn.reap_idle_tenants().unwrap(), Vec::<String>::new());
+    // While its tenant's lock is held (an ADD between ensure and attach),
+    // an idle network is left alone.
+    remove_pod(&n, &sdn, &b1);
+    let held = tenet::apply::lock::TenantLock::acquire_in(
+        locks.path(),
+        &brb,
+        std::time::Duration::from_secs(1),
+    )
+    .unwrap();
+    assert_eq!(sdn.reap_idle_tenants().unwrap(), Vec::<String>::new());
+    assert!(link_exists(&brb));
+    drop(held);
+    assert_eq!(sdn.reap_idle_tenants().unwrap(), vec![brb.clone()]);
+    assert!(!link_exists(&brb));
+}
+
+#[test]
+#[ignore = "needs root: make test runs it"]
+fn a_subnet_changes_tenant_only_once_the_old_tenants_network_is_gone() {
+    node();
+    forwarding_on();
+    let locks = tempfile::tempdir().unwrap();
+    let n = RtNetns::new().unwrap();
+    let sdn = sdn_with_locks(locks.path());
+    let _node_listener = TcpListener::bind(("::", NODE_PORT)).unwrap();
+    // Three tenants the store gives the same subnet in turn, as it does
+    // once a subnet's cooldown is over.
+    let same = |id| Tenant {
+        id,
+        ..Tenant::new("", 5)
+    };
+    let (ta, tb, tc) = (same("tenant-a"), same("tenant-b"), same("tenant-c"));
+    let (bra, brb, brc) = (bridge_name(ta.id), bridge_name(tb.id), bridge_name(tc.id));
+    let a1 = add_pod(&n, &sdn, &ta, "a1", 11);
+    remove_pod(&n, &sdn, &a1);
+    assert!(link_exists(&bra), "A's network idles");
+
+    // B gets the subnet: A's idle network goes first, whole. Were A's
+    // gateway element left, B's pod could not reach its own gateway (A's
+    // gateway chain drops what comes from another bridge).
+    let b1 = add_pod(&n, &sdn, &tb, "b1", 21);
+    assert!(!link_exists(&bra), "A's idle bridge kept B's subnet");
+    assert_eq!(ruleset_mentions(&bra), Vec::<String>::new());
+    sdn.check_tenant(tb.id, &tb.subnets()).unwrap();
+    assert!(
+        reach(&b1.ns, tb.gw4, NODE_PORT, YES),
+        "b1 -> its gateway v4"
+    );
+    assert!(
+        reach(&b1.ns, tb.gw6, NODE_PORT, YES),
+        "b1 -> its gateway v6"
+    );
+
+    // A network with pods is never taken: C is refused, naming B's bridge,
+    // and C's gateway never goes on the node.
+    let e = sdn.ensure_tenant(tc.id, &tc.subnets()).unwrap_err();
+    assert!(matches!(e, SdnError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains(&brb), "{e}");
+    if link_exists(&brc) {
+        assert_eq!(
+            link_addresses(&brc)
+                .iter()
+                .filter(|a| a.starts_with("10.41.5."))
+                .count(),
+            0
+        );
+    }
+    assert!(
+        sdn.remove_tenant_if_unused(tc.id).unwrap(),
+        "what rollback does"
+    );
+    assert!(!link_exists(&brc));
+    // B untouched.
+    sdn.check_tenant(tb.id, &tb.subnets()).unwrap();
+    assert!(
+        reach(&b1.ns, tb.gw4, NODE_PORT, YES),
+        "b1 -> its gateway after C"
+    );
+    remove_pod(&n, &sdn, &b1);
+    assert_eq!(sdn.reap_idle_tenants().unwrap(), vec![brb]);
+}

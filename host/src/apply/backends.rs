@@ -88,6 +88,7 @@ impl Backends {
                         crate::config::ServiceTenants::Same => ServiceScope::SameTenant,
                     },
                     shared_tenants: cfg.isolation.shared_tenants.clone(),
+                    keep_idle_tenants: cfg.isolation.keep_idle_tenants,
                 })
                 .map_err(|e| {
                     CniError::new(

@@ -11,30 +11,44 @@ use crate::ipam::{IpStore, LocalOptions, LocalStore};
 /// bridges (`tb-…`) in this network namespace, tenant chains, map elements
 /// and port guard elements in the `inet tenet` and `bridge tenet` tables,
 /// address records in the local store under `state_dir`, attachment
-/// records and lock files. Empty means clean.
+/// records and lock files; except idle tenant networks, the ones the Linux
+/// backend keeps for a tenant's next pod (see [`idle_tenant_networks`]):
+/// their bridge, their rules and their tenant lock. Empty means DEL and GC
+/// left nothing of any attachment.
 pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
-    let links = run("ip", &["-j", "link", "show"])?;
-    let links: serde_json::Value =
-        serde_json::from_str(&links).map_err(|e| format!("ip -j link show: {e}"))?;
+    let links = node_links()?;
+    let idle = idle_bridges(&links);
     for l in links.as_array().into_iter().flatten() {
         if let Some(n) = l["ifname"].as_str()
             && (is_tenet_name(n, "tn") || is_tenet_name(n, "tb-"))
+            && !idle.iter().any(|(b, _)| b == n)
         {
             out.push(format!("link {n}"));
         }
     }
     // The base chains match `tb-*` and `tn*`; a tenant's own chains and map
     // elements name its bridge (`tb-` and hex digits), a port's guard
-    // elements its host end (`tn` and hex digits).
+    // elements its host end (`tn` and hex digits). A line that names only
+    // idle bridges belongs to their networks.
     for family in ["inet", "bridge"] {
         let rules = run("nft", &["list", "table", family, crate::sdn::TABLE]).unwrap_or_default();
         for line in rules.lines() {
-            let names = |p: &str| {
+            let named = |p: &str| -> Vec<&str> {
                 line.match_indices(p)
-                    .any(|(i, _)| line[i + p.len()..].starts_with(|c: char| c.is_ascii_hexdigit()))
+                    .filter_map(|(i, _)| {
+                        let rest = &line[i + p.len()..];
+                        let n = rest.bytes().take_while(u8::is_ascii_hexdigit).count();
+                        (n > 0).then(|| &line[i..i + p.len() + n])
+                    })
+                    .collect()
             };
-            if names("tb-") || names("\"tn") {
+            let bridges = named("tb-");
+            let ports = named("\"tn");
+            let only_idle = ports.is_empty()
+                && !bridges.is_empty()
+                && bridges.iter().all(|b| idle.iter().any(|(i, _)| i == b));
+            if (!bridges.is_empty() || !ports.is_empty()) && !only_idle {
                 out.push(format!("nft {family}: {}", line.trim()));
             }
         }
@@ -54,11 +68,48 @@ pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
         // Tenant and bridge-name locks go with their tenant's network.
         if let Ok(rd) = std::fs::read_dir(state_dir.join("locks")) {
             for e in rd.flatten() {
-                out.push(format!("lock file {}", e.path().display()));
+                let name = e.file_name().to_string_lossy().into_owned();
+                let of_idle = idle.iter().any(|(_, lock)| {
+                    lock.as_deref().map(|l| format!("{l}.lock")) == Some(name.clone())
+                });
+                if !of_idle {
+                    out.push(format!("lock file {}", e.path().display()));
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// The idle tenant networks in this network namespace: tenant bridges
+/// (`tb-…` recording a tenant in their alias) with no port. The Linux
+/// backend keeps them when a tenant's last pod leaves; CNI GC, the node
+/// agent and an overlapping tenant's ADD remove them.
+pub fn idle_tenant_networks() -> Result<Vec<String>, String> {
+    Ok(idle_bridges(&node_links()?)
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect())
+}
+
+fn node_links() -> Result<serde_json::Value, String> {
+    let links = run("ip", &["-j", "link", "show"])?;
+    serde_json::from_str(&links).map_err(|e| format!("ip -j link show: {e}"))
+}
+
+/// Idle tenant bridges of an `ip -j link show` listing, each with the name
+/// of its tenant's lock.
+fn idle_bridges(links: &serde_json::Value) -> Vec<(String, Option<String>)> {
+    let all = links.as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter()
+        .filter_map(|l| {
+            let name = l["ifname"].as_str()?;
+            let ident = l["ifalias"].as_str().and_then(crate::sdn::alias_ident)?;
+            let used = all.iter().any(|p| p["master"].as_str() == Some(name));
+            (is_tenet_name(name, "tb-") && !used)
+                .then(|| (name.to_owned(), crate::sdn::lock_name_of_ident(ident)))
+        })
+        .collect()
 }
 
 /// `tn` + 12 hex digits (veth host ends), or `tb-` + 10 (bridges).

@@ -131,9 +131,26 @@ impl FileLock {
 impl TenantLock {
     /// The lock file of `tenant` under `state_dir`.
     pub fn path(state_dir: &Path, tenant: &str) -> PathBuf {
-        state_dir
-            .join("locks")
-            .join(format!("{}.lock", bridge_name(tenant)))
+        Self::path_in(&state_dir.join("locks"), &bridge_name(tenant))
+    }
+
+    /// The lock file named `lock_name` (a tenant's [`bridge_name`]) in the
+    /// lock directory `lock_dir` (`<state_dir>/locks`).
+    pub fn path_in(lock_dir: &Path, lock_name: &str) -> PathBuf {
+        lock_dir.join(format!("{lock_name}.lock"))
+    }
+
+    /// Takes the tenant lock named `lock_name` in `lock_dir`: how a backend
+    /// that knows a tenant only by the ident its bridge records
+    /// ([`crate::sdn::lock_name_of_ident`]) locks it.
+    pub fn acquire_in(
+        lock_dir: &Path,
+        lock_name: &str,
+        timeout: Duration,
+    ) -> Result<Self, LockError> {
+        Ok(Self {
+            lock: FileLock::acquire(&Self::path_in(lock_dir, lock_name), lock_name, timeout)?,
+        })
     }
 
     /// Takes `tenant`'s lock, polling up to `timeout`.

@@ -66,7 +66,7 @@ use crate::sdn::{PortGuard, PortSpec, Sdn, SdnError};
 pub use backends::Backends;
 pub use failpoint::Failpoints;
 pub use layout::{Layout, resolve};
-pub use leftovers::leftovers;
+pub use leftovers::{idle_tenant_networks, leftovers};
 pub use lock::{TENANT_LOCK_TIMEOUT, TenantLock};
 pub use record::{Phase, Record, RecordIface, Records};
 
@@ -209,6 +209,8 @@ pub struct GcSummary {
     pub in_flight: Vec<AttachmentKey>,
     /// Claims the stores freed that had no record.
     pub released: Vec<AttachmentKey>,
+    /// Idle tenant networks removed (their bridges).
+    pub idle_tenants_removed: Vec<String>,
 }
 
 /// The engine over a set of backends.
@@ -680,7 +682,11 @@ impl<'a> Engine<'a> {
                 errors.push((e.cni_code(), format!("detach {}: {e}", i.host_ifname)));
             }
         }
+        // A backend that keeps idle tenant networks leaves the tenant's
+        // network for its next pod (GC removes it): the DEL of a tenant's
+        // last pod then costs what any other does.
         if !ports.is_empty()
+            && !self.sdn.keeps_idle_tenants()
             && let Err(e) = self.remove_tenant(&rec.tenant)
         {
             errors.push((e.code, format!("remove tenant network: {}", e.details)));
@@ -1020,6 +1026,15 @@ impl<'a> Engine<'a> {
                 Err(e) => {
                     first_err.get_or_insert(ApplyError::caused(e.cni_code(), "gc", e));
                 }
+            }
+        }
+        // Last, the tenant networks no pod uses any more, each under its
+        // tenant's lock (an ADD of that tenant between ensure and attach
+        // holds it).
+        match self.sdn.reap_idle_tenants() {
+            Ok(removed) => out.idle_tenants_removed = removed,
+            Err(e) => {
+                first_err.get_or_insert(ApplyError::caused(e.cni_code(), "gc", e));
             }
         }
         match first_err {

@@ -23,6 +23,7 @@ pub(super) fn gc(env: &[(String, String)], inv: &Invocation) -> Result<String, C
         torn_down = summary.torn_down.len(),
         in_flight = summary.in_flight.len(),
         released = summary.released.len(),
+        idle_tenants_removed = summary.idle_tenants_removed.len(),
         "GC done"
     );
     Ok(String::new())

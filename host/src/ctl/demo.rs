@@ -129,16 +129,37 @@ impl Ctx {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
             pod.namespace, pod.name
         );
-        let conf = json!({"cniVersion": "1.1.0", "name": "demo", "type": "tenet"}).to_string();
+        let conf = json!({"cniVersion": "1.1.0", "name": "demo", "type": "tenet"});
+        let id = pod.id();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", args.as_str()),
+        ];
+        self.exec(&env, &conf, pod.name)
+    }
+
+    /// CNI GC with no valid attachment: what the runtime does when it has
+    /// forgotten every pod of the network.
+    fn gc(&self) -> Result<Value, CtlError> {
+        let conf = json!({"cniVersion": "1.1.0", "name": "demo", "type": "tenet",
+            "cni.dev/valid-attachments": []});
+        self.exec(&[("CNI_COMMAND", "GC")], &conf, "the network")
+    }
+
+    fn exec(&self, env: &[(&str, &str)], conf: &Value, what: &str) -> Result<Value, CtlError> {
+        let command = env
+            .iter()
+            .find(|(k, _)| *k == "CNI_COMMAND")
+            .map_or("", |(_, v)| *v);
+        let conf = conf.to_string();
         let mut child = Command::new(&self.tenet)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", pod.id())
-            .env("CNI_NETNS", &netns)
-            .env("CNI_IFNAME", "eth0")
+            .envs(env.iter().copied())
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", args)
             .env("TENET_CONFIG", "/dev/null")
             .env("TENET_PIPELINE", &self.pipeline)
             .env(
@@ -159,8 +180,7 @@ impl Ctx {
         let stdout = String::from_utf8_lossy(&o.stdout);
         if !o.status.success() {
             return Err(CtlError::Message(format!(
-                "tenet {command} for {}: {}{}",
-                pod.name,
+                "tenet {command} for {what}: {}{}",
                 stdout.trim(),
                 String::from_utf8_lossy(&o.stderr).trim()
             )));
@@ -271,10 +291,33 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
     if left.is_empty() {
         w(
             out,
-            "\nafter DEL: no links, addresses, nft rules or store records left".into(),
+            "\nafter DEL: no pod links, port rules, addresses or store records left".into(),
         )?;
     } else {
         w(out, format!("\nFAIL after DEL, left behind: {left:?}"))?;
+        failures.extend(left);
+    }
+    // The tenants' bridges stay, idle, for their next pods (the last pod's
+    // DEL costs what any other does); CNI GC removes them.
+    let idle = crate::apply::idle_tenant_networks().map_err(CtlError::from_err)?;
+    w(
+        out,
+        format!(
+            "idle tenant networks kept for the next pods: {}",
+            idle.join(", ")
+        ),
+    )?;
+    ctx.gc()?;
+    let idle = crate::apply::idle_tenant_networks().map_err(CtlError::from_err)?;
+    let left = crate::apply::leftovers(&ctx.state).map_err(CtlError::from_err)?;
+    if idle.is_empty() && left.is_empty() {
+        w(out, "after GC: no tenant network left".into())?;
+    } else {
+        w(
+            out,
+            format!("FAIL after GC, left behind: {idle:?} {left:?}"),
+        )?;
+        failures.extend(idle);
         failures.extend(left);
     }
     drop(pods);

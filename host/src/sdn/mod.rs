@@ -61,6 +61,9 @@ pub struct SdnOptions {
     /// Tenants every pod may reach through a service whatever `services`
     /// says (cluster DNS: `kube-system`).
     pub shared_tenants: Vec<String>,
+    /// Keep a tenant's network, idle, when its last port leaves
+    /// ([`Sdn::keeps_idle_tenants`]).
+    pub keep_idle_tenants: bool,
 }
 
 impl Default for SdnOptions {
@@ -71,6 +74,7 @@ impl Default for SdnOptions {
             lock_dir: "/run/tenet/locks".into(),
             services: ServiceScope::Any,
             shared_tenants: vec!["kube-system".into()],
+            keep_idle_tenants: true,
         }
     }
 }
@@ -231,7 +235,12 @@ pub trait Sdn {
     /// Makes sure the tenant's bridge exists, is up, holds each subnet's
     /// gateway (with the subnet's prefix), and that its isolation rules are
     /// installed. Idempotent and safe when two ADDs race. Records nothing on
-    /// disk: the apply engine records.
+    /// disk: the apply engine records. The caller holds the tenant's lock
+    /// (`apply::lock`): a backend that keeps idle networks
+    /// ([`Sdn::keeps_idle_tenants`]) replaces an idle network of this tenant
+    /// whose rules or gateways differ, and first removes another tenant's
+    /// idle network on an overlapping subnet (under that tenant's lock),
+    /// refusing (code 152) while such a network has ports.
     fn ensure_tenant(
         &self,
         tenant: &str,
@@ -256,6 +265,24 @@ pub trait Sdn {
     /// tenant's rules and returns true; returns false while ports remain.
     /// True as well when nothing was left to delete.
     fn remove_tenant_if_unused(&self, tenant: &str) -> Result<bool, SdnError>;
+
+    /// Whether DEL leaves a tenant network that has no port left in place,
+    /// idle, for the tenant's next pod (whose ADD then finds it ready),
+    /// instead of calling [`Sdn::remove_tenant_if_unused`]. A backend that
+    /// keeps idle networks removes them in [`Sdn::reap_idle_tenants`], and
+    /// its `ensure_tenant` removes an idle network of another tenant whose
+    /// subnets overlap the new one's before installing anything. Default:
+    /// false.
+    fn keeps_idle_tenants(&self) -> bool {
+        false
+    }
+
+    /// GC: removes every idle tenant network on the node, each under its
+    /// tenant's lock and only if it still has no port there; returns the
+    /// bridges removed.
+    fn reap_idle_tenants(&self) -> Result<Vec<String>, SdnError> {
+        Ok(Vec::new())
+    }
 
     /// For CHECK: the bridge exists, is up and holds these subnets' gateways,
     /// and the tenant's rules are installed. Errors name what is wrong.
@@ -358,6 +385,20 @@ pub fn alias_ident(alias: &str) -> Option<&str> {
     }
 }
 
+/// The name of the tenant lock ([`bridge_name`] of the tenant) of a bridge
+/// whose alias records `ident` ([`tenant_ident`]): computed from the
+/// tenant id, or from the digest an ident of a long tenant id carries.
+/// `None` for an ident tenet never writes.
+pub fn lock_name_of_ident(ident: &str) -> Option<String> {
+    match ident.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(format!("tb-{}", &hex[..12]))
+        }
+        Some(_) => None,
+        None => (tenant_ident(ident) == ident).then(|| bridge_name(ident)),
+    }
+}
+
 /// The fixed MAC of the tenant's bridge (locally administered, unicast).
 pub fn bridge_mac(tenant: &str) -> MacAddr {
     let d = Sha256::digest(tenant.as_bytes());
@@ -451,6 +492,21 @@ mod tests {
         assert_eq!(alias_ident("tenet:0123abcd"), None);
         assert_eq!(alias_ident("uplink"), None);
         assert_eq!(alias_ident(""), None);
+    }
+
+    #[test]
+    fn the_lock_name_follows_from_the_ident_a_bridge_records() {
+        let long = "x".repeat(300);
+        for t in ["acme", "team.a-b_c", "with space", "ünïcode", long.as_str()] {
+            assert_eq!(
+                lock_name_of_ident(&tenant_ident(t)).as_deref(),
+                Some(bridge_name(t).as_str()),
+                "{t:?}"
+            );
+        }
+        assert_eq!(lock_name_of_ident("sha256:abc"), None);
+        assert_eq!(lock_name_of_ident("with space"), None);
+        assert_eq!(lock_name_of_ident(""), None);
     }
 
     #[test]

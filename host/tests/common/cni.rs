@@ -134,6 +134,20 @@ impl Node {
         )
     }
 
+    /// DEL kept `expect` idle tenant networks for the tenants' next pods;
+    /// CNI GC removes them, and then nothing at all is left.
+    pub fn gc_idle_tenants(&self, expect: usize) {
+        let idle = tenet::apply::idle_tenant_networks().unwrap();
+        assert_eq!(idle.len(), expect, "idle tenant networks: {idle:?}");
+        self.gc_all().ok();
+        assert_eq!(
+            tenet::apply::idle_tenant_networks().unwrap(),
+            Vec::<String>::new(),
+            "idle tenant networks after GC"
+        );
+        self.assert_clean();
+    }
+
     /// Nothing of any attachment is left on the node: no veth host ends or
     /// tenant bridges, no tenant rules, no local address-store records, no
     /// attachment records.

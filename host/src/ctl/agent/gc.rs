@@ -79,6 +79,8 @@ pub struct Report {
     pub removed: Vec<AttachmentKey>,
     /// Claims the stores freed that had no record.
     pub released: usize,
+    /// Idle tenant networks removed (their bridges).
+    pub idle_tenants_removed: Vec<String>,
 }
 
 /// Why a pass did nothing or not everything.
@@ -168,6 +170,7 @@ pub fn run(
         Ok(s) => {
             report.removed = s.torn_down;
             report.released = s.released.len();
+            report.idle_tenants_removed = s.idle_tenants_removed;
             Ok(report)
         }
         Err(e) => {

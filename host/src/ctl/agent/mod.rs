@@ -265,6 +265,7 @@ impl Agent {
                 in_flight = rep.decision.in_flight.len(),
                 young = rep.decision.young.len(),
                 released = rep.released,
+                idle_tenants_removed = rep.idle_tenants_removed.len(),
                 "GC pass"
             );
         }

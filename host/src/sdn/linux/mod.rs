@@ -112,16 +112,17 @@ use sha2::Digest;
 
 use super::{
     PortSpec, Sdn, SdnError, SdnOptions, TenantNet, alias_ident, bridge_alias, bridge_candidates,
-    bridge_mac, check_tenant_id, gateways, tenant_ident,
+    bridge_mac, bridge_name, check_tenant_id, gateways, lock_name_of_ident, tenant_ident,
 };
 use crate::apply::Failpoints;
-use crate::apply::lock::{FileLock, LockError};
+use crate::apply::lock::{FileLock, LockError, TENANT_LOCK_TIMEOUT, TenantLock};
 use crate::ipam::AttachmentKey;
 use crate::netns::NetnsError;
 use crate::netns::rtnl::{
     Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
     link_is_up, link_kind, set_up,
 };
+use crate::plan::authority::overlaps;
 use guard::{GUARD_SETS, PortGuard};
 use nft::{TenantRules, fwd_chain, gw_chain, nat_chain};
 
@@ -158,6 +159,29 @@ const NAME_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// it only for the addresses it holds (its tenant's gateways), and sources
 /// its own ARP requests from them.
 const BRIDGE_SYSCTLS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
+
+/// A bridge on the node that records a tenant, as one link dump shows it.
+#[derive(Debug)]
+struct TenantBridge {
+    name: String,
+    index: u32,
+    /// The tenant ident its alias records ([`tenant_ident`]).
+    ident: String,
+    /// Links whose controller it is (pods' host ends).
+    ports: usize,
+}
+
+/// What [`LinuxSdn::remove_idle`] found under the bridge's tenant lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Idle {
+    /// The bridge had no port (and overlapped, when asked): it and its
+    /// rules are gone.
+    Removed,
+    /// It has ports: its tenant has pods on the node.
+    InUse,
+    /// It is gone, records another tenant now, or no longer overlaps.
+    Changed,
+}
 
 /// The Linux bridge + nftables backend. The node namespace is the one of the
 /// thread that constructs it (netlink socket) and of the threads that call it
@@ -299,6 +323,160 @@ impl LinuxSdn {
             .count())
     }
 
+    /// Every bridge on the node named `tb-…` that records a tenant, with its
+    /// port count: one link dump.
+    async fn tenant_bridges(&self) -> Result<Vec<TenantBridge>, SdnError> {
+        let links = all_links(self.rtnl.node())
+            .await
+            .map_err(|e| SdnError::netlink("list links", e))?;
+        let mut out: Vec<TenantBridge> = links
+            .iter()
+            .filter(|l| is_bridge(l))
+            .filter_map(|l| {
+                let name = Self::bridge_name_of(l);
+                let ident = link_alias(l).and_then(alias_ident)?;
+                name.starts_with("tb-").then(|| TenantBridge {
+                    name,
+                    index: l.header.index,
+                    ident: ident.to_owned(),
+                    ports: 0,
+                })
+            })
+            .collect();
+        for c in links.iter().filter_map(link_controller) {
+            if let Some(b) = out.iter_mut().find(|b| b.index == c) {
+                b.ports += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the idle tenant network `b` under its tenant's lock (which
+    /// the caller holds already when it is named `held`; waiting up to
+    /// `wait` for it, then [`SdnError::Busy`]): only if `b` is
+    /// still that tenant's bridge, has no port, and, when `overlapping` is
+    /// given, still holds an address in one of those subnets. The tenant
+    /// lock excludes an ADD of that tenant between its ensure and attach.
+    fn remove_idle(
+        &self,
+        b: &TenantBridge,
+        overlapping: Option<&[IpNet]>,
+        held: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<Idle, SdnError> {
+        let Some(lock_name) = lock_name_of_ident(&b.ident) else {
+            // An ident tenet never writes: not a network of ours to remove.
+            return Ok(Idle::Changed);
+        };
+        let lock = if held == Some(lock_name.as_str()) {
+            None
+        } else {
+            let lock = TenantLock::acquire_in(&self.opts.lock_dir, &lock_name, wait).map_err(
+                |e| match e {
+                    LockError::Timeout { .. } => SdnError::Busy(e.to_string()),
+                    LockError::Io { .. } => SdnError::Conflict(e.to_string()),
+                },
+            )?;
+            Some(lock)
+        };
+        let node = self.rtnl.node();
+        let found = self.rtnl.block_on(async {
+            let Some(l) = self.link(&b.name).await? else {
+                return Ok::<_, SdnError>(Idle::Changed);
+            };
+            let index = l.header.index;
+            if !is_bridge(&l) || link_alias(&l).and_then(alias_ident) != Some(b.ident.as_str()) {
+                return Ok(Idle::Changed);
+            }
+            if let Some(subnets) = overlapping {
+                let addrs = link_addrs(node, index)
+                    .await
+                    .map_err(|e| SdnError::netlink(format!("list addresses of {}", b.name), e))?;
+                if !addrs
+                    .iter()
+                    .any(|a| subnets.iter().any(|s| overlaps(a.trunc(), *s)))
+                {
+                    return Ok(Idle::Changed);
+                }
+            }
+            if self.ports(index).await? > 0 {
+                return Ok(Idle::InUse);
+            }
+            del_link(node, index)
+                .await
+                .map_err(|e| SdnError::netlink(format!("delete {}", b.name), e))?;
+            Ok(Idle::Removed)
+        })?;
+        if found == Idle::Removed {
+            // Rules after the bridge, as in `remove_tenant_if_unused`.
+            self.remove_rules(&b.name)?;
+            info!(bridge = %b.name, tenant = %b.ident, "removed an idle tenant network");
+            if let Some(lock) = lock
+                && let Err(e) = lock.remove()
+            {
+                warn!(bridge = %b.name, error = %e, "could not remove the tenant's lock file");
+            }
+        }
+        Ok(found)
+    }
+
+    /// Before `tenant`'s gateways go on the node: removes every idle
+    /// network of another tenant holding an address in one of `subnets`
+    /// (the address store gave that subnet back and carved it anew while
+    /// the old tenant's network idled), and refuses while such a network
+    /// has ports, since two tenants never share a subnet on one node. The
+    /// caller holds `tenant`'s lock.
+    fn clear_overlaps(&self, tenant: &str, subnets: &[IpNet]) -> Result<(), SdnError> {
+        let ours = tenant_ident(tenant);
+        let node = self.rtnl.node();
+        let others = self.rtnl.block_on(async {
+            let mut out = Vec::new();
+            for b in self.tenant_bridges().await? {
+                if b.ident == ours {
+                    continue;
+                }
+                let addrs = link_addrs(node, b.index)
+                    .await
+                    .map_err(|e| SdnError::netlink(format!("list addresses of {}", b.name), e))?;
+                if let Some(a) = addrs
+                    .into_iter()
+                    .find(|a| subnets.iter().any(|s| overlaps(a.trunc(), *s)))
+                {
+                    out.push((b, a));
+                }
+            }
+            Ok::<_, SdnError>(out)
+        })?;
+        let held = bridge_name(tenant);
+        for (b, a) in others {
+            let found = if b.ports > 0 {
+                Idle::InUse
+            } else {
+                self.remove_idle(&b, Some(subnets), Some(&held), TENANT_LOCK_TIMEOUT)?
+            };
+            if found == Idle::InUse {
+                return Err(SdnError::Conflict(format!(
+                    "{a} on bridge {} of another tenant, which has pods on this node, overlaps a \
+                     subnet of tenant {tenant:?}: the address store and the node disagree",
+                    b.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `tenant`'s bridge `link` and its rules: an idle network
+    /// whose rules or gateways are not the ones wanted now.
+    fn remove_bridge_and_rules(&self, link: &LinkMessage) -> Result<(), SdnError> {
+        let bridge = Self::bridge_name_of(link);
+        self.rtnl.block_on(async {
+            del_link(self.rtnl.node(), link.header.index)
+                .await
+                .map_err(|e| SdnError::netlink(format!("delete {bridge}"), e))
+        })?;
+        self.remove_rules(&bridge)
+    }
+
     fn bridge_name_of(l: &LinkMessage) -> String {
         l.attributes
             .iter()
@@ -416,16 +594,14 @@ impl Sdn for LinuxSdn {
         // The bridge first (its name depends on which names are free), then
         // its rules, then its gateway addresses: from the moment the node
         // answers on a gateway, the isolation rules are in place.
-        let (link, fresh) = self.rtnl.block_on(async {
+        let (mut link, fresh) = self.rtnl.block_on(async {
             match self.find_bridge(tenant).await? {
                 Some(l) => Ok((l, false)),
                 None => self.claim_bridge(tenant).await,
             }
         })?;
-        let bridge = Self::bridge_name_of(&link);
-        let index = link.header.index;
-        self.point("ensure-tenant:bridge")?;
-        let script = self.rules(tenant, &bridge, &gws, subnets);
+        let mut bridge = Self::bridge_name_of(&link);
+        let mut script = self.rules(tenant, &bridge, &gws, subnets);
         // The bridge's alias carries a stamp of the script that last
         // installed its rules. When the stamp matches and the tenant's chain
         // is in the kernel, the rules are in place and the `nft` fork+exec
@@ -434,14 +610,40 @@ impl Sdn for LinuxSdn {
         // setting, a flushed table, takes the full path. Damage inside a
         // surviving chain (a deleted map element) is what CHECK reports;
         // changing the bridge's alias forces a reinstall.
-        let stamp = hex::encode(sha2::Sha256::digest(script.as_bytes()))[..24].to_owned();
-        let alias = bridge_alias(tenant, Some(&stamp));
+        let stamp =
+            |script: &str| hex::encode(sha2::Sha256::digest(script.as_bytes()))[..24].to_owned();
+        let mut alias = bridge_alias(tenant, Some(&stamp(&script)));
         let current = !fresh
             && link_alias(&link) == Some(alias.as_str())
             && nftnl::chain_exists(nft::TABLE, &fwd_chain(&bridge)).unwrap_or(false);
+        // Rules were installed once (a stamp, not the `-` of a bridge being
+        // created: a concurrent ensure of the same tenant may be there).
+        let stamped = link_alias(&link)
+            .and_then(|a| a.split(':').nth(1))
+            .is_some_and(|s| s != "-");
+        if !current && stamped && self.rtnl.block_on(self.ports(link.header.index))? == 0 {
+            // An idle network (kept when its last pod left) whose rules or
+            // gateways are not these: its subnet was given back and carved
+            // anew, or a setting changed. Start afresh rather than rewrite
+            // it, so no map element of its old gateways or subnets stays.
+            // The caller's tenant lock keeps an ADD of this tenant from
+            // being between its ensure and attach meanwhile.
+            info!(%tenant, %bridge, "replacing an idle tenant network with other settings");
+            self.remove_bridge_and_rules(&link)?;
+            (link, _) = self.rtnl.block_on(self.claim_bridge(tenant))?;
+            bridge = Self::bridge_name_of(&link);
+            script = self.rules(tenant, &bridge, &gws, subnets);
+            alias = bridge_alias(tenant, Some(&stamp(&script)));
+        }
+        let index = link.header.index;
+        self.point("ensure-tenant:bridge")?;
         if current {
             debug!(%bridge, "tenant rules current; nft skipped");
         } else {
+            // Another tenant's idle network on an overlapping subnet goes
+            // first: its gateway and map elements would clash with ours.
+            let nets: Vec<IpNet> = subnets.iter().map(|(n, _)| *n).collect();
+            self.clear_overlaps(tenant, &nets)?;
             nft::run(
                 &self.opts.nft,
                 &["-f", "-"],
@@ -586,6 +788,35 @@ impl Sdn for LinuxSdn {
             }
         }
         Ok(true)
+    }
+
+    fn keeps_idle_tenants(&self) -> bool {
+        self.opts.keep_idle_tenants
+    }
+
+    fn reap_idle_tenants(&self) -> Result<Vec<String>, SdnError> {
+        let idle = self.rtnl.block_on(self.tenant_bridges())?;
+        let mut removed = Vec::new();
+        let mut first_err = None;
+        for b in idle.into_iter().filter(|b| b.ports == 0) {
+            // A held tenant lock is an ADD or DEL of that tenant under way:
+            // its network is about to be used, so it is not waited for.
+            match self.remove_idle(&b, None, None, std::time::Duration::ZERO) {
+                Ok(Idle::Removed) => removed.push(b.name),
+                Ok(_) => {}
+                Err(SdnError::Busy(_)) => {
+                    debug!(bridge = %b.name, "tenant busy; idle network kept")
+                }
+                Err(e) => {
+                    warn!(bridge = %b.name, error = %e, "could not remove an idle tenant network");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     fn check_tenant(&self, tenant: &str, subnets: &[(IpNet, IpAddr)]) -> Result<(), SdnError> {
