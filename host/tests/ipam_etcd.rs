@@ -23,43 +23,47 @@ use tenet::etcd::{EtcdConn, EtcdSettings};
 use tenet::ipam::{
     AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError, ManualClock,
 };
-use tenet::plan::{AddressRequest, IpFamily, Pool};
+use tenet::plan::{AddressSpec, Exclusion, IpFamily, PoolSpec, StaticAddress};
 use tenet::sdn::midonet::etcd::EtcdRecords;
 use tenet::sdn::midonet::records::{Cmp, Op, TopologyRecords};
 
 const NET: &str = "net1";
 
-fn pool(name: &str, supernet: &str, len: u8, exclude: &[&str]) -> Pool {
-    Pool {
+/// A typed pool (what the stores take: validation parsed it).
+fn pool(name: &str, supernet: &str, len: u8, exclude: &[&str]) -> PoolSpec {
+    PoolSpec {
         name: name.into(),
-        supernet: supernet.into(),
+        supernet: supernet.parse().unwrap(),
         subnet_len: len,
-        exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        exclude: exclude
+            .iter()
+            .map(|s| Exclusion::parse(s).unwrap())
+            .collect(),
     }
 }
 
-fn v4(p: &Pool) -> AddressRequest {
-    AddressRequest {
+fn v4(p: &PoolSpec) -> AddressSpec {
+    AddressSpec {
         family: IpFamily::Ipv4,
         pool: Some(p.clone()),
         static_address: None,
     }
 }
 
-fn v6(p: &Pool) -> AddressRequest {
-    AddressRequest {
+fn v6(p: &PoolSpec) -> AddressSpec {
+    AddressSpec {
         family: IpFamily::Ipv6,
         pool: Some(p.clone()),
         static_address: None,
     }
 }
 
-fn fixed(mut r: AddressRequest, addr: &str) -> AddressRequest {
-    r.static_address = Some(addr.into());
+fn fixed(mut r: AddressSpec, addr: &str) -> AddressSpec {
+    r.static_address = Some(StaticAddress::parse(addr).unwrap());
     r
 }
 
-fn pods() -> Pool {
+fn pods() -> PoolSpec {
     pool("pods", "10.0.0.0/16", 24, &[])
 }
 
@@ -85,7 +89,7 @@ fn store(etcd: &EtcdCluster, node: &str) -> EtcdStore {
     EtcdStore::new(opts(etcd, node)).unwrap()
 }
 
-fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressRequest]) -> String {
+fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressSpec]) -> String {
     let a = s.reserve(&key(c), t, reqs).unwrap();
     a.iter()
         .map(|a| a.address.to_string())
@@ -205,7 +209,7 @@ fn reserved_addresses_excludes_and_bad_requests() {
         "ex",
         "10.1.0.0/16",
         24,
-        &["10.1.0.2-10.1.0.5", "10.1.0.8/30", "10.1.0.13"],
+        &["10.1.0.2-10.1.0.5", "10.1.0.8/30", "10.1.0.13/32"],
     );
     let got: Vec<_> = (0..5)
         .map(|i| addr(&s, &format!("x{i}"), "t", &[v4(&ex)]))
@@ -227,7 +231,7 @@ fn reserved_addresses_excludes_and_bad_requests() {
     let whole = pool("q", "10.2.0.0/23", 24, &["10.2.0.0/24"]);
     assert_eq!(addr(&s, "z", "t", &[v4(&whole)]), "10.2.1.2/24");
     // Malformed requests and names: 134, before anything is written.
-    let no_pool = AddressRequest {
+    let no_pool = AddressSpec {
         family: IpFamily::Ipv4,
         pool: None,
         static_address: None,
@@ -674,7 +678,7 @@ fn run_nodes(
     endpoints: &[String],
     nodes: usize,
     per_node: usize,
-    pool: &Pool,
+    pool: &PoolSpec,
     done: &Arc<AtomicUsize>,
 ) -> Vec<(AttachmentKey, IpAddr, Instant)> {
     // One hint file per node, shared by its concurrent ADDs (they race on
