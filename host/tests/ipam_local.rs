@@ -2,6 +2,8 @@
 //! files: allocation rules, two-phase claims, GC, cooldown, locking across
 //! threads and processes, and crash safety.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
@@ -11,51 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::ipam::{fixed, pods, pool, v4, v6};
 use tenet::ipam::{
     AttachmentKey, ClaimState, IpStore, IpamError, LocalOptions, LocalStore, ManualClock,
     ProcessIdentity,
 };
-use tenet::plan::{AddressSpec, Exclusion, IpFamily, PoolSpec, StaticAddress};
+use tenet::plan::{AddressSpec, IpFamily};
 
 const NET: &str = "net1";
-
-/// A typed pool (what the stores take: validation parsed it).
-fn pool(name: &str, supernet: &str, len: u8, exclude: &[&str]) -> PoolSpec {
-    PoolSpec {
-        name: name.into(),
-        supernet: supernet.parse().unwrap(),
-        subnet_len: len,
-        exclude: exclude
-            .iter()
-            .map(|s| Exclusion::parse(s).unwrap())
-            .collect(),
-    }
-}
-
-fn v4(p: &PoolSpec) -> AddressSpec {
-    AddressSpec {
-        family: IpFamily::Ipv4,
-        pool: Some(p.clone()),
-        static_address: None,
-    }
-}
-
-fn v6(p: &PoolSpec) -> AddressSpec {
-    AddressSpec {
-        family: IpFamily::Ipv6,
-        pool: Some(p.clone()),
-        static_address: None,
-    }
-}
-
-fn fixed(mut r: AddressSpec, addr: &str) -> AddressSpec {
-    r.static_address = Some(StaticAddress::parse(addr).unwrap());
-    r
-}
-
-fn pods() -> PoolSpec {
-    pool("pods", "10.0.0.0/16", 24, &[])
-}
 
 fn key(c: &str) -> AttachmentKey {
     AttachmentKey::new(NET, c, "eth0")

@@ -373,6 +373,21 @@ mod tests {
         }
     }
 
+    /// The SDN port's address in these tests.
+    fn pods_alloc() -> Allocation {
+        alloc("10.64.1.5/24", "10.64.1.1", "10.64.1.0/24", "pods-v4")
+    }
+
+    /// The host link's address in these tests.
+    fn link_alloc() -> Allocation {
+        alloc(
+            "169.254.128.7/17",
+            "169.254.128.1",
+            "169.254.128.0/17",
+            "host-link-v4",
+        )
+    }
+
     #[test]
     fn requests_are_split_by_store() {
         let (t, l) = address_requests(&rainbond_plan());
@@ -385,23 +400,7 @@ mod tests {
     #[test]
     fn rainbond_layout_resolves_gateways_and_host_link() {
         let plan = rainbond_plan();
-        let l = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap();
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         assert_eq!(
             l.tenant_subnets,
             vec![(
@@ -463,23 +462,7 @@ mod tests {
         assert!(e.0.contains("requests"), "{e}");
         let mut plan = rainbond_plan();
         plan.routes[0].dst = "fd00::/8".parse().unwrap();
-        let e = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap_err();
+        let e = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap_err();
         assert!(e.0.contains("no address of that family"), "{e}");
     }
 
@@ -519,18 +502,7 @@ mod tests {
             }],
             ..ValidPlan::default()
         };
-        let l = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[],
-        )
-        .unwrap();
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[]).unwrap();
         let eth0 = &l.interfaces[0];
         assert_eq!(eth0.mac, MacAddr([2, 0, 0, 0, 0, 9]));
         assert_eq!(
@@ -546,23 +518,7 @@ mod tests {
     fn requested_mac_is_used() {
         let mut plan = rainbond_plan();
         plan.interfaces[0].mac = Some(MacAddr([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
-        let l = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap();
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         assert_eq!(l.interfaces[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
     }
 
@@ -570,25 +526,8 @@ mod tests {
     fn sdn_ports_get_the_backend_mtu_and_never_more() {
         let mut plan = rainbond_plan();
         plan.interfaces[0].mtu = None;
-        let layout = |plan: &ValidPlan| {
-            resolve(
-                plan,
-                "c1",
-                &[alloc(
-                    "10.64.1.5/24",
-                    "10.64.1.1",
-                    "10.64.1.0/24",
-                    "pods-v4",
-                )],
-                &[alloc(
-                    "169.254.128.7/17",
-                    "169.254.128.1",
-                    "169.254.128.0/17",
-                    "host-link-v4",
-                )],
-            )
-            .unwrap()
-        };
+        let layout =
+            |plan: &ValidPlan| resolve(plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         // No limit (the Linux bridge): nothing changes.
         let mut l = layout(&plan);
         limit_sdn_mtu(&mut l, None).unwrap();

@@ -13,8 +13,8 @@
 //!
 //! Every check reads the strings exactly as they arrived: nothing is
 //! trimmed or normalised first, so what passed is what was parsed (and
-//! what the stores record of a pool's exclusions). Every string has a length limit and the whole
-//! plan a size limit ([`limits`]), so nothing a plan carries can grow a
+//! what the stores record of a pool's exclusions). Every string has a
+//! length limit and the whole plan a size limit ([`limits`]), so nothing a plan carries can grow a
 //! store beyond a bound. Addresses are checked against the operator's
 //! [`AddressAuthority`]; the node's own addresses and routes are checked at
 //! ADD time ([`super::node`]).
@@ -177,18 +177,16 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<ValidPlan,
         if !names.insert(ifc.name.as_str()) {
             return fail(at("name"), format!("duplicate interface {:?}", ifc.name));
         }
-        let mac = match &ifc.mac {
-            None => None,
-            Some(mac) => match parse_unicast_mac(mac) {
-                Some(m) => Some(m),
-                None => {
-                    return fail(
-                        at("mac"),
-                        format!("{:?} is not a unicast MAC address", clip(mac)),
-                    );
-                }
-            },
-        };
+        let mac = ifc
+            .mac
+            .as_deref()
+            .map(|m| {
+                parse_unicast_mac(m).ok_or_else(|| PlanError {
+                    field: at("mac"),
+                    message: format!("{:?} is not a unicast MAC address", clip(m)),
+                })
+            })
+            .transpose()?;
         if let Some(mtu) = ifc.mtu
             && !(68..=65535).contains(&mtu)
         {
@@ -213,66 +211,12 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<ValidPlan,
         });
     }
 
-    let mut routes = Vec::with_capacity(plan.routes.len());
-    for (i, r) in plan.routes.iter().enumerate() {
-        let at = |f: &str| format!("routes[{i}].{f}");
-        let dst = parse_cidr(&r.dst).map_err(|m| PlanError {
-            field: at("dst"),
-            message: m,
-        })?;
-        let Some(ifc) = interfaces.iter().find(|v| v.name == r.interface) else {
-            return fail(
-                at("interface"),
-                format!("{:?} is not a planned interface", clip(&r.interface)),
-            );
-        };
-        let via = match &r.via {
-            NextHop::OnLink => Via::OnLink,
-            NextHop::SubnetGateway => {
-                if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
-                    return fail(
-                        at("via"),
-                        format!(
-                            "{} has no {} address, so it has no subnet gateway",
-                            ifc.name,
-                            family_name(family_of(dst))
-                        ),
-                    );
-                }
-                Via::SubnetGateway
-            }
-            NextHop::Address(gw) => {
-                let Ok(gw_ip) = IpAddr::from_str(gw) else {
-                    return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
-                };
-                if family_of_ip(gw_ip) != family_of(dst) {
-                    return fail(
-                        at("via"),
-                        format!("gateway {gw} and destination {} differ in family", r.dst),
-                    );
-                }
-                if !connected_subnets(&ifc.addresses).any(|n| n.contains(&gw_ip)) {
-                    return fail(
-                        at("via"),
-                        format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
-                    );
-                }
-                Via::Address(gw_ip)
-            }
-        };
-        if let Some(mtu) = r.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
-        }
-        routes.push(ValidRoute {
-            dst,
-            interface: r.interface.clone(),
-            via,
-            metric: r.metric,
-            mtu: r.mtu,
-        });
-    }
+    let routes = plan
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| check_route(i, r, &interfaces))
+        .collect::<Result<Vec<_>, _>>()?;
 
     check_len(
         "dns.nameservers",
@@ -354,6 +298,72 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<ValidPlan,
         },
         sysctls: plan.sysctls.clone(),
         annotations: plan.annotations.clone(),
+    })
+}
+
+/// One route: a canonical destination, a planned interface, a next hop
+/// that interface can reach (a gateway on one of its connected subnets).
+fn check_route(
+    i: usize,
+    r: &super::Route,
+    interfaces: &[ValidInterface],
+) -> Result<ValidRoute, PlanError> {
+    let at = |f: &str| format!("routes[{i}].{f}");
+    let dst = parse_cidr(&r.dst).map_err(|m| PlanError {
+        field: at("dst"),
+        message: m,
+    })?;
+    let Some(ifc) = interfaces.iter().find(|v| v.name == r.interface) else {
+        return fail(
+            at("interface"),
+            format!("{:?} is not a planned interface", clip(&r.interface)),
+        );
+    };
+    let via = match &r.via {
+        NextHop::OnLink => Via::OnLink,
+        NextHop::SubnetGateway => {
+            if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
+                return fail(
+                    at("via"),
+                    format!(
+                        "{} has no {} address, so it has no subnet gateway",
+                        ifc.name,
+                        family_name(family_of(dst))
+                    ),
+                );
+            }
+            Via::SubnetGateway
+        }
+        NextHop::Address(gw) => {
+            let Ok(gw_ip) = IpAddr::from_str(gw) else {
+                return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
+            };
+            if family_of_ip(gw_ip) != family_of(dst) {
+                return fail(
+                    at("via"),
+                    format!("gateway {gw} and destination {} differ in family", r.dst),
+                );
+            }
+            if !connected_subnets(&ifc.addresses).any(|n| n.contains(&gw_ip)) {
+                return fail(
+                    at("via"),
+                    format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
+                );
+            }
+            Via::Address(gw_ip)
+        }
+    };
+    if let Some(mtu) = r.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
+    }
+    Ok(ValidRoute {
+        dst,
+        interface: r.interface.clone(),
+        via,
+        metric: r.metric,
+        mtu: r.mtu,
     })
 }
 
