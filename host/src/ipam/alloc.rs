@@ -12,9 +12,10 @@
 //! however full the subnet is (runs of used addresses are skipped in one
 //! step), not a scan of every allocation.
 //!
-//! Pool geometry (parsing a pool, carving arithmetic, a subnet's reserved
-//! addresses, static addresses) is [`super::pool`], which the etcd store
-//! shares; nothing outside the local and fake stores imports this module.
+//! Pool geometry (checking a typed pool, carving arithmetic, a subnet's
+//! reserved addresses, static addresses) is [`super::pool`], which the etcd
+//! store shares; nothing outside the local and fake stores imports this
+//! module.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

@@ -49,7 +49,7 @@ pub(super) struct PlanCtx<'a> {
 }
 
 /// Checks a reserve's request before any I/O: a tenant, a non-empty sticky
-/// owner if any, every pool parsed, and no pool given two geometries.
+/// owner if any, every pool checked, and no pool given two geometries.
 pub(super) fn check_request(
     key: &AttachmentKey,
     tenant: &str,
