@@ -2,9 +2,10 @@
 //!
 //! The `tenet` binary parses a CNI invocation ([`cni`]), runs the policy
 //! pipeline ([`policy`]) that turns the request into a [`plan::Plan`],
-//! validates it on the host side ([`plan::validate`]), and answers in the
-//! runtime's CNI version.
-//! [`apply`] applies the plan through one trait per backend: [`netns`] (pod
+//! validates it on the host side ([`plan::validate`], which parses the
+//! plan's addresses once into a typed [`plan::ValidPlan`]), and answers in
+//! the runtime's CNI version.
+//! [`apply`] applies the typed plan through one trait per backend: [`netns`] (pod
 //! namespaces, rtnetlink), [`ipam`] (address stores: the node-local files
 //! or the cluster store in etcd) and [`sdn`] (tenant networks: the Linux
 //! bridge + nftables backend, or MidoNet over its REST API with topology

@@ -280,67 +280,22 @@ fn agent_refuses_a_missing_config_and_a_bad_duration() {
 
 // ------------------------------------------------- the node's kubeconfig
 
-/// The kube_api test's pipeline: the tenant from a namespace label.
-const KUBE_PIPELINE: &str = r#"
-[[stage]]
-name = "tenant"
-module = "tenant-map"
-[stage.settings]
-labels = ["tenant_id"]
-namespaceLabels = ["capsule.clastix.io/tenant"]
-fromNamespace = true
-
-[[stage]]
-name = "ipam"
-module = "ipam-policy"
-[stage.settings]
-pools = [{ name = "pods-v4", family = "ipv4", supernet = "10.64.0.0/12", subnetLen = 24 }]
-
-[[stage]]
-name = "routes"
-module = "route-dns"
-[stage.settings]
-defaultRoute = true
-"#;
-
 /// A `tenet` ADD in dry-run mode for pod team-a/web-0 of a network reading
 /// labels from the API: its CNI reply.
 fn dry_run_add(config: &Path, uid: &str, cni_path: &Path) -> serde_json::Value {
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "kube-net", "type": "tenet", "kubernetes": {},
-    });
-    let args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID={uid}"
-    );
-    let out = common::run_with_stdin(
-        Command::new(env!("CARGO_BIN_EXE_tenet"))
-            .env_clear()
-            .env("TENET_CONFIG", config)
-            .env("TENET_DRY_RUN", "1")
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", "c1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", cni_path),
-        &conf.to_string(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::kube::dry_run_add(
+        Path::new(env!("CARGO_BIN_EXE_tenet")),
+        config,
+        cni_path,
+        serde_json::json!({}),
+        serde_json::json!({}),
+        ("team-a", "web-0", uid),
+    )
 }
 
 /// The tenant of a dry-run reply's plan (code 110), or the reply.
 fn planned_tenant(reply: &serde_json::Value) -> Result<String, String> {
-    if reply["code"] != 110 {
-        return Err(reply.to_string());
-    }
-    let d = reply["details"].as_str().unwrap();
-    let plan: serde_json::Value = serde_json::from_str(d.strip_prefix("plan: ").unwrap()).unwrap();
+    let plan = common::kube::dry_run_plan(reply)?;
     Ok(plan["tenant"].as_str().unwrap().to_owned())
 }
 
@@ -379,21 +334,8 @@ fn the_agent_writes_the_nodes_kubeconfig_and_follows_token_rotation() {
     let etc = dir.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let kc = etc.join("kubeconfig");
-    let pipeline = common::manifest(dir, "pipeline.toml", KUBE_PIPELINE);
     let config = etc.join("tenet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "pipeline = {:?}\nstate_dir = {:?}\ncache_dir = {:?}\nmodule_dirs = [{:?}]\n\
-             [kubernetes]\nkubeconfig = {:?}\ntimeout_ms = 2000\ncache_ttl_s = 0\n",
-            pipeline,
-            dir.join("state"),
-            common::shared_cache(),
-            common::modules_dir(),
-            kc
-        ),
-    )
-    .unwrap();
+    common::kube::write_config(dir, &config, &kc, "timeout_ms = 2000\ncache_ttl_s = 0\n");
     let conf_dir = dir.join("net.d");
     std::fs::create_dir(&conf_dir).unwrap();
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::etcd::{EtcdCluster, scan};
 use tenet::etcd::EtcdConn;
 use tenet::ipam::{AttachmentKey, EtcdOptions, EtcdStore, IpStore};
-use tenet::plan::{AddressRequest, IpFamily, Pool};
+use tenet::plan::{AddressSpec, IpFamily, PoolSpec};
 
 const NET: &str = "net1";
 /// The bound on one operation, failover included (the default).
@@ -40,12 +40,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const NODES: usize = 4;
 const HELD: usize = 6;
 
-fn request() -> Vec<AddressRequest> {
-    vec![AddressRequest {
+fn request() -> Vec<AddressSpec> {
+    vec![AddressSpec {
         family: IpFamily::Ipv4,
-        pool: Some(Pool {
+        pool: Some(PoolSpec {
             name: "pods".into(),
-            supernet: "10.0.0.0/16".into(),
+            supernet: "10.0.0.0/16".parse().unwrap(),
             subnet_len: 24,
             exclude: vec![],
         }),

@@ -18,50 +18,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::etcd::{EtcdCluster, TlsFiles, scan};
+use common::ipam::{fixed, pods, pool, v4, v6};
 use tenet::config::{Config, SdnKind, StoreKind};
 use tenet::etcd::{EtcdConn, EtcdSettings};
 use tenet::ipam::{
     AttachmentKey, ClaimState, EtcdOptions, EtcdStore, IpStore, IpamError, ManualClock,
 };
-use tenet::plan::{AddressRequest, IpFamily, Pool};
+use tenet::plan::{AddressSpec, IpFamily, PoolSpec};
 use tenet::sdn::midonet::etcd::EtcdRecords;
 use tenet::sdn::midonet::records::{Cmp, Op, TopologyRecords};
 
 const NET: &str = "net1";
-
-fn pool(name: &str, supernet: &str, len: u8, exclude: &[&str]) -> Pool {
-    Pool {
-        name: name.into(),
-        supernet: supernet.into(),
-        subnet_len: len,
-        exclude: exclude.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-fn v4(p: &Pool) -> AddressRequest {
-    AddressRequest {
-        family: IpFamily::Ipv4,
-        pool: Some(p.clone()),
-        static_address: None,
-    }
-}
-
-fn v6(p: &Pool) -> AddressRequest {
-    AddressRequest {
-        family: IpFamily::Ipv6,
-        pool: Some(p.clone()),
-        static_address: None,
-    }
-}
-
-fn fixed(mut r: AddressRequest, addr: &str) -> AddressRequest {
-    r.static_address = Some(addr.into());
-    r
-}
-
-fn pods() -> Pool {
-    pool("pods", "10.0.0.0/16", 24, &[])
-}
 
 fn key(c: &str) -> AttachmentKey {
     AttachmentKey::new(NET, c, "eth0")
@@ -85,7 +52,7 @@ fn store(etcd: &EtcdCluster, node: &str) -> EtcdStore {
     EtcdStore::new(opts(etcd, node)).unwrap()
 }
 
-fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressRequest]) -> String {
+fn addr(s: &EtcdStore, c: &str, t: &str, reqs: &[AddressSpec]) -> String {
     let a = s.reserve(&key(c), t, reqs).unwrap();
     a.iter()
         .map(|a| a.address.to_string())
@@ -205,7 +172,7 @@ fn reserved_addresses_excludes_and_bad_requests() {
         "ex",
         "10.1.0.0/16",
         24,
-        &["10.1.0.2-10.1.0.5", "10.1.0.8/30", "10.1.0.13"],
+        &["10.1.0.2-10.1.0.5", "10.1.0.8/30", "10.1.0.13/32"],
     );
     let got: Vec<_> = (0..5)
         .map(|i| addr(&s, &format!("x{i}"), "t", &[v4(&ex)]))
@@ -227,7 +194,7 @@ fn reserved_addresses_excludes_and_bad_requests() {
     let whole = pool("q", "10.2.0.0/23", 24, &["10.2.0.0/24"]);
     assert_eq!(addr(&s, "z", "t", &[v4(&whole)]), "10.2.1.2/24");
     // Malformed requests and names: 134, before anything is written.
-    let no_pool = AddressRequest {
+    let no_pool = AddressSpec {
         family: IpFamily::Ipv4,
         pool: None,
         static_address: None,
@@ -674,7 +641,7 @@ fn run_nodes(
     endpoints: &[String],
     nodes: usize,
     per_node: usize,
-    pool: &Pool,
+    pool: &PoolSpec,
     done: &Arc<AtomicUsize>,
 ) -> Vec<(AttachmentKey, IpAddr, Instant)> {
     // One hint file per node, shared by its concurrent ADDs (they race on

@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -194,29 +193,6 @@ fn every_failure_is_typed() {
 // ---------------------------------------------------------------------------
 // Through the `tenet` binary (dry run: the plan, not applied).
 
-const PIPELINE: &str = r#"
-[[stage]]
-name = "tenant"
-module = "tenant-map"
-[stage.settings]
-labels = ["tenant_id"]
-namespaceLabels = ["capsule.clastix.io/tenant"]
-fromNamespace = true
-
-[[stage]]
-name = "ipam"
-module = "ipam-policy"
-[stage.settings]
-pools = [{ name = "pods-v4", family = "ipv4", supernet = "10.64.0.0/12", subnetLen = 24 }]
-staticAnnotation = "tenet.io/ip"
-
-[[stage]]
-name = "routes"
-module = "route-dns"
-[stage.settings]
-defaultRoute = true
-"#;
-
 struct Bin {
     dir: PathBuf,
     config: PathBuf,
@@ -224,66 +200,35 @@ struct Bin {
 
 impl Bin {
     fn new(dir: &Path, kubeconfig: &Path, extra: &str) -> Self {
-        let pipeline = common::manifest(dir, "pipeline.toml", PIPELINE);
         let config = dir.join("tenet.toml");
-        std::fs::write(
+        common::kube::write_config(
+            dir,
             &config,
-            format!(
-                "pipeline = {:?}\nstate_dir = {:?}\ncache_dir = {:?}\nmodule_dirs = [{:?}]\n\
-                 [kubernetes]\nkubeconfig = {:?}\ntimeout_ms = 1500\n{extra}",
-                pipeline,
-                dir.join("state"),
-                common::shared_cache(),
-                common::modules_dir(),
-                kubeconfig
-            ),
-        )
-        .unwrap();
+            kubeconfig,
+            &format!("timeout_ms = 1500\n{extra}"),
+        );
         Bin {
             dir: dir.to_owned(),
             config,
         }
     }
 
-    /// ADD in dry-run mode: (exit code, reply).
+    /// ADD in dry-run mode: the reply.
     fn add(&self, kubernetes: Value, annotations: Value, pod: (&str, &str, &str)) -> Value {
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "kube-net", "type": "tenet",
-            "kubernetes": kubernetes,
-            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
-        });
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID={}",
-            pod.0, pod.1, pod.2
-        );
-        let out = common::run_with_stdin(
-            Command::new(common::binary("tenet"))
-                .env_clear()
-                .env("TENET_CONFIG", &self.config)
-                .env("TENET_DRY_RUN", "1")
-                .env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", "c1")
-                .env("CNI_NETNS", "/proc/self/ns/net")
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_ARGS", args)
-                .env("CNI_PATH", &self.dir),
-            &conf.to_string(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::kube::dry_run_add(
+            &common::binary("tenet"),
+            &self.config,
+            &self.dir,
+            kubernetes,
+            annotations,
+            pod,
+        )
     }
 }
 
 /// The plan of a dry-run reply (code 110).
 fn plan(reply: &Value) -> Value {
-    assert_eq!(reply["code"], 110, "{reply}");
-    let d = reply["details"].as_str().unwrap();
-    serde_json::from_str(d.strip_prefix("plan: ").unwrap()).unwrap()
+    common::kube::dry_run_plan(reply).unwrap_or_else(|r| panic!("not a dry run: {r}"))
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! Pure planning of the apply step: from a validated [`Plan`] and the
-//! addresses the store handed out, everything the backends will be told,
-//! and the CNI result. No side effects here, so it is unit-tested exactly.
+//! Pure planning of the apply step: from a validated, typed plan
+//! ([`ValidPlan`]) and the addresses the store handed out, everything the
+//! backends will be told, and the CNI result. No side effects here, so it
+//! is unit-tested exactly. Nothing here parses: the plan's addresses,
+//! routes and MACs are already values.
 
 use std::net::IpAddr;
 
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::cni::result::{CniResult, ResultInterface, ResultIp, ResultRoute};
 use crate::ipam::Allocation;
 use crate::netns::{self, HostLinkSpec, MacAddr, ResolvedRoute, host_ifname, host_link_pod_routes};
-use crate::plan::{AddressRequest, InterfaceKind, NextHop, Plan};
+use crate::plan::{AddressSpec, InterfaceKind, ValidPlan, Via};
 
 /// An error in combining the plan with its allocations (a planning bug the
 /// validator should have caught, or a store that returned the wrong family).
@@ -61,11 +63,11 @@ pub enum StoreSide {
 }
 
 /// Address requests, each with the index of its interface in the plan.
-pub type IndexedRequests = Vec<(usize, AddressRequest)>;
+pub type IndexedRequests = Vec<(usize, AddressSpec)>;
 
 /// The address requests of a plan, split by the store that serves them:
 /// (tenant store, node-local link store).
-pub fn address_requests(plan: &Plan) -> (IndexedRequests, IndexedRequests) {
+pub fn address_requests(plan: &ValidPlan) -> (IndexedRequests, IndexedRequests) {
     let mut tenant = Vec::new();
     let mut link = Vec::new();
     for (i, iface) in plan.interfaces.iter().enumerate() {
@@ -81,7 +83,7 @@ pub fn address_requests(plan: &Plan) -> (IndexedRequests, IndexedRequests) {
 /// Combines the plan with the allocations (`tenant` and `link` in the order
 /// of [`address_requests`]) into the layout.
 pub fn resolve(
-    plan: &Plan,
+    plan: &ValidPlan,
     container_id: &str,
     tenant: &[Allocation],
     link: &[Allocation],
@@ -103,12 +105,9 @@ pub fn resolve(
     let mut interfaces = Vec::new();
     let mut tenant_subnets: Vec<(IpNet, IpAddr)> = Vec::new();
     for (iface, allocs) in plan.interfaces.iter().zip(per_iface) {
-        let mac = match &iface.mac {
-            Some(m) => m
-                .parse::<MacAddr>()
-                .map_err(|e| LayoutError(format!("interface {}: {e}", iface.name)))?,
-            None => netns::derive_mac(container_id, &iface.name),
-        };
+        let mac = iface
+            .mac
+            .unwrap_or_else(|| netns::derive_mac(container_id, &iface.name));
         let host = host_ifname(container_id, &iface.name);
         let gateway_for = |v4: bool| {
             allocs
@@ -131,14 +130,14 @@ pub fn resolve(
                     }
                 }
                 for r in &plan_routes {
-                    let dst = parse_net(&r.dst)?;
-                    let gateway = match &r.via {
-                        NextHop::SubnetGateway => Some(
+                    let dst = r.dst;
+                    let gateway = match r.via {
+                        Via::SubnetGateway => Some(
                             gateway_for(dst.addr().is_ipv4())
                                 .ok_or_else(|| no_gateway(&iface.name, dst))?,
                         ),
-                        NextHop::Address(a) => Some(parse_ip(a)?),
-                        NextHop::OnLink => None,
+                        Via::Address(a) => Some(a),
+                        Via::OnLink => None,
                     };
                     routes.push(ResolvedRoute {
                         dst: dst.trunc(),
@@ -163,29 +162,27 @@ pub fn resolve(
                     gws.push(IpNet::from(gw));
                     let dsts: Vec<IpNet> = plan_routes
                         .iter()
-                        .filter(|r| matches!(r.via, NextHop::SubnetGateway))
-                        .map(|r| parse_net(&r.dst))
-                        .collect::<Result<Vec<_>, _>>()?
-                        .into_iter()
+                        .filter(|r| r.via == Via::SubnetGateway)
+                        .map(|r| r.dst)
                         .filter(|d| d.addr().is_ipv4() == v4)
                         .collect();
                     routes.extend(host_link_pod_routes(gw, &dsts));
                 }
                 for r in &plan_routes {
-                    let dst = parse_net(&r.dst)?;
-                    match &r.via {
-                        NextHop::SubnetGateway => {
+                    let dst = r.dst;
+                    match r.via {
+                        Via::SubnetGateway => {
                             if gateway_for(dst.addr().is_ipv4()).is_none() {
                                 return Err(no_gateway(&iface.name, dst));
                             }
                         }
-                        NextHop::Address(a) => routes.push(ResolvedRoute {
+                        Via::Address(a) => routes.push(ResolvedRoute {
                             onlink: true,
                             metric: r.metric,
                             mtu: r.mtu,
-                            ..ResolvedRoute::via(dst.trunc(), parse_ip(a)?)
+                            ..ResolvedRoute::via(dst.trunc(), a)
                         }),
-                        NextHop::OnLink => routes.push(ResolvedRoute {
+                        Via::OnLink => routes.push(ResolvedRoute {
                             metric: r.metric,
                             mtu: r.mtu,
                             ..ResolvedRoute::link(dst.trunc())
@@ -249,22 +246,11 @@ pub fn limit_sdn_mtu(layout: &mut Layout, max: Option<u32>) -> Result<(), Layout
     Ok(())
 }
 
-fn parse_net(s: &str) -> Result<IpNet, LayoutError> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| LayoutError(format!("{s:?} is not a CIDR")))
-}
-
-fn parse_ip(s: &str) -> Result<IpAddr, LayoutError> {
-    s.parse()
-        .map_err(|_| LayoutError(format!("{s:?} is not an IP address")))
-}
-
 /// The CNI result of a layout: for each interface its host end and pod end
 /// (in that order), the addresses on the pod ends, every route, the DNS.
-pub fn result(layout: &Layout, plan: &Plan, netns: &str, host_macs: &[MacAddr]) -> CniResult {
+pub fn result(layout: &Layout, plan: &ValidPlan, netns: &str, host_macs: &[MacAddr]) -> CniResult {
     let mut out = CniResult {
-        dns: plan.dns.clone(),
+        dns: plan.dns.to_wire(),
         ..CniResult::default()
     };
     for (n, i) in layout.interfaces.iter().enumerate() {
@@ -307,7 +293,8 @@ pub fn result(layout: &Layout, plan: &Plan, netns: &str, host_macs: &[MacAddr]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Dns, Interface, IpFamily, Pool, Route};
+    use crate::plan::authority::AddressAuthority;
+    use crate::plan::{AddressRequest, Dns, Interface, IpFamily, NextHop, Plan, Pool, Route};
 
     fn pool(name: &str, supernet: &str, len: u8) -> Option<Pool> {
         Some(Pool {
@@ -318,7 +305,13 @@ mod tests {
         })
     }
 
-    fn rainbond_plan() -> Plan {
+    /// The Rainbond sample, typed by validation (as the pipeline hands it
+    /// to apply).
+    fn rainbond_plan() -> ValidPlan {
+        crate::plan::validate::structure(&rainbond_wire(), &AddressAuthority::default()).unwrap()
+    }
+
+    fn rainbond_wire() -> Plan {
         Plan {
             tenant: "team-a".into(),
             interfaces: vec![
@@ -380,6 +373,21 @@ mod tests {
         }
     }
 
+    /// The SDN port's address in these tests.
+    fn pods_alloc() -> Allocation {
+        alloc("10.64.1.5/24", "10.64.1.1", "10.64.1.0/24", "pods-v4")
+    }
+
+    /// The host link's address in these tests.
+    fn link_alloc() -> Allocation {
+        alloc(
+            "169.254.128.7/17",
+            "169.254.128.1",
+            "169.254.128.0/17",
+            "host-link-v4",
+        )
+    }
+
     #[test]
     fn requests_are_split_by_store() {
         let (t, l) = address_requests(&rainbond_plan());
@@ -392,23 +400,7 @@ mod tests {
     #[test]
     fn rainbond_layout_resolves_gateways_and_host_link() {
         let plan = rainbond_plan();
-        let l = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap();
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         assert_eq!(
             l.tenant_subnets,
             vec![(
@@ -469,48 +461,64 @@ mod tests {
         let e = resolve(&rainbond_plan(), "c1", &[], &[]).unwrap_err();
         assert!(e.0.contains("requests"), "{e}");
         let mut plan = rainbond_plan();
-        plan.routes[0].dst = "fd00::/8".into();
-        let e = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap_err();
+        plan.routes[0].dst = "fd00::/8".parse().unwrap();
+        let e = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap_err();
         assert!(e.0.contains("no address of that family"), "{e}");
+    }
+
+    /// By construction: a typed plan built from values alone (no
+    /// validation, no text) resolves, and nothing in it can be malformed:
+    /// the route's destination is an `IpNet`, its gateway an `IpAddr`, the
+    /// MAC a `MacAddr`. The layout's former "is not a CIDR", "is not an IP
+    /// address" and bad-MAC errors have no input left that reaches them.
+    #[test]
+    fn a_typed_plan_resolves_without_parsing() {
+        use crate::plan::{PoolSpec, ValidInterface, ValidRoute};
+        let gw: IpAddr = "10.64.1.254".parse().unwrap();
+        let plan = ValidPlan {
+            tenant: "acme".into(),
+            interfaces: vec![ValidInterface {
+                name: "eth0".into(),
+                kind: InterfaceKind::SdnPort,
+                addresses: vec![AddressSpec {
+                    family: IpFamily::Ipv4,
+                    pool: Some(PoolSpec {
+                        name: "pods-v4".into(),
+                        supernet: "10.64.0.0/12".parse().unwrap(),
+                        subnet_len: 24,
+                        exclude: vec![],
+                    }),
+                    static_address: None,
+                }],
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+                mtu: None,
+            }],
+            routes: vec![ValidRoute {
+                dst: "10.50.0.0/16".parse().unwrap(),
+                interface: "eth0".into(),
+                via: Via::Address(gw),
+                metric: Some(5),
+                mtu: None,
+            }],
+            ..ValidPlan::default()
+        };
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[]).unwrap();
+        let eth0 = &l.interfaces[0];
+        assert_eq!(eth0.mac, MacAddr([2, 0, 0, 0, 0, 9]));
+        assert_eq!(
+            eth0.routes,
+            vec![ResolvedRoute {
+                metric: Some(5),
+                ..ResolvedRoute::via("10.50.0.0/16".parse().unwrap(), gw)
+            }]
+        );
     }
 
     #[test]
     fn requested_mac_is_used() {
         let mut plan = rainbond_plan();
-        plan.interfaces[0].mac = Some("02:aa:bb:cc:dd:ee".into());
-        let l = resolve(
-            &plan,
-            "c1",
-            &[alloc(
-                "10.64.1.5/24",
-                "10.64.1.1",
-                "10.64.1.0/24",
-                "pods-v4",
-            )],
-            &[alloc(
-                "169.254.128.7/17",
-                "169.254.128.1",
-                "169.254.128.0/17",
-                "host-link-v4",
-            )],
-        )
-        .unwrap();
+        plan.interfaces[0].mac = Some(MacAddr([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+        let l = resolve(&plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         assert_eq!(l.interfaces[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
     }
 
@@ -518,25 +526,8 @@ mod tests {
     fn sdn_ports_get_the_backend_mtu_and_never_more() {
         let mut plan = rainbond_plan();
         plan.interfaces[0].mtu = None;
-        let layout = |plan: &Plan| {
-            resolve(
-                plan,
-                "c1",
-                &[alloc(
-                    "10.64.1.5/24",
-                    "10.64.1.1",
-                    "10.64.1.0/24",
-                    "pods-v4",
-                )],
-                &[alloc(
-                    "169.254.128.7/17",
-                    "169.254.128.1",
-                    "169.254.128.0/17",
-                    "host-link-v4",
-                )],
-            )
-            .unwrap()
-        };
+        let layout =
+            |plan: &ValidPlan| resolve(plan, "c1", &[pods_alloc()], &[link_alloc()]).unwrap();
         // No limit (the Linux bridge): nothing changes.
         let mut l = layout(&plan);
         limit_sdn_mtu(&mut l, None).unwrap();

@@ -60,7 +60,7 @@ use crate::cni::result::CniResult;
 use crate::cni::{CniError, code};
 use crate::ipam::{AttachmentKey, ClaimState, IpStore, ProcessIdentity};
 use crate::netns::{Netns, VethSpec};
-use crate::plan::{InterfaceKind, Plan};
+use crate::plan::{InterfaceKind, ValidPlan};
 use crate::sdn::{PortGuard, PortSpec, Sdn, SdnError};
 
 pub use backends::Backends;
@@ -293,12 +293,12 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// ADD: applies `plan` (validated) for `key` in `netns`.
+    /// ADD: applies `plan` (validated, typed) for `key` in `netns`.
     pub fn add(
         &self,
         key: &AttachmentKey,
         netns: &str,
-        plan: &Plan,
+        plan: &ValidPlan,
     ) -> Result<CniResult, ApplyError> {
         // Before any side effect: a bad CNI_NETNS (code 4) or the node's own
         // namespace (8) must not get as far as creating a tenant network.
@@ -376,7 +376,7 @@ impl<'a> Engine<'a> {
         &self,
         key: &AttachmentKey,
         netns: &str,
-        plan: &Plan,
+        plan: &ValidPlan,
         rec: &mut Record,
         done: &mut Vec<Undo>,
     ) -> Result<CniResult, ApplyError> {

@@ -6,7 +6,8 @@ use std::path::Path;
 use super::*;
 use crate::ipam::FakeIpStore;
 use crate::netns::FakeNetns;
-use crate::plan::{AddressRequest, Dns, Interface, IpFamily, NextHop, Pool, Route};
+use crate::plan::authority::AddressAuthority;
+use crate::plan::{AddressRequest, Dns, Interface, IpFamily, NextHop, Plan, Pool, Route};
 use crate::sdn::FakeSdn;
 
 struct Rig {
@@ -65,7 +66,12 @@ fn key(cid: &str) -> AttachmentKey {
     AttachmentKey::new("net", cid, "eth0")
 }
 
-fn plan(tenant: &str) -> Plan {
+/// A Rainbond-like plan for `tenant`, typed by validation (as ADD gets it).
+fn plan(tenant: &str) -> ValidPlan {
+    crate::plan::validate::structure(&wire(tenant), &AddressAuthority::default()).unwrap()
+}
+
+fn wire(tenant: &str) -> Plan {
     let pool = |name: &str, net: &str, len| {
         Some(Pool {
             name: name.into(),

@@ -30,13 +30,20 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
             format!("plan: {plan}"),
         ));
     }
+    let valid = outcome.valid.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INTERNAL,
+            "internal error",
+            "ADD planned without a typed plan",
+        )
+    })?;
     let backends = Backends::open(&cfg)?;
     let engine = backends
         .engine(&cfg)
         .with_failpoints(Failpoints::from_env(env));
     let key = super::attachment_key(inv);
     let result = engine
-        .add(&key, &request.netns, &outcome.plan)
+        .add(&key, &request.netns, valid)
         .map_err(|e| e.to_cni("ADD"))?;
     Ok(result.render(&inv.cni_version).to_string())
 }

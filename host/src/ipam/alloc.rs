@@ -12,9 +12,10 @@
 //! however full the subnet is (runs of used addresses are skipped in one
 //! step), not a scan of every allocation.
 //!
-//! Pool geometry (parsing a pool, carving arithmetic, a subnet's reserved
-//! addresses, static addresses) is [`super::pool`], which the etcd store
-//! shares; nothing outside the local and fake stores imports this module.
+//! Pool geometry (checking a typed pool, carving arithmetic, a subnet's
+//! reserved addresses, static addresses) is [`super::pool`], which the etcd
+//! store shares; nothing outside the local and fake stores imports this
+//! module.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -22,9 +23,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::pool::{Excludes, Geom, ParsedPool, check_same_request, parse_static, to_ip, to_u128};
+use super::pool::{Excludes, Geom, ParsedPool, check_same_request, check_static, to_ip, to_u128};
 use super::{Allocation, AttachmentKey, ClaimState, GcReport, IpamError, TenantSubnet};
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 /// Version of the on-disk state format; bumped on incompatible changes.
 pub(crate) const FORMAT: u32 = 1;
@@ -309,7 +310,7 @@ impl NetworkState {
         ctx: Ctx<'_>,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
         claim: Claim,
     ) -> Result<(Vec<Allocation>, bool), IpamError> {
         if tenant.is_empty() {
@@ -355,7 +356,7 @@ impl NetworkState {
         ctx: Ctx<'_>,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
         claim: Claim,
     ) -> Result<Vec<Allocation>, IpamError> {
         let mut pools: Vec<ParsedPool> = Vec::new();
@@ -367,7 +368,7 @@ impl NetworkState {
         let mut probes = 0u64;
 
         for req in requests {
-            let parsed = ParsedPool::parse(req)?;
+            let parsed = ParsedPool::of(req)?;
             let pi = match pools.iter().position(|p| p.name == parsed.name) {
                 Some(i) if pools[i].same_geometry(&parsed) => i,
                 Some(_) => {
@@ -386,7 +387,7 @@ impl NetworkState {
             };
             let pool = &pools[pi];
             let stat = match &req.static_address {
-                Some(s) => Some(parse_static(pool, tenant, s)?),
+                Some(s) => Some(check_static(pool, tenant, s)?),
                 None => None,
             };
             let existing = self
@@ -871,14 +872,14 @@ fn next_fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{IpFamily, Pool};
+    use crate::plan::{IpFamily, PoolSpec};
 
-    fn req(family: IpFamily, supernet: &str, len: u8) -> AddressRequest {
-        AddressRequest {
+    fn req(family: IpFamily, supernet: &str, len: u8) -> AddressSpec {
+        AddressSpec {
             family,
-            pool: Some(Pool {
+            pool: Some(PoolSpec {
                 name: "p".into(),
-                supernet: supernet.into(),
+                supernet: supernet.parse().unwrap(),
                 subnet_len: len,
                 exclude: vec![],
             }),

@@ -12,7 +12,7 @@ use super::{
     Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
     validate_network_name,
 };
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 /// One call made to a [`FakeIpStore`], with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum IpStoreCall {
         /// Tenant.
         tenant: String,
         /// Requests.
-        requests: Vec<AddressRequest>,
+        requests: Vec<AddressSpec>,
     },
     /// [`IpStore::confirm`].
     Confirm(AttachmentKey),
@@ -120,7 +120,7 @@ impl IpStore for FakeIpStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         let call = IpStoreCall::Reserve {
             key: key.clone(),
@@ -212,14 +212,14 @@ impl IpStore for FakeIpStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{IpFamily, Pool};
+    use crate::plan::{IpFamily, PoolSpec};
 
-    fn v4() -> AddressRequest {
-        AddressRequest {
+    fn v4() -> AddressSpec {
+        AddressSpec {
             family: IpFamily::Ipv4,
-            pool: Some(Pool {
+            pool: Some(PoolSpec {
                 name: "pods".into(),
-                supernet: "10.0.0.0/16".into(),
+                supernet: "10.0.0.0/16".parse().unwrap(),
                 subnet_len: 24,
                 exclude: vec![],
             }),

@@ -63,7 +63,7 @@ use super::{
     Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
     validate_network_name,
 };
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
@@ -453,7 +453,7 @@ impl LocalStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
         confirm: bool,
     ) -> Result<Vec<Allocation>, IpamError> {
         key.validate()?;
@@ -474,7 +474,7 @@ impl IpStore for LocalStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         self.reserve_and(key, tenant, requests, false)
     }
@@ -496,7 +496,7 @@ impl IpStore for LocalStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         self.reserve_and(key, tenant, requests, true)
     }
@@ -589,15 +589,15 @@ mod tests {
 
     #[test]
     fn a_claim_is_one_confirmed_write_and_idempotent() {
-        use crate::plan::{IpFamily, Pool};
+        use crate::plan::{IpFamily, PoolSpec};
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), LocalOptions::default()).unwrap();
         let key = AttachmentKey::new("net", "c1", "eth0");
-        let req = AddressRequest {
+        let req = AddressSpec {
             family: IpFamily::Ipv4,
-            pool: Some(Pool {
+            pool: Some(PoolSpec {
                 name: "pods".into(),
-                supernet: "10.9.0.0/16".into(),
+                supernet: "10.9.0.0/16".parse().unwrap(),
                 subnet_len: 24,
                 exclude: vec![],
             }),

@@ -63,7 +63,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use etcd::{EtcdOptions, EtcdStore};
@@ -201,7 +201,7 @@ pub trait IpStore: Send + Sync {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError>;
 
     /// [`IpStore::reserve`] for a stable `owner` (a StatefulSet pod's
@@ -213,7 +213,7 @@ pub trait IpStore: Send + Sync {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
         owner: Option<&str>,
     ) -> Result<Vec<Allocation>, IpamError> {
         let _ = owner;
@@ -241,7 +241,7 @@ pub trait IpStore: Send + Sync {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         let out = self.reserve(key, tenant, requests)?;
         self.confirm(key)?;

@@ -1,9 +1,9 @@
 //! Pool geometry, shared by both address stores and free of state: address
-//! ↔ integer arithmetic, a pool parsed and checked from a request
+//! ↔ integer arithmetic, a pool checked from a typed request
 //! ([`ParsedPool`]: supernet, tenant subnet length, merged exclusions), one
 //! tenant subnet's layout ([`Geom`]: network, gateway, first and last
 //! assignable host), static addresses checked against a pool
-//! ([`parse_static`]) and the check that a retried reserve asks for what its
+//! ([`check_static`]) and the check that a retried reserve asks for what its
 //! record holds ([`check_same_request`]). The local allocator
 //! ([`super::alloc`]) and the etcd store ([`super::etcd`]) both build on it;
 //! neither imports the other.
@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::{Allocation, AttachmentKey, IpamError};
-use crate::plan::{AddressRequest, IpFamily};
+use crate::plan::{AddressSpec, IpFamily, StaticAddress};
 
 /// An address as an integer (IPv4 in the low 32 bits), for block math.
 pub(crate) fn to_u128(ip: IpAddr) -> u128 {
@@ -89,7 +89,7 @@ impl Geom {
     }
 }
 
-/// A pool from a request, parsed and checked.
+/// A pool from a typed request, checked, its exclusions merged.
 #[derive(Debug, Clone)]
 pub(crate) struct ParsedPool {
     pub name: String,
@@ -117,7 +117,11 @@ impl ParsedPool {
         })
     }
 
-    pub(crate) fn parse(req: &AddressRequest) -> Result<Self, IpamError> {
+    /// The pool of a typed request, checked against what the stores need
+    /// (a pool, a name, its family, a subnet length with room for a
+    /// gateway and a pod) and its exclusions merged. Nothing is parsed
+    /// here: the request's values were parsed by plan validation.
+    pub(crate) fn of(req: &AddressSpec) -> Result<Self, IpamError> {
         let invalid = |reason: String| IpamError::InvalidRequest { reason };
         let pool = req
             .pool
@@ -126,13 +130,7 @@ impl ParsedPool {
         if pool.name.is_empty() {
             return Err(invalid("pool has an empty name".into()));
         }
-        let supernet: IpNet = pool.supernet.parse().map_err(|_| {
-            invalid(format!(
-                "pool {}: supernet {:?} is not a CIDR",
-                pool.name, pool.supernet
-            ))
-        })?;
-        let supernet = supernet.trunc();
+        let supernet = pool.supernet.trunc();
         let v4 = matches!(supernet, IpNet::V4(_));
         let want_v4 = req.family == IpFamily::Ipv4;
         if v4 != want_v4 {
@@ -153,9 +151,15 @@ impl ParsedPool {
                 supernet.prefix_len()
             )));
         }
-        let mut ranges = Vec::new();
+        let mut ranges = Vec::with_capacity(pool.exclude.len());
         for x in &pool.exclude {
-            ranges.push(parse_exclude(&pool.name, x, v4)?);
+            if x.first().is_ipv4() != v4 {
+                return Err(invalid(format!(
+                    "pool {}: exclude {x} is not of the pool's family",
+                    pool.name
+                )));
+            }
+            ranges.push((to_u128(x.first()), to_u128(x.last())));
         }
         ranges.sort_unstable();
         let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
@@ -169,7 +173,7 @@ impl ParsedPool {
             name: pool.name.clone(),
             supernet,
             subnet_len: pool.subnet_len,
-            exclude_src: pool.exclude.clone(),
+            exclude_src: pool.exclude.iter().map(|x| x.text().to_owned()).collect(),
             excludes: Excludes(merged),
             v4,
         })
@@ -186,49 +190,19 @@ impl ParsedPool {
     }
 }
 
-fn parse_exclude(pool: &str, x: &str, v4: bool) -> Result<(u128, u128), IpamError> {
-    let bad = || IpamError::InvalidRequest {
-        reason: format!("pool {pool}: exclude {x:?} is not a CIDR, an address or an a-b range"),
-    };
-    let fam = |ip: &IpAddr| ip.is_ipv4() == v4;
-    if let Some((a, b)) = x.split_once('-') {
-        let a: IpAddr = a.trim().parse().map_err(|_| bad())?;
-        let b: IpAddr = b.trim().parse().map_err(|_| bad())?;
-        if !fam(&a) || !fam(&b) || to_u128(a) > to_u128(b) {
-            return Err(bad());
-        }
-        Ok((to_u128(a), to_u128(b)))
-    } else if x.contains('/') {
-        let n: IpNet = x.trim().parse().map_err(|_| bad())?;
-        if !fam(&n.addr()) {
-            return Err(bad());
-        }
-        Ok((to_u128(n.network()), to_u128(n.broadcast())))
-    } else {
-        let a: IpAddr = x.trim().parse().map_err(|_| bad())?;
-        if !fam(&a) {
-            return Err(bad());
-        }
-        Ok((to_u128(a), to_u128(a)))
-    }
-}
-
-pub(crate) fn parse_static(pool: &ParsedPool, tenant: &str, s: &str) -> Result<u128, IpamError> {
-    let (ip, prefix) = match s.parse::<IpNet>() {
-        Ok(n) => (n.addr(), Some(n.prefix_len())),
-        Err(_) => (
-            s.parse::<IpAddr>().map_err(|_| IpamError::InvalidRequest {
-                reason: format!("static address {s:?} is not an address"),
-            })?,
-            None,
-        ),
-    };
+/// A static address against its pool: the address as an integer.
+pub(crate) fn check_static(
+    pool: &ParsedPool,
+    tenant: &str,
+    s: &StaticAddress,
+) -> Result<u128, IpamError> {
+    let ip = s.addr;
     if ip.is_ipv4() != pool.v4 {
         return Err(IpamError::InvalidRequest {
             reason: format!("static address {s} is not of pool {}'s family", pool.name),
         });
     }
-    if let Some(p) = prefix
+    if let Some(p) = s.prefix
         && p != pool.subnet_len
     {
         return Err(IpamError::InvalidRequest {
@@ -256,7 +230,7 @@ pub(crate) fn check_same_request(
     rec_tenant: &str,
     held: &[Allocation],
     tenant: &str,
-    requests: &[AddressRequest],
+    requests: &[AddressSpec],
 ) -> Result<(), IpamError> {
     let conflict = |detail: String| IpamError::AttachmentConflict {
         key: key.clone(),
@@ -277,12 +251,7 @@ pub(crate) fn check_same_request(
     for (a, r) in held.iter().zip(requests) {
         let pool = r.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("");
         let fam_ok = a.address.addr().is_ipv4() == (r.family == IpFamily::Ipv4);
-        let static_ok = r.static_address.as_deref().is_none_or(|s| {
-            s.parse::<IpNet>()
-                .map(|n| n.addr())
-                .or_else(|_| s.parse::<IpAddr>())
-                == Ok(a.address.addr())
-        });
+        let static_ok = r.static_address.is_none_or(|s| s.addr == a.address.addr());
         if a.pool != pool || !fam_ok || !static_ok {
             return Err(conflict(format!(
                 "it holds {} from pool {}, which does not match the request",
@@ -296,19 +265,26 @@ pub(crate) fn check_same_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Pool;
+    use crate::plan::{Exclusion, PoolSpec};
 
-    fn req(family: IpFamily, supernet: &str, len: u8, exclude: &[&str]) -> AddressRequest {
-        AddressRequest {
+    fn req(family: IpFamily, supernet: &str, len: u8, exclude: &[&str]) -> AddressSpec {
+        AddressSpec {
             family,
-            pool: Some(Pool {
+            pool: Some(PoolSpec {
                 name: "p".into(),
-                supernet: supernet.into(),
+                supernet: supernet.parse().unwrap(),
                 subnet_len: len,
-                exclude: exclude.iter().map(|s| (*s).to_owned()).collect(),
+                exclude: exclude
+                    .iter()
+                    .map(|s| Exclusion::parse(s).unwrap())
+                    .collect(),
             }),
             static_address: None,
         }
+    }
+
+    fn stat(s: &str) -> StaticAddress {
+        StaticAddress::parse(s).unwrap()
     }
 
     fn ip(s: &str) -> u128 {
@@ -317,11 +293,11 @@ mod tests {
 
     #[test]
     fn a_pool_merges_its_exclusions_and_truncates_its_supernet() {
-        let p = ParsedPool::parse(&req(
+        let p = ParsedPool::of(&req(
             IpFamily::Ipv4,
             "10.1.2.3/16",
             24,
-            &["10.1.0.0/24", "10.1.1.0-10.1.1.255", "10.1.5.7"],
+            &["10.1.0.0/24", "10.1.1.0-10.1.1.255", "10.1.5.7/32"],
         ))
         .unwrap();
         assert_eq!(p.supernet, "10.1.0.0/16".parse::<IpNet>().unwrap());
@@ -341,16 +317,13 @@ mod tests {
             (req(IpFamily::Ipv4, "10.0.0.0/16", 8, &[]), "/8"),
             (req(IpFamily::Ipv6, "fd00::/64", 127, &[]), "/127"),
             (
-                req(IpFamily::Ipv4, "10.0.0.0/8", 24, &["fd00::1"]),
+                req(IpFamily::Ipv4, "10.0.0.0/8", 24, &["fd00::1/128"]),
                 "exclude",
             ),
-            (
-                req(IpFamily::Ipv4, "10.0.0.0/8", 24, &["10.0.0.9-10.0.0.1"]),
-                "exclude",
-            ),
-            (req(IpFamily::Ipv4, "nonsense", 24, &[]), "supernet"),
+            // A supernet that is not a CIDR, or a reversed range, cannot
+            // reach a store: neither can be built as a typed request.
         ] {
-            let e = ParsedPool::parse(&r).unwrap_err();
+            let e = ParsedPool::of(&r).unwrap_err();
             assert!(
                 matches!(e, IpamError::InvalidRequest { .. }),
                 "{what}: {e:?}"
@@ -375,22 +348,25 @@ mod tests {
 
     #[test]
     fn a_static_address_must_fit_the_pool() {
-        let p = ParsedPool::parse(&req(IpFamily::Ipv4, "10.0.0.0/16", 24, &[])).unwrap();
-        assert_eq!(parse_static(&p, "t", "10.0.3.4").unwrap(), ip("10.0.3.4"));
+        let p = ParsedPool::of(&req(IpFamily::Ipv4, "10.0.0.0/16", 24, &[])).unwrap();
         assert_eq!(
-            parse_static(&p, "t", "10.0.3.4/24").unwrap(),
+            check_static(&p, "t", &stat("10.0.3.4")).unwrap(),
+            ip("10.0.3.4")
+        );
+        assert_eq!(
+            check_static(&p, "t", &stat("10.0.3.4/24")).unwrap(),
             ip("10.0.3.4")
         );
         assert!(matches!(
-            parse_static(&p, "t", "10.0.3.4/25"),
+            check_static(&p, "t", &stat("10.0.3.4/25")),
             Err(IpamError::InvalidRequest { .. })
         ));
         assert!(matches!(
-            parse_static(&p, "t", "fd00::1"),
+            check_static(&p, "t", &stat("fd00::1")),
             Err(IpamError::InvalidRequest { .. })
         ));
         assert!(matches!(
-            parse_static(&p, "t", "10.1.0.1"),
+            check_static(&p, "t", &stat("10.1.0.1")),
             Err(IpamError::StaticOutOfRange { .. })
         ));
     }
@@ -417,7 +393,7 @@ mod tests {
             std::slice::from_ref(&r)
         )));
         assert!(conflict(check_same_request(&key, "t", &held, "t", &[])));
-        r.static_address = Some("10.0.0.3".into());
+        r.static_address = Some(stat("10.0.0.3"));
         assert!(conflict(check_same_request(
             &key,
             "t",
@@ -425,7 +401,7 @@ mod tests {
             "t",
             std::slice::from_ref(&r)
         )));
-        r.static_address = Some("10.0.0.2/24".into());
+        r.static_address = Some(stat("10.0.0.2/24"));
         check_same_request(&key, "t", &held, "t", &[r]).unwrap();
     }
 }

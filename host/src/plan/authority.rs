@@ -10,7 +10,7 @@
 //!   host-link range only: a plan may ask for a host link (and name a pool
 //!   inside that range, which is checked), but never picks the address: the
 //!   host replaces the request with the node's own host-link pool
-//!   ([`AddressAuthority::assign_host_links`]), whose excluded ranges (the
+//!   ([`AddressAuthority::assign_host_links`], on the typed plan), whose excluded ranges (the
 //!   cloud metadata services by default) are never handed out;
 //! - whatever is configured, the special ranges ([`special_range`]) are
 //!   never allowed: loopback, multicast, unspecified, reserved, IPv4-mapped
@@ -23,7 +23,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{IpFamily, Pool};
+use super::IpFamily;
+use super::valid::{Exclusion, PoolSpec, ValidPlan};
 
 /// The pool supernets plans may use by default: the private ranges.
 pub const DEFAULT_POOLS: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"];
@@ -225,23 +226,23 @@ impl AddressAuthority {
         }
     }
 
-    /// The node's host-link pool of `family`: the whole host-link range as
-    /// one node-local subnet, its exclusions excluded.
-    pub fn host_link_pool(&self, family: IpFamily) -> Option<Pool> {
+    /// The node's host-link pool of `family`, typed: the whole host-link
+    /// range as one node-local subnet, its exclusions excluded.
+    pub fn host_link_spec(&self, family: IpFamily) -> Option<PoolSpec> {
         let range = self.host_link(family)?;
-        Some(Pool {
+        Some(PoolSpec {
             name: match family {
                 IpFamily::Ipv4 => "host-link-v4",
                 IpFamily::Ipv6 => "host-link-v6",
             }
             .into(),
-            supernet: range.to_string(),
+            supernet: range,
             subnet_len: range.prefix_len(),
             exclude: self
                 .host_link_exclude
                 .iter()
                 .filter(|x| overlaps(range, **x))
-                .map(|x| x.to_string())
+                .map(|x| Exclusion::cidr(*x))
                 .collect(),
         })
     }
@@ -251,7 +252,7 @@ impl AddressAuthority {
     /// plan named one): the plan asks for a host link, the node decides
     /// where its address comes from. Requests whose family
     /// has no range were refused by validation already.
-    pub fn assign_host_links(&self, plan: &mut super::Plan) {
+    pub fn assign_host_links(&self, plan: &mut ValidPlan) {
         for ifc in plan
             .interfaces
             .iter_mut()
@@ -263,7 +264,7 @@ impl AddressAuthority {
                 // the range under that name keeps working after an upgrade.
                 // Only the range, its geometry and exclusions are the node's.
                 let name = a.pool.take().map(|p| p.name);
-                a.pool = self.host_link_pool(a.family).map(|mut p| {
+                a.pool = self.host_link_spec(a.family).map(|mut p| {
                     if let Some(n) = name {
                         p.name = n;
                     }
@@ -342,14 +343,14 @@ mod tests {
         }
         let e = a.check_host_link_range(net("fd00::/64")).unwrap_err();
         assert!(e.contains("no IPv6 host-link range"), "{e}");
-        let p = a.host_link_pool(IpFamily::Ipv4).unwrap();
+        let p = a.host_link_spec(IpFamily::Ipv4).unwrap().to_wire();
         assert_eq!(
             (p.name.as_str(), p.supernet.as_str(), p.subnet_len),
             ("host-link-v4", "169.254.128.0/17", 17)
         );
         assert_eq!(p.exclude, ["169.254.169.0/24", "169.254.170.0/24"]);
         assert!(a.host_link_excluded("169.254.169.254".parse().unwrap()));
-        assert!(a.host_link_pool(IpFamily::Ipv6).is_none());
+        assert!(a.host_link_spec(IpFamily::Ipv6).is_none());
     }
 
     #[test]

@@ -6,14 +6,22 @@
 //! conversions live in `policy::convert`. What a plan may contain is decided
 //! by `validate` (shape and bounds), `authority` (the operator's address
 //! ranges) and `node` (the node's own addresses and routes, at ADD time).
+//! Validation parses the plan's strings once and hands on a typed
+//! [`ValidPlan`] (`valid`): what apply, the address stores and the CNI
+//! result consume.
 
 pub mod authority;
 pub mod node;
+pub mod valid;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
 pub use authority::AddressAuthority;
+pub use valid::{
+    AddressSpec, Exclusion, PoolSpec, StaticAddress, ValidDns, ValidInterface, ValidPlan,
+    ValidRoute, Via,
+};
 pub use validate::{PlanError, validate};
 
 /// A key/value pair (labels, annotations, sysctls, CNI_ARGS).

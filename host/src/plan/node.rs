@@ -17,12 +17,11 @@
 //! ever handed out.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use super::validate::{PlanError, parse_range};
-use super::{InterfaceKind, Plan};
+use super::validate::PlanError;
+use super::{InterfaceKind, ValidPlan};
 use crate::cni::code;
 use crate::netns::{Netns, NetnsError};
 
@@ -84,42 +83,34 @@ fn covered(mut lo: u128, hi: u128, ranges: &[(u128, u128)]) -> bool {
     false
 }
 
-/// The ranges of a (validated) plan: each SDN-port pool's supernet and
+/// The ranges of a validated plan: each SDN-port pool's supernet and
 /// static address, each host link's pool.
-fn claims(plan: &Plan) -> Vec<Claim> {
+fn claims(plan: &ValidPlan) -> Vec<Claim> {
     let mut out = Vec::new();
     for (i, ifc) in plan.interfaces.iter().enumerate() {
         for (j, a) in ifc.addresses.iter().enumerate() {
             let at = format!("interfaces[{i}].addresses[{j}]");
-            if let Some(p) = &a.pool
-                && let Ok(net) = IpNet::from_str(&p.supernet)
-            {
+            if let Some(p) = &a.pool {
                 let exclude = match ifc.kind {
                     InterfaceKind::HostLink => p
                         .exclude
                         .iter()
-                        .filter_map(|x| parse_range(x))
-                        .map(|(lo, hi)| (to_u128(lo), to_u128(hi)))
+                        .map(|x| (to_u128(x.first()), to_u128(x.last())))
                         .collect(),
                     InterfaceKind::SdnPort => Vec::new(),
                 };
                 out.push(Claim {
                     field: format!("{at}.pool.supernet"),
-                    net,
+                    net: p.supernet,
                     exclude,
                 });
             }
             if let Some(s) = &a.static_address {
-                let net = IpNet::from_str(s)
-                    .map(|n| n.trunc())
-                    .or_else(|_| IpAddr::from_str(s).map(IpNet::from));
-                if let Ok(net) = net {
-                    out.push(Claim {
-                        field: format!("{at}.staticAddress"),
-                        net,
-                        exclude: Vec::new(),
-                    });
-                }
+                out.push(Claim {
+                    field: format!("{at}.staticAddress"),
+                    net: s.net(),
+                    exclude: Vec::new(),
+                });
             }
         }
     }
@@ -128,7 +119,7 @@ fn claims(plan: &Plan) -> Vec<Claim> {
 
 /// Refuses a plan that would hand out any part of the node's own addresses
 /// or routed destinations (see the module docs). Reads only.
-pub fn check(plan: &Plan, netns: &dyn Netns) -> Result<(), NodeCheckError> {
+pub fn check(plan: &ValidPlan, netns: &dyn Netns) -> Result<(), NodeCheckError> {
     let claims = claims(plan);
     if claims.is_empty() {
         return Ok(());
@@ -168,7 +159,7 @@ mod tests {
     use super::*;
     use crate::netns::{FakeNetns, NodeEntry, NodeEntryKind};
     use crate::plan::authority::AddressAuthority;
-    use crate::plan::{AddressRequest, Dns, Interface, IpFamily, Pool};
+    use crate::plan::{AddressSpec, IpFamily, PoolSpec, StaticAddress, ValidInterface};
 
     fn entry(net: &str, kind: NodeEntryKind, dev: &str) -> NodeEntry {
         NodeEntry {
@@ -178,23 +169,33 @@ mod tests {
         }
     }
 
-    fn plan(supernet: &str, static_address: Option<&str>) -> Plan {
-        let mut p = Plan::initial("eth0", None, Dns::default());
-        p.tenant = "acme".into();
-        p.interfaces[0].addresses.push(AddressRequest {
-            family: IpFamily::Ipv4,
-            pool: Some(Pool {
-                name: "p".into(),
-                supernet: supernet.into(),
-                subnet_len: 24,
-                exclude: vec![],
-            }),
-            static_address: static_address.map(Into::into),
+    /// Built typed, not validated: the node check must hold for any typed
+    /// plan (a static address outside its pool included).
+    fn plan(supernet: &str, static_address: Option<&str>) -> ValidPlan {
+        let mut p = ValidPlan {
+            tenant: "acme".into(),
+            ..ValidPlan::default()
+        };
+        p.interfaces.push(ValidInterface {
+            name: "eth0".into(),
+            kind: InterfaceKind::SdnPort,
+            addresses: vec![AddressSpec {
+                family: IpFamily::Ipv4,
+                pool: Some(PoolSpec {
+                    name: "p".into(),
+                    supernet: supernet.parse().unwrap(),
+                    subnet_len: 24,
+                    exclude: vec![],
+                }),
+                static_address: static_address.map(|s| StaticAddress::parse(s).unwrap()),
+            }],
+            mac: None,
+            mtu: None,
         });
-        p.interfaces.push(Interface {
+        p.interfaces.push(ValidInterface {
             name: "eth1".into(),
             kind: InterfaceKind::HostLink,
-            addresses: vec![AddressRequest {
+            addresses: vec![AddressSpec {
                 family: IpFamily::Ipv4,
                 pool: None,
                 static_address: None,

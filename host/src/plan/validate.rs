@@ -6,10 +6,15 @@
 //! A module can never get past these: apply only ever sees a plan that
 //! passed both.
 //!
-//! Every check reads the strings exactly as they will be stored and used:
-//! nothing is trimmed or normalised first, so what passed is what the
-//! stores and backends get. Every string has a length limit and the whole
-//! plan a size limit ([`limits`]), so nothing a plan carries can grow a
+//! [`structure`] parses every address, CIDR, range, gateway, MAC and name
+//! server of the plan exactly once and returns the [`ValidPlan`] built from
+//! them: what comes after validation reads those values and never parses a
+//! plan's string again ([`super::valid`]).
+//!
+//! Every check reads the strings exactly as they arrived: nothing is
+//! trimmed or normalised first, so what passed is what was parsed (and
+//! what the stores record of a pool's exclusions). Every string has a
+//! length limit and the whole plan a size limit ([`limits`]), so nothing a plan carries can grow a
 //! store beyond a bound. Addresses are checked against the operator's
 //! [`AddressAuthority`]; the node's own addresses and routes are checked at
 //! ADD time ([`super::node`]).
@@ -21,7 +26,12 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use super::authority::AddressAuthority;
+use super::valid::{
+    AddressSpec, Exclusion, PoolSpec, StaticAddress, ValidDns, ValidInterface, ValidPlan,
+    ValidRoute, Via, family_of, family_of_ip,
+};
 use super::{AddressRequest, InterfaceKind, IpFamily, NextHop, Plan, Pool, Request};
+use crate::netns::MacAddr;
 
 /// Size limits that keep a plan (and the work it causes) bounded.
 pub mod limits {
@@ -67,14 +77,38 @@ fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Pl
     })
 }
 
-/// Both checks: [`structure`], then [`complete`].
+/// Both checks: [`structure`], then [`complete`]; the typed plan.
 pub fn validate(
     plan: &Plan,
     request: &Request,
     authority: &AddressAuthority,
-) -> Result<(), PlanError> {
-    structure(plan, authority)?;
-    complete(plan, request)
+) -> Result<ValidPlan, PlanError> {
+    let valid = structure(plan, authority)?;
+    complete(&valid, request)?;
+    Ok(valid)
+}
+
+/// The end of an ADD's planning: [`validate`], then the node's host-link
+/// pool given to every host link ([`AddressAuthority::assign_host_links`])
+/// in the typed plan (what is applied) and, as text, in the wire plan (what
+/// is shown).
+pub fn finish(
+    plan: &mut Plan,
+    request: &Request,
+    authority: &AddressAuthority,
+) -> Result<ValidPlan, PlanError> {
+    let mut valid = validate(plan, request, authority)?;
+    authority.assign_host_links(&mut valid);
+    // The wire plan shows what is applied: the same interfaces, in order.
+    for (w, v) in plan.interfaces.iter_mut().zip(&valid.interfaces) {
+        if w.kind == InterfaceKind::HostLink {
+            for (wa, va) in w.addresses.iter_mut().zip(&v.addresses) {
+                wa.pool = va.pool.as_ref().map(PoolSpec::to_wire);
+                wa.static_address = None;
+            }
+        }
+    }
+    Ok(valid)
 }
 
 /// The bytes of every string in a plan together (what [`limits::PLAN_BYTES`]
@@ -106,9 +140,9 @@ pub fn text_bytes(plan: &Plan) -> usize {
 }
 
 /// Checks that everything present is well-formed and bounded, and that every
-/// address lies where the operator allows it. An incomplete plan (no tenant
-/// yet, no addresses yet) passes.
-pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanError> {
+/// address lies where the operator allows it; returns the plan typed. An
+/// incomplete plan (no tenant yet, no addresses yet) passes.
+pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<ValidPlan, PlanError> {
     let bytes = text_bytes(plan);
     if bytes > limits::PLAN_BYTES {
         return fail(
@@ -134,6 +168,7 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanEr
     check_len("annotations", plan.annotations.len(), limits::ANNOTATIONS)?;
 
     let mut names = HashSet::new();
+    let mut interfaces = Vec::with_capacity(plan.interfaces.len());
     for (i, ifc) in plan.interfaces.iter().enumerate() {
         let at = |f: &str| format!("interfaces[{i}].{f}");
         if let Err(m) = check_ifname(&ifc.name) {
@@ -142,83 +177,46 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanEr
         if !names.insert(ifc.name.as_str()) {
             return fail(at("name"), format!("duplicate interface {:?}", ifc.name));
         }
-        if let Some(mac) = &ifc.mac
-            && !valid_unicast_mac(mac)
-        {
-            return fail(
-                at("mac"),
-                format!("{:?} is not a unicast MAC address", clip(mac)),
-            );
-        }
+        let mac = ifc
+            .mac
+            .as_deref()
+            .map(|m| {
+                parse_unicast_mac(m).ok_or_else(|| PlanError {
+                    field: at("mac"),
+                    message: format!("{:?} is not a unicast MAC address", clip(m)),
+                })
+            })
+            .transpose()?;
         if let Some(mtu) = ifc.mtu
             && !(68..=65535).contains(&mtu)
         {
             return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
         }
         check_len(&at("addresses"), ifc.addresses.len(), limits::ADDRESSES)?;
+        let mut addresses = Vec::with_capacity(ifc.addresses.len());
         for (j, a) in ifc.addresses.iter().enumerate() {
-            check_address(
+            addresses.push(check_address(
                 &format!("interfaces[{i}].addresses[{j}]"),
                 ifc.kind,
                 a,
                 authority,
-            )?;
+            )?);
         }
+        interfaces.push(ValidInterface {
+            name: ifc.name.clone(),
+            kind: ifc.kind,
+            addresses,
+            mac,
+            mtu: ifc.mtu,
+        });
     }
 
-    for (i, r) in plan.routes.iter().enumerate() {
-        let at = |f: &str| format!("routes[{i}].{f}");
-        let dst = parse_cidr(&r.dst).map_err(|m| PlanError {
-            field: at("dst"),
-            message: m,
-        })?;
-        let Some(ifc) = plan.interface(&r.interface) else {
-            return fail(
-                at("interface"),
-                format!("{:?} is not a planned interface", clip(&r.interface)),
-            );
-        };
-        match &r.via {
-            NextHop::OnLink => {}
-            NextHop::SubnetGateway => {
-                if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
-                    return fail(
-                        at("via"),
-                        format!(
-                            "{} has no {} address, so it has no subnet gateway",
-                            ifc.name,
-                            family_name(family_of(dst))
-                        ),
-                    );
-                }
-            }
-            NextHop::Address(gw) => {
-                let Ok(gw_ip) = IpAddr::from_str(gw) else {
-                    return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
-                };
-                if family_of_ip(gw_ip) != family_of(dst) {
-                    return fail(
-                        at("via"),
-                        format!("gateway {gw} and destination {} differ in family", r.dst),
-                    );
-                }
-                if !connected_subnets(&ifc.addresses)
-                    .iter()
-                    .any(|n| n.contains(&gw_ip))
-                {
-                    return fail(
-                        at("via"),
-                        format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
-                    );
-                }
-            }
-        }
-        if let Some(mtu) = r.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
-        }
-    }
+    let routes = plan
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| check_route(i, r, &interfaces))
+        .collect::<Result<Vec<_>, _>>()?;
 
     check_len(
         "dns.nameservers",
@@ -227,13 +225,15 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanEr
     )?;
     check_len("dns.search", plan.dns.search.len(), limits::DNS_ENTRIES)?;
     check_len("dns.options", plan.dns.options.len(), limits::DNS_ENTRIES)?;
+    let mut nameservers = Vec::with_capacity(plan.dns.nameservers.len());
     for (i, ns) in plan.dns.nameservers.iter().enumerate() {
-        if IpAddr::from_str(ns).is_err() {
+        let Ok(ip) = IpAddr::from_str(ns) else {
             return fail(
                 format!("dns.nameservers[{i}]"),
                 format!("{:?} is not an IP address", clip(ns)),
             );
-        }
+        };
+        nameservers.push(ip);
     }
     for (i, d) in plan
         .dns
@@ -286,7 +286,85 @@ pub fn structure(plan: &Plan, authority: &AddressAuthority) -> Result<(), PlanEr
             })?;
         }
     }
-    Ok(())
+    Ok(ValidPlan {
+        tenant: plan.tenant.clone(),
+        interfaces,
+        routes,
+        dns: ValidDns {
+            nameservers,
+            domain: plan.dns.domain.clone(),
+            search: plan.dns.search.clone(),
+            options: plan.dns.options.clone(),
+        },
+        sysctls: plan.sysctls.clone(),
+        annotations: plan.annotations.clone(),
+    })
+}
+
+/// One route: a canonical destination, a planned interface, a next hop
+/// that interface can reach (a gateway on one of its connected subnets).
+fn check_route(
+    i: usize,
+    r: &super::Route,
+    interfaces: &[ValidInterface],
+) -> Result<ValidRoute, PlanError> {
+    let at = |f: &str| format!("routes[{i}].{f}");
+    let dst = parse_cidr(&r.dst).map_err(|m| PlanError {
+        field: at("dst"),
+        message: m,
+    })?;
+    let Some(ifc) = interfaces.iter().find(|v| v.name == r.interface) else {
+        return fail(
+            at("interface"),
+            format!("{:?} is not a planned interface", clip(&r.interface)),
+        );
+    };
+    let via = match &r.via {
+        NextHop::OnLink => Via::OnLink,
+        NextHop::SubnetGateway => {
+            if !ifc.addresses.iter().any(|a| family_of(dst) == a.family) {
+                return fail(
+                    at("via"),
+                    format!(
+                        "{} has no {} address, so it has no subnet gateway",
+                        ifc.name,
+                        family_name(family_of(dst))
+                    ),
+                );
+            }
+            Via::SubnetGateway
+        }
+        NextHop::Address(gw) => {
+            let Ok(gw_ip) = IpAddr::from_str(gw) else {
+                return fail(at("via"), format!("{:?} is not an IP address", clip(gw)));
+            };
+            if family_of_ip(gw_ip) != family_of(dst) {
+                return fail(
+                    at("via"),
+                    format!("gateway {gw} and destination {} differ in family", r.dst),
+                );
+            }
+            if !connected_subnets(&ifc.addresses).any(|n| n.contains(&gw_ip)) {
+                return fail(
+                    at("via"),
+                    format!("gateway {gw} is not on a subnet connected to {}", ifc.name),
+                );
+            }
+            Via::Address(gw_ip)
+        }
+    };
+    if let Some(mtu) = r.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return fail(at("mtu"), format!("{mtu} is outside 68..=65535"));
+    }
+    Ok(ValidRoute {
+        dst,
+        interface: r.interface.clone(),
+        via,
+        metric: r.metric,
+        mtu: r.mtu,
+    })
 }
 
 /// `tenet.io/` annotation keys are the backends' (documented in
@@ -317,9 +395,10 @@ fn check_backend_annotation(plan: &Plan, i: usize, a: &crate::plan::Kv) -> Resul
     Ok(())
 }
 
-/// Checks what apply needs on the final plan: a tenant, the primary interface
-/// (CNI_IFNAME) as an SDN port, and an address for every interface.
-pub fn complete(plan: &Plan, request: &Request) -> Result<(), PlanError> {
+/// Checks what apply needs on the final (typed) plan: a tenant, the primary
+/// interface (CNI_IFNAME) as an SDN port, and an address for every
+/// interface.
+pub fn complete(plan: &ValidPlan, request: &Request) -> Result<(), PlanError> {
     if plan.tenant.is_empty() {
         return fail("tenant", "no stage decided the tenant");
     }
@@ -356,7 +435,7 @@ pub fn complete(plan: &Plan, request: &Request) -> Result<(), PlanError> {
             // pool (`AddressAuthority::assign_host_links`).
             if ifc.kind == InterfaceKind::SdnPort
                 && a.pool.is_none()
-                && a.static_address.as_deref().is_none_or(|s| !s.contains('/'))
+                && a.static_address.is_none_or(|s| s.prefix.is_none())
             {
                 return fail(
                     format!("interfaces[{i}].addresses[{j}]"),
@@ -404,14 +483,18 @@ pub fn valid_tenant(t: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-fn valid_unicast_mac(mac: &str) -> bool {
-    let parts: Vec<&str> = mac.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
-        && parts.iter().any(|p| *p != "00")
+/// A unicast, non-zero MAC written `aa:bb:cc:dd:ee:ff` (colons only).
+fn parse_unicast_mac(mac: &str) -> Option<MacAddr> {
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && out[0] & 1 == 0 && out != [0; 6]).then_some(MacAddr(out))
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -442,20 +525,6 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(n)
 }
 
-fn family_of(n: IpNet) -> IpFamily {
-    match n {
-        IpNet::V4(_) => IpFamily::Ipv4,
-        IpNet::V6(_) => IpFamily::Ipv6,
-    }
-}
-
-fn family_of_ip(a: IpAddr) -> IpFamily {
-    match a {
-        IpAddr::V4(_) => IpFamily::Ipv4,
-        IpAddr::V6(_) => IpFamily::Ipv6,
-    }
-}
-
 fn family_name(f: IpFamily) -> &'static str {
     match f {
         IpFamily::Ipv4 => "IPv4",
@@ -478,31 +547,22 @@ fn check_address_text(s: &str) -> Result<(), String> {
 }
 
 /// Parses "10.1.2.3" or "10.1.2.3/24".
-fn parse_static(s: &str) -> Result<(IpAddr, Option<IpNet>), String> {
+fn parse_static(s: &str) -> Result<StaticAddress, String> {
     check_address_text(s)?;
-    if s.contains('/') {
-        let n = IpNet::from_str(s).map_err(|_| format!("{:?} is not an address", clip(s)))?;
-        Ok((n.addr(), Some(n.trunc())))
-    } else {
-        let a = IpAddr::from_str(s).map_err(|_| format!("{:?} is not an address", clip(s)))?;
-        Ok((a, None))
-    }
+    StaticAddress::parse(s).ok_or_else(|| format!("{:?} is not an address", clip(s)))
 }
 
 /// Subnets a gateway may sit on before allocation: each static address's
 /// subnet and each pool's supernet (the tenant subnet is inside it; apply
 /// checks again once the subnet is carved).
-fn connected_subnets(addrs: &[AddressRequest]) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for a in addrs {
-        if let Some(Ok((_, Some(n)))) = a.static_address.as_deref().map(parse_static) {
-            out.push(n);
-        }
-        if let Some(Ok(n)) = a.pool.as_ref().map(|p| IpNet::from_str(&p.supernet)) {
-            out.push(n);
-        }
-    }
-    out
+fn connected_subnets(addrs: &[AddressSpec]) -> impl Iterator<Item = IpNet> + '_ {
+    addrs.iter().flat_map(|a| {
+        let stat = a
+            .static_address
+            .filter(|s| s.prefix.is_some())
+            .map(|s| s.net());
+        stat.into_iter().chain(a.pool.as_ref().map(|p| p.supernet))
+    })
 }
 
 fn check_address(
@@ -510,19 +570,19 @@ fn check_address(
     kind: InterfaceKind,
     a: &AddressRequest,
     authority: &AddressAuthority,
-) -> Result<(), PlanError> {
-    let mut pool_net = None;
+) -> Result<AddressSpec, PlanError> {
+    let mut pool = None;
     if let Some(p) = &a.pool {
-        let net = check_pool(&format!("{at}.pool"), a.family, p)?;
+        let spec = check_pool(&format!("{at}.pool"), a.family, p)?;
         let allowed = match kind {
-            InterfaceKind::SdnPort => authority.check_tenant_range(net),
-            InterfaceKind::HostLink => authority.check_host_link_range(net),
+            InterfaceKind::SdnPort => authority.check_tenant_range(spec.supernet),
+            InterfaceKind::HostLink => authority.check_host_link_range(spec.supernet),
         };
         allowed.map_err(|m| PlanError {
             field: format!("{at}.pool.supernet"),
             message: m,
         })?;
-        pool_net = Some(net);
+        pool = Some(spec);
     }
     if kind == InterfaceKind::HostLink {
         if a.static_address.is_some() {
@@ -540,13 +600,19 @@ fn check_address(
                 ),
             );
         }
-        return Ok(());
+        return Ok(AddressSpec {
+            family: a.family,
+            pool,
+            static_address: None,
+        });
     }
+    let mut static_address = None;
     if let Some(s) = &a.static_address {
-        let (ip, net) = parse_static(s).map_err(|m| PlanError {
+        let stat = parse_static(s).map_err(|m| PlanError {
             field: format!("{at}.staticAddress"),
             message: m,
         })?;
+        let ip = stat.addr;
         if family_of_ip(ip) != a.family {
             return fail(
                 format!("{at}.staticAddress"),
@@ -554,43 +620,46 @@ fn check_address(
             );
         }
         authority
-            .check_tenant_range(net.unwrap_or(IpNet::from(ip)))
+            .check_tenant_range(stat.net())
             .map_err(|m| PlanError {
                 field: format!("{at}.staticAddress"),
                 message: m,
             })?;
-        if let (Some(p), Some(pn)) = (&a.pool, pool_net) {
-            if !pn.contains(&ip) {
+        if let Some(p) = &pool {
+            if !p.supernet.contains(&ip) {
                 return fail(
                     format!("{at}.staticAddress"),
                     format!("{s} is outside pool {} ({})", p.name, p.supernet),
                 );
             }
-            if p.exclude.iter().any(|x| excluded(x, ip)) {
+            if p.exclude.iter().any(|x| x.contains(ip)) {
                 return fail(
                     format!("{at}.staticAddress"),
                     format!("{s} is in an excluded range of pool {}", p.name),
                 );
             }
-            if let Some(n) = net
-                && n.prefix_len() != p.subnet_len
+            if let Some(len) = stat.prefix
+                && len != p.subnet_len
             {
                 return fail(
                     format!("{at}.staticAddress"),
                     format!(
-                        "{s} has prefix /{} but pool {} hands out /{} subnets",
-                        n.prefix_len(),
-                        p.name,
-                        p.subnet_len
+                        "{s} has prefix /{len} but pool {} hands out /{} subnets",
+                        p.name, p.subnet_len
                     ),
                 );
             }
         }
+        static_address = Some(stat);
     }
-    Ok(())
+    Ok(AddressSpec {
+        family: a.family,
+        pool,
+        static_address,
+    })
 }
 
-fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> {
+fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<PoolSpec, PlanError> {
     if p.name.is_empty()
         || p.name.len() > 63
         || !p
@@ -629,39 +698,31 @@ fn check_pool(at: &str, family: IpFamily, p: &Pool) -> Result<IpNet, PlanError> 
         );
     }
     check_len(&format!("{at}.exclude"), p.exclude.len(), limits::EXCLUDES)?;
+    let mut exclude = Vec::with_capacity(p.exclude.len());
     for (k, x) in p.exclude.iter().enumerate() {
         if let Err(m) = check_address_text(x) {
             return fail(format!("{at}.exclude[{k}]"), m);
         }
-        if parse_range(x)
-            .is_none_or(|(lo, hi)| family_of_ip(lo) != family || family_of_ip(hi) != family)
-        {
-            return fail(
-                format!("{at}.exclude[{k}]"),
-                format!(
-                    "{:?} is not a {} CIDR or a-b range",
-                    clip(x),
-                    family_name(family)
-                ),
-            );
+        match Exclusion::parse(x) {
+            Some(e) if e.family() == family => exclude.push(e),
+            _ => {
+                return fail(
+                    format!("{at}.exclude[{k}]"),
+                    format!(
+                        "{:?} is not a {} CIDR or a-b range",
+                        clip(x),
+                        family_name(family)
+                    ),
+                );
+            }
         }
     }
-    Ok(net)
-}
-
-/// Parses an exclusion: a CIDR or an inclusive "a-b" range, exactly as
-/// written (no spaces: what is stored is what was checked).
-pub(crate) fn parse_range(s: &str) -> Option<(IpAddr, IpAddr)> {
-    if let Some((a, b)) = s.split_once('-') {
-        let (a, b) = (IpAddr::from_str(a).ok()?, IpAddr::from_str(b).ok()?);
-        return (family_of_ip(a) == family_of_ip(b) && a <= b).then_some((a, b));
-    }
-    let n = IpNet::from_str(s).ok()?;
-    Some((n.network(), n.broadcast()))
-}
-
-fn excluded(x: &str, ip: IpAddr) -> bool {
-    parse_range(x).is_some_and(|(lo, hi)| lo <= ip && ip <= hi)
+    Ok(PoolSpec {
+        name: p.name.clone(),
+        supernet: net,
+        subnet_len: p.subnet_len,
+        exclude,
+    })
 }
 
 /// Sysctls a pod may set: per-interface keys of its own planned interfaces,
@@ -727,12 +788,16 @@ mod tests {
     use super::*;
     use crate::plan::{Command, Dns, Interface, Kv, Route};
 
-    fn validate(p: &Plan, r: &Request) -> Result<(), PlanError> {
+    fn validate(p: &Plan, r: &Request) -> Result<ValidPlan, PlanError> {
         super::validate(p, r, &AddressAuthority::default())
     }
 
-    fn structure(p: &Plan) -> Result<(), PlanError> {
+    fn structure(p: &Plan) -> Result<ValidPlan, PlanError> {
         super::structure(p, &AddressAuthority::default())
+    }
+
+    fn complete(p: &Plan, r: &Request) -> Result<(), PlanError> {
+        super::complete(&structure(p)?, r)
     }
 
     fn request() -> Request {
@@ -814,6 +879,127 @@ mod tests {
     #[test]
     fn a_good_plan_passes() {
         validate(&good(), &request()).unwrap();
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn validation_returns_the_plan_typed() {
+        let mut wire = good();
+        wire.interfaces[0].mac = Some("02:AA:bb:00:00:05".into());
+        wire.interfaces[0].addresses.push(AddressRequest {
+            family: IpFamily::Ipv6,
+            pool: Some(Pool {
+                name: "pods-v6".into(),
+                supernet: "fd00:64::/48".into(),
+                subnet_len: 64,
+                exclude: vec!["fd00:64::/64".into()],
+            }),
+            static_address: Some("fd00:64:0:7::9/64".into()),
+        });
+        wire.routes.push(Route {
+            dst: "10.50.0.0/16".into(),
+            interface: "eth0".into(),
+            via: NextHop::OnLink,
+            metric: None,
+            mtu: Some(1400),
+        });
+        let v = validate(&wire, &request()).unwrap();
+        assert_eq!(v.tenant, "acme");
+        let eth0 = &v.interfaces[0];
+        assert_eq!(
+            (eth0.name.as_str(), eth0.kind),
+            ("eth0", InterfaceKind::SdnPort)
+        );
+        assert_eq!(eth0.mac, Some(MacAddr([2, 0xaa, 0xbb, 0, 0, 5])));
+        let p4 = eth0.addresses[0].pool.as_ref().unwrap();
+        assert_eq!(
+            (p4.name.as_str(), p4.supernet, p4.subnet_len),
+            ("pods-v4", net("10.64.0.0/12"), 24)
+        );
+        let x: Vec<_> = p4
+            .exclude
+            .iter()
+            .map(|x| (x.first(), x.last(), x.text()))
+            .collect();
+        assert_eq!(
+            x,
+            [
+                (ip("10.64.0.0"), ip("10.64.0.255"), "10.64.0.0/24"),
+                (ip("10.65.0.10"), ip("10.65.0.20"), "10.65.0.10-10.65.0.20"),
+            ]
+        );
+        let a6 = &eth0.addresses[1];
+        assert_eq!(a6.family, IpFamily::Ipv6);
+        assert_eq!(
+            a6.static_address,
+            Some(StaticAddress {
+                addr: ip("fd00:64:0:7::9"),
+                prefix: Some(64)
+            })
+        );
+        let eth1 = &v.interfaces[1];
+        assert_eq!(eth1.kind, InterfaceKind::HostLink);
+        assert_eq!(eth1.mtu, Some(1450));
+        assert_eq!(
+            v.routes,
+            [
+                ValidRoute {
+                    dst: net("0.0.0.0/0"),
+                    interface: "eth0".into(),
+                    via: Via::SubnetGateway,
+                    metric: None,
+                    mtu: None,
+                },
+                ValidRoute {
+                    dst: net("10.43.0.0/16"),
+                    interface: "eth1".into(),
+                    via: Via::Address(ip("169.254.128.1")),
+                    metric: Some(10),
+                    mtu: None,
+                },
+                ValidRoute {
+                    dst: net("10.50.0.0/16"),
+                    interface: "eth0".into(),
+                    via: Via::OnLink,
+                    metric: None,
+                    mtu: Some(1400),
+                },
+            ]
+        );
+        assert_eq!(v.dns.nameservers, [ip("10.96.0.10")]);
+        assert_eq!(v.dns.search, ["svc.cluster.local"]);
+        assert_eq!(v.sysctls, wire.sysctls);
+    }
+
+    #[test]
+    fn finishing_gives_host_links_the_nodes_pool_in_both_forms() {
+        let a = AddressAuthority::default();
+        let mut wire = good();
+        let v = super::finish(&mut wire, &request(), &a).unwrap();
+        let typed = v.interfaces[1].addresses[0].pool.as_ref().unwrap();
+        let shown = wire.interfaces[1].addresses[0].pool.as_ref().unwrap();
+        // The plan's pool name is kept; range and exclusions are the node's.
+        assert_eq!(
+            (typed.name.as_str(), shown.name.as_str()),
+            ("host-link-v4", "host-link-v4")
+        );
+        assert_eq!(typed.supernet.to_string(), shown.supernet);
+        assert_eq!(typed.subnet_len, shown.subnet_len);
+        let texts: Vec<&str> = typed.exclude.iter().map(Exclusion::text).collect();
+        assert_eq!(texts, shown.exclude);
+        assert_eq!(texts, ["169.254.169.0/24", "169.254.170.0/24"]);
+        // The SDN port's pool is untouched.
+        assert_eq!(
+            v.interfaces[0].addresses[0].pool.as_ref().unwrap().name,
+            "pods-v4"
+        );
     }
 
     fn rejects(f: impl FnOnce(&mut Plan), field: &str) {

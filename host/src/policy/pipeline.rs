@@ -115,8 +115,10 @@ pub struct StageReport {
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The final plan (validated).
+    /// The final plan (validated), as stages wrote it.
     pub plan: Plan,
+    /// For ADD, the final plan typed: what apply consumes.
+    pub valid: Option<plan::ValidPlan>,
     /// A report per stage, in order.
     pub reports: Vec<StageReport>,
 }
@@ -423,12 +425,18 @@ impl Pipeline {
         if let Some(b) = bundled {
             self.dispose(b);
         }
-        if request.command == Command::Add {
-            plan::validate::complete(&plan, request)
+        let valid = if request.command == Command::Add {
+            let valid = plan::validate::finish(&mut plan, request, authority)
                 .map_err(|e| PolicyError::new("final", Failure::InvalidPlan(e)))?;
-            authority.assign_host_links(&mut plan);
-        }
-        Ok(Outcome { plan, reports })
+            Some(valid)
+        } else {
+            None
+        };
+        Ok(Outcome {
+            plan,
+            valid,
+            reports,
+        })
     }
 
     /// The deadline of a call of `spec` in a run ending at `end`: its own

@@ -125,3 +125,104 @@ pub fn kubeconfig(dir: &Path, server: &str, token: &str) -> PathBuf {
     .unwrap();
     path
 }
+
+/// The pipeline of the tests through `tenet` with the API: the tenant from
+/// a pod label or its namespace's label, a pod's static address from an
+/// annotation, a pool and a default route.
+pub const PIPELINE: &str = r#"
+[[stage]]
+name = "tenant"
+module = "tenant-map"
+[stage.settings]
+labels = ["tenant_id"]
+namespaceLabels = ["capsule.clastix.io/tenant"]
+fromNamespace = true
+
+[[stage]]
+name = "ipam"
+module = "ipam-policy"
+[stage.settings]
+pools = [{ name = "pods-v4", family = "ipv4", supernet = "10.64.0.0/12", subnetLen = 24 }]
+staticAnnotation = "tenet.io/ip"
+
+[[stage]]
+name = "routes"
+module = "route-dns"
+[stage.settings]
+defaultRoute = true
+"#;
+
+/// Writes [`PIPELINE`] into `dir` and a `tenet.toml` at `config` running it
+/// with the API at `kubeconfig`; `kubernetes` is the rest of the
+/// `[kubernetes]` section (`timeout_ms = …`). State lives in `<dir>/state`.
+pub fn write_config(dir: &Path, config: &Path, kubeconfig: &Path, kubernetes: &str) {
+    let pipeline = super::manifest(dir, "pipeline.toml", PIPELINE);
+    std::fs::write(
+        config,
+        format!(
+            "pipeline = {:?}\nstate_dir = {:?}\ncache_dir = {:?}\nmodule_dirs = [{:?}]\n\
+             [kubernetes]\nkubeconfig = {:?}\n{kubernetes}",
+            pipeline,
+            dir.join("state"),
+            super::shared_cache(),
+            super::modules_dir(),
+            kubeconfig
+        ),
+    )
+    .unwrap();
+}
+
+/// A pod, as (namespace, name, uid).
+pub type PodRef<'a> = (&'a str, &'a str, &'a str);
+
+/// An ADD by `tenet` (the binary at `tenet`) with `config`, in dry-run mode
+/// (planned, not applied), for `pod` of network `kube-net`: its CNI reply.
+/// `kubernetes` is the network's `kubernetes` key, `annotations` the
+/// runtime's pod annotations.
+pub fn dry_run_add(
+    tenet: &Path,
+    config: &Path,
+    cni_path: &Path,
+    kubernetes: serde_json::Value,
+    annotations: serde_json::Value,
+    pod: PodRef<'_>,
+) -> serde_json::Value {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "kube-net", "type": "tenet",
+        "kubernetes": kubernetes,
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
+    });
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID={}",
+        pod.0, pod.1, pod.2
+    );
+    let out = super::run_with_stdin(
+        Command::new(tenet)
+            .env_clear()
+            .env("TENET_CONFIG", config)
+            .env("TENET_DRY_RUN", "1")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "c1")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", cni_path),
+        &conf.to_string(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The plan of a dry-run reply (code 110), or the reply when it is not one.
+pub fn dry_run_plan(reply: &serde_json::Value) -> Result<serde_json::Value, String> {
+    if reply["code"] != 110 {
+        return Err(reply.to_string());
+    }
+    let d = reply["details"].as_str().unwrap();
+    Ok(serde_json::from_str(d.strip_prefix("plan: ").unwrap()).unwrap())
+}

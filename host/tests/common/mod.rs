@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod etcd;
 pub mod install;
+pub mod ipam;
 pub mod kube;
 pub mod registry;
 

@@ -245,7 +245,7 @@ use super::{
 };
 use crate::config::{Config, SdnKind};
 use crate::etcd::{EtcdConn, EtcdSettings};
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 pub use crate::etcd::EtcdTls;
 
@@ -1041,7 +1041,7 @@ impl IpStore for EtcdStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         self.reserve_for_owner(key, tenant, requests, None)
     }
@@ -1050,7 +1050,7 @@ impl IpStore for EtcdStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
         owner: Option<&str>,
     ) -> Result<Vec<Allocation>, IpamError> {
         key.validate()?;
@@ -1076,7 +1076,7 @@ impl IpStore for EtcdStore {
         &self,
         key: &AttachmentKey,
         tenant: &str,
-        requests: &[AddressRequest],
+        requests: &[AddressSpec],
     ) -> Result<Vec<Allocation>, IpamError> {
         key.validate()?;
         let out = self.conn.run("claiming", |etcd| {

@@ -19,9 +19,9 @@ use ipnet::IpNet;
 use super::hint::{BlockHint, Hints, MAX_BLOCKS, TenantHint, Val};
 use super::keys::{Keys, unesc};
 use super::model::{BlockRec, HandleAlloc, HandleRec, NodeLease, PoolRec, SubnetRec};
-use crate::ipam::pool::{Geom, ParsedPool, parse_static, to_ip, to_u128};
+use crate::ipam::pool::{Geom, ParsedPool, check_static, to_ip, to_u128};
 use crate::ipam::{Allocation, AttachmentKey, ClaimState, IpamError};
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 /// The fixed inputs of one plan: the store's settings and the request.
 pub(super) struct PlanCtx<'a> {
@@ -49,12 +49,12 @@ pub(super) struct PlanCtx<'a> {
 }
 
 /// Checks a reserve's request before any I/O: a tenant, a non-empty sticky
-/// owner if any, every pool parsed, and no pool given two geometries.
+/// owner if any, every pool checked, and no pool given two geometries.
 pub(super) fn check_request(
     key: &AttachmentKey,
     tenant: &str,
     owner: Option<&str>,
-    requests: &[AddressRequest],
+    requests: &[AddressSpec],
 ) -> Result<Vec<ParsedPool>, IpamError> {
     if tenant.is_empty() {
         return Err(IpamError::InvalidRequest {
@@ -68,7 +68,7 @@ pub(super) fn check_request(
     }
     let mut parsed: Vec<ParsedPool> = Vec::with_capacity(requests.len());
     for r in requests {
-        let p = ParsedPool::parse(r)?;
+        let p = ParsedPool::of(r)?;
         if let Some(q) = parsed.iter().find(|q| q.name == p.name)
             && (q.supernet != p.supernet || q.subnet_len != p.subnet_len)
         {
@@ -98,7 +98,7 @@ pub(super) fn plan<'a>(
     view: &View,
     fetched: &'a Fetched,
     names: &[&str],
-    requests: &[AddressRequest],
+    requests: &[AddressSpec],
     parsed: &[ParsedPool],
     rng: u64,
 ) -> Result<(Attempt<'a>, HandleRec), PlanError> {
@@ -585,14 +585,14 @@ impl Attempt<'_> {
     /// Plans one address; records its compares and writes.
     pub(super) fn plan_one(
         &mut self,
-        req: &AddressRequest,
+        req: &AddressSpec,
         p: &ParsedPool,
     ) -> Result<HandleAlloc, PlanError> {
         let k = self.cx.keys.clone();
         let net = self.key.network.clone();
         self.check_pool(p)?;
         let stat = match &req.static_address {
-            Some(sa) => Some(parse_static(p, self.tenant, sa)?),
+            Some(sa) => Some(check_static(p, self.tenant, sa)?),
             None => None,
         };
         let geom = self.tenant_subnet(p, stat)?;
@@ -1113,7 +1113,7 @@ fn node_hash(s: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{IpFamily, Pool};
+    use crate::plan::{IpFamily, PoolSpec};
 
     const NODE: &str = "node-a";
     const NET: &str = "net1";
@@ -1126,16 +1126,16 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn req(stat: Option<&str>) -> AddressRequest {
-        AddressRequest {
+    fn req(stat: Option<&str>) -> AddressSpec {
+        AddressSpec {
             family: IpFamily::Ipv4,
-            pool: Some(Pool {
+            pool: Some(PoolSpec {
                 name: "p".into(),
-                supernet: "10.0.0.0/16".into(),
+                supernet: "10.0.0.0/16".parse().unwrap(),
                 subnet_len: 24,
                 exclude: vec![],
             }),
-            static_address: stat.map(str::to_owned),
+            static_address: stat.map(|s| crate::plan::StaticAddress::parse(s).unwrap()),
         }
     }
 
@@ -1211,9 +1211,9 @@ mod tests {
         cx: &PlanCtx<'_>,
         v: &View,
         f: &Fetched,
-        reqs: &[AddressRequest],
+        reqs: &[AddressSpec],
     ) -> Result<(Vec<(IpAddr, bool)>, Writes), PlanError> {
-        let parsed: Vec<ParsedPool> = reqs.iter().map(|r| ParsedPool::parse(r).unwrap()).collect();
+        let parsed: Vec<ParsedPool> = reqs.iter().map(|r| ParsedPool::of(r).unwrap()).collect();
         let (a, rec) = plan(cx, v, f, &["p"], reqs, &parsed, 1)?;
         let addrs = rec
             .allocations

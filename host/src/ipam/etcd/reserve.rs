@@ -27,7 +27,7 @@ use super::plan::{
 use super::{EtcdStore, decode};
 use crate::ipam::pool::{ParsedPool, check_same_request};
 use crate::ipam::{Allocation, AttachmentKey, ClaimState, IpamError};
-use crate::plan::AddressRequest;
+use crate::plan::AddressSpec;
 
 /// Most attempts one reserve makes before giving up with code 11.
 const MAX_ATTEMPTS: u32 = 100;
@@ -327,7 +327,7 @@ pub(super) async fn reserve(
     etcd: Etcd,
     key: &AttachmentKey,
     tenant: &str,
-    requests: &[AddressRequest],
+    requests: &[AddressSpec],
     owner: Option<&str>,
     want: ClaimState,
 ) -> Result<Vec<Allocation>, IpamError> {
@@ -639,7 +639,7 @@ async fn retake(
     etcd: &Etcd,
     key: &AttachmentKey,
     tenant: &str,
-    requests: &[AddressRequest],
+    requests: &[AddressSpec],
     want: ClaimState,
     (h, hrev): (&HandleRec, i64),
     lease_id: Option<i64>,

@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tenet::ipam::{AttachmentKey, EtcdOptions, EtcdStore, IpStore};
-use tenet::plan::{AddressRequest, IpFamily, Pool};
+use tenet::plan::{AddressSpec, IpFamily, PoolSpec};
 
 const CLIENTS: usize = 8;
 
@@ -54,12 +54,12 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn request(supernet: &str, len: u8) -> Vec<AddressRequest> {
-    vec![AddressRequest {
+fn request(supernet: &str, len: u8) -> Vec<AddressSpec> {
+    vec![AddressSpec {
         family: IpFamily::Ipv4,
-        pool: Some(Pool {
+        pool: Some(PoolSpec {
             name: "bench".into(),
-            supernet: supernet.into(),
+            supernet: supernet.parse().expect("a CIDR"),
             subnet_len: len,
             exclude: vec![],
         }),
