@@ -411,11 +411,15 @@ impl LinuxSdn {
             // Rules after the bridge, as in `remove_tenant_if_unused`.
             self.remove_rules(&b.name)?;
             info!(bridge = %b.name, tenant = %b.ident, "removed an idle tenant network");
-            if let Some(lock) = lock
-                && let Err(e) = lock.remove()
-            {
-                warn!(bridge = %b.name, error = %e, "could not remove the tenant's lock file");
-            }
+        }
+        // The lock file goes with the network (and one this call created
+        // for a network that was gone already); a tenant with ports keeps
+        // it. Removing it under the lock is safe against waiters.
+        if found != Idle::InUse
+            && let Some(lock) = lock
+            && let Err(e) = lock.remove()
+        {
+            warn!(bridge = %b.name, error = %e, "could not remove the tenant's lock file");
         }
         Ok(found)
     }
