@@ -422,6 +422,20 @@ fn policy_error_codes_name_the_stage() {
             "{name}: {j}"
         );
     }
+    // The wall-clock deadline holds in the one-shot binary, where an
+    // interval timer ticks the epoch instead of a thread: fuel for seconds,
+    // stopped at 40 ms (without ticks it would end out of fuel instead).
+    let text = format!(
+        "{BASE}[[stage]]\nname = \"who\"\nmodule = \"hostile-loop\"\nfuel = 2000000000\ntimeout_ms = 40\n"
+    );
+    let j = with_pipeline(&node, "time.toml", &text, "1.0.0").error(102, "1.0.0");
+    assert!(
+        j["details"]
+            .as_str()
+            .unwrap()
+            .contains("wall-clock deadline of 40 ms exceeded"),
+        "{j}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! whole stage call at most [`log_limits::LINES`] lines and
 //! [`log_limits::STAGE_BYTES`]; the rest is charged and dropped.
 
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use wasmtime::component::{Linker, WasmStr};
@@ -198,15 +198,43 @@ fn log(
     Ok(())
 }
 
-/// The ticker of one pipeline: a thread that advances the engine's epoch
-/// every [`TICK`] while the pipeline lives (one per exec). Dropping it ends
-/// the thread; a one-shot process leaves it to the exit.
-pub(crate) struct Ticker {
-    _stop: mpsc::Sender<()>,
+/// The ticker of one pipeline: what advances the engine's epoch every
+/// [`TICK`] while a run may execute guest code.
+///
+/// Two kinds:
+/// - **a thread** (tenetctl, tests, anything that loads several pipelines
+///   per process): it ticks while the pipeline lives; dropping it ends the
+///   thread;
+/// - **an interval timer** (`setitimer(ITIMER_REAL)`, `SIGALRM`) in a
+///   one-shot process (the CNI binary, one pipeline per exec): creating,
+///   starting and reaping a thread cost more than the whole run of a small
+///   stage (docs/perf.md), while the timer costs a `sigaction` once and two
+///   `setitimer` per run. The signal handler only increments the epoch (an
+///   atomic add, async-signal-safe), and the timer runs only during a run
+///   ([`Ticker::arm`]): nothing else in the exec sees the signal. One
+///   engine per process can own the timer; any other gets a thread.
+pub(crate) enum Ticker {
+    Thread { _stop: mpsc::Sender<()> },
+    Alarm,
+}
+
+/// The engine the `SIGALRM` handler ticks (set once per process).
+static ALARM_ENGINE: OnceLock<Engine> = OnceLock::new();
+
+extern "C" fn on_alarm(_signal: libc::c_int) {
+    // A load and an atomic add: async-signal-safe.
+    if let Some(engine) = ALARM_ENGINE.get() {
+        engine.increment_epoch();
+    }
 }
 
 impl Ticker {
-    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
+    /// Starts ticking `engine`: with the interval timer when `one_shot`
+    /// and no other engine owns it, else with a thread.
+    pub(crate) fn start(engine: &Engine, one_shot: bool) -> std::io::Result<Self> {
+        if one_shot && Self::install_alarm(engine) {
+            return Ok(Ticker::Alarm);
+        }
         let (stop, rx) = mpsc::channel::<()>();
         let engine = engine.clone();
         std::thread::Builder::new()
@@ -218,8 +246,72 @@ impl Ticker {
                     engine.increment_epoch();
                 }
             })?;
-        Ok(Ticker { _stop: stop })
+        Ok(Ticker::Thread { _stop: stop })
     }
+
+    /// Makes `engine` the one the `SIGALRM` handler ticks, installing the
+    /// handler; false if another engine has it or the handler cannot be
+    /// installed (the caller then uses a thread).
+    fn install_alarm(engine: &Engine) -> bool {
+        static INSTALLED: OnceLock<bool> = OnceLock::new();
+        if !Engine::same(ALARM_ENGINE.get_or_init(|| engine.clone()), engine) {
+            return false;
+        }
+        *INSTALLED.get_or_init(|| {
+            // SAFETY: a zeroed sigaction is valid; the handler only does an
+            // atomic load and add. SA_RESTART: a system call the signal
+            // interrupts (a log write) resumes instead of failing EINTR.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                sa.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()) == 0
+            }
+        })
+    }
+
+    /// Makes the epoch advance until the guard is dropped: the interval
+    /// timer runs only while a run may execute guest code (a thread ticks
+    /// anyway). Fails closed: without ticks no deadline holds.
+    pub(crate) fn arm(&self) -> std::io::Result<Armed> {
+        match self {
+            Ticker::Thread { .. } => Ok(Armed(false)),
+            Ticker::Alarm => {
+                set_alarm(TICK)?;
+                Ok(Armed(true))
+            }
+        }
+    }
+}
+
+/// The interval timer running (see [`Ticker::arm`]); stops it when dropped.
+pub(crate) struct Armed(bool);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = set_alarm(Duration::ZERO);
+        }
+    }
+}
+
+/// `setitimer(ITIMER_REAL)` with `every` as first expiry and interval
+/// (zero stops it).
+fn set_alarm(every: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: every.as_secs() as libc::time_t,
+        tv_usec: every.subsec_micros() as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not asked for.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use super::bindings;
 use super::cache::sha256_hex;
 use super::cache::{ArtifactCache, Builder, LoadError, sha256_file};
 use super::convert::{self, RawAnswer, StageError};
-use super::host::{self, HostState, Ticker};
+use super::host::{self, Armed, HostState, Ticker};
 use super::manifest::{FailurePolicy, Manifest, ModuleRef, StageSpec};
 use super::{ALLOWED_IMPORTS, Budget, Failure, PolicyError, bundle, clip_module_text, engine};
 use crate::plan::{self, AddressAuthority, Command, Plan, Request};
@@ -192,7 +192,7 @@ impl Pipeline {
             ticker: OnceCell::new(),
         };
         if !pipeline.stages.is_empty() {
-            // Started now, its thread comes up while the artifacts load (an
+            // Started now, a thread comes up while the artifacts load (an
             // error is reported by the first run).
             let _ = pipeline.ticker();
         }
@@ -211,19 +211,30 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// The ticker thread, started once.
-    fn ticker(&self) -> Result<(), PolicyError> {
-        match self
-            .ticker
-            .get_or_init(|| Ticker::start(&self.engine).map_err(|e| e.to_string()))
-        {
-            Ok(_) => Ok(()),
+    /// The ticker, started once (`host::Ticker`: an interval timer in a
+    /// one-shot process, else a thread).
+    fn ticker(&self) -> Result<&Ticker, PolicyError> {
+        match self.ticker.get_or_init(|| {
+            Ticker::start(&self.engine, self.opts.one_shot).map_err(|e| e.to_string())
+        }) {
+            Ok(t) => Ok(t),
             // Without it no deadline holds: fail closed.
             Err(e) => Err(PolicyError::new(
                 "engine",
                 Failure::Internal(format!("cannot start the deadline ticker: {e}")),
             )),
         }
+    }
+
+    /// The epoch advancing until the guard is dropped (held for a whole
+    /// run: guest code runs only then).
+    fn ticking(&self) -> Result<Armed, PolicyError> {
+        self.ticker()?.arm().map_err(|e| {
+            PolicyError::new(
+                "engine",
+                Failure::Internal(format!("cannot start the deadline ticker: {e}")),
+            )
+        })
     }
 
     /// Whether the stages run from one bundle artifact.
@@ -377,9 +388,11 @@ impl Pipeline {
         check_input(request)?;
         plan::validate::structure(&initial, authority)
             .map_err(|e| PolicyError::new("input", Failure::InvalidPlan(e)))?;
-        if !self.stages.is_empty() {
-            self.ticker()?;
-        }
+        let _ticking = if self.stages.is_empty() {
+            None
+        } else {
+            Some(self.ticking()?)
+        };
         let wit_request = convert::request_to_wit(request);
         let mut bundled = self.instantiate_bundle(end);
         let mut plan = initial;
@@ -508,9 +521,11 @@ impl Pipeline {
     /// compile` to check a pipeline's settings once at install).
     pub fn validate_settings(&self) -> Result<(), PolicyError> {
         let end = Instant::now() + self.timeout;
-        if !self.stages.is_empty() {
-            self.ticker()?;
-        }
+        let _ticking = if self.stages.is_empty() {
+            None
+        } else {
+            Some(self.ticking()?)
+        };
         for stage in &self.stages {
             let Ok(pre) = self.component(stage) else {
                 continue;
@@ -652,8 +667,8 @@ impl Drop for Pipeline {
         if self.opts.one_shot {
             // The engine, the linker and every component: their teardown
             // (unmapping artifacts, unregistering code and types) is work
-            // the exit does anyway, all at once. The ticker thread goes
-            // with the process.
+            // the exit does anyway, all at once. A ticker thread goes with
+            // the process (an interval timer was stopped after the run).
             std::mem::forget(std::mem::take(&mut self.stages));
             std::mem::forget(self.bundle.take());
             std::mem::forget(self.ticker.take());

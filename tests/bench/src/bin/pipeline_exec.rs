@@ -16,6 +16,11 @@
 //! instantiate + evaluate) of both pipeline arms from tenet's own debug log
 //! over `BENCH_BREAKDOWN_RUNS` more execs each (default 100; 0 skips it).
 //! Those execs log, so they are not part of the comparison above.
+//!
+//! `BENCH_BASELINE_TENET=/path/to/older/tenet` adds that binary's bundled
+//! and empty arms to the same interleaved rounds (same artifacts, so the
+//! older build must share the engine profile) and prints both pipeline
+//! costs and their ratio: a before/after measured under the same load.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -264,14 +269,32 @@ fn main() {
     copy_tree(&cache, &unbundled);
     std::fs::remove_file(unbundled.join(bundle.strip_prefix(&cache).unwrap())).unwrap();
 
-    let arms: [(&str, &Path, &Path); 3] = [
-        ("rainbond, bundled (4 stages)", &rainbond, &cache),
-        ("rainbond, stage by stage    ", &rainbond, &unbundled),
-        ("empty pipeline              ", &empty, &cache),
+    // BENCH_BASELINE_TENET: an older `tenet` binary, run on the same
+    // artifacts (same engine profile) as two more interleaved arms, so a
+    // change is measured against its base in the same run.
+    let baseline = std::env::var_os("BENCH_BASELINE_TENET").map(PathBuf::from);
+    let mut arms: Vec<(&str, &Path, &Path, &Path)> = vec![
+        ("rainbond, bundled (4 stages)", &tenet, &rainbond, &cache),
+        (
+            "rainbond, stage by stage    ",
+            &tenet,
+            &rainbond,
+            &unbundled,
+        ),
+        ("empty pipeline              ", &tenet, &empty, &cache),
     ];
+    if let Some(old) = &baseline {
+        assert!(
+            old.is_file(),
+            "BENCH_BASELINE_TENET={} is not a file",
+            old.display()
+        );
+        arms.push(("baseline: rainbond, bundled ", old, &rainbond, &cache));
+        arms.push(("baseline: empty pipeline    ", old, &empty, &cache));
+    }
     for _ in 0..20 {
-        for (_, p, c) in arms {
-            invoke(&tenet, p, &modules, c);
+        for &(_, t, p, c) in &arms {
+            invoke(t, p, &modules, c);
         }
     }
     let mut wall: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); arms.len()];
@@ -281,8 +304,8 @@ fn main() {
         // hits them all alike.
         for k in 0..arms.len() {
             let a = (i + k) % arms.len();
-            let (_, p, c) = arms[a];
-            wall[a].push(invoke(&tenet, p, &modules, c).0);
+            let (_, t, p, c) = arms[a];
+            wall[a].push(invoke(t, p, &modules, c).0);
             cpu[a].push(last_cpu());
         }
     }
@@ -296,7 +319,7 @@ fn main() {
     ] {
         println!("  {title}:");
         let s: Vec<(f64, f64, f64)> = samples.iter_mut().map(|v| stats(v)).collect();
-        for ((name, _, _), (m, p90, min)) in arms.iter().zip(&s) {
+        for ((name, _, _, _), (m, p90, min)) in arms.iter().zip(&s) {
             println!("    {name}: median {m:8.0} us  p90 {p90:8.0} us  min {min:8.0} us");
         }
         let e = s[2].0;
@@ -310,6 +333,15 @@ fn main() {
             s[1].0 - e,
             s[1].0 / e
         );
+        if baseline.is_some() {
+            let (b, be) = (s[3].0, s[4].0);
+            println!(
+                "    baseline pipeline cost, bundled (median difference): {:5.0} us  ratio {:.2}; this build's cost / baseline's: {:.2}",
+                b - be,
+                b / be,
+                (s[0].0 - e) / (b - be)
+            );
+        }
     }
     let n: usize = std::env::var("BENCH_BREAKDOWN_RUNS")
         .ok()
