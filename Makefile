@@ -21,16 +21,25 @@ APT_PACKAGES += musl-tools python3-venv
 # Prometheus project's own text parser (Python client) for the agent's /metrics.
 APT_PACKAGES += containerd python3-prometheus-client
 
-# Release binaries: `tenet` is built runtime-only (no Cranelift: it never
-# compiles Wasm on the hot path); `tenetctl` carries the compiler.
-TENET_BIN    := target/release/tenet
-TENETCTL_BIN := target/release/tenetctl
+# Release binaries (`make build`: what nodes run and the benches time):
+# `tenet` runtime-only (no Cranelift: it never compiles Wasm on the hot
+# path) with fat LTO; `tenetctl` carries the compiler.
+RELEASE_DIR  := target/release
+# The binaries the demo and the tests run (`make quick`): the same two
+# programs from the same code, both in the `quick` profile, so they share
+# one dependency build (all but wasmtime's compiler half) and skip LTO: a
+# first `make demo` builds one graph instead of two, each with a long
+# single-threaded LTO link. Same behaviour; speed and size are the release
+# build's business.
+QUICK_DIR    := target/quick
+TENET_BIN    := $(QUICK_DIR)/tenet
+TENETCTL_BIN := $(QUICK_DIR)/tenetctl
 MODULE_DIR   := target/modules
 
 export TENET_BIN TENETCTL_BIN
 export TENET_TEST_MODULES := $(CURDIR)/$(MODULE_DIR)
 
-.PHONY: all deps apt rust-target guests sdk-example build lint test unit-test golden demo plan bench bench-add bench-etcd fuzz clean-cache
+.PHONY: all deps apt rust-target guests sdk-example build quick lint test unit-test golden demo plan bench bench-add bench-etcd fuzz clean-cache
 
 all: build guests
 
@@ -59,12 +68,18 @@ guests: rust-target
 sdk-example: rust-target
 	$(CARGO) build --quiet -p tenet-policy-sdk --example fixed-tenant --profile guest --target wasm32-wasip2
 
-## build: the two release binaries.
+## build: the two release binaries, in target/release.
 build:
 	$(CARGO) build --release -p tenet --no-default-features --bin tenet
 	$(CARGO) build --profile ctl -p tenet --bin tenetctl
 	@# tenet looks for tenetctl beside itself to rebuild a missing artifact.
-	install -m 0755 target/ctl/tenetctl $(TENETCTL_BIN)
+	install -m 0755 target/ctl/tenetctl $(RELEASE_DIR)/tenetctl
+
+## quick: the same two binaries in the quick profile (target/quick), for the
+## demo and the tests. tenet first: tenetctl then only adds the compiler half.
+quick:
+	$(CARGO) build --profile quick -p tenet --no-default-features --bin tenet
+	$(CARGO) build --profile quick -p tenet --bin tenetctl
 
 ## lint: formatting and clippy, warnings are errors.
 lint:
@@ -79,11 +94,11 @@ lint:
 # a missing prerequisite is a panic naming it. Child-process entry points
 # (child_entry_*) are ignored too: their parent test runs them with
 # `--exact <name> --ignored`, so they are skipped here and never counted.
-unit-test: build guests
+unit-test: quick guests
 	$(CARGO) test --workspace --no-fail-fast -- --include-ignored --skip child_entry_
 
 ## golden: the golden policy cases through the production engine.
-golden: build guests
+golden: quick guests
 	$(TENETCTL_BIN) policy test --module-dir $(MODULE_DIR) --cache-dir target/cache policies/tests
 
 ## test: everything CI runs.
@@ -91,11 +106,11 @@ test: deps lint sdk-example unit-test golden deploy-check
 
 ## demo: the main job on the embedded default (no services needed): pods of
 ## two tenants in a throwaway node namespace, through the real `tenet`.
-demo: deps build guests
+demo: deps quick guests
 	$(TENETCTL_BIN) demo --module-dir $(MODULE_DIR) --cache-dir target/cache --pipeline policies/rainbond.toml
 
 ## plan: what each stage of the rainbond pipeline decides for a sample pod.
-plan: build guests
+plan: quick guests
 	$(TENETCTL_BIN) plan --module-dir $(MODULE_DIR) --cache-dir target/cache --pipeline policies/rainbond.toml
 
 ## bench: whole-process cost of the policy pipeline (see README).
