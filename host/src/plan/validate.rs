@@ -88,16 +88,19 @@ pub fn validate(
     Ok(valid)
 }
 
-/// The end of an ADD's planning: [`validate`], then the node's host-link
-/// pool given to every host link ([`AddressAuthority::assign_host_links`])
-/// in the typed plan (what is applied) and, as text, in the wire plan (what
-/// is shown).
+/// The end of an ADD's planning, given the final wire `plan` and `valid`,
+/// what [`structure`] made of it (the pipeline keeps the last stage's, so
+/// the final plan is not parsed twice): [`complete`], then the node's
+/// host-link pool given to every host link
+/// ([`AddressAuthority::assign_host_links`]) in the typed plan (what is
+/// applied) and, as text, in the wire plan (what is shown).
 pub fn finish(
     plan: &mut Plan,
+    mut valid: ValidPlan,
     request: &Request,
     authority: &AddressAuthority,
 ) -> Result<ValidPlan, PlanError> {
-    let mut valid = validate(plan, request, authority)?;
+    complete(&valid, request)?;
     authority.assign_host_links(&mut valid);
     // The wire plan shows what is applied: the same interfaces, in order.
     for (w, v) in plan.interfaces.iter_mut().zip(&valid.interfaces) {
@@ -982,7 +985,8 @@ mod tests {
     fn finishing_gives_host_links_the_nodes_pool_in_both_forms() {
         let a = AddressAuthority::default();
         let mut wire = good();
-        let v = super::finish(&mut wire, &request(), &a).unwrap();
+        let checked = super::structure(&wire, &a).unwrap();
+        let v = super::finish(&mut wire, checked, &request(), &a).unwrap();
         let typed = v.interfaces[1].addresses[0].pool.as_ref().unwrap();
         let shown = wire.interfaces[1].addresses[0].pool.as_ref().unwrap();
         // The plan's pool name is kept; range and exclusions are the node's.

@@ -129,8 +129,9 @@ struct BundleRun {
     instance: Instance,
 }
 
-/// What a stage call gave back: the plan, the fuel used, the wall time.
-type StageOk = (Plan, u64, Duration);
+/// What a stage call gave back: the plan, as checked ([`plan::validate::structure`]),
+/// the fuel used, the wall time.
+type StageOk = (Plan, plan::ValidPlan, u64, Duration);
 
 impl Pipeline {
     /// Loads every stage: resolves the module, finds (or rebuilds) its
@@ -386,7 +387,9 @@ impl Pipeline {
         let end = Instant::now() + self.timeout;
         let authority = &self.opts.authority;
         check_input(request)?;
-        plan::validate::structure(&initial, authority)
+        // The typed form of the current plan: each stage's answer replaces
+        // it, and the final one is what ADD applies.
+        let mut valid = plan::validate::structure(&initial, authority)
             .map_err(|e| PolicyError::new("input", Failure::InvalidPlan(e)))?;
         let _ticking = if self.stages.is_empty() {
             None
@@ -414,8 +417,9 @@ impl Pipeline {
                 self.dispose(b);
             }
             let run = match result {
-                Ok((next, fuel, elapsed)) => {
+                Ok((next, next_valid, fuel, elapsed)) => {
                     plan = next;
+                    valid = next_valid;
                     StageRun::Ran { fuel, elapsed }
                 }
                 // A denial is a decision and a refusal an integrity check:
@@ -439,7 +443,7 @@ impl Pipeline {
             self.dispose(b);
         }
         let valid = if request.command == Command::Add {
-            let valid = plan::validate::finish(&mut plan, request, authority)
+            let valid = plan::validate::finish(&mut plan, valid, request, authority)
                 .map_err(|e| PolicyError::new("final", Failure::InvalidPlan(e)))?;
             Some(valid)
         } else {
@@ -593,9 +597,10 @@ impl Pipeline {
         let out = call_evaluate(&mut store, func, request, &spec.settings, plan)
             .map_err(|e| classify(name, &store, e))?;
         let fuel = before - store.get_fuel().unwrap_or(0);
-        let next = self.stage_answer(name, &mut store, out);
+        let answer = self.stage_answer(name, &mut store, out);
         self.dispose(store);
-        Ok((next?, fuel, start.elapsed()))
+        let (next, valid) = answer?;
+        Ok((next, valid, fuel, start.elapsed()))
     }
 
     /// Drops a store, or in a one-shot process leaves it to the exit.
@@ -628,21 +633,19 @@ impl Pipeline {
         let out = call_evaluate(&mut b.store, func, request, &spec.settings, plan)
             .map_err(|e| classify(name, &b.store, e))?;
         let fuel = spec.fuel - b.store.get_fuel().unwrap_or(0);
-        Ok((
-            self.stage_answer(name, &mut b.store, out)?,
-            fuel,
-            start.elapsed(),
-        ))
+        let (next, valid) = self.stage_answer(name, &mut b.store, out)?;
+        Ok((next, valid, fuel, start.elapsed()))
     }
 
     /// A stage's answer, read out of its memory under the plan limits, as
-    /// the next plan (checked), or its error with the message clipped.
+    /// the next plan and its checked, typed form, or its error with the
+    /// message clipped.
     fn stage_answer(
         &self,
         name: &str,
         store: &mut Store<HostState>,
         out: RawAnswer,
-    ) -> Result<Plan, PolicyError> {
+    ) -> Result<(Plan, plan::ValidPlan), PolicyError> {
         let next = match out {
             Ok(raw) => convert::read_plan(store, &raw)
                 .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?,
@@ -656,9 +659,9 @@ impl Pipeline {
                 return Err(PolicyError::new(name, f));
             }
         };
-        plan::validate::structure(&next, &self.opts.authority)
+        let valid = plan::validate::structure(&next, &self.opts.authority)
             .map_err(|e| PolicyError::new(name, Failure::InvalidPlan(e)))?;
-        Ok(next)
+        Ok((next, valid))
     }
 }
 
