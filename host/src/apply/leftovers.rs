@@ -70,7 +70,7 @@ pub fn leftovers(state_dir: &Path) -> Result<Vec<String>, String> {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let of_idle = idle.iter().any(|(_, lock)| {
-                    lock.as_deref().map(|l| format!("{l}.lock")) == Some(name.clone())
+                    lock.is_some() && name.strip_suffix(".lock") == lock.as_deref()
                 });
                 if !of_idle {
                     out.push(format!("lock file {}", e.path().display()));

@@ -379,39 +379,40 @@ impl LinuxSdn {
             )?;
             Some(lock)
         };
-        let node = self.rtnl.node();
-        let found = self.rtnl.block_on(async {
+        // The bridge as it is now, under the lock: still idle (and
+        // overlapping, when asked) or why not.
+        let checked = self.rtnl.block_on(async {
             let Some(l) = self.link(&b.name).await? else {
-                return Ok::<_, SdnError>(Idle::Changed);
+                return Ok::<_, SdnError>(Err(Idle::Changed));
             };
             let index = l.header.index;
             if !is_bridge(&l) || link_alias(&l).and_then(alias_ident) != Some(b.ident.as_str()) {
-                return Ok(Idle::Changed);
+                return Ok(Err(Idle::Changed));
             }
             if let Some(subnets) = overlapping {
-                let addrs = link_addrs(node, index)
+                let addrs = link_addrs(self.rtnl.node(), index)
                     .await
                     .map_err(|e| SdnError::netlink(format!("list addresses of {}", b.name), e))?;
                 if !addrs
                     .iter()
                     .any(|a| subnets.iter().any(|s| overlaps(a.trunc(), *s)))
                 {
-                    return Ok(Idle::Changed);
+                    return Ok(Err(Idle::Changed));
                 }
             }
             if self.ports(index).await? > 0 {
-                return Ok(Idle::InUse);
+                return Ok(Err(Idle::InUse));
             }
-            del_link(node, index)
-                .await
-                .map_err(|e| SdnError::netlink(format!("delete {}", b.name), e))?;
-            Ok(Idle::Removed)
+            Ok(Ok(l))
         })?;
-        if found == Idle::Removed {
-            // Rules after the bridge, as in `remove_tenant_if_unused`.
-            self.remove_rules(&b.name)?;
-            info!(bridge = %b.name, tenant = %b.ident, "removed an idle tenant network");
-        }
+        let found = match checked {
+            Ok(l) => {
+                self.remove_bridge_and_rules(&l)?;
+                info!(bridge = %b.name, tenant = %b.ident, "removed an idle tenant network");
+                Idle::Removed
+            }
+            Err(why) => why,
+        };
         // The lock file goes with the network (and one this call created
         // for a network that was gone already); a tenant with ports keeps
         // it. Removing it under the lock is safe against waiters.
@@ -469,8 +470,9 @@ impl LinuxSdn {
         Ok(())
     }
 
-    /// Deletes `tenant`'s bridge `link` and its rules: an idle network
-    /// whose rules or gateways are not the ones wanted now.
+    /// Deletes the tenant bridge `link`, then its rules (a bridge never
+    /// exists without them). The caller checked it has no port, under its
+    /// tenant's lock.
     fn remove_bridge_and_rules(&self, link: &LinkMessage) -> Result<(), SdnError> {
         let bridge = Self::bridge_name_of(link);
         self.rtnl.block_on(async {
@@ -758,7 +760,6 @@ impl Sdn for LinuxSdn {
 
     fn remove_tenant_if_unused(&self, tenant: &str) -> Result<bool, SdnError> {
         check_tenant_id(tenant)?;
-        let node = self.rtnl.node();
         let found = self.rtnl.block_on(self.find_bridge(tenant))?;
         if let Some(b) = found {
             let bridge = Self::bridge_name_of(&b);
@@ -767,14 +768,8 @@ impl Sdn for LinuxSdn {
                 debug!(%tenant, %bridge, ports, "tenant still in use");
                 return Ok(false);
             }
-            self.rtnl.block_on(async {
-                del_link(node, b.header.index)
-                    .await
-                    .map_err(|e| SdnError::netlink(format!("delete {bridge}"), e))
-            })?;
+            self.remove_bridge_and_rules(&b)?;
             info!(%tenant, %bridge, "deleted tenant bridge");
-            // Rules after the bridge: a bridge never exists without them.
-            self.remove_rules(&bridge)?;
             return Ok(true);
         }
         // No bridge: rules a removal killed between the bridge and its rules
