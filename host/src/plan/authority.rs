@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::IpFamily;
-use super::valid::{Exclusion, PoolSpec, ValidPlan};
+use super::valid::{Exclusion, PoolSpec, ValidPlan, family_of};
 
 /// The pool supernets plans may use by default: the private ranges.
 pub const DEFAULT_POOLS: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"];
@@ -64,13 +64,6 @@ pub fn special_range(net: IpNet, allow_link_local: bool) -> Option<String> {
         let r: IpNet = range.parse().expect("valid constant");
         (overlaps(net, r) && !(allow_link_local && *link_local)).then(|| format!("{what} ({r})"))
     })
-}
-
-fn family_of(n: &IpNet) -> IpFamily {
-    match n {
-        IpNet::V4(_) => IpFamily::Ipv4,
-        IpNet::V6(_) => IpFamily::Ipv6,
-    }
 }
 
 fn list(nets: impl IntoIterator<Item = IpNet>) -> String {
@@ -144,7 +137,10 @@ impl AddressAuthority {
                     "addresses.host_links[{i}]: {h} overlaps the {s} range, which no host link may use"
                 ));
             }
-            if host_links[..i].iter().any(|o| family_of(o) == family_of(h)) {
+            if host_links[..i]
+                .iter()
+                .any(|o| family_of(*o) == family_of(*h))
+            {
                 return Err(format!(
                     "addresses.host_links[{i}]: {h}: at most one host-link range per address family"
                 ));
@@ -176,7 +172,7 @@ impl AddressAuthority {
         self.pools
             .iter()
             .copied()
-            .filter(move |p| family_of(p) == family)
+            .filter(move |p| family_of(*p) == family)
     }
 
     /// The host-link range of `family`, if one is configured.
@@ -184,7 +180,7 @@ impl AddressAuthority {
         self.host_links
             .iter()
             .copied()
-            .find(|h| family_of(h) == family)
+            .find(|h| family_of(*h) == family)
     }
 
     /// Checks the range an SDN-port address may come from (a pool's
@@ -197,7 +193,7 @@ impl AddressAuthority {
                 "{net} overlaps the {s} range, which no plan may use"
             ));
         }
-        let family = family_of(&net);
+        let family = family_of(net);
         if !self.pools(family).any(|p| p.contains(&net)) {
             return Err(format!(
                 "{net} is outside the pools this node allows ({}; tenet.toml [addresses] pools)",
@@ -210,7 +206,7 @@ impl AddressAuthority {
     /// Checks a host link's requested pool supernet: inside the host-link
     /// range of its family.
     pub fn check_host_link_range(&self, net: IpNet) -> Result<(), String> {
-        let family = family_of(&net);
+        let family = family_of(net);
         match self.host_link(family) {
             Some(h) if h.contains(&net) => Ok(()),
             Some(h) => Err(format!(
