@@ -8,7 +8,9 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -261,21 +263,31 @@ pub(crate) async fn link_addrs(h: &Handle, index: u32) -> Result<Vec<IpNet>, rtn
         .execute()
         .try_collect()
         .await?;
+    Ok(msgs.iter().filter_map(addr_of).collect())
+}
+
+/// Every address of the namespace with its link's index, in one dump (for
+/// looking at many links: the per-link filter of [`link_addrs`] still
+/// dumps them all).
+pub(crate) async fn all_addrs(h: &Handle) -> Result<Vec<(u32, IpNet)>, rtnetlink::Error> {
+    let msgs: Vec<_> = h.address().get().execute().try_collect().await?;
     Ok(msgs
         .iter()
-        .filter_map(|m| {
-            let local = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(ip) => Some(*ip),
-                _ => None,
-            });
-            let addr = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let ip = local.or(addr)?;
-            IpNet::new(ip, m.header.prefix_len).ok()
-        })
+        .filter_map(|m| Some((m.header.index, addr_of(m)?)))
         .collect())
+}
+
+/// An address message's address with its prefix.
+fn addr_of(m: &AddressMessage) -> Option<IpNet> {
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    IpNet::new(local.or(addr)?, m.header.prefix_len).ok()
 }
 
 // ---- route helpers ------------------------------------------------------

@@ -119,8 +119,8 @@ use crate::apply::lock::{FileLock, LockError, TENANT_LOCK_TIMEOUT, TenantLock};
 use crate::ipam::AttachmentKey;
 use crate::netns::NetnsError;
 use crate::netns::rtnl::{
-    Rtnl, add_addr, all_links, del_link, errno, link_addrs, link_by_name, link_controller,
-    link_is_up, link_kind, set_up,
+    Rtnl, add_addr, all_addrs, all_links, del_link, errno, link_addrs, link_by_name,
+    link_controller, link_is_up, link_kind, set_up,
 };
 use crate::plan::authority::overlaps;
 use guard::{GUARD_SETS, PortGuard};
@@ -433,24 +433,29 @@ impl LinuxSdn {
     /// caller holds `tenant`'s lock.
     fn clear_overlaps(&self, tenant: &str, subnets: &[IpNet]) -> Result<(), SdnError> {
         let ours = tenant_ident(tenant);
-        let node = self.rtnl.node();
         let others = self.rtnl.block_on(async {
-            let mut out = Vec::new();
-            for b in self.tenant_bridges().await? {
-                if b.ident == ours {
-                    continue;
-                }
-                let addrs = link_addrs(node, b.index)
-                    .await
-                    .map_err(|e| SdnError::netlink(format!("list addresses of {}", b.name), e))?;
-                if let Some(a) = addrs
-                    .into_iter()
-                    .find(|a| subnets.iter().any(|s| overlaps(a.trunc(), *s)))
-                {
-                    out.push((b, a));
-                }
+            let bridges: Vec<TenantBridge> = self
+                .tenant_bridges()
+                .await?
+                .into_iter()
+                .filter(|b| b.ident != ours)
+                .collect();
+            if bridges.is_empty() {
+                return Ok::<_, SdnError>(Vec::new());
             }
-            Ok::<_, SdnError>(out)
+            // One address dump for all of them.
+            let addrs = all_addrs(self.rtnl.node())
+                .await
+                .map_err(|e| SdnError::netlink("list addresses", e))?;
+            Ok(bridges
+                .into_iter()
+                .filter_map(|b| {
+                    let a = addrs.iter().find(|(i, a)| {
+                        *i == b.index && subnets.iter().any(|s| overlaps(a.trunc(), *s))
+                    })?;
+                    Some((b, a.1))
+                })
+                .collect())
         })?;
         let held = bridge_name(tenant);
         for (b, a) in others {
