@@ -37,3 +37,4 @@ pub mod netns;
 pub mod plan;
 pub mod policy;
 pub mod sdn;
+pub mod serve;

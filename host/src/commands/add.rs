@@ -20,6 +20,9 @@ pub(super) fn add(env: &[(String, String)], inv: &Invocation) -> Result<String, 
     let initial = Plan::initial(&request.ifname, request.mac.as_deref(), dns);
     let outcome = pipeline.run(&request, initial).map_err(|e| e.to_cni())?;
     note_pipeline(&pipeline, &outcome);
+    // Back to the daemon's pool before the apply: a concurrent ADD can run
+    // it meanwhile instead of loading another.
+    drop(pipeline);
     if dry_run(env) {
         // Never a success: a runtime must not take a dry run for a pod
         // with a network.

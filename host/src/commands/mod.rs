@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ipam::AttachmentKey;
 use crate::policy::cache::{ArtifactCache, Builder};
 use crate::policy::{Manifest, Pipeline, PipelineOptions};
+use crate::serve::warm::Lease;
 
 /// What the process prints on stdout and exits with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,13 @@ impl Reply {
 /// Handles one invocation: parses env and stdin, dispatches, and renders the
 /// reply in the request's CNI version.
 pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
+    run_noting(env, stdin, None)
+}
+
+/// [`run`], with what the node daemon had to do with it for the exec
+/// record ([`crate::metrics::ExecRecord::daemon`]): `served` when the
+/// daemon runs it, the reason when it declined and the client runs it.
+pub fn run_noting(env: &[(String, String)], stdin: &[u8], daemon: Option<&str>) -> Reply {
     let inv = match cni::parse_invocation(env.iter().cloned(), stdin) {
         Ok(inv) => inv,
         Err(e) => return Reply::error(&e, &cni::error_version(stdin)),
@@ -55,7 +63,10 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
     // VERSION is the runtime probing, not an operation: no record.
     if inv.command != Command::Version {
         crate::metrics::begin(inv.command.as_str());
-        crate::metrics::note(|r| r.network = inv.config.name.clone());
+        crate::metrics::note(|r| {
+            r.network = inv.config.name.clone();
+            r.daemon = daemon.map(str::to_owned);
+        });
     }
     let result = match inv.command {
         Command::Version => Ok(cni::version_reply(Some(&inv.cni_version))),
@@ -120,7 +131,7 @@ pub(crate) fn load_manifest(
     })
 }
 
-pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
+pub(crate) fn load_pipeline(cfg: &Config) -> Result<Lease, CniError> {
     let Some(path) = cfg.pipeline.as_deref() else {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -133,16 +144,22 @@ pub(crate) fn load_pipeline(cfg: &Config) -> Result<Pipeline, CniError> {
         .authority()
         .map_err(|e| CniError::new(e.cni_code(), "invalid tenet configuration", e.to_string()))?;
     let cache = ArtifactCache::new(&cfg.cache_dir);
-    let manifest = load_manifest(path, &cache)?;
+    let warm = crate::serve::warm::get();
     let opts = PipelineOptions {
         module_dirs: cfg.module_search_path(),
         cache_dir: cfg.cache_dir.clone(),
         builder: Builder::default_for_build(cfg.compiler.as_deref()),
-        // One CNI operation per process.
-        one_shot: true,
+        // One CNI operation per process, unless this is the daemon.
+        one_shot: warm.is_none(),
         authority,
     };
-    Pipeline::load_from(&manifest, &opts, cache).map_err(|e| e.to_cni())
+    if let Some(warm) = warm {
+        return warm.lease(path, &opts, cache);
+    }
+    let manifest = load_manifest(path, &cache)?;
+    Pipeline::load_from(&manifest, &opts, cache)
+        .map(Lease::owned)
+        .map_err(|e| e.to_cni())
 }
 
 /// The attachment an invocation is about: (network, container id, ifname).

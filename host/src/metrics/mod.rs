@@ -86,6 +86,11 @@ pub struct ExecRecord {
     /// pipeline of stages): false means stage by stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundled: Option<bool>,
+    /// The node daemon (`tenet serve`): `served` when it ran the invocation,
+    /// `declined: <why>` when the client ran it after asking; absent when
+    /// no daemon was there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     /// The stages run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageSample>,

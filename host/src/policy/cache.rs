@@ -380,7 +380,7 @@ fn publish(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 /// never used. The path is not part of it: (device, inode) already names the
 /// file, and canonicalising the path cost a `readlink` per path component on
 /// every exec.
-fn file_key(m: &std::fs::Metadata) -> String {
+pub(crate) fn file_key(m: &std::fs::Metadata) -> String {
     let id = format!(
         "{}:{}:{}:{}.{}:{}.{}",
         m.dev(),

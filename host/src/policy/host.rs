@@ -12,7 +12,8 @@
 //! whole stage call at most [`log_limits::LINES`] lines and
 //! [`log_limits::STAGE_BYTES`]; the rest is charged and dropped.
 
-use std::sync::{OnceLock, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use wasmtime::component::{Linker, WasmStr};
@@ -202,9 +203,9 @@ fn log(
 /// [`TICK`] while a run may execute guest code.
 ///
 /// Two kinds:
-/// - **a thread** (tenetctl, tests, anything that loads several pipelines
-///   per process): it ticks while the pipeline lives; dropping it ends the
-///   thread;
+/// - **a thread** (tenetctl, tests, the daemon: anything that loads several
+///   pipelines per process): it ticks while a run is armed and waits
+///   otherwise; dropping it ends the thread;
 /// - **an interval timer** (`setitimer(ITIMER_REAL)`, `SIGALRM`) in a
 ///   one-shot process (the CNI binary, one pipeline per exec): creating,
 ///   starting and reaping a thread cost more than the whole run of a small
@@ -214,7 +215,13 @@ fn log(
 ///   ([`Ticker::arm`]): nothing else in the exec sees the signal. One
 ///   engine per process can own the timer; any other gets a thread.
 pub(crate) enum Ticker {
-    Thread { _stop: mpsc::Sender<()> },
+    /// The thread waits for a message while no run is armed, so an idle
+    /// pipeline (the daemon keeps several) costs no wakeups; dropping the
+    /// sender ends it.
+    Thread {
+        wake: mpsc::Sender<()>,
+        armed: Arc<AtomicUsize>,
+    },
     Alarm,
 }
 
@@ -235,18 +242,32 @@ impl Ticker {
         if one_shot && Self::install_alarm(engine) {
             return Ok(Ticker::Alarm);
         }
-        let (stop, rx) = mpsc::channel::<()>();
+        let (wake, rx) = mpsc::channel::<()>();
+        let armed = Arc::new(AtomicUsize::new(0));
         let engine = engine.clone();
+        let running = armed.clone();
         std::thread::Builder::new()
             .name("tenet-epoch".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                // Ends when the sender is dropped (disconnected).
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TICK) {
-                    engine.increment_epoch();
+                // Ends when the sender is dropped (disconnected). `arm`
+                // counts up before it sends, so a wake-up is never lost:
+                // either this sees the count, or the message is queued.
+                loop {
+                    if running.load(Ordering::Acquire) == 0 {
+                        if rx.recv().is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match rx.recv_timeout(TICK) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => engine.increment_epoch(),
+                        Ok(()) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             })?;
-        Ok(Ticker::Thread { _stop: stop })
+        Ok(Ticker::Thread { wake, armed })
     }
 
     /// Makes `engine` the one the `SIGALRM` handler ticks, installing the
@@ -276,22 +297,40 @@ impl Ticker {
     /// anyway). Fails closed: without ticks no deadline holds.
     pub(crate) fn arm(&self) -> std::io::Result<Armed> {
         match self {
-            Ticker::Thread { .. } => Ok(Armed(false)),
+            Ticker::Thread { wake, armed } => {
+                if armed.fetch_add(1, Ordering::AcqRel) == 0 {
+                    // The thread is gone only if it panicked: fail closed.
+                    wake.send(()).map_err(|_| {
+                        armed.fetch_sub(1, Ordering::AcqRel);
+                        std::io::Error::other("the ticker thread ended")
+                    })?;
+                }
+                Ok(Armed::Thread(armed.clone()))
+            }
             Ticker::Alarm => {
                 set_alarm(TICK)?;
-                Ok(Armed(true))
+                Ok(Armed::Alarm)
             }
         }
     }
 }
 
-/// The interval timer running (see [`Ticker::arm`]); stops it when dropped.
-pub(crate) struct Armed(bool);
+/// The epoch advancing (see [`Ticker::arm`]): the interval timer stops, or
+/// the thread goes back to waiting once no run is armed, when dropped.
+pub(crate) enum Armed {
+    Thread(Arc<AtomicUsize>),
+    Alarm,
+}
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = set_alarm(Duration::ZERO);
+        match self {
+            Armed::Thread(armed) => {
+                armed.fetch_sub(1, Ordering::AcqRel);
+            }
+            Armed::Alarm => {
+                let _ = set_alarm(Duration::ZERO);
+            }
         }
     }
 }

@@ -33,7 +33,7 @@ pub use host::log_limits;
 pub use manifest::{FailurePolicy, Manifest, ManifestError, ModuleRef, StageSpec};
 pub use pipeline::{
     Outcome, Pipeline, PipelineOptions, StageReport, StageRun, check_module, input_limits,
-    resolve_module as resolve_module_path,
+    modules_version, resolve_module as resolve_module_path,
 };
 
 use crate::cni::code;

@@ -747,6 +747,27 @@ fn resolve_stage(
     resolve_file(cache, opts, spec)
 }
 
+/// The version of every module file `manifest` would resolve in `dirs`:
+/// for each stage its file's identity and change times, or why it is not
+/// found. Equal versions mean a load now would find the same files
+/// (a pinned stage's file counts too: its artifact is found by the pin,
+/// but a rebuild would read the file).
+pub fn modules_version(manifest: &Manifest, dirs: &[PathBuf]) -> String {
+    let mut v = String::new();
+    for spec in &manifest.stages {
+        match resolve_module_meta(&spec.module, dirs) {
+            Ok((path, meta)) => {
+                v.push_str(&path.to_string_lossy());
+                v.push('=');
+                v.push_str(&super::cache::file_key(&meta));
+            }
+            Err(e) => v.push_str(&e),
+        }
+        v.push('\n');
+    }
+    v
+}
+
 /// Finds a stage's module file and its digest.
 fn resolve_file(
     cache: &ArtifactCache,

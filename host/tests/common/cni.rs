@@ -67,6 +67,16 @@ impl Node {
 
     /// Starts `tenet` with `env` and `stdin`.
     pub fn spawn(&self, env: &[(&str, &str)], stdin: &str) -> std::process::Child {
+        let mut cmd = self.command();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        super::spawn_with_stdin(&mut cmd, stdin)
+    }
+
+    /// `tenet` with this node's environment (configuration, modules, cache,
+    /// state, the rainbond pipeline) and nothing else of the test's.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenet"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -76,10 +86,7 @@ impl Node {
             .env("TENET_STATE_DIR", &self.state)
             .env("TENET_PIPELINE", super::rainbond())
             .env("TENET_LOG_LEVEL", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        super::spawn_with_stdin(&mut cmd, stdin)
+        cmd
     }
 
     /// ADD of `pod` with the test conf.

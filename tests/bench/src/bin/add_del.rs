@@ -286,6 +286,10 @@ struct Plugin {
     bin: PathBuf,
     netconf: String,
     env: Vec<(String, String)>,
+    /// tenet with its node daemon: `tenet serve` on this socket runs in the
+    /// arm's node namespace (same binary, environment and working
+    /// directory as the execs, which its identity check requires).
+    serve: Option<PathBuf>,
 }
 
 /// One exec: wall time, exit status, stdout, peak RSS (KiB, from wait4).
@@ -356,6 +360,34 @@ impl Plugin {
     }
 }
 
+/// Starts `tenet serve` on `socket` with the execs' environment, in the
+/// calling thread's (the node's) namespace, and waits until it listens.
+fn start_daemon(plugin: &Plugin, socket: &Path) -> std::process::Child {
+    let child = Command::new(&plugin.bin)
+        .env_clear()
+        .env("PATH", PATH_ENV)
+        .envs(plugin.env.iter().map(|(k, v)| (k, v)))
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("spawn {} serve: {e}", plugin.bin.display())));
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if Instant::now() > until {
+            die(&format!(
+                "{} serve never listened on {}",
+                plugin.bin.display(),
+                socket.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
 /// A request to a node thread: one exec of its plugin.
 struct Req {
     command: &'static str,
@@ -369,6 +401,8 @@ struct Req {
 struct Node {
     tx: Option<mpsc::Sender<Req>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The pid of the arm's `tenet serve`, if it has one.
+    daemon: Option<u32>,
 }
 
 impl Node {
@@ -381,20 +415,35 @@ impl Node {
                 return;
             }
             lo_up();
-            let _ = ready_tx.send(Ok(()));
+            let mut daemon = plugin.serve.as_deref().map(|s| start_daemon(&plugin, s));
+            let _ = ready_tx.send(Ok(daemon.as_ref().map(|c| c.id())));
             for req in rx {
                 let e = plugin.exec(req.command, req.container_id, &req.netns);
                 let _ = req.reply.send(e);
             }
+            if let Some(c) = daemon.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         });
-        ready_rx
+        let daemon = ready_rx
             .recv()
             .unwrap_or_else(|_| die("node thread died"))
             .unwrap_or_else(|e| die(&format!("node netns: {e}")));
         Node {
             tx: Some(tx),
             thread: Some(thread),
+            daemon,
         }
+    }
+
+    /// The daemon's peak resident memory so far (VmHWM), in KiB.
+    fn daemon_hwm_kib(&self) -> Option<i64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     fn exec(&self, command: &'static str, container_id: &'static str, netns: &Path) -> Exec {
@@ -425,10 +474,12 @@ impl Drop for Node {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Reference,
-    /// Index into `PIPELINES`; baseline build or not.
+    /// Index into `PIPELINES`; baseline build or not; through the node
+    /// daemon or one-shot.
     Tenet {
         pipeline: usize,
         baseline: bool,
+        daemon: bool,
     },
 }
 
@@ -561,6 +612,13 @@ fn main() {
     };
     let bin_dir = env_path("BENCH_BIN_DIR", root().join("target/release"));
     let modules = env_path("TENET_TEST_MODULES", root().join("target/modules"));
+    let with_daemon = match std::env::var("BENCH_DAEMON").as_deref() {
+        Err(_) | Ok("") | Ok("1") | Ok("on") => true,
+        Ok("0") | Ok("off") => false,
+        Ok(other) => die(&format!(
+            "BENCH_DAEMON={other}: expected `off` (or unset for on)"
+        )),
+    };
     let baseline_dir = std::env::var_os("BENCH_BASELINE_DIR")
         .filter(|v| !v.is_empty())
         .map(|v| env_path("BENCH_BASELINE_DIR", PathBuf::from(v)));
@@ -631,56 +689,81 @@ fn main() {
             bin: PathBuf::from(REFERENCE_BIN),
             netconf: reference_netconf(&t.join("ref/host-local").display().to_string()),
             env: vec![],
+            serve: None,
         },
         None,
     );
-    let tenet_arm = |tag: &str, bin: &Path, ctl: &Path, mods: &Path, pipeline: &Path| {
-        let dir = t.join(tag);
-        let cache = dir.join("cache");
-        let what = if tag.starts_with("base_") {
-            format!(
-                "the baseline tenetctl (BENCH_BASELINE_DIR) rejects this tree's {} (an older \
+    let tenet_arm =
+        |tag: &str, bin: &Path, ctl: &Path, mods: &Path, pipeline: &Path, daemon: bool| {
+            let dir = t.join(tag);
+            let cache = dir.join("cache");
+            let what = if tag.starts_with("base_") {
+                format!(
+                    "the baseline tenetctl (BENCH_BASELINE_DIR) rejects this tree's {} (an older \
                  build may not read this pipeline file, or its modules/ lack a stage); \
                  the baseline arms need a build that compiles it",
-                pipeline.display()
-            )
-        } else {
-            format!("tenetctl under test on {}", pipeline.display())
+                    pipeline.display()
+                )
+            } else {
+                format!("tenetctl under test on {}", pipeline.display())
+            };
+            compile(ctl, pipeline, mods, &cache, &what);
+            let mut env = vec![("TENET_CONFIG".into(), "/dev/null".into())];
+            let serve = daemon.then(|| dir.join("tenet.sock"));
+            if let Some(s) = &serve {
+                env.push(("TENET_SOCKET".into(), s.display().to_string()));
+            }
+            Plugin {
+                bin: bin.to_path_buf(),
+                netconf: tenet_netconf(
+                    &pipeline.display().to_string(),
+                    &mods.display().to_string(),
+                    &cache.display().to_string(),
+                    &dir.join("state").display().to_string(),
+                ),
+                env,
+                serve,
+            }
         };
-        compile(ctl, pipeline, mods, &cache, &what);
-        Plugin {
-            bin: bin.to_path_buf(),
-            netconf: tenet_netconf(
-                &pipeline.display().to_string(),
-                &mods.display().to_string(),
-                &cache.display().to_string(),
-                &dir.join("state").display().to_string(),
-            ),
-            env: vec![("TENET_CONFIG".into(), "/dev/null".into())],
-        }
-    };
     for (i, (name, tag, file)) in PIPELINES.iter().enumerate() {
         let pipeline = root().join(file);
-        let plugin = tenet_arm(tag, &tenet, &tenetctl, &modules, &pipeline);
+        let plugin = tenet_arm(tag, &tenet, &tenetctl, &modules, &pipeline, false);
         add_arm(
             format!("tenet {name}"),
             tag.to_string(),
             Kind::Tenet {
                 pipeline: i,
                 baseline: false,
+                daemon: false,
             },
             plugin,
             Some((tenetctl.clone(), pipeline.clone(), modules.clone())),
         );
+        if with_daemon {
+            let dtag = format!("d_{tag}");
+            let plugin = tenet_arm(&dtag, &tenet, &tenetctl, &modules, &pipeline, true);
+            add_arm(
+                format!("tenet {name} (daemon)"),
+                dtag,
+                Kind::Tenet {
+                    pipeline: i,
+                    baseline: false,
+                    daemon: true,
+                },
+                plugin,
+                Some((tenetctl.clone(), pipeline.clone(), modules.clone())),
+            );
+        }
         if let Some((bt, bctl, bmods, _)) = &baseline {
             let btag = format!("base_{tag}");
-            let plugin = tenet_arm(&btag, bt, bctl, bmods, &pipeline);
+            let plugin = tenet_arm(&btag, bt, bctl, bmods, &pipeline, false);
             add_arm(
                 format!("tenet {name} (baseline)"),
                 btag,
                 Kind::Tenet {
                     pipeline: i,
                     baseline: true,
+                    daemon: false,
                 },
                 plugin,
                 Some((bctl.clone(), pipeline.clone(), bmods.clone())),
@@ -691,22 +774,35 @@ fn main() {
     // The ratio series: each tenet arm over the reference, new over baseline.
     let mut pairs: Vec<Pair> = Vec::new();
     for (i, (name, _, _)) in PIPELINES.iter().enumerate() {
-        let find = |baseline| {
+        let find = |baseline, daemon| {
             arms.iter().position(|a| {
                 a.kind
                     == Kind::Tenet {
                         pipeline: i,
                         baseline,
+                        daemon,
                     }
             })
         };
-        let new = find(false).expect("tenet arm");
+        let new = find(false, false).expect("tenet arm");
         pairs.push(Pair {
             label: format!("{name}: tenet / reference"),
             num: new,
             den: 0,
         });
-        if let Some(base) = find(true) {
+        if let Some(d) = find(false, true) {
+            pairs.push(Pair {
+                label: format!("{name}: daemon / reference"),
+                num: d,
+                den: 0,
+            });
+            pairs.push(Pair {
+                label: format!("{name}: daemon / one-shot"),
+                num: d,
+                den: new,
+            });
+        }
+        if let Some(base) = find(true, false) {
             pairs.push(Pair {
                 label: format!("{name}: baseline / reference"),
                 num: base,
@@ -822,13 +918,22 @@ fn main() {
             summarize(&ratios(|m| m.del))
         );
     }
-    println!("  peak RSS of one ADD (ru_maxrss, children included):");
+    println!("  peak RSS of one ADD (ru_maxrss, children included; with a daemon, the client's):");
     for a in &arms {
         println!(
             "    {:<34} {:>6.1} MiB",
             a.label,
             a.add_rss_kib as f64 / 1024.0
         );
+    }
+    for a in &arms {
+        if let Some(hwm) = a.node.daemon_hwm_kib() {
+            println!(
+                "    {:<34} {:>6.1} MiB peak resident (VmHWM of the daemon, once per node)",
+                format!("{} daemon", a.label),
+                hwm as f64 / 1024.0
+            );
+        }
     }
     println!("  load average at end {}", loadavg());
 
@@ -873,7 +978,11 @@ fn script_exec(a: &Arm, command: &str, container_id: &str, pod: &str) -> String 
         tag = a.tag
     );
     for (k, v) in &a.plugin.env {
-        let _ = write!(s, " {k}={}", word(v));
+        if k == "TENET_SOCKET" {
+            let _ = write!(s, " {k}=\"$D/{}/tenet.sock\"", a.tag);
+        } else {
+            let _ = write!(s, " {k}={}", word(v));
+        }
     }
     let _ = write!(
         s,
@@ -949,6 +1058,25 @@ fn hyperfine_script(arms: &[Arm], rounds: usize, runs: usize, load_cpu: bool) ->
             );
         }
     }
+    s.push_str(
+        "# The node daemons of the daemon arms, each in its arm's node namespace, with the\n\
+         # execs' environment and working directory (it serves only such clients).\n\
+         DAEMONS=\n",
+    );
+    for a in arms.iter().filter(|a| a.plugin.serve.is_some()) {
+        let mut env = String::new();
+        for (k, v) in a.plugin.env.iter().filter(|(k, _)| k != "TENET_SOCKET") {
+            let _ = write!(env, "{k}={} ", word(v));
+        }
+        let _ = writeln!(
+            s,
+            "nsenter --net=\"$D/{t}/node\" env {env}{bin} serve --socket \"$D/{t}/tenet.sock\" 2> \"$D/{t}/serve.log\" &\n\
+             DAEMONS=\"$DAEMONS $!\"\n\
+             while [ ! -S \"$D/{t}/tenet.sock\" ]; do sleep 0.1; done",
+            t = a.tag,
+            bin = word(&a.plugin.bin.display().to_string())
+        );
+    }
     s.push_str("# The resident pods.\n");
     resident_pods(&mut s, arms, "ADD");
     let _ = writeln!(
@@ -991,8 +1119,9 @@ fn hyperfine_script(arms: &[Arm], rounds: usize, runs: usize, load_cpu: bool) ->
         forward.join("; "),
         backward.join("; ")
     );
-    s.push_str("# Tear down the resident pods.\n");
+    s.push_str("# Tear down the resident pods, then the daemons.\n");
     resident_pods(&mut s, arms, "DEL");
+    s.push_str("[ -z \"$DAEMONS\" ] || kill $DAEMONS\n");
     s.push_str(
         "# Ratios of the medians per round, then their median and range.\n\
          ratio() {  # numerator arm, denominator arm, op (add|del)\n\
@@ -1005,14 +1134,31 @@ fn hyperfine_script(arms: &[Arm], rounds: usize, runs: usize, load_cpu: bool) ->
     );
     let _ = writeln!(s, "ROUNDS={rounds}");
     for a in arms {
-        let Kind::Tenet { pipeline, baseline } = a.kind else {
+        let Kind::Tenet {
+            pipeline,
+            baseline,
+            daemon,
+        } = a.kind
+        else {
             continue;
         };
         for op in ["add", "del"] {
             let _ = writeln!(s, "ratio {} ref {op}", a.tag);
+            if daemon {
+                let one_shot = Kind::Tenet {
+                    pipeline,
+                    baseline: false,
+                    daemon: false,
+                };
+                if let Some(b) = arms.iter().find(|b| b.kind == one_shot) {
+                    let _ = writeln!(s, "ratio {} {} {op}", a.tag, b.tag);
+                }
+                continue;
+            }
             let base = Kind::Tenet {
                 pipeline,
                 baseline: true,
+                daemon: false,
             };
             if !baseline && let Some(b) = arms.iter().find(|b| b.kind == base) {
                 let _ = writeln!(s, "ratio {} {} {op}", a.tag, b.tag);
