@@ -78,8 +78,25 @@ impl Drop for Daemon {
     }
 }
 
-/// `tenet` with `pod`'s environment for `command`, plus `extra`.
+/// `tenet` with `pod`'s environment for `command`, plus `extra`; returns
+/// once the invocation has ended (its exec record is written): a DEL the
+/// daemon answered early may still be running when `tenet` exits.
 fn run(node: &Node, pod: &Pod, command: &'static str, extra: &[(&str, &str)]) -> Out {
+    let count = || records(node).iter().filter(|r| r.cmd == command).count();
+    let before = count();
+    let out = run_now(node, pod, command, extra);
+    // A readiness wait, not a timing assertion: the bound is generous.
+    let until = Instant::now() + Duration::from_secs(60);
+    while count() == before {
+        assert!(Instant::now() < until, "no {command} record appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    out
+}
+
+/// `tenet` with `pod`'s environment for `command`, plus `extra`; returns
+/// when `tenet` exits.
+fn run_now(node: &Node, pod: &Pod, command: &'static str, extra: &[(&str, &str)]) -> Out {
     let mut env = pod.env(command);
     env.extend_from_slice(extra);
     node.run(&env, &conf())
@@ -185,6 +202,46 @@ fn the_daemon_serves_pods_and_the_binary_runs_them_itself_without_it() {
     // A repeated DEL is success, through the daemon too.
     run(&node, &a1, "DEL", &[daemon.env()]).ok();
     node.gc_idle_tenants(2);
+}
+
+#[test]
+#[ignore = "needs root (a scratch node namespace)"]
+fn a_del_is_answered_once_the_pod_is_cut_off_and_the_next_add_waits_for_the_rest() {
+    let node = Node::new("an early DEL answer");
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&node, &dir.path().join("tenet.sock"));
+    let keep = Pod::new("early-keep", "team-a");
+    let p = Pod::new("early-1", "team-a");
+    run(&node, &keep, "ADD", &[daemon.env()]).ok();
+    for round in 0..3 {
+        let r = run_now(&node, &p, "ADD", &[daemon.env()]).ok();
+        assert!(keep.ping(&first_ip(&r)), "round {round}");
+        run_now(&node, &p, "DEL", &[daemon.env()]).ok();
+        // The same attachment again at once: it waits in the daemon for the
+        // DEL's interface deletion and address release, then succeeds (no
+        // "already attached", no address of the old one's left claimed).
+    }
+    // Waits for the third DEL to end (this DEL finds no record).
+    run(&node, &p, "DEL", &[daemon.env()]).ok();
+    let dels: Vec<_> = records(&node)
+        .into_iter()
+        .filter(|r| r.cmd == "DEL")
+        .take(3)
+        .collect();
+    assert_eq!(dels.len(), 3);
+    for d in &dels {
+        assert_eq!(d.code, 0);
+        let answered = d.answered_us.expect("answered before the end");
+        assert!(answered < d.us, "answered at {answered} µs of {} µs", d.us);
+        assert_eq!(d.freed.len(), 2, "{:?}", d.freed);
+    }
+    assert!(
+        dels.iter().all(|d| d.daemon.as_deref() == Some("served")),
+        "{dels:?}"
+    );
+    run(&node, &keep, "DEL", &[daemon.env()]).ok();
+    run(&node, &keep, "DEL", &[daemon.env()]).ok();
+    node.gc_idle_tenants(1);
 }
 
 #[test]

@@ -222,6 +222,10 @@ pub struct Engine<'a> {
     records: Records,
     state_dir: PathBuf,
     failpoints: Failpoints,
+    /// DEL: called once the attachment's ports are cut off (their guards
+    /// removed), before the kernel deletes its interfaces (see
+    /// [`Engine::with_cut_off`]).
+    on_cut_off: Option<&'a (dyn Fn() + Sync)>,
     /// When the engine was made, and the nanoseconds from then to the last
     /// step's end: each journaled step's duration goes to the debug log,
     /// the in-process breakdown of an ADD (docs/perf.md).
@@ -249,9 +253,22 @@ impl<'a> Engine<'a> {
             records: Records::new(state_dir),
             state_dir: state_dir.to_owned(),
             failpoints: Failpoints::none(),
+            on_cut_off: None,
             origin: Instant::now(),
             last_step_ns: AtomicU64::new(0),
         }
+    }
+
+    /// The same engine calling `f` during a DEL of a recorded attachment
+    /// as soon as every port guard of it is removed (nothing the pod sends
+    /// passes any more), before its interfaces are deleted and its
+    /// addresses released. The kernel's deletion of a veth waits for RCU
+    /// grace periods (15-20 ms here, most of a DEL): the node daemon answers
+    /// the runtime at this point and finishes the rest after. Not called
+    /// when removing a guard failed (the DEL then reports it).
+    pub fn with_cut_off(mut self, f: &'a (dyn Fn() + Sync)) -> Self {
+        self.on_cut_off = Some(f);
+        self
     }
 
     /// The same engine with failpoints set (the SDN backend gets them too,
@@ -326,7 +343,7 @@ impl<'a> Engine<'a> {
                 // addresses back), and start over.
                 Phase::Applying => {
                     tracing::info!(%key, "clearing the leftovers of an interrupted ADD");
-                    self.teardown_dataplane(&old, None)
+                    self.teardown_dataplane(&old, None, None)
                         .map_err(|e| ApplyError::new(e.code, "record", e.details))?;
                 }
             }
@@ -646,7 +663,12 @@ impl<'a> Engine<'a> {
 
     /// Removes the veths and ports a record names, and the tenant network if
     /// it has no port left; keeps claims and the record.
-    fn teardown_dataplane(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
+    fn teardown_dataplane(
+        &self,
+        rec: &Record,
+        netns: Option<&Path>,
+        cut_off: Option<&(dyn Fn() + Sync)>,
+    ) -> Result<(), ApplyError> {
         let mut errors = Vec::new();
         // Guards first, so a tenant with no port left has no guard pointing
         // at its chains.
@@ -654,6 +676,11 @@ impl<'a> Engine<'a> {
             if let Err(e) = self.sdn.unguard_port(&i.host_ifname) {
                 errors.push((e.cni_code(), format!("unguard {}: {e}", i.host_ifname)));
             }
+        }
+        if errors.is_empty()
+            && let Some(f) = cut_off
+        {
+            f();
         }
         // All pod ends in one request when ADD grouped them: one
         // unregister batch, so DEL waits for the kernel once, not once per
@@ -736,7 +763,7 @@ impl<'a> Engine<'a> {
     }
 
     fn teardown(&self, rec: &Record, netns: Option<&Path>) -> Result<(), ApplyError> {
-        self.teardown_dataplane(rec, netns)?;
+        self.teardown_dataplane(rec, netns, self.on_cut_off)?;
         self.release_claims(&rec.key)?;
         crate::metrics::note(|r| {
             r.freed.extend(

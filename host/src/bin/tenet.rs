@@ -48,7 +48,11 @@ fn main() {
         Forwarded::Answered(reply) => reply,
         Forwarded::RunHere(declined) => {
             let why = declined.map(|w| format!("declined: {w}"));
-            tenet::commands::run_noting(&env, &stdin, why.as_deref())
+            let ctx = tenet::commands::Context {
+                daemon: why.as_deref(),
+                ..Default::default()
+            };
+            tenet::commands::run_in(&env, &stdin, ctx)
         }
     };
     let mut out = std::io::stdout().lock();

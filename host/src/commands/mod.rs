@@ -45,16 +45,27 @@ impl Reply {
     }
 }
 
+/// How an invocation is run, beyond its environment and stdin.
+#[derive(Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// For the exec record ([`crate::metrics::ExecRecord::daemon`]): what
+    /// the node daemon had to do with it (`served` when the daemon runs it,
+    /// `declined: <why>` when it declined and the client runs it).
+    pub daemon: Option<&'a str>,
+    /// DEL: called once the pod is cut off, before the kernel deletes its
+    /// interfaces ([`crate::apply::Engine::with_cut_off`]); the daemon
+    /// answers the runtime then.
+    pub on_cut_off: Option<&'a (dyn Fn() + Sync)>,
+}
+
 /// Handles one invocation: parses env and stdin, dispatches, and renders the
 /// reply in the request's CNI version.
 pub fn run(env: &[(String, String)], stdin: &[u8]) -> Reply {
-    run_noting(env, stdin, None)
+    run_in(env, stdin, Context::default())
 }
 
-/// [`run`], with what the node daemon had to do with it for the exec
-/// record ([`crate::metrics::ExecRecord::daemon`]): `served` when the
-/// daemon runs it, the reason when it declined and the client runs it.
-pub fn run_noting(env: &[(String, String)], stdin: &[u8], daemon: Option<&str>) -> Reply {
+/// [`run`] in a [`Context`].
+pub fn run_in(env: &[(String, String)], stdin: &[u8], ctx: Context<'_>) -> Reply {
     let inv = match cni::parse_invocation(env.iter().cloned(), stdin) {
         Ok(inv) => inv,
         Err(e) => return Reply::error(&e, &cni::error_version(stdin)),
@@ -65,14 +76,14 @@ pub fn run_noting(env: &[(String, String)], stdin: &[u8], daemon: Option<&str>) 
         crate::metrics::begin(inv.command.as_str());
         crate::metrics::note(|r| {
             r.network = inv.config.name.clone();
-            r.daemon = daemon.map(str::to_owned);
+            r.daemon = ctx.daemon.map(str::to_owned);
         });
     }
     let result = match inv.command {
         Command::Version => Ok(cni::version_reply(Some(&inv.cni_version))),
         Command::Add => add::add(env, &inv),
         Command::Check => check::check(env, &inv),
-        Command::Del => del::del(env, &inv),
+        Command::Del => del::del(env, &inv, ctx.on_cut_off),
         Command::Gc => gc::gc(env, &inv),
         Command::Status => status::status(env, &inv),
     };

@@ -91,6 +91,11 @@ pub struct ExecRecord {
     /// no daemon was there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<String>,
+    /// Microseconds from the start to the runtime's answer, when the node
+    /// daemon answered before the end (a DEL, once the pod was cut off:
+    /// the rest, `us`, ran after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_us: Option<u64>,
     /// The stages run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageSample>,
@@ -135,6 +140,16 @@ pub fn note(f: impl FnOnce(&mut ExecRecord)) {
     CURRENT.with(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
             f(&mut cur.rec);
+        }
+    });
+}
+
+/// Notes that the runtime got its answer now, before the end of the exec
+/// in progress ([`ExecRecord::answered_us`]).
+pub fn note_answered() {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.rec.answered_us = Some(cur.started.elapsed().as_micros() as u64);
         }
     });
 }

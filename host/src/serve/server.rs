@@ -1,11 +1,28 @@
 //! `tenet serve`: the listening side. One thread per connection, one
-//! invocation per connection, run by [`crate::commands::run_noting`].
+//! invocation per connection, run by [`crate::commands::run_in`].
+//!
+//! **DEL is answered once the pod is cut off.** Most of a DEL is the
+//! kernel deleting the pod's veths (RCU grace periods: 15-20 ms here). The
+//! daemon answers the runtime as soon as the attachment's port guards are
+//! removed ([`crate::apply::Engine::with_cut_off`]), and deletes the
+//! interfaces, releases the addresses and removes the record after. Safe
+//! because: the pod can no longer send; its addresses are released only
+//! once its interfaces are gone, so no other pod gets them meanwhile; any
+//! other invocation for the same container and interface waits here until
+//! the DEL has finished ([`Inflight`]), and an exec that runs itself
+//! meanwhile finds the record and is refused (code 140) rather than
+//! interleaving. If the rest fails, or the daemon dies before it ends, the
+//! record remains and GC (the runtime's, or the node agent's pass) finishes
+//! it, as for any attachment the runtime forgot; the failure is logged and
+//! the exec record keeps its code.
 
+use std::collections::HashSet;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -25,6 +42,7 @@ pub struct Server {
     path: PathBuf,
     own: Identity,
     active: AtomicUsize,
+    inflight: Inflight,
 }
 
 impl Server {
@@ -71,6 +89,7 @@ impl Server {
             path: path.to_owned(),
             own: super::identity(),
             active: AtomicUsize::new(0),
+            inflight: Inflight::default(),
         })
     }
 
@@ -137,28 +156,105 @@ impl Server {
                 return;
             }
         };
-        let reply = self.answer(&req);
-        let mut w = BufWriter::new(&stream);
-        if let Err(e) = wire::write_reply(&mut w, &reply).and_then(|()| w.flush()) {
-            tracing::warn!(error = %e, "tenet serve: the client left before its answer");
-        }
-    }
-
-    /// Runs `req` here, or says why the client must.
-    fn answer(&self, req: &wire::Request) -> Reply {
+        let send = |reply: &Reply| {
+            let mut w = BufWriter::new(&stream);
+            if let Err(e) = wire::write_reply(&mut w, reply).and_then(|()| w.flush()) {
+                tracing::warn!(error = %e, "tenet serve: the client left before its answer");
+            }
+        };
         if let Some(why) = super::mismatch(&self.own, &req.identity) {
             tracing::debug!(why, "tenet serve: declined");
-            return Reply::Declined(why.to_owned());
+            return send(&Reply::Declined(why.to_owned()));
         }
-        let _slot = match Slot::take(&self.active) {
-            Some(s) => s,
-            None => return Reply::Declined(format!("busy: {MAX_ACTIVE} invocations in progress")),
+        // Held until the invocation has ended, past an early answer.
+        let _attachment = self.inflight.hold(attachment_of(&req.env));
+        let Some(_slot) = Slot::take(&self.active) else {
+            return send(&Reply::Declined(format!(
+                "busy: {MAX_ACTIVE} invocations in progress"
+            )));
         };
-        let reply = crate::commands::run_noting(&req.env, &req.stdin, Some("served"));
-        Reply::Answered {
-            stdout: reply.stdout,
-            exit_code: reply.exit_code,
+        let answered = AtomicBool::new(false);
+        let cut_off = || {
+            if !answered.swap(true, Ordering::AcqRel) {
+                crate::metrics::note_answered();
+                send(&Reply::Answered {
+                    stdout: String::new(),
+                    exit_code: 0,
+                });
+            }
+        };
+        let is_del = req
+            .env
+            .iter()
+            .any(|(k, v)| k == "CNI_COMMAND" && v == "DEL");
+        let ctx = crate::commands::Context {
+            daemon: Some("served"),
+            on_cut_off: if is_del { Some(&cut_off) } else { None },
+        };
+        let reply = crate::commands::run_in(&req.env, &req.stdin, ctx);
+        if !answered.load(Ordering::Acquire) {
+            send(&Reply::Answered {
+                stdout: reply.stdout,
+                exit_code: reply.exit_code,
+            });
+        } else if reply.exit_code != 0 {
+            tracing::warn!(
+                answer = %reply.stdout,
+                "tenet serve: a DEL answered once the pod was cut off failed after; \
+                 the attachment's record remains for GC to finish"
+            );
         }
+    }
+}
+
+/// The attachment an invocation is about, as far as the daemon
+/// serialises them: (container id, interface name); `None` for commands
+/// without one (GC, STATUS, VERSION).
+fn attachment_of(env: &[(String, String)]) -> Option<(String, String)> {
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    Some((get("CNI_CONTAINERID")?, get("CNI_IFNAME")?))
+}
+
+/// The attachments with an invocation in progress in the daemon: a second
+/// invocation for one of them waits for the first to end (the runtime
+/// serialises them anyway; an early-answered DEL would otherwise still be
+/// running).
+#[derive(Default)]
+struct Inflight {
+    keys: Mutex<HashSet<(String, String)>>,
+    done: Condvar,
+}
+
+impl Inflight {
+    /// Waits until no invocation holds `key`, then holds it until the
+    /// guard is dropped (`None`: nothing to hold).
+    fn hold(&self, key: Option<(String, String)>) -> Option<Held<'_>> {
+        let key = key?;
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        while keys.contains(&key) {
+            keys = self.done.wait(keys).unwrap_or_else(|e| e.into_inner());
+        }
+        keys.insert(key.clone());
+        Some(Held { set: self, key })
+    }
+}
+
+/// An attachment held in [`Inflight`].
+struct Held<'a> {
+    set: &'a Inflight,
+    key: (String, String),
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.set.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(&self.key);
+        drop(keys);
+        self.set.done.notify_all();
     }
 }
 
@@ -226,6 +322,29 @@ mod tests {
         drop(held);
         assert_eq!(active.load(Ordering::Acquire), 0);
         assert!(Slot::take(&active).is_some());
+    }
+
+    #[test]
+    fn an_attachment_in_progress_makes_the_next_invocation_for_it_wait() {
+        let set = Inflight::default();
+        let key = || Some(("c1".to_owned(), "eth0".to_owned()));
+        let first = set.hold(key()).unwrap();
+        // Another attachment and keyless commands do not wait.
+        let other = set.hold(Some(("c2".into(), "eth0".into())));
+        assert!(other.is_some() && set.hold(None).is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _second = set.hold(key()).unwrap();
+                tx.send(()).unwrap();
+            });
+            // Still held: the second is waiting.
+            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+            drop(first);
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("runs once the first ended");
+        });
+        assert_eq!(set.keys.lock().unwrap().len(), 1, "only c2 is left held");
     }
 
     #[test]

@@ -21,6 +21,13 @@
 //! and empty arms to the same interleaved rounds (same artifacts, so the
 //! older build must share the engine profile) and prints both pipeline
 //! costs and their ratio: a before/after measured under the same load.
+//!
+//! With the node daemon (on unless `BENCH_DAEMON=off`): two more arms, the
+//! bundled and the empty pipeline through `tenet serve` (one daemon each,
+//! started here), so the pipeline's cost with loaded pipelines is measured
+//! in the same rounds. Their CPU time is the client's (wait4) plus the
+//! daemon's share: its user + system time over the measured rounds
+//! (`/proc/PID/stat`, clock ticks), divided by the rounds.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,9 +51,50 @@ fn bin(name: &str) -> PathBuf {
 
 const NETCONF: &str = r#"{"cniVersion":"1.0.0","name":"bench","type":"tenet"}"#;
 
-fn invoke(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path) -> (Duration, String) {
-    let (d, out, _) = invoke_with(tenet, pipeline, modules, cache, None);
+fn invoke(
+    tenet: &Path,
+    pipeline: &Path,
+    modules: &Path,
+    cache: &Path,
+    socket: Option<&Path>,
+) -> (Duration, String) {
+    let (d, out, _) = invoke_with(tenet, pipeline, modules, cache, None, socket);
     (d, out)
+}
+
+/// `tenet serve` on `socket`, in this process's namespaces and working
+/// directory (the daemon serves only such clients); waits until it listens.
+fn start_daemon(tenet: &Path, socket: &Path) -> std::process::Child {
+    let child = Command::new(tenet)
+        .env_clear()
+        .env("TENET_CONFIG", "/dev/null")
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tenet serve");
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < until, "tenet serve never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// User + system time of process `pid` so far (threads that ended
+/// included), from `/proc/PID/stat` (clock ticks).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
+    // Fields after the command name (which may hold spaces) start at ")".
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// Runs one ADD; with `log_level`, also returns tenet's log (stderr).
@@ -58,10 +106,14 @@ fn invoke_with(
     modules: &Path,
     cache: &Path,
     log_level: Option<&str>,
+    socket: Option<&Path>,
 ) -> (Duration, String, String) {
     let start = Instant::now();
     let mut cmd = Command::new(tenet);
     cmd.env_clear();
+    if let Some(s) = socket {
+        cmd.env("TENET_SOCKET", s);
+    }
     if let Some(level) = log_level {
         cmd.env("TENET_LOG_LEVEL", level);
     }
@@ -162,7 +214,7 @@ fn breakdown(tenet: &Path, pipeline: &Path, modules: &Path, cache: &Path, runs: 
     let mut run: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for _ in 0..runs {
-        let (_, _, log) = invoke_with(tenet, pipeline, modules, cache, Some("tenet=debug"));
+        let (_, _, log) = invoke_with(tenet, pipeline, modules, cache, Some("tenet=debug"), None);
         for line in log.lines() {
             // The bundle (loaded and instantiated once for all stages) is
             // reported as a pseudo-stage "(bundle)".
@@ -251,12 +303,12 @@ fn main() {
     let bundle = compile(&tenetctl, &rainbond, &modules, &cache);
 
     // Sanity: both variants reach the end of planning.
-    let (_, out) = invoke(&tenet, &rainbond, &modules, &cache);
+    let (_, out) = invoke(&tenet, &rainbond, &modules, &cache, None);
     assert!(
         out.contains("\"code\":110"),
         "rainbond ADD did not plan: {out}"
     );
-    let (_, out) = invoke(&tenet, &empty, &modules, &cache);
+    let (_, out) = invoke(&tenet, &empty, &modules, &cache, None);
     assert!(
         out.contains("\"code\":104"),
         "empty ADD did not reach validation: {out}"
@@ -273,15 +325,22 @@ fn main() {
     // artifacts (same engine profile) as two more interleaved arms, so a
     // change is measured against its base in the same run.
     let baseline = std::env::var_os("BENCH_BASELINE_TENET").map(PathBuf::from);
-    let mut arms: Vec<(&str, &Path, &Path, &Path)> = vec![
-        ("rainbond, bundled (4 stages)", &tenet, &rainbond, &cache),
+    let mut arms: Vec<(&str, &Path, &Path, &Path, Option<&Path>)> = vec![
+        (
+            "rainbond, bundled (4 stages)",
+            &tenet,
+            &rainbond,
+            &cache,
+            None,
+        ),
         (
             "rainbond, stage by stage    ",
             &tenet,
             &rainbond,
             &unbundled,
+            None,
         ),
-        ("empty pipeline              ", &tenet, &empty, &cache),
+        ("empty pipeline              ", &tenet, &empty, &cache, None),
     ];
     if let Some(old) = &baseline {
         assert!(
@@ -289,14 +348,46 @@ fn main() {
             "BENCH_BASELINE_TENET={} is not a file",
             old.display()
         );
-        arms.push(("baseline: rainbond, bundled ", old, &rainbond, &cache));
-        arms.push(("baseline: empty pipeline    ", old, &empty, &cache));
+        arms.push(("baseline: rainbond, bundled ", old, &rainbond, &cache, None));
+        arms.push(("baseline: empty pipeline    ", old, &empty, &cache, None));
+    }
+    let with_daemon = !matches!(
+        std::env::var("BENCH_DAEMON").as_deref(),
+        Ok("off") | Ok("0")
+    );
+    let sockets = [
+        tmp.path().join("bundled.sock"),
+        tmp.path().join("empty.sock"),
+    ];
+    let mut daemons: Vec<std::process::Child> = Vec::new();
+    if with_daemon {
+        daemons = sockets.iter().map(|s| start_daemon(&tenet, s)).collect();
+        arms.push((
+            "daemon: rainbond, bundled   ",
+            &tenet,
+            &rainbond,
+            &cache,
+            Some(&sockets[0]),
+        ));
+        arms.push((
+            "daemon: empty pipeline      ",
+            &tenet,
+            &empty,
+            &cache,
+            Some(&sockets[1]),
+        ));
+        let (_, out) = invoke(&tenet, &rainbond, &modules, &cache, Some(&sockets[0]));
+        assert!(
+            out.contains("\"code\":110"),
+            "daemon ADD did not plan: {out}"
+        );
     }
     for _ in 0..20 {
-        for &(_, t, p, c) in &arms {
-            invoke(t, p, &modules, c);
+        for &(_, t, p, c, s) in &arms {
+            invoke(t, p, &modules, c, s);
         }
     }
+    let daemon_cpu_before: Vec<Duration> = daemons.iter().map(|d| process_cpu(d.id())).collect();
     let mut wall: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); arms.len()];
     let mut cpu: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); arms.len()];
     for i in 0..runs {
@@ -304,8 +395,8 @@ fn main() {
         // hits them all alike.
         for k in 0..arms.len() {
             let a = (i + k) % arms.len();
-            let (_, t, p, c) = arms[a];
-            wall[a].push(invoke(t, p, &modules, c).0);
+            let (_, t, p, c, s) = arms[a];
+            wall[a].push(invoke(t, p, &modules, c, s).0);
             cpu[a].push(last_cpu());
         }
     }
@@ -319,7 +410,7 @@ fn main() {
     ] {
         println!("  {title}:");
         let s: Vec<(f64, f64, f64)> = samples.iter_mut().map(|v| stats(v)).collect();
-        for ((name, _, _, _), (m, p90, min)) in arms.iter().zip(&s) {
+        for ((name, _, _, _, _), (m, p90, min)) in arms.iter().zip(&s) {
             println!("    {name}: median {m:8.0} us  p90 {p90:8.0} us  min {min:8.0} us");
         }
         let e = s[2].0;
@@ -342,6 +433,37 @@ fn main() {
                 (s[0].0 - e) / (b - be)
             );
         }
+        if with_daemon {
+            let (d, de) = (s[arms.len() - 2].0, s[arms.len() - 1].0);
+            if title == "wall time" {
+                println!(
+                    "    daemon pipeline cost, bundled (median difference): {:5.0} us  ratio {:.2}",
+                    d - de,
+                    d / de
+                );
+            } else {
+                // The client's median plus the daemon's mean share.
+                let share: Vec<f64> = daemons
+                    .iter()
+                    .zip(&daemon_cpu_before)
+                    .map(|(p, before)| {
+                        (process_cpu(p.id()) - *before).as_secs_f64() * 1e6 / runs as f64
+                    })
+                    .collect();
+                println!(
+                    "    daemon CPU per invocation (mean over the rounds): bundled {:5.0} us, empty {:5.0} us",
+                    share[0], share[1]
+                );
+                println!(
+                    "    daemon pipeline cost, bundled (client median + daemon share, difference): {:5.0} us",
+                    (d + share[0]) - (de + share[1])
+                );
+            }
+        }
+    }
+    for mut d in daemons {
+        let _ = d.kill();
+        let _ = d.wait();
     }
     let n: usize = std::env::var("BENCH_BREAKDOWN_RUNS")
         .ok()
