@@ -121,7 +121,8 @@ bench: deps build guests
 ## host-local plugins, rainbond and single-tenant pipelines, in scratch network
 ## namespaces (root; see docs/perf.md). BENCH_ROUNDS (4) rounds of BENCH_RUNS (15)
 ## alternating iterations, ratios per round and their median; BENCH_LOAD=cpu adds
-## one busy loop per CPU (the busy-node figure); BENCH_BASELINE_DIR=<dir with tenet,
+## one busy loop per CPU (the busy-node figure); BENCH_DAEMON=off drops the arms
+## through the node daemon (tenet serve); BENCH_BASELINE_DIR=<dir with tenet,
 ## tenetctl, modules/ of an older build> adds its arms and the ratio new/baseline;
 ## BENCH_BIN_DIR / TENET_TEST_MODULES pick the binaries. Ends with the equivalent
 ## hyperfine script.

@@ -7,7 +7,10 @@
 //! creates live in the throwaway node, never in the machine's namespace.
 //! The demo prints what each pod got, proves that pods of one tenant reach
 //! each other and pods of different tenants do not, deletes everything and
-//! proves that nothing is left. It exits non-zero if any of that fails.
+//! proves that nothing is left. Then it starts the node daemon (`tenet
+//! serve`) in the same node and wires two more pods through it, showing
+//! that the daemon served them and answered their DEL before the kernel had
+//! finished deleting their veths. It exits non-zero if any of that fails.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,6 +94,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     let tmp = tempfile::tempdir().map_err(CtlError::from_err)?;
     let state = tmp.path().join("state");
     let ctx = Ctx {
+        socket: None,
         tenet,
         pipeline,
         modules: opts.module_dirs.clone(),
@@ -114,7 +118,10 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, CtlError> {
     code
 }
 
+#[derive(Clone)]
 struct Ctx {
+    /// `TENET_SOCKET` of every exec: the node daemon's socket, if any.
+    socket: Option<PathBuf>,
     tenet: PathBuf,
     pipeline: PathBuf,
     modules: Vec<PathBuf>,
@@ -168,6 +175,7 @@ impl Ctx {
             )
             .env("TENET_CACHE_DIR", &self.cache)
             .env("TENET_STATE_DIR", &self.state)
+            .envs(self.socket.iter().map(|s| ("TENET_SOCKET", s)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -307,6 +315,8 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
             idle.join(", ")
         ),
     )?;
+    drop(pods);
+    daemon_part(ctx, out, &mut failures)?;
     ctx.gc()?;
     let idle = crate::apply::idle_tenant_networks().map_err(CtlError::from_err)?;
     let left = crate::apply::leftovers(&ctx.state).map_err(CtlError::from_err)?;
@@ -320,7 +330,6 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
         failures.extend(idle);
         failures.extend(left);
     }
-    drop(pods);
     if failures.is_empty() {
         w(out, "demo passed".into())?;
         Ok(0)
@@ -328,6 +337,156 @@ fn demo(ctx: &Ctx, out: &mut dyn Write) -> Result<i32, CtlError> {
         w(out, format!("demo FAILED: {}", failures.join("; ")))?;
         Ok(1)
     }
+}
+
+/// The node daemon in the demo node: two pods of two tenants through it,
+/// their exec records showing it served them, isolation between them, and
+/// their DEL answered before it ended.
+fn daemon_part(ctx: &Ctx, out: &mut dyn Write, failures: &mut Vec<String>) -> Result<(), CtlError> {
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
+    let dir = ctx.state.with_file_name("serve");
+    std::fs::create_dir_all(&dir).map_err(CtlError::from_err)?;
+    let socket = dir.join("tenet.sock");
+    // Same binary, node namespace and working directory as the execs: the
+    // daemon serves nothing else.
+    let mut daemon = Command::new(&ctx.tenet)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TENET_CONFIG", "/dev/null")
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| CtlError::Message(format!("{} serve: {e}", ctx.tenet.display())))?;
+    let r = daemon_pods(ctx, &socket, out, failures);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    r?;
+    w(
+        out,
+        "the daemon stopped: every exec runs itself again".into(),
+    )
+}
+
+fn daemon_pods(
+    ctx: &Ctx,
+    socket: &Path,
+    out: &mut dyn Write,
+    failures: &mut Vec<String>,
+) -> Result<(), CtlError> {
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CtlError::from_err);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if std::time::Instant::now() > until {
+            return Err(CtlError::msg("tenet serve did not listen within 30 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    w(
+        out,
+        format!(
+            "\nthe node daemon (`tenet serve`, socket {}): pipelines kept loaded; each `tenet` exec forwards to it",
+            socket.display()
+        ),
+    )?;
+    let served = Ctx {
+        socket: Some(socket.to_owned()),
+        ..ctx.clone()
+    };
+    let records = || {
+        let f = crate::metrics::dir(&ctx.state).join(crate::metrics::FILE_NAME);
+        crate::metrics::parse(&std::fs::read(f).unwrap_or_default()).0
+    };
+    let mut pods = Vec::new();
+    for (name, namespace) in [("web-2", "team-a"), ("api-1", "team-b")] {
+        let mut p = Pod {
+            name,
+            namespace,
+            ns: ScratchNetns::new().map_err(CtlError::from_err)?,
+            result: Value::Null,
+        };
+        p.result = served.cni("ADD", &p)?;
+        let by = records()
+            .into_iter()
+            .rev()
+            .find(|r| r.cmd == "ADD")
+            .and_then(|r| r.daemon);
+        let ok = by.as_deref() == Some("served");
+        w(
+            out,
+            format!(
+                "{} ADD {:<6} {:<8} {:<16} run by: {}",
+                if ok { "ok  " } else { "FAIL" },
+                p.name,
+                p.namespace,
+                p.result["ips"][0]["address"].as_str().unwrap_or("?"),
+                if ok {
+                    "the daemon".to_owned()
+                } else {
+                    by.unwrap_or_else(|| "the exec itself".into())
+                }
+            ),
+        )?;
+        if !ok {
+            failures.push(format!("ADD {} not served by the daemon", p.name));
+        }
+        pods.push(p);
+    }
+    let reach = pods[0].ping(&pods[1].ip());
+    w(
+        out,
+        format!(
+            "{} {} cannot reach {}  [different tenants: must not reach]",
+            if reach { "FAIL" } else { "ok  " },
+            pods[0].name,
+            pods[1].name
+        ),
+    )?;
+    if reach {
+        failures.push(format!("{} -> {}", pods[0].name, pods[1].name));
+    }
+    let dels_before = records().iter().filter(|r| r.cmd == "DEL").count();
+    for p in &pods {
+        served.cni("DEL", p)?;
+    }
+    // The daemon answers a DEL once the pod is cut off and deletes its
+    // veths after: wait for both records (a readiness wait, bounded).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dels = loop {
+        let dels: Vec<_> = records()
+            .into_iter()
+            .filter(|r| r.cmd == "DEL")
+            .skip(dels_before)
+            .collect();
+        if dels.len() >= pods.len() || std::time::Instant::now() > until {
+            break dels;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // (The two DELs may end in either order: they are of two pods.)
+    for d in &dels {
+        match d.answered_us {
+            Some(a) if d.code == 0 => w(
+                out,
+                format!(
+                    "ok   DEL answered after {:.1} ms; the daemon finished it (veths deleted, addresses released) at {:.1} ms",
+                    a as f64 / 1000.0,
+                    d.us as f64 / 1000.0
+                ),
+            )?,
+            _ => {
+                w(out, format!("FAIL DEL through the daemon: {d:?}"))?;
+                failures.push("a DEL through the daemon".into());
+            }
+        }
+    }
+    if dels.len() < pods.len() {
+        failures.push("a DEL through the daemon never ended".into());
+    }
+    Ok(())
 }
 
 /// The eth1 routes of a result: destinations whose gateway is eth1's.

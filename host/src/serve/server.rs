@@ -151,6 +151,12 @@ impl Server {
             .and_then(|()| wire::read_request(&mut BufReader::new(&stream)))
         {
             Ok(r) => r,
+            // A client that connected and left (a readiness probe), or one
+            // cut off mid-request: nothing was run either way.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(error = %e, "tenet serve: a client left without a whole request");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "tenet serve: unreadable request");
                 return;

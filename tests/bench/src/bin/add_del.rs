@@ -33,6 +33,13 @@
 //!   per online CPU for the whole run, the "busy node" figure; killed at the
 //!   end, on failure, and (`PR_SET_PDEATHSIG`) if this program dies. Default:
 //!   no load ("quiet"; the load average at start and end is printed either way).
+//! - `BENCH_DAEMON=off`: without the arms through the node daemon. By
+//!   default each pipeline also has a "tenet (daemon)" arm: `tenet serve`
+//!   in that arm's node namespace, and the same execs with `TENET_SOCKET`;
+//!   the ratios daemon / reference and daemon / one-shot, and the daemon's
+//!   peak RSS, are printed. The daemon answers a DEL before it has ended
+//!   (docs/runtimes.md), so the bench waits, untimed, for that DEL's exec
+//!   record before the next ADD of the same pod.
 //! - `BENCH_BASELINE_DIR=/dir`: a directory with `tenet`, `tenetctl` and
 //!   `modules/` from an older build; adds a "tenet (baseline)" arm per
 //!   pipeline (its own tenetctl, cache and state) and the ratios new /
