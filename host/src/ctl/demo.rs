@@ -469,7 +469,7 @@ fn daemon_pods(
     // (The two DELs may end in either order: they are of two pods.)
     for d in &dels {
         match d.answered_us {
-            Some(a) if d.code == 0 => w(
+            Some(a) if d.succeeded() => w(
                 out,
                 format!(
                     "ok   DEL answered after {:.1} ms; the daemon finished it (veths deleted, addresses released) at {:.1} ms",

@@ -110,6 +110,16 @@ pub struct ExecRecord {
     pub freed: Vec<String>,
 }
 
+impl ExecRecord {
+    /// The `code` of a command that succeeded (CNI error codes start at 1).
+    pub const SUCCESS: u32 = 0;
+
+    /// Whether the command succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.code == Self::SUCCESS
+    }
+}
+
 struct Current {
     rec: ExecRecord,
     started: Instant,
