@@ -62,6 +62,17 @@ impl Daemon {
         self.child.wait().unwrap();
     }
 
+    /// Sends `SIG<name>` (STOP, CONT) to the daemon.
+    fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -202,6 +213,36 @@ fn the_daemon_serves_pods_and_the_binary_runs_them_itself_without_it() {
     // A repeated DEL is success, through the daemon too.
     run(&node, &a1, "DEL", &[daemon.env()]).ok();
     node.gc_idle_tenants(2);
+}
+
+#[test]
+#[ignore = "needs root (a scratch node namespace)"]
+fn a_stopped_daemon_is_passed_by_and_never_runs_what_it_missed() {
+    let node = Node::new("a stopped daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&node, &dir.path().join("tenet.sock"));
+    let a1 = Pod::new("stopped-a1", "team-a");
+    run(&node, &a1, "ADD", &[daemon.env()]).ok();
+    assert_eq!(last_path(&node, "ADD"), served());
+
+    // Stopped, its socket still takes connections (into the backlog): the
+    // client gets no greeting, runs the ADD itself and says why.
+    daemon.signal("STOP");
+    let a2 = Pod::new("stopped-a2", "team-a");
+    let r = run(&node, &a2, "ADD", &[daemon.env()]).ok();
+    let path = last_path(&node, "ADD").unwrap_or_default();
+    assert!(path.starts_with("declined: no greeting"), "{path}");
+    assert!(a1.ping(&first_ip(&r)));
+
+    // Resumed, it takes the abandoned connection first (accept is in
+    // order), finds no request on it and runs nothing; then serves again.
+    daemon.signal("CONT");
+    run(&node, &a2, "DEL", &[daemon.env()]).ok();
+    assert_eq!(last_path(&node, "DEL"), served());
+    let adds = records(&node).iter().filter(|r| r.cmd == "ADD").count();
+    assert_eq!(adds, 2, "the ADD the daemon missed never ran there");
+    run(&node, &a1, "DEL", &[daemon.env()]).ok();
+    node.gc_idle_tenants(1);
 }
 
 #[test]

@@ -20,6 +20,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long writing the request may take (the daemon reads it at once).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the client waits for the daemon's greeting before running the
+/// invocation itself. The accept loop greets at once; a daemon that is
+/// stopped or wedged never does, and its socket still takes connections.
+const GREET_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What became of the invocation.
 #[derive(Debug)]
 pub enum Forwarded {
@@ -63,6 +68,22 @@ pub fn forward(env: &[(String, String)], stdin: &[u8]) -> Forwarded {
         }
         Err(_) => return Forwarded::RunHere(None),
     }
+    let mut reader = BufReader::new(&stream);
+    // Nothing is sent before the daemon says it is serving us: one that
+    // does not, within the bound, gets nothing to run.
+    let greeting = stream
+        .set_read_timeout(Some(GREET_TIMEOUT))
+        .and_then(|()| wire::read_reply(&mut reader));
+    match greeting {
+        Ok(Reply::Ready) => {}
+        Ok(Reply::Declined(why)) => return Forwarded::RunHere(Some(why)),
+        Ok(Reply::Answered { .. }) => {
+            return Forwarded::RunHere(Some("the daemon answered before the request".into()));
+        }
+        Err(e) => {
+            return Forwarded::RunHere(Some(format!("no greeting from the daemon: {e}")));
+        }
+    }
     let req = Request {
         identity: super::identity(),
         env: env.to_vec(),
@@ -80,24 +101,117 @@ pub fn forward(env: &[(String, String)], stdin: &[u8]) -> Forwarded {
     }
     let answer = stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .and_then(|()| wire::read_reply(&mut BufReader::new(&stream)));
+        .and_then(|()| wire::read_reply(&mut reader));
     match answer {
         Ok(Reply::Answered { stdout, exit_code }) => {
             Forwarded::Answered(commands::Reply { stdout, exit_code })
         }
         Ok(Reply::Declined(why)) => Forwarded::RunHere(Some(why)),
-        Err(e) => {
+        failed => {
             // It may have run in part: as after an exec that crashed, the
             // runtime retries (DEL, then ADD) and the journal covers it.
+            let why = match failed {
+                Err(e) => e.to_string(),
+                _ => "a second greeting instead of an answer".to_owned(),
+            };
             let err = CniError::new(
                 code::TRY_AGAIN_LATER,
                 "the tenet daemon did not answer",
-                format!("{}: {e}", path.display()),
+                format!("{}: {why}", path.display()),
             );
             Forwarded::Answered(commands::Reply {
                 stdout: err.to_json(&cni::error_version(stdin)),
                 exit_code: 1,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    fn env_for(socket: &std::path::Path) -> Vec<(String, String)> {
+        vec![
+            ("CNI_COMMAND".into(), "ADD".into()),
+            (
+                super::super::SOCKET_ENV.into(),
+                socket.to_str().unwrap().into(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_daemon_that_never_greets_gets_nothing_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tenet.sock");
+        // Bound and listening, never accepting: a stopped daemon's socket
+        // still takes connections into its backlog.
+        let listener = UnixListener::bind(&socket).unwrap();
+        match forward(&env_for(&socket), b"{}") {
+            Forwarded::RunHere(Some(why)) => assert!(why.contains("no greeting"), "{why}"),
+            other => panic!("expected to run it here, got {other:?}"),
+        }
+        // The client never sent its request: the connection holds nothing.
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sent = Vec::new();
+        conn.read_to_end(&mut sent).unwrap();
+        assert!(sent.is_empty(), "{} bytes were sent", sent.len());
+    }
+
+    #[test]
+    fn the_request_follows_the_greeting_and_the_answer_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tenet.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            wire::write_reply(&mut &conn, &Reply::Ready).unwrap();
+            let req = wire::read_request(&mut BufReader::new(&conn)).unwrap();
+            wire::write_reply(
+                &mut &conn,
+                &Reply::Answered {
+                    stdout: "{\"ok\":true}".into(),
+                    exit_code: 0,
+                },
+            )
+            .unwrap();
+            req
+        });
+        let env = env_for(&socket);
+        match forward(&env, b"{\"cniVersion\":\"1.1.0\"}") {
+            Forwarded::Answered(r) => {
+                assert_eq!((r.stdout.as_str(), r.exit_code), ("{\"ok\":true}", 0));
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+        let req = daemon.join().unwrap();
+        assert_eq!(req.env, env);
+        assert_eq!(req.stdin, b"{\"cniVersion\":\"1.1.0\"}");
+        assert_eq!(req.identity, super::super::identity());
+    }
+
+    #[test]
+    fn a_daemon_that_goes_silent_after_the_request_gets_code_11() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tenet.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            wire::write_reply(&mut &conn, &Reply::Ready).unwrap();
+            // Takes the request, then dies without an answer.
+            wire::read_request(&mut BufReader::new(&conn)).unwrap();
+        });
+        match forward(&env_for(&socket), b"{}") {
+            Forwarded::Answered(r) => {
+                assert_eq!(r.exit_code, 1);
+                let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                assert_eq!(v["code"], code::TRY_AGAIN_LATER, "{v}");
+            }
+            other => panic!("expected code 11, got {other:?}"),
+        }
+        daemon.join().unwrap();
     }
 }

@@ -39,6 +39,7 @@
 //! |---|---|
 //! | no socket, nobody listening (`ENOENT`, `ECONNREFUSED`) | runs it itself |
 //! | socket owned by another user (`SO_PEERCRED`) | runs it itself, warns on stderr |
+//! | no greeting within 2 s (a stopped or wedged daemon's socket still takes connections) | runs it itself (the request was never sent) |
 //! | declined (identity differs, daemon busy) | runs it itself |
 //! | connection lost before the request was written | runs it itself (the daemon acts only on a whole request) |
 //! | connection lost or silent after the request | code 11, try again: the invocation may have run in part, as after a crashed exec |

@@ -108,12 +108,19 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            // Checked and greeted here, before a thread is spawned, so a
+            // client waits for the greeting only as long as the accept loop
+            // takes; it sends its request meanwhile the thread starts.
+            if !self.greet(&stream) {
+                continue;
+            }
             let spare = stream.try_clone();
             let spawned = std::thread::Builder::new()
                 .name("tenet-serve".into())
                 .spawn(move || self.handle(stream));
             if let Err(e) = spawned {
-                // Nothing was read, so nothing ran: the client runs it.
+                // Its request is never read, so nothing runs: the client
+                // reads this instead of an answer and runs it itself.
                 tracing::warn!(error = %e, "tenet serve: cannot start a thread");
                 if let Ok(mut s) = spare {
                     let _ = wire::write_reply(&mut s, &Reply::Declined(format!("no thread: {e}")));
@@ -122,30 +129,34 @@ impl Server {
         }
     }
 
-    /// One connection: check the peer, read the request, decline or run it.
-    fn handle(&self, stream: UnixStream) {
+    /// Checks the peer and greets it: `Ready` for a peer of the daemon's
+    /// uid (true), `Declined` for another (false: its request is never
+    /// read, so for that client there is no daemon and it runs the
+    /// invocation itself, with its own rights).
+    fn greet(&self, stream: &UnixStream) -> bool {
         let euid = nix::unistd::geteuid().as_raw();
-        match getsockopt(&stream, PeerCredentials) {
-            Ok(c) if c.uid() == euid => {}
+        let reply = match getsockopt(stream, PeerCredentials) {
+            Ok(c) if c.uid() == euid => Reply::Ready,
             Ok(c) => {
-                // Not read, so not run: for that client there is no daemon
-                // (it runs the invocation itself, with its own rights).
                 tracing::warn!(
                     uid = c.uid(),
                     pid = c.pid(),
                     "tenet serve: a peer of another uid was refused"
                 );
-                let _ = wire::write_reply(
-                    &mut &stream,
-                    &Reply::Declined(format!("not served to uid {}", c.uid())),
-                );
-                return;
+                Reply::Declined(format!("not served to uid {}", c.uid()))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tenet serve: no peer credentials");
-                return;
+                return false;
             }
-        }
+        };
+        // A few bytes into a fresh socket's buffer: this never blocks.
+        let greeted = wire::write_reply(&mut &*stream, &reply).is_ok();
+        greeted && reply == Reply::Ready
+    }
+
+    /// One greeted connection: read the request, decline or run it.
+    fn handle(&self, stream: UnixStream) {
         let req = match stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .and_then(|()| wire::read_request(&mut BufReader::new(&stream)))
@@ -283,12 +294,20 @@ pub fn start(path: &Path) -> Result<(), String> {
     // Lives as long as the process: every connection thread borrows it.
     let server: &'static Server = Box::leak(Box::new(server));
     if cfg.pipeline.is_some() {
-        // Loaded once now (and kept) rather than by the first pod.
-        match crate::commands::load_pipeline(&cfg) {
+        // Loaded now (and kept) rather than by the first pod, beside the
+        // accept loop: a client is greeted at once, not after the load (a
+        // pod meanwhile loads its own, and both are kept).
+        let warm_up = move || match crate::commands::load_pipeline(&cfg) {
             Ok(lease) => drop(lease),
             Err(e) => {
                 tracing::warn!(code = e.code, msg = %e.msg, details = %e.details, "tenet serve: the configured pipeline does not load yet")
             }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("tenet-warm-up".into())
+            .spawn(warm_up)
+        {
+            tracing::warn!(error = %e, "tenet serve: no warm-up thread; the first pod loads the pipeline");
         }
     }
     server.run().map_err(|e| format!("{}: {e}", path.display()))

@@ -1,13 +1,18 @@
-//! The node daemon's wire format: one request and one reply per
-//! connection, length-prefixed binary frames (no escaping, no parser to
+//! The node daemon's wire format: a greeting, one request and one reply
+//! per connection, length-prefixed binary frames (no escaping, no parser to
 //! trust beyond bounds checks).
+//!
+//! The daemon speaks first: a reply frame that is either `Ready` (send the
+//! request) or `Declined`. The client sends its request only once it has
+//! `Ready`, so a daemon that accepts nothing (stopped, wedged) costs the
+//! client a short wait and never an invocation run twice.
 //!
 //! Request: `TNT1`, the client's [`Identity`], the environment as
 //! `count` then `len key len value` pairs, then `len stdin`. Reply:
-//! `TNT1`, a kind byte (0 answered, 1 declined), the exit code (i32), then
-//! `len text` (the CNI document, or why the daemon declined). Integers are
-//! little-endian `u32` unless said otherwise; every length is bounded by
-//! [`MAX_FRAME`] before anything is allocated.
+//! `TNT1`, a kind byte (0 answered, 1 declined, 2 ready), the exit code
+//! (i32), then `len text` (the CNI document, or why the daemon declined).
+//! Integers are little-endian `u32` unless said otherwise; every length
+//! is bounded by [`MAX_FRAME`] before anything is allocated.
 
 use std::io::{self, Read, Write};
 
@@ -74,6 +79,9 @@ pub enum Reply {
     /// The daemon will not run this invocation (another node namespace,
     /// another binary, too busy): the client runs it itself.
     Declined(String),
+    /// The daemon's greeting, before the request: it is serving this
+    /// connection, send the request.
+    Ready,
 }
 
 /// A frame that is not one of ours, or too large.
@@ -148,6 +156,7 @@ pub fn write_reply(w: &mut impl Write, reply: &Reply) -> io::Result<()> {
     let (kind, code, text) = match reply {
         Reply::Answered { stdout, exit_code } => (0u8, *exit_code, stdout.as_str()),
         Reply::Declined(why) => (1u8, 0, why.as_str()),
+        Reply::Ready => (2u8, 0, ""),
     };
     let mut buf = Vec::with_capacity(16 + text.len());
     buf.extend_from_slice(MAGIC);
@@ -174,6 +183,7 @@ pub fn read_reply(r: &mut impl Read) -> io::Result<Reply> {
             exit_code: code,
         }),
         1 => Ok(Reply::Declined(text)),
+        2 => Ok(Reply::Ready),
         k => Err(invalid(format!("unknown reply kind {k}"))),
     }
 }
@@ -306,6 +316,7 @@ mod tests {
                 exit_code: -1,
             },
             Reply::Declined("another node namespace".into()),
+            Reply::Ready,
         ] {
             let mut buf = Vec::new();
             write_reply(&mut buf, &reply).unwrap();
