@@ -143,6 +143,25 @@ mod tests {
         ]
     }
 
+    /// A daemon stand-in at `socket` for one connection: greets, reads the
+    /// request, sends `answer` (none: closes without one); returns the
+    /// request it read.
+    fn greeting_daemon(
+        socket: &std::path::Path,
+        answer: Option<Reply>,
+    ) -> std::thread::JoinHandle<Request> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            wire::write_reply(&mut &conn, &Reply::Ready).unwrap();
+            let req = wire::read_request(&mut BufReader::new(&conn)).unwrap();
+            if let Some(a) = answer {
+                wire::write_reply(&mut &conn, &a).unwrap();
+            }
+            req
+        })
+    }
+
     #[test]
     fn a_daemon_that_never_greets_gets_nothing_to_run() {
         let dir = tempfile::tempdir().unwrap();
@@ -165,21 +184,13 @@ mod tests {
     fn the_request_follows_the_greeting_and_the_answer_is_returned() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("tenet.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let daemon = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            wire::write_reply(&mut &conn, &Reply::Ready).unwrap();
-            let req = wire::read_request(&mut BufReader::new(&conn)).unwrap();
-            wire::write_reply(
-                &mut &conn,
-                &Reply::Answered {
-                    stdout: "{\"ok\":true}".into(),
-                    exit_code: 0,
-                },
-            )
-            .unwrap();
-            req
-        });
+        let daemon = greeting_daemon(
+            &socket,
+            Some(Reply::Answered {
+                stdout: "{\"ok\":true}".into(),
+                exit_code: 0,
+            }),
+        );
         let env = env_for(&socket);
         match forward(&env, b"{\"cniVersion\":\"1.1.0\"}") {
             Forwarded::Answered(r) => {
@@ -197,13 +208,8 @@ mod tests {
     fn a_daemon_that_goes_silent_after_the_request_gets_code_11() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("tenet.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let daemon = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            wire::write_reply(&mut &conn, &Reply::Ready).unwrap();
-            // Takes the request, then dies without an answer.
-            wire::read_request(&mut BufReader::new(&conn)).unwrap();
-        });
+        // Takes the request, then goes away without an answer.
+        let daemon = greeting_daemon(&socket, None);
         match forward(&env_for(&socket), b"{}") {
             Forwarded::Answered(r) => {
                 assert_eq!(r.exit_code, 1);

@@ -110,7 +110,7 @@ impl Server {
             };
             // Checked and greeted here, before a thread is spawned, so a
             // client waits for the greeting only as long as the accept loop
-            // takes; it sends its request meanwhile the thread starts.
+            // takes; it sends its request while the thread starts.
             if !self.greet(&stream) {
                 continue;
             }
