@@ -33,16 +33,9 @@ impl Backends {
                 crate::cni::error::error_chain(&e),
             )
         })?;
-        // Host-link addresses mean nothing after a reboot of the node: no
-        // fsync for them (see `LocalOptions::durable`).
-        let links = LocalStore::open(
-            &cfg.state_dir,
-            LocalOptions {
-                durable: false,
-                ..LocalOptions::default()
-            },
-        )
-        .map_err(|e| {
+        // Host-link addresses in their own store: same directory, their
+        // own network name and lock.
+        let links = LocalStore::open(&cfg.state_dir, LocalOptions::default()).map_err(|e| {
             CniError::new(
                 e.cni_code(),
                 "cannot open the local address store",

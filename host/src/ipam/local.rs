@@ -30,15 +30,22 @@
 //!
 //! # Crash safety
 //!
-//! A write goes to a fresh temp file in the same directory, is `fsync`ed
-//! (unless [`LocalOptions::durable`] is off), and renamed over
-//! `state.json`. `rename(2)` replaces the name atomically, so at every
+//! A write goes to a fresh temp file in the same directory and is renamed
+//! over `state.json`. `rename(2)` replaces the name atomically, so at every
 //! instant `state.json` is either the complete old state or the complete
-//! new one, whichever step a crash interrupts, and the data fsync keeps a
-//! power cut from leaving a torn or empty file. The directory is not
-//! fsynced: a power cut may roll the state back to an earlier complete
-//! version, which loses nothing that outlives the cut
-//! ([`LocalOptions::durable`] says why).
+//! new one, whichever step a killed process interrupts.
+//!
+//! Writes are not fsynced. What this store holds describes this node's
+//! pods, and a power cut (or a kernel crash) takes them all with it: their
+//! namespaces and veths live in memory. A cut may roll `state.json` back to
+//! an earlier version, which only re-claims addresses of pods that are gone
+//! (the runtime's DEL and GC free them), or, on a filesystem without
+//! rename-over heuristics, leave it torn or empty. A torn file written in
+//! an earlier boot is set aside as `state.json.torn-<time>` and the network
+//! starts empty; the [`boot`](super::boot) marker, written durably before
+//! a boot's first unsynced write, is what tells it from a file that is
+//! corrupt while its pods still run (an error, below). Without a boot id
+//! from the kernel every write is fsynced instead.
 //! Readers only ever open `state.json`, so they need no lock and never see a
 //! partial file; a temp file left by a crash is ignored by readers and
 //! deleted by the next writer (which, holding the lock, knows no write is in
@@ -48,9 +55,9 @@
 //! The price is that each write rewrites the network's state: linear in its
 //! attachments (about 200 bytes each), which is right for one machine's pods
 //! but not for tens of thousands; the allocation itself stays flat as a
-//! subnet fills (see `alloc`). An unparsable `state.json` is never
-//! overwritten: it is reported as [`IpamError::Corrupt`] (code 138, `codes::STORE_FAILURE`) for an
-//! operator to inspect.
+//! subnet fills (see `alloc`). An unparsable `state.json` of this boot is
+//! never overwritten: it is reported as [`IpamError::Corrupt`] (code 138,
+//! `codes::STORE_FAILURE`) for an operator to inspect.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
@@ -59,6 +66,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::alloc::{Claim, Ctx, NetworkState};
+use super::boot;
 use super::{
     Allocation, AttachmentKey, ClaimState, GcReport, IpStore, IpamError, TenantSubnet,
     validate_network_name,
@@ -67,7 +75,6 @@ use crate::plan::AddressSpec;
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
-const TMP_PREFIX: &str = ".state.json.tmp-";
 
 /// Tuning of a [`LocalStore`].
 #[derive(Debug, Clone)]
@@ -85,20 +92,6 @@ pub struct LocalOptions {
     /// default) means this process, which is right for the CNI binary; a
     /// long-lived daemon serving CNI calls would name its caller.
     pub claimer: Option<ProcessIdentity>,
-    /// fsync the data of writes that change who holds what (claim,
-    /// reserve, release, GC) before renaming them into place, so a power
-    /// cut never leaves a torn or empty `state.json`. Default true. The
-    /// rename itself is not made durable (no directory fsync): a power cut
-    /// may roll the state back to an earlier complete version, which loses
-    /// only what the cut destroyed anyway: the pods it claimed for are gone
-    /// with the power (their veths and netns live in memory), and the
-    /// attachment records (the journal, not fsynced either) roll back
-    /// alike; a release rolled back leaves a claim that the runtime's GC
-    /// frees. A confirmation is never fsynced: lost to a power cut, it
-    /// leaves a pending claim whose claimer is gone, i.e. stale. A store of
-    /// node-local addresses (host links) turns this off for the same
-    /// reason.
-    pub durable: bool,
     /// The clock cooldowns and stale claims are decided on (the system's;
     /// tests step a [`ManualClock`](super::ManualClock)).
     pub clock: std::sync::Arc<dyn super::Clock>,
@@ -111,7 +104,6 @@ impl Default for LocalOptions {
             cooldown: Duration::from_secs(30),
             pending_timeout: Duration::from_secs(300),
             claimer: None,
-            durable: true,
             clock: super::clock::system(),
         }
     }
@@ -269,6 +261,42 @@ fn load(path: &Path) -> Result<NetworkState, IpamError> {
     Ok(st)
 }
 
+/// [`load`], except that a state written without fsync before a reboot and
+/// left unparsable by it reads as empty, with `true`: the caller holding
+/// the lock sets it aside (module documentation, "Crash safety").
+fn load_or_torn(path: &Path, marker: boot::Marker) -> Result<(NetworkState, bool), IpamError> {
+    match load(path) {
+        Ok(st) => Ok((st, false)),
+        Err(IpamError::Corrupt { detail, .. })
+            if marker == boot::Marker::AnotherBoot && !well_formed_json(path) =>
+        {
+            tracing::warn!(path = %path.display(), %detail,
+                "state written before a reboot is torn; its pods are gone with that boot: starting empty");
+            Ok((NetworkState::new(), true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// True when `path` holds well-formed JSON: then it is not torn, only not
+/// what this version reads (a newer format, say), and stays an error.
+fn well_formed_json(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok())
+}
+
+/// Moves a torn state out of the way, keeping it for an operator to look
+/// at: `state.json.torn-<unix seconds>`.
+fn set_aside(path: &Path) -> Result<(), IpamError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = path.with_extension(format!("json.torn-{secs}"));
+    fs::rename(path, &kept)
+        .map_err(|e| IpamError::io(format!("setting {} aside", path.display()), e))?;
+    tracing::warn!(path = %kept.display(), "torn state kept");
+    Ok(())
+}
+
 /// Holds a network's lock until dropped (closing the file releases flock).
 struct LockGuard {
     _file: File,
@@ -330,16 +358,6 @@ impl LocalStore {
         network: &str,
         f: impl FnOnce(&mut NetworkState, Ctx<'_>) -> Result<(T, bool), IpamError>,
     ) -> Result<T, IpamError> {
-        self.mutate_with(network, self.options.durable, f)
-    }
-
-    /// [`Self::mutate`], fsyncing the data only when `durable`.
-    fn mutate_with<T>(
-        &self,
-        network: &str,
-        durable: bool,
-        f: impl FnOnce(&mut NetworkState, Ctx<'_>) -> Result<(T, bool), IpamError>,
-    ) -> Result<T, IpamError> {
         let dir = self.network_dir(network)?;
         if !dir.is_dir() {
             create_private_dir(&dir)?;
@@ -348,7 +366,11 @@ impl LocalStore {
         let _guard = self.lock(network, &dir)?;
         remove_stray_temp_files(&dir);
         let path = dir.join(STATE_FILE);
-        let mut st = load(&path)?;
+        let marker = boot::marker(&dir);
+        let (mut st, torn) = load_or_torn(&path, marker)?;
+        if torn {
+            set_aside(&path)?;
+        }
         let ctx = Ctx {
             network,
             now_ms: self.options.clock.now_ms(),
@@ -363,14 +385,16 @@ impl LocalStore {
                 path: path.display().to_string(),
                 detail: format!("cannot serialise state: {e}"),
             })?;
-            // The state's data, not the rename: what a rolled-back rename
-            // loses after a power cut is what the cut destroyed anyway (see
-            // `LocalOptions::durable`), while a torn or empty state.json
-            // would stop every later ADD (`IpamError::Corrupt`).
-            let sync = if durable {
-                Durability::Data
-            } else {
-                Durability::None
+            // This boot's first write here marks the directory durably
+            // first; from then on a torn state.json can only be an earlier
+            // boot's (module documentation, `boot`).
+            let sync = match (marker, boot::this_boot()) {
+                (boot::Marker::ThisBoot, _) => Durability::None,
+                (_, Some(id)) => {
+                    atomic_write_with(&dir, boot::MARKER, id.as_bytes(), Durability::Full)?;
+                    Durability::None
+                }
+                (_, None) => Durability::Data,
             };
             atomic_write_with(&dir, STATE_FILE, &bytes, sync)?;
             tracing::debug!(network, generation = st.generation, "ipam state written");
@@ -380,8 +404,11 @@ impl LocalStore {
 
     /// Reads a network's state without the lock (renames are atomic, so this
     /// is always a complete version).
+    /// A state torn before a reboot reads as empty, as the next writer
+    /// will find it.
     fn read(&self, network: &str) -> Result<NetworkState, IpamError> {
-        load(&self.network_dir(network)?.join(STATE_FILE))
+        let dir = self.network_dir(network)?;
+        load_or_torn(&dir.join(STATE_FILE), boot::marker(&dir)).map(|(st, _)| st)
     }
 
     /// Network names that have state, sorted.
@@ -436,7 +463,11 @@ fn remove_stray_temp_files(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for entry in rd.flatten() {
         let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
+        // `.state.json.tmp-…` and `.boot.tmp-…` (`atomic_write_with`).
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+        {
             match fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(path = %entry.path().display(), "removed stray temp file"),
                 Err(e) => tracing::warn!(path = %entry.path().display(), error = %e,
@@ -481,10 +512,7 @@ impl IpStore for LocalStore {
 
     fn confirm(&self, key: &AttachmentKey) -> Result<(), IpamError> {
         key.validate()?;
-        // Not fsynced: see `LocalOptions::durable`.
-        self.mutate_with(&key.network, false, |st, _| {
-            st.confirm(key).map(|c| ((), c))
-        })
+        self.mutate(&key.network, |st, _| st.confirm(key).map(|c| ((), c)))
     }
 
     /// Reserve and confirm under one lock with one write: the same end

@@ -50,6 +50,7 @@
 #![deny(missing_docs)]
 
 mod alloc;
+mod boot;
 pub mod clock;
 pub mod etcd;
 pub mod fake;
