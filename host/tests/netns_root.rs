@@ -592,3 +592,35 @@ fn host_link_reaches_the_node_through_its_gateway() {
             .any(|a| a["local"] == "169.254.128.1" && a["prefixlen"] == 32)
     );
 }
+
+#[test]
+#[ignore = "needs root: make test runs it"]
+fn open_in_binds_what_it_opens_to_the_pod_and_returns_the_thread() {
+    use tenet::netns::guard::{NetnsFile, THREAD_SELF_NETNS, open_in};
+    node();
+    let pod = ScratchNetns::new().unwrap();
+    let pod_ns = NetnsFile::open(pod.path()).unwrap();
+    let here = NetnsFile::open(Path::new(THREAD_SELF_NETNS)).unwrap().id();
+    assert_ne!(here, pod_ns.id());
+    // What is opened inside sees the pod: its namespace file is the pod's.
+    let inside = open_in(&pod_ns, || {
+        NetnsFile::open(Path::new(THREAD_SELF_NETNS)).unwrap().id()
+    })
+    .unwrap();
+    assert_eq!(inside, pod_ns.id());
+    // ...and the calling thread is back in the node at once.
+    let after = NetnsFile::open(Path::new(THREAD_SELF_NETNS)).unwrap().id();
+    assert_eq!(after, here);
+    // Not a namespace: refused before the thread moves.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    assert!(NetnsFile::open(file.path()).is_err());
+    let mnt = NetnsFile::open(Path::new("/proc/thread-self/ns/mnt"));
+    if let Ok(mnt) = mnt {
+        assert!(
+            open_in(&mnt, || ()).is_err(),
+            "a mount namespace is not entered"
+        );
+        let still = NetnsFile::open(Path::new(THREAD_SELF_NETNS)).unwrap().id();
+        assert_eq!(still, here);
+    }
+}

@@ -4,7 +4,11 @@
 //! here keeps the caller's thread where it is: [`run_in`] does its work on a
 //! dedicated, short-lived thread that enters the target through
 //! [`NetnsGuard`], which switches back when dropped, so even a panicking
-//! closure cannot leave a thread of ours in a pod.
+//! closure cannot leave a thread of ours in a pod. [`open_in`] is for the
+//! one step that only *creates* something bound to the namespace (a netlink
+//! socket): it runs on the calling thread, which moves back at once or
+//! aborts the process, and so costs no thread start (which on a busy node
+//! is a wait for a CPU, on every pod).
 
 use std::fs::File;
 use std::io;
@@ -104,27 +108,32 @@ pub struct NetnsGuard {
 impl NetnsGuard {
     /// Moves the current thread into `target`.
     pub fn enter(target: &NetnsFile) -> Result<Self, NetnsError> {
-        let back = File::open(THREAD_SELF_NETNS).map_err(|source| NetnsError::Namespace {
-            op: format!("open {THREAD_SELF_NETNS}"),
-            source,
-        })?;
-        setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
-            // setns refuses a file that is not a network namespace (for
-            // instance /proc/<pid>/ns/mnt): the path is unusable, not the host.
-            nix::Error::EINVAL => NetnsError::InvalidNetns {
-                path: target.path.clone(),
-                reason: "not a network namespace".into(),
-            },
-            e => NetnsError::Namespace {
-                op: format!("setns into {}", target.path.display()),
-                source: e.into(),
-            },
-        })?;
         Ok(Self {
-            back,
+            back: switch_into(target)?,
             _not_send: PhantomData,
         })
     }
+}
+
+/// Moves the calling thread into `target`; returns its namespace before.
+fn switch_into(target: &NetnsFile) -> Result<File, NetnsError> {
+    let back = File::open(THREAD_SELF_NETNS).map_err(|source| NetnsError::Namespace {
+        op: format!("open {THREAD_SELF_NETNS}"),
+        source,
+    })?;
+    setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+        // setns refuses a file that is not a network namespace (for
+        // instance /proc/<pid>/ns/mnt): the path is unusable, not the host.
+        nix::Error::EINVAL => NetnsError::InvalidNetns {
+            path: target.path.clone(),
+            reason: "not a network namespace".into(),
+        },
+        e => NetnsError::Namespace {
+            op: format!("setns into {}", target.path.display()),
+            source: e.into(),
+        },
+    })?;
+    Ok(back)
 }
 
 impl Drop for NetnsGuard {
@@ -139,6 +148,28 @@ impl Drop for NetnsGuard {
             }
         }
     }
+}
+
+/// Runs `open` on the calling thread moved into `ns`, then moves the thread
+/// back. Only for opening something that stays bound to `ns` (a socket):
+/// `open` must not act on the namespace, since unlike [`run_in`] this
+/// trades the helper thread's isolation for speed. If the thread cannot
+/// move back, the process aborts: going on in the pod's namespace would
+/// let the next operation act on the pod as if it were the node.
+pub fn open_in<T>(ns: &NetnsFile, open: impl FnOnce() -> T) -> Result<T, NetnsError> {
+    struct BackOrAbort(File);
+    impl Drop for BackOrAbort {
+        fn drop(&mut self) {
+            if let Err(e) = setns(&self.0, CloneFlags::CLONE_NEWNET) {
+                tracing::error!(error = %e, "cannot switch back to the original network namespace; aborting");
+                std::process::abort();
+            }
+        }
+    }
+    let back = BackOrAbort(switch_into(ns)?);
+    let out = open();
+    drop(back);
+    Ok(out)
 }
 
 /// Runs `f` on a dedicated thread inside `ns` and returns its result. The

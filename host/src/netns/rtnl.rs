@@ -21,7 +21,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tracing::{debug, warn};
 
-use super::guard::{NetnsFile, run_in};
+use super::guard::{NetnsFile, open_in, run_in};
 use super::{
     HostLinkSpec, HostSideState, LinkState, MacAddr, Netns, NetnsError, NodeEntry, NodeEntryKind,
     ResolvedRoute, VethInfo, VethSpec, check_ifname, derive_mac, is_tenet_link, sysctl,
@@ -43,7 +43,7 @@ pub(crate) struct Rtnl {
     /// Sockets already opened in pod namespaces, by namespace identity, when
     /// `keep_pods` (see [`RtNetns::for_one_operation`]): an operation
     /// touches one pod several times (each veth, each configure), and
-    /// opening a socket there costs a helper thread. A socket keeps its
+    /// opening a socket there costs two namespace switches. A socket keeps its
     /// namespace alive, so the identity cannot be reused meanwhile, and a
     /// dead pod's namespace lingers until the cache is dropped.
     pods: std::sync::Mutex<Vec<(super::guard::NsId, Handle)>>,
@@ -110,8 +110,8 @@ impl Rtnl {
         Ok(ns)
     }
 
-    /// A netlink handle bound to `ns`: the socket is opened on a helper
-    /// thread inside `ns` and stays bound there.
+    /// A netlink handle bound to `ns`: the socket is opened inside `ns`
+    /// (on this thread, which moves back at once) and stays bound there.
     pub(crate) fn handle_in(&self, ns: &NetnsFile) -> Result<Handle, NetnsError> {
         let id = ns.id();
         let cached = self
@@ -124,9 +124,9 @@ impl Rtnl {
         if let Some(h) = cached {
             return Ok(h);
         }
-        let rt = self.rt.handle().clone();
-        let (conn, handle) = run_in(ns, move || {
-            let _entered = rt.enter();
+        // On this thread (`open_in`): only the socket is made there.
+        let (conn, handle) = open_in(ns, || {
+            let _entered = self.rt.enter();
             rtnetlink::new_connection().map(|(c, h, _)| (c, h))
         })?
         .map_err(|source| NetnsError::Namespace {
@@ -576,7 +576,8 @@ async fn node_overlaps(h: &Handle, ranges: &[IpNet]) -> Result<Vec<NodeEntry>, r
 // ---- RtNetns ------------------------------------------------------------
 
 /// The real [`Netns`]: rtnetlink in the node namespace (the constructing
-/// thread's) and in pod namespaces entered on helper threads.
+/// thread's) and in pod namespaces (sockets opened there; sysctls written
+/// on helper threads inside).
 pub struct RtNetns {
     rtnl: Rtnl,
 }
@@ -590,7 +591,7 @@ impl RtNetns {
 
     /// Like [`Self::new`], for one CNI operation: the netlink socket opened
     /// in a pod's namespace is kept and reused by every later call for that
-    /// pod (no helper thread each time) until this value is dropped. Those
+    /// pod (no new socket each time) until this value is dropped. Those
     /// sockets keep their namespaces alive meanwhile, so a long-lived user
     /// that sees many pods should use [`Self::new`] instead.
     pub fn for_one_operation() -> Result<Self, NetnsError> {
