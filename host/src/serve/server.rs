@@ -1,5 +1,6 @@
-//! `tenet serve`: the listening side. One thread per connection, one
-//! invocation per connection, run by [`crate::commands::run_in`].
+//! `tenet serve`: the listening side. A few acceptor threads, each running
+//! the connections it accepts, one invocation per connection, run by
+//! [`crate::commands::run_in`].
 //!
 //! **DEL is answered once the pod is cut off.** Most of a DEL is the
 //! kernel deleting the pod's veths (RCU grace periods: 15-20 ms here). The
@@ -33,6 +34,10 @@ use super::wire::{self, Identity, Reply};
 /// runs the invocation itself (a burst never queues behind the daemon).
 pub const MAX_ACTIVE: usize = 64;
 
+/// Idle acceptors kept: one always waits in `accept` while another
+/// connection runs, and a sequence of pods never starts a thread.
+const SPARE_ACCEPTORS: usize = 2;
+
 /// How long a client has to send its whole request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,6 +47,8 @@ pub struct Server {
     path: PathBuf,
     own: Identity,
     active: AtomicUsize,
+    /// Acceptors waiting in `accept` ([`Self::acceptor`]).
+    idle: AtomicUsize,
     inflight: Inflight,
 }
 
@@ -89,6 +96,7 @@ impl Server {
             path: path.to_owned(),
             own: super::identity(),
             active: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             inflight: Inflight::default(),
         })
     }
@@ -99,33 +107,73 @@ impl Server {
     }
 
     /// Serves until the listener fails (never, short of the process
-    /// ending).
+    /// ending). The calling thread becomes one of the acceptors.
     pub fn run(&'static self) -> io::Result<()> {
         tracing::info!(socket = %self.path.display(), "tenet serve: listening");
+        for _ in 1..SPARE_ACCEPTORS {
+            self.spawn_acceptor();
+        }
+        self.acceptor(true)
+    }
+
+    /// One acceptor: accepts, greets, and runs the connection on this very
+    /// thread (no hand-off to a new thread, which on a busy node is a wait
+    /// for a CPU on every pod). When it takes the last idle acceptor's
+    /// place it starts another first, so a connection is always being
+    /// accepted and greeted while this one runs; after the connection it
+    /// ends if enough others are idle, unless it is the `first` (the
+    /// daemon's main thread, which returns only when the listener fails).
+    /// After a burst, the surplus idle ones end one per later connection.
+    fn acceptor(&'static self, first: bool) -> io::Result<()> {
         loop {
-            let (stream, _) = match self.listener.accept() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            self.idle.fetch_add(1, Ordering::AcqRel);
+            let accepted = self.listener.accept();
+            let idle_left = self.idle.fetch_sub(1, Ordering::AcqRel) - 1;
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => continue,
+                    // Out of descriptors or memory: transient, per accept(2).
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        tracing::warn!(error = %e, "tenet serve: cannot accept; retrying");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
             };
-            // Checked and greeted here, before a thread is spawned, so a
-            // client waits for the greeting only as long as the accept loop
-            // takes; it sends its request while the thread starts.
+            // Checked and greeted first: the client waits for the greeting
+            // only as long as the accept takes.
             if !self.greet(&stream) {
                 continue;
             }
-            let spare = stream.try_clone();
-            let spawned = std::thread::Builder::new()
-                .name("tenet-serve".into())
-                .spawn(move || self.handle(stream));
-            if let Err(e) = spawned {
-                // Its request is never read, so nothing runs: the client
-                // reads this instead of an answer and runs it itself.
-                tracing::warn!(error = %e, "tenet serve: cannot start a thread");
-                if let Ok(mut s) = spare {
-                    let _ = wire::write_reply(&mut s, &Reply::Declined(format!("no thread: {e}")));
-                }
+            if idle_left == 0 {
+                self.spawn_acceptor();
             }
+            self.handle(stream);
+            if !first && self.idle.load(Ordering::Acquire) >= SPARE_ACCEPTORS {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts another acceptor. Without one, connections wait in the
+    /// backlog until a running one ends (clients not greeted within 2 s run
+    /// the invocation themselves).
+    fn spawn_acceptor(&'static self) {
+        let spawned = std::thread::Builder::new()
+            .name("tenet-serve".into())
+            .spawn(move || {
+                if let Err(e) = self.acceptor(false) {
+                    // The listener itself is broken: no acceptor can serve.
+                    // Ending the daemon lets its supervisor start a new one,
+                    // and meanwhile every client runs its invocation itself.
+                    tracing::error!(error = %e, socket = %self.path.display(), "tenet serve: the listener failed");
+                    std::process::exit(1);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "tenet serve: cannot start another acceptor");
         }
     }
 
@@ -370,6 +418,98 @@ mod tests {
                 .expect("runs once the first ended");
         });
         assert_eq!(set.keys.lock().unwrap().len(), 1, "only c2 is left held");
+    }
+
+    /// The ids of this process's `tenet-serve` threads, sorted.
+    fn acceptor_tids() -> Vec<String> {
+        let mut tids: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.unwrap();
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                (comm.trim() == "tenet-serve").then(|| t.file_name().to_string_lossy().into())
+            })
+            .collect();
+        tids.sort();
+        tids
+    }
+
+    fn acceptor_threads() -> usize {
+        acceptor_tids().len()
+    }
+
+    #[test]
+    fn concurrent_clients_are_each_served_and_the_acceptors_settle() {
+        use crate::serve::client::{Forwarded, forward};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tenet.sock");
+        let server: &'static Server = Box::leak(Box::new(Server::bind(&socket).unwrap()));
+        std::thread::spawn(move || server.run());
+        // An unknown command: answered by the daemon (an error document),
+        // with nothing to set up and nothing written outside `dir`.
+        let env: Vec<(String, String)> = [
+            ("CNI_COMMAND", "NOPE"),
+            ("TENET_CONFIG", "/dev/null"),
+            (
+                "TENET_STATE_DIR",
+                dir.path().join("state").to_str().unwrap(),
+            ),
+            (crate::serve::SOCKET_ENV, socket.to_str().unwrap()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
+        for round in 0..3 {
+            let replies: Vec<Forwarded> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..12).map(|_| s.spawn(|| forward(&env, b"{}"))).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in replies {
+                match r {
+                    Forwarded::Answered(r) => {
+                        assert_ne!(r.exit_code, 0, "round {round}");
+                        assert!(r.stdout.contains("\"code\""), "round {round}: {}", r.stdout);
+                    }
+                    other => panic!("round {round}: not served: {other:?}"),
+                }
+            }
+        }
+        // The burst started acceptors; the ones beyond the spares end as
+        // later connections come (each ends one), down to the spares: the
+        // main acceptor (this test's unnamed thread) and one more.
+        let peak = acceptor_threads();
+        for _ in 0..(peak + 2) {
+            assert!(matches!(forward(&env, b"{}"), Forwarded::Answered(_)));
+        }
+        // (A client has its answer a moment before its acceptor is idle
+        // again or gone: wait for the state, within a generous bound.)
+        let spares_only = || {
+            acceptor_threads() == SPARE_ACCEPTORS - 1
+                && server.idle.load(Ordering::Acquire) == SPARE_ACCEPTORS
+        };
+        assert!(
+            settles(spares_only),
+            "after a peak of {peak}: {} left",
+            acceptor_threads()
+        );
+        // Steady: a sequence of clients starts no thread.
+        let before = acceptor_tids();
+        for _ in 0..5 {
+            assert!(matches!(forward(&env, b"{}"), Forwarded::Answered(_)));
+            assert!(settles(spares_only), "{} acceptors", acceptor_threads());
+        }
+        assert_eq!(acceptor_tids(), before);
+    }
+
+    /// True once `cond` holds, polled for up to 10 s.
+    fn settles(cond: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     #[test]
