@@ -403,9 +403,8 @@ impl LocalStore {
     }
 
     /// Reads a network's state without the lock (renames are atomic, so this
-    /// is always a complete version).
-    /// A state torn before a reboot reads as empty, as the next writer
-    /// will find it.
+    /// is always a complete version). A state torn before a reboot reads as
+    /// empty, as the next writer will find it.
     fn read(&self, network: &str) -> Result<NetworkState, IpamError> {
         let dir = self.network_dir(network)?;
         load_or_torn(&dir.join(STATE_FILE), boot::marker(&dir)).map(|(st, _)| st)

@@ -15,12 +15,16 @@
 //! root tests it is a namespace the test thread unshared, so tests never touch
 //! the machine's own interfaces.
 //!
-//! **How pod namespaces are entered.** Netns membership is per thread. Work in
-//! a pod (opening a netlink socket, writing `/proc/sys/net/...`) runs on a
-//! short-lived dedicated thread that `setns`es into the pod through
-//! [`guard::NetnsGuard`] and always switches back on drop, so the caller's
-//! thread is never moved. A netlink socket opened there stays bound to the pod
-//! after the thread is gone. Paths that are not namespaces, and the node's own
+//! **How pod namespaces are entered.** Netns membership is per thread. Work
+//! that acts in a pod by the namespace it runs in (writing
+//! `/proc/sys/net/...`) runs on a short-lived dedicated thread that
+//! `setns`es into the pod through [`guard::NetnsGuard`] and always switches
+//! back on drop, so the caller's thread is never moved. Opening the pod's
+//! netlink socket, which acts on nothing, happens on the calling thread
+//! ([`guard::open_in`]): it moves in, opens the socket and moves back, or
+//! the process aborts rather than go on in the pod. A socket stays bound to
+//! the pod's namespace wherever it was opened, so every later request on it
+//! acts in the pod. Paths that are not namespaces, and the node's own
 //! namespace passed as a pod's, are refused before anything is touched.
 //!
 //! **Names.** Host ends are `tn` + 12 hex digits of
