@@ -33,15 +33,9 @@ impl Backends {
                 crate::cni::error::error_chain(&e),
             )
         })?;
-        // Host-link addresses in their own store: same directory, their
-        // own network name and lock.
-        let links = LocalStore::open(&cfg.state_dir, LocalOptions::default()).map_err(|e| {
-            CniError::new(
-                e.cni_code(),
-                "cannot open the local address store",
-                crate::cni::error::error_chain(&e),
-            )
-        })?;
+        // Host-link addresses live in the same local store, under their own
+        // network name (`link_key`) and lock: one open serves both.
+        let links = local.clone();
         // One etcd connection per exec, shared by the address store and the
         // MidoNet records (TLS, authentication and failover alike); it
         // contacts nothing until the first operation.
